@@ -1,0 +1,20 @@
+"""Error types. The CLI maps them to exit codes: InputError → 2, everything else → 1."""
+
+
+class AtlasSegError(Exception):
+    """Base class of every error AtlasSeg raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(AtlasSegError):
+    """The user's input (image, checkpoint, card, option) cannot be used. The message says what was wrong
+    and what to do instead."""
+
+    exit_code = 2
+
+
+class Cancelled(AtlasSegError):
+    """The run was cancelled through the cancel callback. Nothing was written."""
+
+    exit_code = 130
