@@ -1,0 +1,283 @@
+"""The ``atlasseg`` command line.
+
+Exit codes: 0 success, 2 bad input (the message says what to change), 1 internal error, 130 cancelled.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import AtlasSegError, Cancelled, InputError
+
+log = logging.getLogger("atlasseg")
+
+EXAMPLES = """examples:
+  atlasseg demo                                   # synthetic phantom + demo model, offline
+  atlasseg segment ct.nii.gz -o out --model suprem-segresnet --weights supervised_suprem_segresnet_2100.pth
+  atlasseg segment dicom_folder/ -o out --model-card my_model.json --weights my_model.pt --device cpu
+  atlasseg segment ct.nrrd -o out --model atlasseg-demo --structures liver,liver_tumor --threshold liver_tumor=0.3
+  atlasseg threshold out --set liver_tumor=0.3    # change a tumor threshold without re-running the model
+  atlasseg models list
+"""
+
+
+class _ProgressSink:
+    """Turns library progress callbacks into tqdm bars, JSON lines, or nothing."""
+
+    def __init__(self, *, json_lines: bool, bar: bool):
+        self.json_lines = json_lines
+        self.bar = None
+        self.stage = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, file=sys.stderr, unit="%", bar_format="{desc:<28}{percentage:3.0f}%|{bar}| {elapsed}")
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.json_lines:
+            print(json.dumps({"event": "progress", "stage": stage, "fraction": round(fraction, 4), "message": message}),
+                  flush=True)
+        if self.bar is not None:
+            self.bar.set_description_str(f"{stage}: {message}"[:28])
+            self.bar.n = round(100 * fraction, 1)
+            self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    def event(self, **payload):
+        if self.json_lines:
+            print(json.dumps(payload), flush=True)
+
+
+def _parse_pairs(values, what: str) -> dict:
+    out = {}
+    for item in values or []:
+        for part in item.split(","):
+            if not part:
+                continue
+            if "=" not in part:
+                raise InputError(f"{what} must look like name=value (e.g. liver_tumor=0.3), got '{part}'")
+            name, value = part.split("=", 1)
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise InputError(f"{what} value for {name} must be a number, got '{value}'") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atlasseg", description="AbdomenAtlas CT segmentation (SuPreM, DiffTumor, "
+                                "your own models): organs and tumors on the input grid.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"atlasseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+        sp.add_argument("--progress-json", action="store_true",
+                        help="write progress as JSON lines on stdout (for GUIs, e.g. the Slicer module)")
+
+    s = sub.add_parser("segment", help="segment a CT (file or DICOM folder)", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("input", help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM folder")
+    s.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
+    m = s.add_mutually_exclusive_group()
+    m.add_argument("--model", help="built-in model id (see 'atlasseg models list'); default atlasseg-demo")
+    m.add_argument("--model-card", help="JSON model card of your own model")
+    s.add_argument("--weights", help="checkpoint file (default: the model's cached or shipped weights)")
+    s.add_argument("--structures", help="comma-separated subset of structures to produce")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--fast", action="store_true", help="coarser model spacing where the card allows (CPU friendly)")
+    s.add_argument("--series", help="DICOM series UID when the folder holds several")
+    s.add_argument("--threshold", action="append", metavar="NAME=P", help="tumor threshold, e.g. liver_tumor=0.3")
+    s.add_argument("--no-postprocess", action="store_true", help="keep raw masks (no largest component, gating, "
+                   "small-component removal)")
+    s.add_argument("--force", action="store_true", help="run even if the values do not look like CT")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    common(s)
+
+    d = sub.add_parser("demo", help="make a synthetic phantom, segment it with the demo model, print Dice")
+    d.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
+    d.add_argument("--seed", type=int, default=2024, help="phantom seed")
+    d.add_argument("--no-tumors", action="store_true", help="phantom without liver tumors")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    common(d)
+
+    t = sub.add_parser("threshold", help="change tumor thresholds of a finished run (no re-run)")
+    t.add_argument("outdir")
+    t.add_argument("--set", action="append", required=True, metavar="NAME=P", help="e.g. liver_tumor=0.3")
+
+    mo = sub.add_parser("models", help="list, download, import model weights")
+    msub = mo.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.add_parser("list", help="built-in models and whether their weights are cached")
+    f = msub.add_parser("fetch", help="download a model's weights into the cache (verified)")
+    f.add_argument("model_id")
+    f.add_argument("--quiet", action="store_true")
+    i = msub.add_parser("import", help="install a weights file downloaded by hand (size and sha256 checked)")
+    i.add_argument("model_id")
+    i.add_argument("file")
+    msub.add_parser("path", help="print the cache folder")
+    return p
+
+
+def _resolve_model(args):
+    from .card import builtin_card, load_card
+
+    if args.model_card:
+        return load_card(args.model_card), args.weights
+    card = builtin_card(args.model or "atlasseg-demo")
+    weights = args.weights
+    if weights is None and not card.weights.get("file") and card.architecture["type"] != "torchscript":
+        try:
+            from .download import cached_path
+        except ImportError:  # the download module is optional for offline use of shipped models
+            cached_path = None
+        path = cached_path(card) if cached_path else None
+        if path is None:
+            raise InputError(f"the weights of {card.id} are not downloaded yet: run 'atlasseg models fetch {card.id}' "
+                             "or pass --weights FILE")
+        weights = str(path)
+    return card, weights
+
+
+def cmd_segment(args, sink) -> int:
+    from .pipeline import SegmentOptions, segment
+
+    card, weights = _resolve_model(args)
+    opts = SegmentOptions(
+        device=args.device, fast=args.fast,
+        structures=tuple(s.strip() for s in args.structures.split(",") if s.strip()) if args.structures else None,
+        postprocess=not args.no_postprocess, thresholds=_parse_pairs(args.threshold, "--threshold"),
+        force=args.force, overwrite=args.overwrite, series_uid=args.series)
+    t0 = time.perf_counter()
+    report = segment(args.input, args.output, card=card, weights=weights, options=opts, progress=sink)
+    sink.close()
+    sink.event(event="done", outdir=str(Path(args.output).resolve()))
+    if not args.progress_json:
+        _print_summary(report, time.perf_counter() - t0, args.output)
+    return 0
+
+
+def _print_summary(report: dict, seconds: float, outdir) -> None:
+    print(f"{report['model']['title']}: {len(report['structures'])} structures in {seconds:.1f} s -> {outdir}")
+    print(f"{'structure':<30}{'volume ml':>12}{'mean HU':>10}")
+    for s in report["structures"]:
+        hu = "" if s["mean_hu"] is None else f"{s['mean_hu']:.0f}"
+        print(f"{s['name']:<30}{s['volume_ml']:>12.1f}{hu:>10}")
+    for name, info in report.get("tumors", {}).items():
+        comps = info.get("components", [])
+        print(f"{name}: {len(comps)} component(s) at threshold {info['threshold']}"
+              + "".join(f"\n  #{c['id']}: {c['volume_ml']:.2f} ml, {c['longest_axial_diameter_mm'] / 10:.1f} x "
+                        f"{c['perpendicular_diameter_mm'] / 10:.1f} cm, max p {c['max_probability']:.2f}" for c in comps[:10]))
+
+
+def cmd_demo(args, sink) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.output, seed=args.seed, tumors=not args.no_tumors, device=args.device,
+                      overwrite=args.overwrite, progress=sink)
+    sink.close()
+    sink.event(event="done", outdir=str(Path(args.output).resolve()))
+    if not args.progress_json:
+        print(f"demo: phantom seed {args.seed} segmented with {result['model']} in {result['seconds']:.1f} s "
+              f"-> {Path(args.output).resolve()}")
+        print(f"{'structure':<16}{'Dice':>8}{'truth ml':>10}{'pred ml':>10}")
+        for name, row in result["dice"].items():
+            print(f"{name:<16}{row['dice']:>8.3f}{row['truth_ml']:>10.1f}{row['pred_ml']:>10.1f}")
+        print(f"overview picture: {Path(args.output).resolve() / 'overview.png'}")
+    return 0
+
+
+def cmd_threshold(args) -> int:
+    from .outputs import rethreshold
+
+    values = _parse_pairs(args.set, "--set")
+    report = rethreshold(args.outdir, values)
+    for name in values:
+        info = report["tumors"][name]
+        print(f"{name}: threshold {info['threshold']}, {info['count']} component(s), "
+              f"{sum(c['volume_ml'] for c in info['components']):.2f} ml")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import download
+
+    action = args.models_command or "list"
+    if action == "path":
+        print(download.cache_dir())
+    elif action == "list":
+        rows = download.list_models()
+        print(f"{'id':<30}{'classes':>8}{'size MB':>10}  {'cached':<7} {'sha256':<22} license / title")
+        for r in rows:
+            size = f"{r['size'] / 1e6:.0f}" if r.get("size") else "?"
+            print(f"{r['id']:<30}{r['classes']:>8}{size:>10}  {'yes' if r['cached'] else 'no':<7} "
+                  f"{r['sha256_status']:<22} {r['license'][:40]} / {r['title']}")
+    elif action == "fetch":
+        bar = None
+        if not args.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(unit="B", unit_scale=True, file=sys.stderr)
+
+        def progress(done, total):
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+        path = download.fetch(args.model_id, progress=progress)
+        if bar is not None:
+            bar.close()
+        print(path)
+    elif action == "import":
+        print(download.import_file(args.model_id, args.file))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    progress_json = getattr(args, "progress_json", False)
+    quiet = getattr(args, "quiet", False)
+    sink = _ProgressSink(json_lines=progress_json, bar=not quiet and not progress_json and sys.stderr.isatty())
+    try:
+        if args.command == "segment":
+            return cmd_segment(args, sink)
+        if args.command == "demo":
+            return cmd_demo(args, sink)
+        if args.command == "threshold":
+            return cmd_threshold(args)
+        if args.command == "models":
+            return cmd_models(args)
+    except AtlasSegError as exc:
+        sink.close()
+        sink.event(event="error", message=str(exc), exit_code=exc.exit_code)
+        print(f"atlasseg: {'cancelled' if isinstance(exc, Cancelled) else 'error'}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sink.close()
+        print("atlasseg: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: report, exit 1
+        sink.close()
+        log.debug("internal error", exc_info=True)
+        sink.event(event="error", message=f"internal error: {exc}", exit_code=1)
+        print(f"atlasseg: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback; please report it)",
+              file=sys.stderr)
+        return 1
+    return 2

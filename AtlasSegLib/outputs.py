@@ -1,0 +1,224 @@
+"""Writing a run's outputs in the AbdomenAtlas layout, and changing tumor thresholds afterwards.
+
+OUTDIR/
+  segmentations/<name>.nii.gz      uint8 0/1 on the input grid (one per structure)
+  combined_labels.nii.gz           uint8 label values from the card (tumors drawn over their organs)
+  probabilities/<tumor>.nii.gz     uint8 p × 255 on a box of the input grid (same spacing/directions)
+  probabilities/<tumor>.json       that box, the gate and the threshold in use
+  card.json, report.json, overview.png
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .card import ModelCard, card_from_dict
+from .errors import InputError
+from .geometry import Grid
+from .io import SourceInfo, atomic_write_image, atomic_write_text
+from .overview import Overview
+from .postprocess import components, dilate_mm, tumor_mask
+from .progress import Reporter
+
+SEG_DIR = "segmentations"
+PROB_DIR = "probabilities"
+
+
+def _box_slices(box):
+    (s, z) = box
+    return (slice(s[2], s[2] + z[2]), slice(s[1], s[1] + z[1]), slice(s[0], s[0] + z[0]))
+
+
+def _structure_entry(cls, full: np.ndarray, grid: Grid, ct_kji, box) -> dict:
+    voxels = int(np.count_nonzero(full[_box_slices(box)])) if box is not None else 0
+    mean_hu = None
+    if voxels:
+        sl = _box_slices(box)
+        mean_hu = round(float(ct_kji[sl][full[sl] > 0].mean()), 1)
+    return {"name": cls.name, "label": cls.label, "kind": cls.kind, "color": list(cls.color), "voxels": voxels,
+            "volume_ml": round(voxels * grid.voxel_volume_mm3 / 1000.0, 4), "mean_hu": mean_hu,
+            "file": f"{SEG_DIR}/{cls.name}.nii.gz"}
+
+
+def _mask_image(full: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray(full)
+    img.CopyInformation(reference)
+    return img
+
+
+class OutputWriter:
+    """Writes structures one at a time (the caller frees each mask after ``add_*``)."""
+
+    def __init__(self, folder, image: sitk.Image, source: SourceInfo, card: ModelCard, *,
+                 reporter: Optional[Reporter] = None):
+        self.folder = Path(folder)
+        self.image = image
+        self.grid = Grid.of(image)
+        self.source = source
+        self.card = card
+        self.reporter = reporter or Reporter()
+        self.ct = sitk.GetArrayViewFromImage(image)
+        self.combined = np.zeros(self.ct.shape, np.uint8)
+        self.structures = []
+        self.tumors = {}
+        self.overview = Overview(image)
+        (self.folder / SEG_DIR).mkdir(parents=True, exist_ok=True)
+
+    def _full(self, box, mask) -> np.ndarray:
+        full = np.zeros(self.ct.shape, np.uint8)
+        if box is not None:
+            full[_box_slices(box)] = mask
+        return full
+
+    def add_structure(self, cls, box, mask) -> dict:
+        full = self._full(box, mask)
+        sitk.WriteImage(_mask_image(full, self.image), str(self.folder / SEG_DIR / f"{cls.name}.nii.gz"),
+                        useCompression=True)
+        if box is not None:
+            sl = _box_slices(box)
+            self.combined[sl][mask > 0] = cls.label
+            self.overview.add(cls.name, cls.color, full)
+        entry = _structure_entry(cls, full, self.grid, self.ct, box)
+        self.structures.append(entry)
+        return entry
+
+    def add_tumor(self, cls, box, mask, q_box, *, threshold: float, gate=None, min_mm3: float = 0.0,
+                  dilation_mm=None, note: Optional[str] = None) -> None:
+        entry = self.add_structure(cls, box, mask)
+        info = {"threshold": threshold, "gate": gate, "gate_dilation_mm": dilation_mm, "min_component_mm3": min_mm3,
+                "probability_file": None, "components": [], "note": note}
+        if q_box is not None:
+            (self.folder / PROB_DIR).mkdir(exist_ok=True)
+            box_grid = self.grid.sub(*box)
+            sitk.WriteImage(box_grid.image_from_kji(q_box), str(self.folder / PROB_DIR / f"{cls.name}.nii.gz"),
+                            useCompression=True)
+            meta = {"structure": cls.name, "box_start_ijk": list(box[0]), "box_size_ijk": list(box[1]),
+                    "input_size_ijk": list(self.grid.size), "gate": gate, "gate_dilation_mm": dilation_mm,
+                    "threshold": threshold, "min_component_mm3": min_mm3, "encoding": "uint8 p*255"}
+            (self.folder / PROB_DIR / f"{cls.name}.json").write_text(json.dumps(meta, indent=1))
+            info["probability_file"] = f"{PROB_DIR}/{cls.name}.nii.gz"
+            info["box"] = {"start_ijk": list(box[0]), "size_ijk": list(box[1])}
+            info["components"] = [c.as_dict() for c in components(mask, box_grid, box[0], q_box=q_box)]
+        info["count"] = len(info["components"])
+        entry["tumor"] = info
+        self.tumors[cls.name] = info
+
+    def finish(self, *, settings: dict, timings: dict, overview: bool = True) -> dict:
+        self.reporter.update("write", 0.3, "combined labels")
+        sitk.WriteImage(_mask_image(self.combined, self.image), str(self.folder / "combined_labels.nii.gz"),
+                        useCompression=True)
+        (self.folder / "card.json").write_text(json.dumps(self.card.to_json(), indent=1))
+        report = {
+            "atlasseg_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "input": {"path": self.source.path, "format": self.source.format, "series_uid": self.source.series_uid,
+                      "study_uid": self.source.study_uid, "grid": self.grid.as_dict(),
+                      "pixel_type": self.image.GetPixelIDTypeAsString()},
+            "model": {"id": self.card.id, "title": self.card.title, "version": self.card.version,
+                      "license": self.card.license, "citation": self.card.raw.get("citation")},
+            "settings": settings,
+            "structures": self.structures,
+            "tumors": self.tumors,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        }
+        report["summary"] = tumor_summary(report)
+        (self.folder / "report.json").write_text(json.dumps(report, indent=1))
+        if overview:
+            self.reporter.update("write", 0.7, "overview picture")
+            self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
+        return report
+
+
+def tumor_summary(report: dict) -> dict:
+    """Patient-level summary per tumor type: count and the largest component."""
+    out = {}
+    for name, info in report.get("tumors", {}).items():
+        comps = info.get("components", [])
+        largest = max(comps, key=lambda c: c["volume_ml"]) if comps else None
+        out[name] = {"count": len(comps), "threshold": info.get("threshold"),
+                     "largest_volume_ml": largest["volume_ml"] if largest else 0.0,
+                     "largest_diameter_mm": largest["longest_axial_diameter_mm"] if largest else 0.0}
+    return out
+
+
+def load_run(outdir) -> tuple:
+    outdir = Path(outdir)
+    rp = outdir / "report.json"
+    cp = outdir / "card.json"
+    if not rp.is_file() or not cp.is_file():
+        raise InputError(f"{outdir} is not an AtlasSeg output folder (no report.json/card.json); "
+                         "give the -o folder of an 'atlasseg segment' run")
+    report = json.loads(rp.read_text())
+    card = card_from_dict(json.loads(cp.read_text()), path=cp)
+    return report, card
+
+
+def rethreshold(outdir, thresholds: dict) -> dict:
+    """Rewrite the tumor masks of a finished run at new thresholds (p kept if ≥ value) from the kept
+    probability maps, then the combined labels, the report and the overview. No model is run.
+
+    Each file is replaced atomically; a bad name or value changes nothing."""
+    outdir = Path(outdir)
+    report, card = load_run(outdir)
+    by_name = {c.name: c for c in card.classes}
+    for name, t in thresholds.items():
+        if name not in report.get("tumors", {}):
+            raise InputError(f"{name} is not a tumor structure of this run; tumors: "
+                             f"{', '.join(report.get('tumors', {})) or 'none'}")
+        if not 0.0 < float(t) < 1.0:
+            raise InputError(f"threshold for {name} must be between 0 and 1 (exclusive), got {t}")
+        if not report["tumors"][name].get("probability_file"):
+            raise InputError(f"{name} has no kept probability map in {outdir} "
+                             f"({report['tumors'][name].get('note') or 'nothing to threshold'})")
+    ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
+    grid = Grid.of(ref)
+    entries = {e["name"]: e for e in report["structures"]}
+    for name, t in thresholds.items():
+        info = report["tumors"][name]
+        meta_path = outdir / PROB_DIR / f"{name}.json"
+        meta = json.loads(meta_path.read_text())
+        box = (tuple(meta["box_start_ijk"]), tuple(meta["box_size_ijk"]))
+        q_box = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / info["probability_file"])))
+        gate_mask = None
+        if meta.get("gate"):
+            gate_mask = np.zeros(q_box.shape, np.uint8)
+            for organ in meta["gate"]:
+                full = sitk.GetArrayViewFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{organ}.nii.gz")))
+                gate_mask |= full[_box_slices(box)]
+            gate_mask = dilate_mm(gate_mask, grid.spacing[::-1], meta.get("gate_dilation_mm") or 0.0)
+        mask = tumor_mask(q_box, gate_mask, threshold=float(t), voxel_mm3=grid.voxel_volume_mm3,
+                          min_mm3=float(meta.get("min_component_mm3") or 0.0))
+        full = np.zeros(tuple(grid.size[::-1]), np.uint8)
+        full[_box_slices(box)] = mask
+        atomic_write_image(_mask_image(full, ref), outdir / SEG_DIR / f"{name}.nii.gz")
+        entry = entries[name]
+        voxels = int(mask.sum())
+        entry.update(voxels=voxels, volume_ml=round(voxels * grid.voxel_volume_mm3 / 1000.0, 4))
+        info["threshold"] = float(t)
+        info["components"] = [c.as_dict() for c in components(mask, grid.sub(*box), box[0], q_box=q_box)]
+        info["count"] = len(info["components"])
+        entry["tumor"] = info
+        meta["threshold"] = float(t)
+        atomic_write_text(json.dumps(meta, indent=1), meta_path)
+    _rewrite_combined(outdir, card, ref)
+    report["summary"] = tumor_summary(report)
+    report.setdefault("history", []).append({"action": "threshold", "values": {k: float(v) for k, v in thresholds.items()},
+                                             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
+    return report
+
+
+def _rewrite_combined(outdir: Path, card: ModelCard, ref: sitk.Image) -> None:
+    combined = np.zeros(tuple(ref.GetSize()[::-1]), np.uint8)
+    for cls in sorted(card.classes, key=lambda c: c.is_tumor):
+        path = outdir / SEG_DIR / f"{cls.name}.nii.gz"
+        if path.is_file():
+            combined[sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))) > 0] = cls.label
+    atomic_write_image(_mask_image(combined, ref), outdir / "combined_labels.nii.gz")

@@ -1,0 +1,94 @@
+"""The overview picture: a frontal projection of the CT with each structure as a coloured tint.
+
+Label-review convention (MODELS.md §5): reoriented to LAS, HU window −150…250, *summed* along the
+anterior-posterior axis (an X-ray-like view, not a MIP), normalised, 1 mm pixels, head up, patient's right on
+the image's left (radiological view) with R/L markers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageDraw, ImageFont
+
+from .geometry import Grid, oriented, reorient_array
+
+WINDOW_HU = (-150.0, 250.0)
+
+
+def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
+    """Sum along anterior-posterior of the LAS-reoriented array → (i, k) float32 (i: right→left, k: up)."""
+    arr = reorient_array(array_kji, grid, "LAS")
+    if window is None:
+        return arr.sum(axis=1, dtype=np.float32)
+    out = np.zeros((arr.shape[0], arr.shape[2]), np.float32)
+    lo, hi = window
+    # Slab by slab along j keeps the float copy small on 500 MB volumes.
+    for j in range(arr.shape[1]):
+        sl = np.clip(arr[:, j, :].astype(np.float32), lo, hi)
+        out += (sl - lo) / (hi - lo)
+    return out
+
+
+def _to_display(proj_ik: np.ndarray, grid: Grid, *, resample=Image.BILINEAR) -> Image.Image:
+    """(i, k) projection → PIL image with 1 mm pixels, head up, patient's right on the left."""
+    g = oriented(grid, "LAS")
+    img = np.flipud(proj_ik.T)  # rows: superior first
+    width = max(1, int(round(g.size[0] * g.spacing[0])))
+    height = max(1, int(round(g.size[2] * g.spacing[2])))
+    pil = Image.fromarray(img.astype(np.float32), mode="F")
+    return pil.resize((width, height), resample)
+
+
+class Overview:
+    """Accumulates structure projections while a run writes its masks, then renders the PNG."""
+
+    def __init__(self, image: sitk.Image):
+        self.grid = Grid.of(image)
+        ct = project(sitk.GetArrayViewFromImage(image), self.grid, window=WINDOW_HU)
+        ct /= max(float(ct.max()), 1e-6)
+        self.ct = _to_display(ct, self.grid)
+        self.layers = []  # (name, colour, mask projection as PIL "F")
+
+    def add(self, name: str, color, mask_kji: np.ndarray) -> None:
+        proj = project(mask_kji, self.grid)
+        if proj.max() <= 0:
+            return
+        self.layers.append((name, tuple(color), _to_display(proj / proj.max(), self.grid)))
+
+    def render(self, title: str = "") -> Image.Image:
+        base = np.asarray(self.ct, dtype=np.float32)
+        rgb = np.repeat((np.clip(base, 0, 1) * 255)[..., None], 3, axis=2)
+        for _, color, layer in self.layers:
+            a = np.asarray(layer, dtype=np.float32)
+            covered = a > 0.02
+            alpha = np.where(covered, 0.35 + 0.35 * np.clip(a, 0, 1), 0.0)[..., None]
+            rgb = rgb * (1 - alpha) + np.asarray(color, np.float32)[None, None, :] * alpha
+        scale = max(1, int(round(512 / max(rgb.shape[:2]))))
+        img = Image.fromarray(rgb.astype(np.uint8), "RGB")
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
+        return self._decorate(img, title)
+
+    def _decorate(self, img: Image.Image, title: str) -> Image.Image:
+        font = _font(16)
+        small = _font(13)
+        legend_w = 210
+        canvas = Image.new("RGB", (img.width + legend_w, max(img.height + 30, 40 + 20 * len(self.layers))), "black")
+        canvas.paste(img, (0, 30))
+        d = ImageDraw.Draw(canvas)
+        d.text((6, 6), title, fill="white", font=font)
+        d.text((6, 36), "R", fill="yellow", font=font)
+        d.text((img.width - 18, 36), "L", fill="yellow", font=font)
+        y = 36
+        for name, color, _ in self.layers:
+            d.rectangle([img.width + 10, y + 2, img.width + 24, y + 14], fill=color)
+            d.text((img.width + 30, y), name, fill="white", font=small)
+            y += 20
+        return canvas
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()

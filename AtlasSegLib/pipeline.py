@@ -1,0 +1,312 @@
+"""The segmentation pipeline: CT in, masks on the input grid out.
+
+Steps (each inverted exactly by one physical-space resampling onto the input grid at the end):
+read → orient (axis flips/permutations to the model's orientation) → resample to the model spacing → HU window
+→ crop to foreground → sliding-window inference → per structure: activation/threshold on the model grid,
+nearest-neighbour resampling onto the input grid *only inside the structure's box*, post-processing, write.
+
+Memory: the network output (C × model-grid voxels, float32) is the only all-class array; on the input grid
+one structure at a time is held (uint8), plus the uint8 combined label map.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .card import ModelCard
+from .errors import InputError
+from .geometry import Grid, covering_box, oriented, resample, respaced
+from .inference import infer, pick_device
+from .io import SourceInfo, StagingDir, check_ct_values, read_image
+from .networks import LoadedModel, load_model
+from .outputs import OutputWriter
+from .postprocess import (dilate_mm, largest_component, largest_per_side, quantize, tumor_mask)
+from .progress import Reporter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to run a model. ``thresholds`` overrides tumor thresholds by structure name (p kept if ≥ value)."""
+
+    device: str = "auto"
+    fast: bool = False
+    structures: Optional[tuple] = None
+    postprocess: bool = True
+    thresholds: dict = field(default_factory=dict)
+    force: bool = False
+    overwrite: bool = False
+    series_uid: Optional[str] = None
+    overview: bool = True
+
+
+@dataclass
+class Prepared:
+    """The network input and where it lies."""
+
+    array: np.ndarray  # (I, J, K) float32, windowed and cropped
+    grid: Grid  # geometry of ``array`` (the cropped model grid)
+    model_grid: Grid  # the uncropped model grid
+    crop_start: tuple
+
+
+def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepared:
+    """Orient, resample, window and crop ``image`` as the card says."""
+    pre = card.preprocessing
+    spacing = pre.get("fast_spacing_mm") if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"]
+    grid = respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
+    # Nearest-neighbour extrapolation at the rim mirrors MONAI's border padding for the last half voxel.
+    resampled = resample(image, grid, interpolator=sitk.sitkLinear, pixel_type=sitk.sitkFloat32, extrapolate=True)
+    arr = sitk.GetArrayFromImage(resampled)  # (k, j, i)
+    del resampled
+    lo, hi = pre["hu_window"]
+    a, b = pre["scale"]
+    np.clip(arr, lo, hi, out=arr)
+    arr -= lo
+    arr *= (b - a) / (hi - lo)
+    arr += a
+    start = (0, 0, 0)
+    if pre["crop_foreground"]:
+        fg = arr > 0
+        if not fg.any():
+            raise InputError(f"no voxel is above {lo} HU: the image holds no body to segment")
+        box = []
+        for axis in range(3):
+            other = tuple(x for x in range(3) if x != axis)
+            nz = np.nonzero(fg.any(axis=other))[0]
+            box.append((int(nz[0]), int(nz[-1]) + 1))
+        del fg
+        k, j, i = box
+        arr = arr[k[0]:k[1], j[0]:j[1], i[0]:i[1]]
+        start = (i[0], j[0], k[0])
+        size = (i[1] - i[0], j[1] - j[0], k[1] - k[0])
+    else:
+        size = grid.size
+    net_input = np.ascontiguousarray(arr.transpose(2, 1, 0))
+    return Prepared(net_input, grid.sub(start, size), grid, start)
+
+
+def estimate_memory_bytes(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> int:
+    """Peak memory a run needs, from the grid sizes (network output C × model voxels dominates)."""
+    pre = card.preprocessing
+    spacing = pre.get("fast_spacing_mm") if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"]
+    g = respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
+    channels = max(c.channel for c in card.classes) + 1
+    n_in = int(np.prod(image.GetSize()))
+    # float32 input + output + MONAI's count/importance buffers on the model grid; uint8 masks on the input grid.
+    return 4 * g.n_voxels * (channels + 4) + n_in * (image.GetSizeOfPixelComponent() + 4) + 600 * 2**20
+
+
+class Segmenter:
+    """Runs one loaded model on images; reusable across cases (batch runs load the weights once)."""
+
+    def __init__(self, model: LoadedModel, options: SegmentOptions = SegmentOptions()):
+        self.model = model
+        self.options = options
+        self.card = model.card
+        if options.structures:
+            self.card = _with_gates(self.card, options.structures)
+        self.device = pick_device(options.device)
+
+    def run(self, image: sitk.Image, source: SourceInfo, outdir, *, reporter: Optional[Reporter] = None,
+            extra_files: Optional[dict] = None) -> dict:
+        """Segment ``image`` into ``outdir`` (created atomically). Returns the report dict."""
+        reporter = reporter or Reporter()
+        opts = self.options
+        card = self.card
+        timings = {}
+        t0 = time.perf_counter()
+        staging = StagingDir(outdir, overwrite=opts.overwrite)
+        reporter.update("read", 1.0, "checking the image")
+        kji = sitk.GetArrayViewFromImage(image)
+        check_ct_values(kji, source.path, force=opts.force)
+        need = estimate_memory_bytes(image, card, fast=opts.fast)
+        avail = psutil.virtual_memory().available
+        if need > avail:
+            raise InputError(f"this volume (size {image.GetSize()}) needs about {need / 2**30:.1f} GB of memory, "
+                             f"{avail / 2**30:.1f} GB are available; close other programs, use --fast, or crop the "
+                             "volume to the abdomen")
+        timings["check"] = time.perf_counter() - t0
+
+        t = time.perf_counter()
+        reporter.update("preprocess", 0.0, "resampling to the model grid")
+        prep = prepare(image, card, fast=opts.fast)
+        timings["preprocess"] = time.perf_counter() - t
+        reporter.update("preprocess", 1.0, f"model grid {prep.grid.size}")
+
+        t = time.perf_counter()
+        logits = infer(self.model.net, prep.array, card.inference, device=self.device, reporter=reporter)
+        del prep.array
+        timings["inference"] = time.perf_counter() - t
+
+        with staging as tmpdir:
+            writer = OutputWriter(tmpdir, image, source, card, reporter=reporter)
+            t = time.perf_counter()
+            self._emit_structures(logits, prep, image, writer, reporter)
+            del logits
+            timings["invert_postprocess_write"] = time.perf_counter() - t
+            for name, src in (extra_files or {}).items():
+                sitk.WriteImage(src, str(Path(tmpdir) / name), useCompression=True)
+            timings["total"] = time.perf_counter() - t0
+            report = writer.finish(settings=self._settings(prep), timings=timings, overview=opts.overview)
+            reporter.update("write", 1.0, "done")
+            staging.commit()
+        return report
+
+    def _settings(self, prep: Prepared) -> dict:
+        o = self.options
+        return {
+            "device": self.device.type, "fast": o.fast, "postprocess": o.postprocess,
+            "structures": list(o.structures) if o.structures else None,
+            "model_grid": prep.model_grid.as_dict(), "crop_start_ijk": list(prep.crop_start),
+            "crop_size_ijk": list(prep.grid.size),
+            "preprocessing": self.card.preprocessing, "inference": self.card.inference,
+            "postprocessing": self.card.postprocessing,
+            "torch": torch.__version__,
+        }
+
+    def _emit_structures(self, logits: torch.Tensor, prep: Prepared, image: sitk.Image, writer: "OutputWriter",
+                         reporter: Reporter) -> None:
+        card = self.card
+        inf = card.inference
+        post = card.postprocessing
+        target = Grid.of(image)
+        softmax = inf["activation"] == "softmax"
+        if softmax:
+            probs = torch.softmax(logits, dim=0)
+            argmax = torch.argmax(logits, dim=0).numpy().astype(np.uint8)
+        classes = sorted(card.classes, key=lambda c: c.is_tumor)  # organs first: tumors are gated by them
+        organ_boxes = {}
+        midline = float(target.index_to_physical(np.asarray(target.size) / 2.0 - 0.5)[0])
+        for n, cls in enumerate(classes):
+            reporter.update("postprocess", n / len(classes), cls.name)
+            if softmax:
+                prob = probs[cls.channel].numpy()
+            else:
+                prob = torch.sigmoid(logits[cls.channel]).numpy()
+            if not cls.is_tumor:
+                if softmax:
+                    channels = [cls.channel] + [t.channel for t in card.classes if t.is_tumor and t.gate and cls.name in t.gate]
+                    mask_model = np.isin(argmax, channels).astype(np.uint8)
+                else:
+                    mask_model = (prob >= inf["threshold"]).astype(np.uint8)
+                box, mask = self._to_input_grid(mask_model, prep.grid, target)
+                if box is not None and self.options.postprocess and post["largest_component"]:
+                    if cls.paired:
+                        mask = largest_per_side(mask, target.sub(*box), midline)
+                    else:
+                        mask = largest_component(mask)
+                if box is not None and mask.any():
+                    organ_boxes[cls.name] = (box, mask)
+                writer.add_structure(cls, box, mask)
+            else:
+                self._emit_tumor(cls, prob, prep, target, organ_boxes, writer)
+
+    @staticmethod
+    def _to_input_grid(array_ijk: np.ndarray, grid: Grid, target: Grid, *, nonzero=None):
+        """Resample a model-grid uint8 (i, j, k) array onto the input grid, only over the box where it is
+        non-zero. Returns ((start, size), box array (k, j, i)) or (None, None) when empty."""
+        nz = array_ijk if nonzero is None else nonzero
+        if not nz.any():
+            return None, None
+        lo, hi = [], []
+        for axis in range(3):
+            other = tuple(x for x in range(3) if x != axis)
+            idx = np.nonzero(nz.any(axis=other))[0]
+            lo.append(int(idx[0]))
+            hi.append(int(idx[-1]) + 1)
+        box = covering_box(target, grid, lo, hi)
+        if box is None:
+            return None, None
+        src = grid.image_from_ijk(array_ijk)
+        out = resample(src, target.sub(*box), interpolator=sitk.sitkNearestNeighbor)
+        return box, sitk.GetArrayFromImage(out)
+
+    def _emit_tumor(self, cls, prob, prep: Prepared, target: Grid, organ_boxes: dict, writer) -> None:
+        card = self.card
+        post = card.postprocessing
+        threshold = float(self.options.thresholds.get(cls.name, card.inference["threshold"]))
+        gated = bool(self.options.postprocess and post["tumor_gate"] and cls.gate)
+        q = quantize(prob)
+        gate_info = None
+        if gated:
+            present = [g for g in cls.gate if g in organ_boxes]
+            in_card = [g for g in cls.gate if any(c.name == g for c in card.classes)]
+            if not in_card:
+                gated = False
+            elif not present:
+                writer.add_tumor(cls, None, None, None, threshold=threshold, gate=in_card,
+                                 note=f"no {'/'.join(in_card)} found, so no {cls.name} (gated to the organ)")
+                return
+            else:
+                box, gate_mask = _gate_box(present, organ_boxes, target, post["tumor_gate_dilation_mm"])
+                gate_info = present
+        if not gated:
+            nz = q > 0
+            if not nz.any():
+                writer.add_tumor(cls, None, None, None, threshold=threshold, gate=None, note="probability zero everywhere")
+                return
+            box, q_box = self._to_input_grid(q, prep.grid, target, nonzero=nz)
+            gate_mask = None
+        else:
+            q_box = sitk.GetArrayFromImage(resample(prep.grid.image_from_ijk(q), target.sub(*box),
+                                                    interpolator=sitk.sitkNearestNeighbor))
+        min_mm3 = cls.min_component_mm3 if self.options.postprocess else 0.0
+        mask = tumor_mask(q_box, gate_mask, threshold=threshold, voxel_mm3=target.voxel_volume_mm3, min_mm3=min_mm3)
+        writer.add_tumor(cls, box, mask, q_box, threshold=threshold, gate=gate_info, min_mm3=min_mm3,
+                         dilation_mm=post["tumor_gate_dilation_mm"] if gate_info else None)
+
+
+def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
+    """Box (start, size) on the input grid around the gate organs, grown by the dilation, and the dilated
+    union of the organs inside it (k, j, i)."""
+    starts = np.array([organ_boxes[n][0][0] for n in names])
+    stops = np.array([np.add(organ_boxes[n][0][0], organ_boxes[n][0][1]) for n in names])
+    grow = np.ceil(dilation_mm / np.asarray(target.spacing)).astype(int) + 1
+    start = np.maximum(starts.min(0) - grow, 0)
+    stop = np.minimum(stops.max(0) + grow, target.size)
+    size = stop - start
+    gate = np.zeros(tuple(size[::-1]), np.uint8)
+    for n in names:
+        (s, z), m = organ_boxes[n]
+        o = np.asarray(s) - start
+        gate[o[2]:o[2] + z[2], o[1]:o[1] + z[1], o[0]:o[0] + z[0]] |= m
+    gate = dilate_mm(gate, target.spacing[::-1], dilation_mm)
+    return (tuple(int(v) for v in start), tuple(int(v) for v in size)), gate
+
+
+def _with_gates(card: ModelCard, names) -> ModelCard:
+    """Restrict to ``names``, adding the organs that selected tumors are gated to."""
+    names = list(names)
+    by_name = {c.name: c for c in card.classes}
+    for n in list(names):
+        c = by_name.get(n)
+        if c is not None and c.is_tumor and c.gate:
+            for g in c.gate:
+                if g in by_name and g not in names:
+                    log.info("adding %s: %s is gated to it", g, n)
+                    names.append(g)
+    return card.select(names)
+
+
+def segment(input_path, outdir, *, card: ModelCard, weights=None, options: SegmentOptions = SegmentOptions(),
+            progress=None, cancel=None) -> dict:
+    """Read ``input_path``, run ``card``'s model with ``weights`` and write ``outdir``. Returns the report."""
+    reporter = Reporter(progress=progress, cancel=cancel)
+    if Path(outdir).exists() and not options.overwrite:
+        raise InputError(f"output folder {outdir} already exists; choose another -o or pass --overwrite")
+    reporter.update("read", 0.0, f"reading {input_path}")
+    image, source = read_image(input_path, series_uid=options.series_uid)
+    model = load_model(card, weights)
+    return Segmenter(model, options).run(image, source, outdir, reporter=reporter)
