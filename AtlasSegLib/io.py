@@ -60,6 +60,7 @@ def read_image(path, *, series_uid: Optional[str] = None) -> tuple:
         if path.suffix.lower() == ".dcm":
             image, source = _read_dicom_folder(path.parent, series_uid)
         else:
+            _check_nifti_complete(path)
             try:
                 image = sitk.ReadImage(str(path))
             except RuntimeError as exc:
@@ -69,6 +70,37 @@ def read_image(path, *, series_uid: Optional[str] = None) -> tuple:
             source = SourceInfo(path=str(path), format=_format_name(path))
     check_volume(image, str(path))
     return image, source
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK silently zero-fills a truncated NIfTI; compare the data length with what the header promises."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        header = nib.load(str(path)).header
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for damaged headers
+        raise InputError(f"cannot read {path} as NIfTI ({exc}); is it a complete, uncorrupted file?") from None
+    expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if name.endswith(".gz"):
+        length = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(8 << 20):
+                    length += len(chunk)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(f"cannot read {path}: the compressed data is truncated or corrupt ({exc}); "
+                             "copy or export the file again") from None
+    else:
+        length = path.stat().st_size
+    if length < expected:
+        raise InputError(f"cannot read {path}: the file holds {length} bytes of the {expected} its header promises "
+                         "(truncated); copy or export the file again")
 
 
 def _format_name(path: Path) -> str:
@@ -124,7 +156,7 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]):
     except RuntimeError as exc:
         raise InputError(f"cannot decode DICOM series {uid} in {folder}: {str(exc).strip().splitlines()[-1]}") from None
     study = reader.GetMetaData(0, "0020|000d").strip() if reader.HasMetaDataKey(0, "0020|000d") else None
-    return image, SourceInfo(path=str(folder), format="dicom", series_uid=uid, study_uid=study, files=files,
+    return image, SourceInfo(path=str(folder), format="dicom", series_uid=uid or None, study_uid=study or None, files=files,
                              other_series=tuple(k for k in series if k != uid))
 
 
