@@ -45,7 +45,7 @@ def run_demo(outdir, *, seed: int = 2024, tumors: bool = True, device: str = "au
         truth = phantom.labels.get(cls.name)
         if truth is None:
             continue
-        pred = sitk.GetArrayViewFromImage(sitk.ReadImage(str(Path(outdir) / "segmentations" / f"{cls.name}.nii.gz")))
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(outdir) / "segmentations" / f"{cls.name}.nii.gz")))
         t = sitk.GetArrayViewFromImage(truth)
         scores[cls.name] = {"dice": dice(pred, t), "truth_ml": float((t > 0).sum()) * voxel_ml,
                             "pred_ml": float((pred > 0).sum()) * voxel_ml}

@@ -190,7 +190,7 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         if meta.get("gate"):
             gate_mask = np.zeros(q_box.shape, np.uint8)
             for organ in meta["gate"]:
-                full = sitk.GetArrayViewFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{organ}.nii.gz")))
+                full = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{organ}.nii.gz")))
                 gate_mask |= full[_box_slices(box)]
             gate_mask = dilate_mm(gate_mask, grid.spacing[::-1], meta.get("gate_dilation_mm") or 0.0)
         mask = tumor_mask(q_box, gate_mask, threshold=float(t), voxel_mm3=grid.voxel_volume_mm3,
@@ -220,5 +220,5 @@ def _rewrite_combined(outdir: Path, card: ModelCard, ref: sitk.Image) -> None:
     for cls in sorted(card.classes, key=lambda c: c.is_tumor):
         path = outdir / SEG_DIR / f"{cls.name}.nii.gz"
         if path.is_file():
-            combined[sitk.GetArrayViewFromImage(sitk.ReadImage(str(path))) > 0] = cls.label
+            combined[sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0] = cls.label
     atomic_write_image(_mask_image(combined, ref), outdir / "combined_labels.nii.gz")

@@ -1,0 +1,53 @@
+"""The command line as a user and the Slicer module meet it; the library stays host-independent."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+from models_for_tests import bone_model
+
+
+def test_importing_the_library_loads_no_slicer_qt_ctk_or_vtk():
+    code = ("import sys, pkgutil, importlib, AtlasSegLib\n"
+            "for m in pkgutil.iter_modules(AtlasSegLib.__path__):\n"
+            "    if m.name != '__main__': importlib.import_module('AtlasSegLib.' + m.name)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('slicer', 'qt', 'ctk', 'vtk', 'vtkmodules', 'PythonQt')]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_help_shows_examples_and_commands():
+    r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0
+    for word in ("segment", "demo", "threshold", "models", "examples:"):
+        assert word in r.stdout
+
+
+def test_progress_json_lines_end_with_done(small_ct, tmp_path):
+    card = bone_model(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "segment", str(small_ct), "-o", str(tmp_path / "o"),
+                        "--model-card", str(card), "--progress-json"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and all(0 <= e["fraction"] <= 1 for e in progress)
+    assert [e["fraction"] for e in progress] == sorted(e["fraction"] for e in progress)
+    assert events[-1]["event"] == "done"
+
+
+def test_progress_json_reports_errors_with_exit_code(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "segment", str(tmp_path / "missing.nii.gz"), "-o",
+                        str(tmp_path / "o"), "--progress-json"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert last["event"] == "error" and last["exit_code"] == 2 and "does not exist" in last["message"]
+
+
+def test_segment_prints_a_volume_table(small_ct, tmp_path):
+    card = bone_model(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "segment", str(small_ct), "-o", str(tmp_path / "o"),
+                        "--model-card", str(card)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "vertebrae" in r.stdout and "volume ml" in r.stdout

@@ -1,0 +1,148 @@
+"""A run's output folder (AbdomenAtlas layout) and changing tumor thresholds afterwards without re-running."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from AtlasSegLib.card import load_card
+from AtlasSegLib.cli import main
+from AtlasSegLib.errors import Cancelled
+from AtlasSegLib.outputs import rethreshold
+from AtlasSegLib.pipeline import SegmentOptions, segment
+from AtlasSegLib.postprocess import threshold_level
+from models_for_tests import small_segresnet
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, ctdata):
+    tmp = tmp_path_factory.mktemp("run")
+    card_path, weights = small_segresnet(tmp, seed=1)
+    out = tmp / "out"
+    ct = ctdata / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"
+    report = segment(ct, out, card=load_card(card_path), weights=weights, options=SegmentOptions(device="cpu"))
+    return {"out": out, "report": report, "ct": ct, "card": card_path, "weights": weights, "tmp": tmp}
+
+
+def _arr(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_output_folder_has_the_abdomenatlas_layout_on_the_input_grid(run):
+    out, ct = run["out"], sitk.ReadImage(str(run["ct"]))
+    card = json.loads((out / "card.json").read_text())
+    for cls in card["classes"]:
+        img = sitk.ReadImage(str(out / "segmentations" / f"{cls['name']}.nii.gz"))
+        assert img.GetSize() == ct.GetSize() and img.GetPixelID() == sitk.sitkUInt8
+        assert np.allclose(img.GetOrigin(), ct.GetOrigin()) and np.allclose(img.GetDirection(), ct.GetDirection())
+    combined = _arr(out / "combined_labels.nii.gz")
+    assert set(np.unique(combined)) <= {0} | {c["label"] for c in card["classes"]}
+    assert (out / "overview.png").stat().st_size > 1000
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["id"] == "suprem-segresnet" and report["input"]["grid"]["size"] == list(ct.GetSize())
+    liver = next(s for s in report["structures"] if s["name"] == "liver")
+    assert liver["volume_ml"] == pytest.approx(liver["voxels"] * 27 / 1000, rel=1e-6)
+    assert not list(out.parent.glob(".out.partial-*"))
+
+
+def test_tumor_probabilities_are_kept_as_uint8_in_the_organ_box(run):
+    out = run["out"]
+    report = json.loads((out / "report.json").read_text())
+    info = report["tumors"]["liver_tumor"]
+    assert info["gate"] == ["liver"]
+    meta = json.loads((out / "probabilities" / "liver_tumor.json").read_text())
+    prob = sitk.ReadImage(str(out / "probabilities" / "liver_tumor.nii.gz"))
+    assert prob.GetPixelID() == sitk.sitkUInt8 and list(prob.GetSize()) == meta["box_size_ijk"]
+    ct = sitk.ReadImage(str(run["ct"]))
+    assert np.allclose(prob.GetOrigin(), ct.TransformIndexToPhysicalPoint(meta["box_start_ijk"]))
+    # The tumor mask lies inside the box and inside p ≥ threshold.
+    mask = _arr(out / "segmentations" / "liver_tumor.nii.gz")
+    s, z = meta["box_start_ijk"], meta["box_size_ijk"]
+    box = mask[s[2]:s[2] + z[2], s[1]:s[1] + z[1], s[0]:s[0] + z[0]]
+    assert box.sum() == mask.sum()
+    assert np.all(sitk.GetArrayViewFromImage(prob)[box > 0] >= threshold_level(0.5))
+
+
+def test_rethreshold_at_the_same_value_reproduces_the_run_exactly(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run["out"], copy)
+    rethreshold(copy, {"liver_tumor": 0.5, "kidney_tumor": 0.5})
+    for name in ("liver_tumor", "kidney_tumor"):
+        assert np.array_equal(_arr(copy / "segmentations" / f"{name}.nii.gz"),
+                              _arr(run["out"] / "segmentations" / f"{name}.nii.gz"))
+    assert np.array_equal(_arr(copy / "combined_labels.nii.gz"), _arr(run["out"] / "combined_labels.nii.gz"))
+
+
+def test_threshold_command_grows_tumors_and_updates_report(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run["out"], copy)
+    before = _arr(copy / "segmentations" / "liver_tumor.nii.gz")
+    assert main(["threshold", str(copy), "--set", "liver_tumor=0.2"]) == 0
+    after = _arr(copy / "segmentations" / "liver_tumor.nii.gz")
+    assert after.sum() >= before.sum() and np.all(after[before > 0])
+    report = json.loads((copy / "report.json").read_text())
+    assert report["tumors"]["liver_tumor"]["threshold"] == 0.2
+    entry = next(s for s in report["structures"] if s["name"] == "liver_tumor")
+    assert entry["voxels"] == int(after.sum())
+    assert sum(c["voxels"] for c in report["tumors"]["liver_tumor"]["components"]) == int(after.sum())
+    assert report["history"][-1]["values"] == {"liver_tumor": 0.2}
+    # Other structures untouched.
+    assert np.array_equal(_arr(copy / "segmentations" / "liver.nii.gz"), _arr(run["out"] / "segmentations" / "liver.nii.gz"))
+
+
+def test_threshold_command_refuses_unknown_structure_and_bad_value(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run["out"], copy)
+    assert main(["threshold", str(copy), "--set", "liver=0.3"]) == 2
+    assert "not a tumor structure" in capsys.readouterr().err
+    assert main(["threshold", str(copy), "--set", "liver_tumor=1.5"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert main(["threshold", str(tmp_path), "--set", "liver_tumor=0.3"]) == 2
+
+
+def test_segment_time_threshold_override_matches_later_rethreshold(run, tmp_path):
+    out = tmp_path / "low"
+    segment(run["ct"], out, card=load_card(run["card"]), weights=run["weights"],
+            options=SegmentOptions(device="cpu", thresholds={"liver_tumor": 0.3}, overview=False))
+    copy = tmp_path / "copy"
+    shutil.copytree(run["out"], copy)
+    rethreshold(copy, {"liver_tumor": 0.3})
+    assert np.array_equal(_arr(out / "segmentations" / "liver_tumor.nii.gz"),
+                          _arr(copy / "segmentations" / "liver_tumor.nii.gz"))
+
+
+def test_structure_subset_produces_only_those_plus_gate_organs(run, tmp_path):
+    out = tmp_path / "subset"
+    segment(run["ct"], out, card=load_card(run["card"]), weights=run["weights"],
+            options=SegmentOptions(device="cpu", structures=("spleen", "liver_tumor"), overview=False))
+    names = sorted(p.name for p in (out / "segmentations").iterdir())
+    assert names == ["liver.nii.gz", "liver_tumor.nii.gz", "spleen.nii.gz"]
+
+
+def test_cancel_stops_the_run_and_writes_nothing(run, tmp_path):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 5
+
+    out = tmp_path / "cancelled"
+    with pytest.raises(Cancelled):
+        segment(run["ct"], out, card=load_card(run["card"]), weights=run["weights"],
+                options=SegmentOptions(device="cpu"), cancel=cancel)
+    assert not out.exists() and not list(tmp_path.glob(".cancelled.partial-*"))
+
+
+def test_progress_reports_stages_in_order_with_rising_fractions(run, tmp_path):
+    seen = []
+    segment(run["ct"], tmp_path / "p", card=load_card(run["card"]), weights=run["weights"],
+            options=SegmentOptions(device="cpu", overview=False), progress=lambda s, f, m: seen.append((s, f)))
+    stages = [s for s, _ in seen]
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    order = ["read", "preprocess", "inference", "postprocess", "write"]
+    assert [s for s in order if s in stages] == order
+    assert sum(1 for s in stages if s == "inference") > 3

@@ -1,0 +1,101 @@
+"""Post-processing and measurements: units are mm³ and mm, checked against independent computations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from AtlasSegLib.geometry import Grid
+from AtlasSegLib.postprocess import (components, largest_component, largest_per_side, quantize, remove_small,
+                                     threshold_level, tumor_mask)
+
+
+def _grid(shape_kji, spacing=(1.0, 1.0, 1.0)):
+    return Grid(tuple(shape_kji[::-1]), spacing, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def test_min_component_size_is_mm3_not_voxels():
+    mask = np.zeros((10, 20, 20), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1  # 8 voxels
+    mask[5:8, 10:13, 10:13] = 1  # 27 voxels
+    # 2 mm isotropic voxels: 8 mm³ each → 64 mm³ and 216 mm³.
+    kept = remove_small(mask, voxel_mm3=8.0, min_mm3=100.0)
+    assert kept[1:3, 1:3, 1:3].sum() == 0 and kept[5:8, 10:13, 10:13].sum() == 27
+    # Boundary rule: kept if volume ≥ min.
+    assert remove_small(mask, voxel_mm3=8.0, min_mm3=64.0).sum() == 35
+
+
+def test_largest_component_uses_26_connectivity():
+    mask = np.zeros((5, 5, 5), np.uint8)
+    mask[1, 1, 1] = mask[2, 2, 2] = mask[3, 3, 3] = 1  # diagonal chain: one 26-connected component
+    mask[0, 4, 4] = 1
+    out = largest_component(mask)
+    assert out.sum() == 3 and out[0, 4, 4] == 0
+
+
+def test_paired_organ_keeps_the_largest_component_on_each_side():
+    mask = np.zeros((10, 10, 40), np.uint8)
+    mask[2:8, 2:8, 2:10] = 1  # left of midline (x < 20): large
+    mask[2:4, 2:4, 12:14] = 1  # left, small false positive
+    mask[2:7, 2:7, 28:36] = 1  # right side
+    grid = _grid(mask.shape)
+    out = largest_per_side(mask, grid, midline_lps_x=19.5)
+    assert out[2:8, 2:8, 2:10].all() and out[2:7, 2:7, 28:36].all() and out[2:4, 2:4, 12:14].sum() == 0
+
+
+def test_threshold_levels_keep_p_at_or_above_threshold():
+    assert threshold_level(0.5) == 128
+    q = quantize(np.array([0.499, 0.5, 0.502, 1.0, 0.0]))
+    assert list(q >= threshold_level(0.5)) == [False, True, True, True, False]
+    with pytest.raises(ValueError):
+        threshold_level(1.0)
+
+
+def test_tumor_mask_is_gated_and_dusted():
+    q = np.zeros((10, 30, 30), np.uint8)
+    q[2:6, 2:8, 2:8] = 200  # inside the gate
+    q[2:6, 20:26, 20:26] = 200  # outside the gate
+    q[8, 10, 10] = 250  # a single voxel, below min volume
+    gate = np.zeros_like(q)
+    gate[:, :15, :15] = 1
+    m = tumor_mask(q, gate, threshold=0.5, voxel_mm3=1.0, min_mm3=10.0)
+    assert m[2:6, 2:8, 2:8].all() and m[2:6, 20:26, 20:26].sum() == 0 and m[8, 10, 10] == 0
+    # Lower threshold grows the region; higher shrinks it.
+    q[2:6, 8, 2:8] = 100
+    assert tumor_mask(q, gate, threshold=0.3, voxel_mm3=1.0, min_mm3=10.0).sum() > m.sum()
+
+
+def test_component_diameters_of_a_disc_in_mm():
+    # A 20 mm diameter cylinder, 5 slices, 0.5 mm pixels: longest axial diameter ≈ 20 mm (voxel edges), both axes.
+    spacing = (0.5, 0.5, 2.0)
+    yy, xx = np.mgrid[0:60, 0:60]
+    disc = ((xx - 30) * 0.5) ** 2 + ((yy - 30) * 0.5) ** 2 <= 10.0 ** 2
+    mask = np.zeros((7, 60, 60), np.uint8)
+    mask[1:6] = disc
+    grid = _grid(mask.shape, spacing)
+    (comp,) = components(mask, grid, (0, 0, 0), q_box=mask * 255)
+    assert abs(comp.longest_axial_diameter_mm - 20.5) < 1.0
+    assert abs(comp.perpendicular_diameter_mm - 20.5) < 1.0
+    assert abs(comp.volume_ml - mask.sum() * 0.5 / 1000) < 1e-9
+    assert comp.max_probability == 1.0
+
+
+def test_component_ellipse_long_and_short_axes():
+    yy, xx = np.mgrid[0:80, 0:80]
+    ell = ((xx - 40) / 30.0) ** 2 + ((yy - 40) / 10.0) ** 2 <= 1.0  # 60 × 20 voxels at 1 mm
+    mask = np.zeros((3, 80, 80), np.uint8)
+    mask[1] = ell
+    (comp,) = components(mask, _grid(mask.shape), (0, 0, 0))
+    assert 59 <= comp.longest_axial_diameter_mm <= 62
+    assert 19 <= comp.perpendicular_diameter_mm <= 22
+
+
+def test_components_are_ranked_by_volume_and_report_their_box():
+    mask = np.zeros((10, 20, 20), np.uint8)
+    mask[1:3, 1:3, 1:3] = 1
+    mask[4:9, 10:15, 10:15] = 1
+    comps = components(mask, _grid(mask.shape), (100, 200, 300))
+    assert [c.voxels for c in comps] == [125, 8]
+    assert comps[0].bbox_ijk == ((110, 210, 304), (115, 215, 309))
+    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    assert n == len(comps)
