@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   atlasseg segment dicom_folder/ -o out --model-card my_model.json --weights my_model.pt --device cpu
   atlasseg segment ct.nrrd -o out --model atlasseg-demo --structures liver,liver_tumor --threshold liver_tumor=0.3
   atlasseg threshold out --set liver_tumor=0.3    # change a tumor threshold without re-running the model
+  atlasseg batch AbdomenAtlas/ -o results --model suprem-segresnet --fast
   atlasseg models list
 """
 
@@ -104,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     common(s)
 
+    b = sub.add_parser("batch", help="segment every case of a dataset folder (model loaded once)",
+                       description="Cases: AbdomenAtlas-style <root>/<case>/ct.nii.gz, CT files directly in the "
+                       "folder (.nii.gz, .nrrd, .mha), or one DICOM series per subfolder. Each case goes to "
+                       "OUTPUT/<case>/; a failing case is reported and the others go on; OUTPUT/batch_summary.csv "
+                       "lists them all.")
+    b.add_argument("input", help="dataset folder")
+    b.add_argument("-o", "--output", required=True, help="output root folder")
+    mb = b.add_mutually_exclusive_group()
+    mb.add_argument("--model", help="built-in model id; default atlasseg-demo")
+    mb.add_argument("--model-card", help="JSON model card of your own model")
+    b.add_argument("--weights")
+    b.add_argument("--structures")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--fast", action="store_true")
+    b.add_argument("--threshold", action="append", metavar="NAME=P")
+    b.add_argument("--overwrite", action="store_true", help="re-run cases whose output exists (default: skip them)")
+    common(b)
+
     d = sub.add_parser("demo", help="make a synthetic phantom, segment it with the demo model, print Dice")
     d.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
     d.add_argument("--seed", type=int, default=2024, help="phantom seed")
@@ -149,15 +168,22 @@ def _resolve_model(args):
     return card, weights
 
 
-def cmd_segment(args, sink) -> int:
-    from .pipeline import SegmentOptions, segment
+def _options(args):
+    from .pipeline import SegmentOptions
 
-    card, weights = _resolve_model(args)
-    opts = SegmentOptions(
+    return SegmentOptions(
         device=args.device, fast=args.fast,
         structures=tuple(s.strip() for s in args.structures.split(",") if s.strip()) if args.structures else None,
-        postprocess=not args.no_postprocess, thresholds=_parse_pairs(args.threshold, "--threshold"),
-        force=args.force, overwrite=args.overwrite, series_uid=args.series)
+        postprocess=not getattr(args, "no_postprocess", False),
+        thresholds=_parse_pairs(args.threshold, "--threshold"), force=getattr(args, "force", False),
+        overwrite=args.overwrite, series_uid=getattr(args, "series", None))
+
+
+def cmd_segment(args, sink) -> int:
+    from .pipeline import segment
+
+    card, weights = _resolve_model(args)
+    opts = _options(args)
     t0 = time.perf_counter()
     report = segment(args.input, args.output, card=card, weights=weights, options=opts, progress=sink)
     sink.close()
@@ -178,6 +204,22 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
         print(f"{name}: {len(comps)} component(s) at threshold {info['threshold']}"
               + "".join(f"\n  #{c['id']}: {c['volume_ml']:.2f} ml, {c['longest_axial_diameter_mm'] / 10:.1f} x "
                         f"{c['perpendicular_diameter_mm'] / 10:.1f} cm, max p {c['max_probability']:.2f}" for c in comps[:10]))
+
+
+def cmd_batch(args, sink) -> int:
+    from .batch import run_batch
+
+    card, weights = _resolve_model(args)
+    rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
+    sink.close()
+    sink.event(event="done", outdir=str(Path(args.output).resolve()))
+    failed = [r for r in rows if r["status"] == "failed"]
+    if not args.progress_json:
+        for r in rows:
+            print(f"{r['case']:<32}{r['status']:<9}{r['seconds']:>8.1f} s  {r['message']}")
+        print(f"{len(rows) - len(failed)} of {len(rows)} cases done; summary: "
+              f"{Path(args.output).resolve() / 'batch_summary.csv'}")
+    return 2 if failed else 0
 
 
 def cmd_demo(args, sink) -> int:
@@ -260,6 +302,8 @@ def main(argv=None) -> int:
             return cmd_segment(args, sink)
         if args.command == "demo":
             return cmd_demo(args, sink)
+        if args.command == "batch":
+            return cmd_batch(args, sink)
         if args.command == "threshold":
             return cmd_threshold(args)
         if args.command == "models":

@@ -51,3 +51,27 @@ def test_segment_prints_a_volume_table(small_ct, tmp_path):
     r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "segment", str(small_ct), "-o", str(tmp_path / "o"),
                         "--model-card", str(card)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and "vertebrae" in r.stdout and "volume ml" in r.stdout
+
+
+def test_batch_segments_every_case_and_reports_failures_without_stopping(small_ct, tmp_path, capsys):
+    import csv
+
+    from AtlasSegLib.cli import main
+
+    root = tmp_path / "dataset"
+    (root / "BDMAP_00000001").mkdir(parents=True)
+    (root / "BDMAP_00000001" / "ct.nii.gz").symlink_to(small_ct)
+    (root / "broken.nii.gz").write_bytes(b"not an image")
+    (root / "case3.nii.gz").symlink_to(small_ct)
+    card = bone_model(tmp_path)
+    code = main(["batch", str(root), "-o", str(tmp_path / "results"), "--model-card", str(card), "--quiet"])
+    assert code == 2  # one case failed
+    rows = list(csv.DictReader(open(tmp_path / "results" / "batch_summary.csv")))
+    status = {r["case"]: r["status"] for r in rows}
+    assert status == {"BDMAP_00000001": "done", "broken": "failed", "case3": "done"}
+    assert (tmp_path / "results" / "BDMAP_00000001" / "segmentations" / "vertebrae.nii.gz").is_file()
+    assert "cannot read" in next(r["message"] for r in rows if r["case"] == "broken")
+    # A second run skips finished cases.
+    main(["batch", str(root), "-o", str(tmp_path / "results"), "--model-card", str(card), "--quiet"])
+    rows = list(csv.DictReader(open(tmp_path / "results" / "batch_summary.csv")))
+    assert {r["case"]: r["status"] for r in rows}["case3"] == "skipped"
