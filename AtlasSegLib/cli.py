@@ -259,11 +259,12 @@ def cmd_models(args) -> int:
         print(download.cache_dir())
     elif action == "list":
         rows = download.list_models()
-        print(f"{'id':<30}{'classes':>8}{'size MB':>10}  {'cached':<7} {'sha256':<22} license / title")
+        print(f"{'id':<28}{'classes':>8}{'size MB':>9}  {'cached':<7}{'sha256':<23}title / license")
         for r in rows:
-            size = f"{r['size'] / 1e6:.0f}" if r.get("size") else "?"
-            print(f"{r['id']:<30}{r['classes']:>8}{size:>10}  {'yes' if r['cached'] else 'no':<7} "
-                  f"{r['sha256_status']:<22} {r['license'][:40]} / {r['title']}")
+            size = f"{r.size / 1e6:.0f}" if r.size else "?"
+            print(f"{r.id:<28}{r.num_classes:>8}{size:>9}  {'yes' if r.cached else 'no':<7}{r.sha256_status:<23}"
+                  f"{r.title} / {r.license.split(';')[0][:60]}")
+        print(f"cache: {download.cache_dir()}")
     elif action == "fetch":
         bar = None
         if not args.quiet and sys.stderr.isatty():

@@ -19,6 +19,7 @@ The number of classes of a released checkpoint is the first dimension of its ``o
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from typing import Mapping
@@ -128,6 +129,9 @@ class UNet3DBackbone(nn.Module):
         self.up_tr64 = _UpTransition(128, 64)
 
     def forward(self, x: torch.Tensor):
+        if x.ndim != 5 or any(s % 8 for s in x.shape[2:]):
+            raise InputError(f"SuPreM U-Net needs a (B, C, D, H, W) input with D, H, W divisible by 8; "
+                             f"got shape {tuple(x.shape)} (use a roi_size such as 96)")
         x, skip64 = self.down_tr64(x)
         x, skip128 = self.down_tr128(x)
         x, skip256 = self.down_tr256(x)
@@ -154,10 +158,14 @@ class SwinUNETRBackbone(nn.Module):
         super().__init__()
         from monai.networks.nets import SwinUNETR  # imported here: only this backbone needs it
 
+        kwargs = {}
+        if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:
+            # MONAI < 1.5 still requires the (deprecated, unused) img_size argument.
+            kwargs["img_size"] = (96, 96, 96)
         # out_channels is irrelevant: the output layer is dropped (the universal head replaces it).
-        net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size)
+        net = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size, **kwargs)
         self.normalize = net.normalize
-        self.patch_size = net.patch_size
+        self.patch_size = getattr(net, "patch_size", 2)
         for name in ("swinViT", "encoder1", "encoder2", "encoder3", "encoder4", "encoder10",
                      "decoder5", "decoder4", "decoder3", "decoder2", "decoder1"):
             self.add_module(name, getattr(net, name))
@@ -211,8 +219,28 @@ def _basic_layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = block(x, attn_mask)
     x = x.view(b, d, h, w, -1)
     if layer.downsample is not None:
-        x = layer.downsample(x)
+        x = _patch_merging_v090(layer.downsample, x)
     return x.permute(0, 4, 1, 2, 3)
+
+
+# Sub-voxel offsets (d, h, w) that patch merging concatenates, in order, as in MONAI <= 1.4's "merging"
+# (the v0.9.0 layer the SuPreM Swin UNETR was trained with). Two offsets repeat and two never appear
+# (MONAI issues #4757, #8284); MONAI 1.5 changed the order, which breaks released weights, so the
+# trained order is kept here independently of the installed MONAI.
+_MERGING_OFFSETS_V090 = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1))
+
+
+def _patch_merging_v090(merging: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Patch merging of (B, D, H, W, C) channels-last features with the trained slice order.
+
+    Uses ``merging.norm`` and ``merging.reduction`` (MONAI ``PatchMerging`` parameters) and returns
+    (B, ceil(D/2), ceil(H/2), ceil(W/2), 2C).
+    """
+    d, h, w = x.shape[1:4]
+    if d % 2 or h % 2 or w % 2:
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+    x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in _MERGING_OFFSETS_V090], dim=-1)
+    return merging.reduction(merging.norm(x))
 
 
 class SupremUniversalModel(nn.Module):
@@ -264,17 +292,20 @@ class SupremUniversalModel(nn.Module):
         head_in = self.precls_conv(features)  # (N, 8, D, H, W)
         weights, biases = _split_params(params)
         n, c = params.shape[:2]
-        out = head_in.new_empty((n, c) + tuple(head_in.shape[2:]))
-        # One class at a time: running all classes at once would hold C x 8 full-resolution channels
-        # (about 0.9 GB for 32 classes at 96^3) for no speed gain on these tiny 1x1x1 convolutions.
-        for k in range(c):
-            h = head_in
-            for layer, (w, b) in enumerate(zip(weights, biases)):
-                h = torch.einsum("noi,ni...->no...", w[:, k], h) + b[:, k].reshape(n, -1, 1, 1, 1)
-                if layer < len(weights) - 1:
-                    h = F.relu(h)
-            out[:, k] = h[:, 0]
-        return out
+        voxels = head_in.flatten(2)  # (N, 8, V)
+        out = voxels.new_empty((n, c, voxels.shape[2]))
+        last = len(weights) - 1
+        # One sample and class at a time: running all classes at once would hold C x 8 full-resolution
+        # channels (about 0.9 GB for 32 classes at 96^3) for no speed gain on these memory-bound 8x8 products.
+        for i in range(n):
+            for k in range(c):
+                h = voxels[i]
+                for layer, (w, b) in enumerate(zip(weights, biases)):
+                    h = torch.addmm(b[i, k, :, None], w[i, k], h)
+                    if layer < last:
+                        h = h.relu_()
+                out[i, k] = h[0]
+        return out.reshape((n, c) + tuple(head_in.shape[2:]))
 
 
 def _split_params(params: torch.Tensor):

@@ -264,7 +264,7 @@ def _fetch_in_child(raw: dict, home: str, queue) -> None:
 
 
 def test_concurrent_fetches_from_two_processes_share_one_valid_file(server, cache_home):
-    server.throttle_s = 0.03  # ~0.4 s per transfer, so the two processes overlap
+    server.throttle_s = 0.05  # ~0.6 s per transfer, so the two processes overlap
     raw = make_raw(server.url)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -281,6 +281,15 @@ def test_concurrent_fetches_from_two_processes_share_one_valid_file(server, cach
     assert 1 <= len(full_sends) <= 2
     assert manifest(cache_home)["test-model"]["sha256"] == PAYLOAD_SHA
     assert partial_files(cache_home) == []
+
+
+def test_fetch_waits_for_another_download_of_the_same_model_and_honours_cancel(server, cache_home):
+    card = make_card(server.url)
+    # flock locks belong to the open file, so a second open in this process contends like another process.
+    with download._FileLock(cache_home / "models" / "test-model" / ".lock"):
+        with pytest.raises(Cancelled, match="waiting"):
+            download.fetch(card, cancel=lambda: True)
+    assert server.log == []
 
 
 def test_import_file_installs_a_matching_file(tmp_path, cache_home):
@@ -361,3 +370,15 @@ def test_list_models_describes_every_builtin_card(cache_home):
     assert unet.sha256_status == "published" and not unet.cached and "Apache" in unet.license
     assert rows["difftumor-liver-unet"].sha256_status == "unknown"
     assert rows["difftumor-liver-unet"].num_classes == 2
+
+
+def test_bundled_weights_need_no_download(tmp_path, cache_home):
+    raw = make_raw("unused")
+    raw["weights"] = {"file": "bundled.pt"}
+    card = card_from_dict(raw, path=tmp_path / "card.json")
+    with pytest.raises(InputError, match="reinstall"):
+        download.fetch(card)
+    (tmp_path / "bundled.pt").write_bytes(b"weights")
+    assert download.fetch(card) == download.cached_path(card) == (tmp_path / "bundled.pt").resolve()
+    with pytest.raises(InputError, match="nothing to import"):
+        download.import_file(card, tmp_path / "bundled.pt")
