@@ -64,6 +64,8 @@ class Prepared:
 def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepared:
     """Orient, resample, window and crop ``image`` as the card says."""
     pre = card.preprocessing
+    if fast and not pre.get("fast_spacing_mm"):
+        log.warning("model %s has no fast mode (no fast_spacing_mm in its card); running at full resolution", card.id)
     spacing = pre.get("fast_spacing_mm") if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"]
     grid = respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
     # Nearest-neighbour extrapolation at the rim mirrors MONAI's border padding for the last half voxel.
