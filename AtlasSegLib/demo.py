@@ -35,7 +35,7 @@ def run_demo(outdir, *, seed: int = 2024, tumors: bool = True, device: str = "au
     model = load_model(card)
     extra = {"ct.nii.gz": phantom.image}
     for name, lab in phantom.labels.items():
-        extra[f"ground_truth_{name}.nii.gz"] = lab
+        extra[f"ground_truth/{name}.nii.gz"] = lab
     source = SourceInfo(path=f"phantom(seed={seed})", format="phantom")
     report = Segmenter(model, SegmentOptions(device=device, overwrite=overwrite)).run(
         phantom.image, source, outdir, reporter=Reporter(progress=progress, cancel=cancel), extra_files=extra)

@@ -112,10 +112,11 @@ def load_model(card: ModelCard, weights=None) -> LoadedModel:
     n_table = _size_from(state, arch.get("class_table_from"), weights)
     if n_table is not None or n_out is not None:
         card = card.with_class_table(n_table if n_table is not None else n_out)
-    if n_out is not None:
-        too_high = [c.name for c in card.classes if c.channel >= n_out]
+    n_classes = n_out if n_out is not None else n_table
+    if n_classes is not None:
+        too_high = [c.name for c in card.classes if c.channel >= n_classes]
         if too_high:
-            raise InputError(f"weights {weights} have {n_out} output channels, but the model card expects channels "
+            raise InputError(f"weights {weights} have {n_classes} output channels, but the model card expects channels "
                              f"for {', '.join(too_high[:5])}; use a card whose class table matches the checkpoint")
     net = construct(card, n_out if n_out is not None else n_table)
     _load_strict(net, state, weights, card)

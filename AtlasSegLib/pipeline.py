@@ -159,6 +159,7 @@ class Segmenter:
             del logits
             timings["invert_postprocess_write"] = time.perf_counter() - t
             for name, src in (extra_files or {}).items():
+                (Path(tmpdir) / name).parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(src, str(Path(tmpdir) / name), useCompression=True)
             timings["total"] = time.perf_counter() - t0
             report = writer.finish(settings=self._settings(prep), timings=timings, overview=opts.overview)
