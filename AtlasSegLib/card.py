@@ -52,6 +52,7 @@ class ClassInfo:
     gate: Optional[tuple] = None
     paired: bool = False
     min_component_mm3: float = 0.0
+    largest_component: bool = True
 
     @property
     def is_tumor(self) -> bool:
@@ -168,6 +169,7 @@ def _class_info(entry: dict, position: int) -> ClassInfo:
         gate=tuple(entry["gate"]) if entry.get("gate") else None,
         paired=entry.get("paired", False),
         min_component_mm3=float(entry.get("min_component_mm3", 0.0)),
+        largest_component=bool(entry.get("largest_component", True)),
     )
 
 

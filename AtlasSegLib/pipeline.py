@@ -205,7 +205,7 @@ class Segmenter:
                 else:
                     mask_model = (prob >= inf["threshold"]).astype(np.uint8)
                 box, mask = self._to_input_grid(mask_model, prep.grid, target)
-                if box is not None and self.options.postprocess and post["largest_component"]:
+                if box is not None and self.options.postprocess and post["largest_component"] and cls.largest_component:
                     if cls.paired:
                         mask = largest_per_side(mask, target.sub(*box), midline)
                     else:

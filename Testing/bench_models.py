@@ -219,7 +219,7 @@ def pipeline_tables(windows: dict, models, threads: int, modes) -> None:
     from AtlasSegLib.io import read_image
     from AtlasSegLib.pipeline import prepare
     from bench_pipeline import make_input
-    from conftest import ct_data_dir
+    from testdata import ct_data_dir
 
     src = ct_data_dir() / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"
     work = Path(tempfile.mkdtemp(prefix="atlasseg-bench-models-"))

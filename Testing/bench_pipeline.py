@@ -114,7 +114,7 @@ def main() -> None:
     from monai.networks.nets import SegResNet
 
     from AtlasSegLib.card import CARDS_DIR
-    from conftest import ct_data_dir
+    from testdata import ct_data_dir
 
     src = ct_data_dir() / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"
     work = Path(tempfile.mkdtemp(prefix="atlasseg-bench-"))

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from testdata import REPO
 from models_for_tests import bone_model
 
 

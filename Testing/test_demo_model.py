@@ -38,3 +38,11 @@ def test_demo_command_writes_outputs_and_prints_dice(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["id"] == "atlasseg-demo"
     assert "liver_tumor" in report["tumors"]
+    # Vertebrae are separate bones: the largest-component clean-up must not keep just one of them.
+    import cc3d
+    import SimpleITK as sitk
+
+    vertebrae = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentations" / "vertebrae.nii.gz")))
+    assert cc3d.connected_components(vertebrae, connectivity=26, return_N=True)[1] > 3
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentations" / "liver.nii.gz")))
+    assert cc3d.connected_components(liver, connectivity=26, return_N=True)[1] == 1

@@ -1,4 +1,6 @@
 """Unit tests of the synthetic CT phantom (AtlasSegLib.phantom): grid, labels, HU, anatomy, seeds, tumors."""
+import time
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -203,8 +205,6 @@ def test_spacing_and_origin_are_honoured():
 
 
 def test_default_phantom_is_fast():
-    import time
-
     t0 = time.perf_counter()
     make_phantom(123)
-    assert time.perf_counter() - t0 < 6.0  # < 3 s on an idle 2-core machine; slack for loaded CI runners
+    assert time.perf_counter() - t0 < 10.0  # < 3 s on an idle 2-core machine; slack for loaded CI runners

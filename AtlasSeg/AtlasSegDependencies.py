@@ -1,0 +1,219 @@
+"""Installing AtlasSeg's Python dependencies inside Slicer without breaking Slicer (no Qt at import time).
+
+What users of other AI extensions hit most is an install that replaces Slicer's own SimpleITK, numpy or
+requests, or a torch from PyPI that does not match their GPU. So:
+
+* ``Resources/requirements.txt`` lists what AtlasSeg needs besides torch;
+* packages Slicer ships (``PROTECTED``) are never installed or upgraded: they are dropped from the list, and
+  pip gets a constraints file pinning their installed versions, so a dependency cannot pull in another one;
+* torch comes from the PyTorch extension (``PyTorchUtils``), which picks the build for the computer's GPU;
+* nothing is installed without the user's OK (the widget asks, listing ``confirmationText``);
+* after installing, a restart is offered only when a package that was already imported changed.
+
+The pure functions (parsing, filtering, what is missing) are unit-tested; ``installRequirements`` and
+``ensureTorch`` call into Slicer.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+REQUESTER = "AtlasSeg"
+TORCH_REQUIREMENT = ">=2.1"
+
+# Shipped with Slicer (or, for torch, installed by the PyTorch extension for the right GPU): never replaced.
+PROTECTED = ("simpleitk", "numpy", "requests", "vtk", "torch", "torchvision", "torchaudio")
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+class DependencyError(RuntimeError):
+    """Installing a dependency failed or was declined; the message says what and how to retry."""
+
+
+@dataclass(frozen=True)
+class InstallOutcome:
+    installed: tuple  # requirement strings that were missing and are now installed
+    restartRecommended: bool
+
+
+def canonicalName(requirement: str) -> str:
+    """The PEP 503 normalised project name of a requirement: ``"SimpleITK>=2.3"`` -> ``"simpleitk"``."""
+    match = _NAME.match(requirement)
+    if not match:
+        raise ValueError(f"'{requirement}' is not a requirement (expected e.g. 'monai>=1.4')")
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+def parseRequirements(text: str) -> list:
+    """Requirement strings of a requirements.txt text, without comments, blank lines and pip options."""
+    requirements = []
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            requirements.append(line)
+    return requirements
+
+
+def readRequirements(path: Path = REQUIREMENTS_FILE) -> list:
+    return parseRequirements(Path(path).read_text(encoding="utf-8"))
+
+
+def splitProtected(requirements) -> tuple:
+    """``(installable, protected)``: requirements AtlasSeg may install, and those it must leave to Slicer."""
+    installable, protected = [], []
+    for requirement in requirements:
+        (protected if canonicalName(requirement) in PROTECTED else installable).append(requirement)
+    return installable, protected
+
+
+def installedVersion(name: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def isSatisfied(requirement: str, version: Optional[str]) -> bool:
+    """Whether an installed ``version`` (None: not installed) satisfies ``requirement``.
+
+    Version ranges are checked with ``packaging`` when it is importable; without it, presence is enough.
+    """
+    if version is None:
+        return False
+    try:
+        from packaging.requirements import Requirement
+        from packaging.version import InvalidVersion
+    except ImportError:
+        return True
+    parsed = Requirement(requirement)
+    if parsed.marker is not None and not parsed.marker.evaluate():
+        return True
+    try:
+        return parsed.specifier.contains(version, prereleases=True)
+    except InvalidVersion:
+        return True
+
+
+def missingRequirements(requirements, versionOf: Callable[[str], Optional[str]] = installedVersion) -> list:
+    """The installable requirements that are not installed, or installed at a version outside the range."""
+    installable, _ = splitProtected(requirements)
+    return [r for r in installable if not isSatisfied(r, versionOf(canonicalName(r)))]
+
+
+def constraintsText(versionOf: Callable[[str], Optional[str]] = installedVersion) -> str:
+    """A pip constraints file pinning every installed protected package to its current version."""
+    lines = [f"{name}=={version}" for name in PROTECTED if (version := versionOf(name))]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def confirmationText(missing, torchMissing: bool) -> str:
+    """The question asked before installing anything."""
+    parts = ["AtlasSeg needs Python packages that are not installed yet:\n"]
+    parts += [f"  • {r}" for r in missing]
+    if torchMissing:
+        parts.append("  • PyTorch, installed by the PyTorch extension for this computer's GPU or CPU")
+    parts.append("\nSlicer's own SimpleITK, numpy and requests are kept as they are. Downloading and installing "
+                 "can take a few minutes. Install now?")
+    return "\n".join(parts)
+
+
+def retryHint(requirements) -> str:
+    """How to install by hand, shown when the automatic install fails (e.g. behind a proxy)."""
+    return ("To retry, click Apply again, or install by hand in Slicer's Python console:\n"
+            f"    slicer.util.pip_install({list(requirements)!r})\n"
+            "Behind a proxy, set the HTTPS_PROXY environment variable before starting Slicer.")
+
+
+def _pipEnsure():
+    """Slicer's ``pip_ensure`` (``slicer.packaging`` or ``slicer.pydeps`` depending on the version), or None."""
+    for moduleName in ("slicer.packaging", "slicer.pydeps"):
+        try:
+            module = importlib.import_module(moduleName)
+        except ImportError:
+            continue
+        function = getattr(module, "pip_ensure", None)
+        if function is not None:
+            return function
+    return None
+
+
+def installRequirements(requirements, requester: str = REQUESTER) -> InstallOutcome:
+    """Install the missing installable requirements into Slicer's Python (blocking; call after confirming).
+
+    Raises:
+        DependencyError: pip failed; the message names the packages and how to retry.
+    """
+    import slicer
+
+    missing = missingRequirements(requirements)
+    if not missing:
+        return InstallOutcome(installed=(), restartRecommended=False)
+    importedBefore = {canonicalName(r) for r in missing if _importName(r) in sys.modules}
+    with tempfile.TemporaryDirectory(prefix="AtlasSeg-pip-") as folder:
+        constraints = Path(folder) / "slicer-constraints.txt"
+        constraints.write_text(constraintsText(), encoding="utf-8")
+        pipEnsure = _pipEnsure()
+        try:
+            if pipEnsure is not None:
+                from packaging.requirements import Requirement
+
+                # pip_ensure asks about a restart itself when an imported package changed.
+                pipEnsure([Requirement(r) for r in missing], constraints=str(constraints),
+                          skip_packages=list(PROTECTED), prompt_install=False, prompt_restart=True,
+                          requester=requester)
+                restart = False
+            else:
+                slicer.util.pip_install(["-c", str(constraints), *missing])
+                restart = bool(importedBefore)
+        except Exception as exc:  # pip's CalledProcessError, network errors: all end the same way for the user
+            raise DependencyError(f"Installing {', '.join(missing)} failed: {exc}\n\n{retryHint(missing)}") from exc
+    importlib.invalidate_caches()
+    still = missingRequirements(missing)
+    if still:
+        raise DependencyError(f"pip finished but {', '.join(still)} is still missing or too old.\n\n{retryHint(still)}")
+    return InstallOutcome(installed=tuple(missing), restartRecommended=restart)
+
+
+def torchMissing() -> bool:
+    return installedVersion("torch") is None
+
+
+def ensureTorch(askConfirmation: bool = False) -> str:
+    """Install torch through the PyTorch extension when it is missing; return the installed version.
+
+    Raises:
+        DependencyError: the PyTorch extension is not installed, or the user declined, or installing failed.
+    """
+    version = installedVersion("torch")
+    if version is not None:
+        return version
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise DependencyError("AtlasSeg needs PyTorch, which is installed by the PyTorch extension: install "
+                              "'PyTorch' from the Extensions Manager, restart Slicer, then click Apply "
+                              "again.") from None
+    try:
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
+                                                             torchVersionRequirement=TORCH_REQUIREMENT)
+    except Exception as exc:  # whatever pip or light-the-torch raised, the user needs the same advice
+        raise DependencyError(f"Installing PyTorch failed: {exc}\n\nOpen the PyTorch Utils module to install it "
+                              "(choose the CUDA version of your GPU), then click Apply again.") from exc
+    if torch is None:
+        raise DependencyError("PyTorch was not installed, so AtlasSeg cannot run; click Apply again to install it.")
+    return torch.__version__
+
+
+def _importName(requirement: str) -> str:
+    """The module a requirement is imported as, for the restart check (most projects: the name itself)."""
+    known = {"connected-components-3d": "cc3d", "pillow": "PIL", "scikit-image": "skimage"}
+    name = canonicalName(requirement)
+    return known.get(name, name.replace("-", "_"))
