@@ -10,10 +10,9 @@ one structure at a time is held (uint8), plus the uint8 combined label map.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +21,6 @@ import psutil
 import SimpleITK as sitk
 import torch
 
-from . import __version__
 from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid, covering_box, oriented, resample, respaced

@@ -57,7 +57,6 @@ def child(args) -> None:
     load_s = time.perf_counter() - t0
     result = {"load_model": load_s}
     if args.child == "atlasseg":
-        import SimpleITK as sitk
 
         from AtlasSegLib.io import read_image
         from AtlasSegLib.pipeline import SegmentOptions, Segmenter

@@ -5,7 +5,6 @@ import shutil
 from collections import namedtuple
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
