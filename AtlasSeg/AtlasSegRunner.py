@@ -45,6 +45,15 @@ class RunState(enum.Enum):
     CANCELLED = "cancelled"
 
 
+
+def _drain(q: "queue.Queue"):
+    """Every item already in ``q``, without blocking (the GUI timer polls; it must never wait)."""
+    while True:
+        try:
+            yield q.get_nowait()
+        except queue.Empty:
+            return
+
 @dataclass(frozen=True)
 class RunEvent:
     """One thing that happened in a run.
@@ -194,11 +203,7 @@ class EngineRunner:
     def poll(self) -> list:
         """Every event that arrived since the last call (never blocks). Updates ``state`` and ``result``."""
         events = []
-        while True:
-            try:
-                event = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        for event in _drain(self._queue):
             self._handle(event)
             events.append(event)
         return events
@@ -378,11 +383,7 @@ class BackgroundTask:
 
     def poll(self) -> list:
         events = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        for item in _drain(self._queue):
             if isinstance(item, RunEvent):
                 events.append(item)
                 continue

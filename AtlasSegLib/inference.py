@@ -53,7 +53,7 @@ def infer(net: torch.nn.Module, array_ijk: np.ndarray, inference: dict, *, devic
         return out
 
     def run(dev: torch.device) -> torch.Tensor:
-        model = net.to(dev)
+        net.to(dev)
         x = torch.from_numpy(array_ijk)[None, None]
         # On a GPU the full-volume accumulation buffer stays in host memory when it would not fit comfortably.
         out_dev = dev
@@ -64,7 +64,6 @@ def infer(net: torch.nn.Module, array_ijk: np.ndarray, inference: dict, *, devic
         with torch.inference_mode():
             y = sliding_window_inference(
                 x, roi, int(inference["sw_batch_size"]), predictor, overlap=overlap, mode=inference["mode"], sw_device=dev, device=out_dev)
-        del model
         return y[0].float().cpu()
 
     reporter.update("inference", 0.0, f"{total} windows on {device.type}")

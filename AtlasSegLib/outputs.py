@@ -56,7 +56,7 @@ class OutputWriter:
     """Writes structures one at a time (the caller frees each mask after ``add_*``)."""
 
     def __init__(self, folder, image: sitk.Image, source: SourceInfo, card: ModelCard, *,
-                 reporter: Optional[Reporter] = None):
+                 reporter: Optional[Reporter] = None, overview: bool = True):
         self.folder = Path(folder)
         self.image = image
         self.grid = Grid.of(image)
@@ -67,7 +67,8 @@ class OutputWriter:
         self.combined = np.zeros(self.ct.shape, np.uint8)
         self.structures = []
         self.tumors = {}
-        self.overview = Overview(image)
+        # The projections cost a pass over the CT and each mask: only pay for them when the picture is wanted.
+        self.overview = Overview(image) if overview else None
         (self.folder / SEG_DIR).mkdir(parents=True, exist_ok=True)
 
     def _full(self, box, mask) -> np.ndarray:
@@ -83,7 +84,8 @@ class OutputWriter:
         if box is not None:
             sl = _box_slices(box)
             self.combined[sl][mask > 0] = cls.label
-            self.overview.add(cls.name, cls.color, full)
+            if self.overview is not None:
+                self.overview.add(cls.name, cls.color, full)
         entry = _structure_entry(cls, full, self.grid, self.ct, box)
         self.structures.append(entry)
         return entry
@@ -109,7 +111,7 @@ class OutputWriter:
         entry["tumor"] = info
         self.tumors[cls.name] = info
 
-    def finish(self, *, settings: dict, timings: dict, overview: bool = True) -> dict:
+    def finish(self, *, settings: dict, timings: dict) -> dict:
         self.reporter.update("write", 0.3, "combined labels")
         sitk.WriteImage(_mask_image(self.combined, self.image), str(self.folder / "combined_labels.nii.gz"),
                         useCompression=True)
@@ -129,7 +131,7 @@ class OutputWriter:
         }
         report["summary"] = tumor_summary(report)
         (self.folder / "report.json").write_text(json.dumps(report, indent=1))
-        if overview:
+        if self.overview is not None:
             self.reporter.update("write", 0.7, "overview picture")
             self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
         return report

@@ -59,13 +59,19 @@ class Prepared:
     crop_start: tuple
 
 
+def model_grid(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Grid:
+    """The uncropped grid the network sees: the card's orientation and (fast) spacing."""
+    pre = card.preprocessing
+    spacing = pre["fast_spacing_mm"] if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"]
+    return respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
+
+
 def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepared:
     """Orient, resample, window and crop ``image`` as the card says."""
     pre = card.preprocessing
     if fast and not pre.get("fast_spacing_mm"):
         log.warning("model %s has no fast mode (no fast_spacing_mm in its card); running at full resolution", card.id)
-    spacing = pre.get("fast_spacing_mm") if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"]
-    grid = respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
+    grid = model_grid(image, card, fast=fast)
     # Nearest-neighbour extrapolation at the rim mirrors MONAI's border padding for the last half voxel.
     resampled = resample(image, grid, interpolator=sitk.sitkLinear, pixel_type=sitk.sitkFloat32, extrapolate=True)
     arr = sitk.GetArrayFromImage(resampled)  # (k, j, i)
@@ -99,9 +105,7 @@ def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepar
 
 def estimate_memory_bytes(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> int:
     """Peak memory a run needs, from the grid sizes (network output C × model voxels dominates)."""
-    pre = card.preprocessing
-    spacing = pre.get("fast_spacing_mm") if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"]
-    g = respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
+    g = model_grid(image, card, fast=fast)
     channels = max(c.channel for c in card.classes) + 1
     n_in = int(np.prod(image.GetSize()))
     # float32 input + output + MONAI's count/importance buffers on the model grid; uint8 masks on the input grid.
@@ -147,11 +151,11 @@ class Segmenter:
 
         t = time.perf_counter()
         logits = infer(self.model.net, prep.array, card.inference, device=self.device, reporter=reporter)
-        del prep.array
+        prep.array = None  # the network input is no longer needed; free it before the per-structure stage
         timings["inference"] = time.perf_counter() - t
 
         with staging as tmpdir:
-            writer = OutputWriter(tmpdir, image, source, card, reporter=reporter)
+            writer = OutputWriter(tmpdir, image, source, card, reporter=reporter, overview=opts.overview)
             t = time.perf_counter()
             self._emit_structures(logits, prep, image, writer, reporter)
             del logits
@@ -160,7 +164,7 @@ class Segmenter:
                 (Path(tmpdir) / name).parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(src, str(Path(tmpdir) / name), useCompression=True)
             timings["total"] = time.perf_counter() - t0
-            report = writer.finish(settings=self._settings(prep), timings=timings, overview=opts.overview)
+            report = writer.finish(settings=self._settings(prep), timings=timings)
             reporter.update("write", 1.0, "done")
             staging.commit()
         return report
@@ -305,8 +309,7 @@ def segment(input_path, outdir, *, card: ModelCard, weights=None, options: Segme
             progress=None, cancel=None) -> dict:
     """Read ``input_path``, run ``card``'s model with ``weights`` and write ``outdir``. Returns the report."""
     reporter = Reporter(progress=progress, cancel=cancel)
-    if Path(outdir).exists() and not options.overwrite:
-        raise InputError(f"output folder {outdir} already exists; choose another -o or pass --overwrite")
+    StagingDir(outdir, overwrite=options.overwrite)  # refuse an existing folder before the slow steps
     reporter.update("read", 0.0, f"reading {input_path}")
     image, source = read_image(input_path, series_uid=options.series_uid)
     model = load_model(card, weights)
