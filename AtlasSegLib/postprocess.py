@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from .geometry import LPS_TO_RAS, Grid
@@ -57,7 +58,7 @@ def remove_small(mask: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarr
     """Drop 26-connected components whose volume is below ``min_mm3`` (kept if volume ≥ min_mm3)."""
     if min_mm3 <= 0 or not mask.any():
         return mask
-    min_voxels = int(math.ceil(min_mm3 / voxel_mm3 - 1e-9))
+    min_voxels = _min_voxels(voxel_mm3, min_mm3)
     return cc3d.dust(mask, threshold=min_voxels, connectivity=26, in_place=False).astype(np.uint8, copy=False)
 
 
@@ -75,10 +76,51 @@ def tumor_mask(q_box: np.ndarray, gate_box, *, threshold: float, voxel_mm3: floa
     """Tumor mask from a stored probability box: kept where p ≥ threshold, inside the gate (if any), in
     components of at least ``min_mm3``. This single function is used by the pipeline and by every later
     threshold change, so a re-threshold at the original value reproduces the original mask exactly."""
-    mask = (q_box >= threshold_level(threshold)).astype(np.uint8)
+    return tumor_labels(q_box, gate_box, threshold=threshold, voxel_mm3=voxel_mm3, min_mm3=min_mm3).mask
+
+
+def tumor_labels(q_box: np.ndarray, gate_box, *, threshold: float, voxel_mm3: float, min_mm3: float) -> "Labelling":
+    """``tumor_mask`` with its components from the same single labelling pass (the sensitivity slider needs
+    both, and a second connected-components pass over the organ box would double its cost)."""
+    mask = q_box >= threshold_level(threshold)
     if gate_box is not None:
-        mask &= gate_box
-    return remove_small(mask, voxel_mm3, min_mm3)
+        mask &= gate_box.astype(bool, copy=False)
+    return ranked_components(mask, min_voxels=_min_voxels(voxel_mm3, min_mm3))
+
+
+def _min_voxels(voxel_mm3: float, min_mm3: float) -> int:
+    return int(math.ceil(min_mm3 / voxel_mm3 - 1e-9)) if min_mm3 > 0 else 0
+
+
+@dataclass
+class Labelling:
+    """26-connected components of a mask. ``labels`` holds cc3d's own label values (not renumbered: a
+    whole-array relabel costs more than the labelling itself); ``parts`` lists ``(label, slices, voxels)``
+    by decreasing size, so a component's id is its position + 1."""
+    mask: np.ndarray
+    labels: np.ndarray
+    parts: list
+
+
+def ranked_components(mask: np.ndarray, *, min_voxels: int = 0) -> Labelling:
+    """Components of a boolean/0-1 ``mask``, those under ``min_voxels`` dropped (ties in size keep cc3d's order)."""
+    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    parts = []
+    if n:
+        # find_objects is one pass; counting inside each box is cheap because the boxes are small or few.
+        for label, slc in enumerate(ndimage.find_objects(labels), start=1):
+            if slc is None:
+                continue
+            inside = labels[slc] == label
+            voxels = int(np.count_nonzero(inside))
+            if voxels < min_voxels:
+                labels[slc][inside] = 0
+                continue
+            parts.append((label, slc, voxels))
+        parts.sort(key=lambda p: (-p[2], p[0]))
+    dropped = len(parts) != n
+    out_mask = (labels > 0).astype(np.uint8) if dropped else mask.astype(np.uint8, copy=True)
+    return Labelling(out_mask, labels, parts)
 
 
 @dataclass(frozen=True)
@@ -112,28 +154,29 @@ def components(mask_box: np.ndarray, box_grid: Grid, box_start_ijk, *, q_box=Non
     Components are numbered 1.. by decreasing volume."""
     if not mask_box.any():
         return []
-    labels, n = cc3d.connected_components(mask_box, connectivity=26, return_N=True)
-    stats = cc3d.statistics(labels)
-    order = np.argsort(-stats["voxel_counts"][1:], kind="stable") + 1
+    return labelled_components(ranked_components(mask_box.astype(bool, copy=False)), box_grid, box_start_ijk,
+                               q_box=q_box)
+
+
+def labelled_components(labelling: Labelling, box_grid: Grid, box_start_ijk, *, q_box=None) -> list:
+    """``Component`` statistics of each part of a labelling, in its order (ids 1..)."""
     out = []
     axial = _axial_axis(box_grid)
-    for rank, label in enumerate(order, start=1):
-        slc = stats["bounding_boxes"][label]
-        sub = labels[slc] == label
-        voxels = int(stats["voxel_counts"][label])
+    for rank, (label, slc, voxels) in enumerate(labelling.parts, start=1):
+        sub = labelling.labels[slc] == label
         offset_kji = np.array([s.start for s in slc])
-        centroid_ijk = stats["centroids"][label][::-1]
+        centroid_ijk = (np.argwhere(sub).mean(0) + offset_kji)[::-1]
         lps = box_grid.index_to_physical(centroid_ijk)
         if q_box is not None:
-            probs = q_box[slc][sub].astype(np.float32) / 255.0
-            pmax, pmean = float(probs.max()), float(probs.mean())
+            probs = q_box[slc][sub]
+            pmax, pmean = float(probs.max()) / 255.0, float(probs.mean(dtype=np.float64)) / 255.0
         else:
             pmax = pmean = float("nan")
-        longest, perp = axial_diameters(sub, offset_kji, box_grid, axial)
+        longest, perp = axial_diameters(sub, box_grid, axial)
         start = np.asarray(box_start_ijk) + offset_kji[::-1]
         stop = start + np.array([s.stop - s.start for s in slc])[::-1]
-        out.append(Component(rank, voxels, voxels * box_grid.voxel_volume_mm3 / 1000.0, longest, perp, pmax, pmean,
-                             tuple(float(v) for v in lps), tuple(float(v) for v in LPS_TO_RAS @ lps),
+        out.append(Component(rank, voxels, voxels * box_grid.voxel_volume_mm3 / 1000.0, longest, perp, pmax,
+                             pmean, tuple(float(v) for v in lps), tuple(float(v) for v in LPS_TO_RAS @ lps),
                              (tuple(int(v) for v in start), tuple(int(v) for v in stop))))
     return out
 
@@ -144,46 +187,60 @@ def _axial_axis(grid: Grid) -> int:
     return int(np.argmax(np.abs(d[2, :])))
 
 
-def axial_diameters(sub_kji: np.ndarray, offset_kji, grid: Grid, axial_axis: int) -> tuple:
+def axial_diameters(sub_kji: np.ndarray, grid: Grid, axial_axis: int) -> tuple:
     """Longest in-plane diameter over the axial slices of a component, and the longest extent perpendicular
-    to it in that slice (both mm, measured on voxel corners, i.e. the voxelised object's outer extent)."""
+    to it in that slice (both mm, measured on voxel corners, i.e. the voxelised object's outer extent).
+
+    Slices are measured in decreasing order of their bounding rectangle's diagonal (an upper bound of their
+    diameter) and the search stops once no remaining slice can beat the best: the live sensitivity slider
+    measures every candidate on each move, and most slices of a large tumor never need a convex hull."""
     kji_axis = 2 - axial_axis
-    best = (0.0, 0.0)
-    m = grid.matrix
-    inplane = [a for a in range(3) if a != axial_axis]
-    corners = np.array([[dx, dy] for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)])
+    inplane = [a for a in range(3) if a != axial_axis]  # ijk axes of the slice plane, in ijk order
+    remaining_kji = [a for a in range(3) if a != kji_axis]  # the slice array's axes (kji order)
+    # Isometric 2D coordinates of in-plane index offsets: QR of the in-plane columns of index→physical, so the
+    # distances are physical for any (even non-orthogonal) directions.
+    _, r2 = np.linalg.qr(grid.matrix[:, inplane])
+    # slice array axis 0 is kji axis remaining_kji[0] = ijk axis 2 - remaining_kji[0]
+    to_ijk = [inplane.index(2 - a) for a in remaining_kji]
+    scale = np.abs(r2).sum(0)  # per in-plane axis, an upper bound of one index step's length (mm)
+    order = []
     for s in range(sub_kji.shape[kji_axis]):
         sl = np.take(sub_kji, s, axis=kji_axis)
-        if not sl.any():
+        rows = np.nonzero(sl.any(axis=1))[0]
+        if rows.size == 0:
             continue
+        cols = np.nonzero(sl.any(axis=0))[0]
+        extent = np.zeros(2)
+        extent[to_ijk[0]] = rows[-1] - rows[0] + 1
+        extent[to_ijk[1]] = cols[-1] - cols[0] + 1
+        order.append((-float(np.hypot(*(extent * scale))), s, sl, rows))
+    order.sort(key=lambda t: (t[0], t[1]))
+    best, best_s = (0.0, 0.0), None
+    corners = np.array([[dx, dy] for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)])
+    for neg_bound, s, sl, r in order:
+        if -neg_bound < best[0] - 1e-9:
+            break
         # Only each row's first and last pixel can be hull vertices: keeps the cost linear in the slice height
         # instead of its area (a 24 M-voxel component took minutes with every pixel).
-        has = sl.any(axis=1)
-        r = np.nonzero(has)[0]
         first = np.argmax(sl[r], axis=1)
         last = sl.shape[1] - 1 - np.argmax(sl[r, ::-1], axis=1)
-        rows = np.concatenate([r, r])
-        cols = np.concatenate([first, last])
-        # sl axes are the remaining kji axes in order; map them to ijk in-plane axes.
-        remaining_kji = [a for a in range(3) if a != kji_axis]
-        idx = np.zeros((rows.size, 2))
-        coord = {remaining_kji[0]: rows, remaining_kji[1]: cols}
-        for t, a in enumerate(inplane):
-            idx[:, t] = coord[2 - a] + offset_kji[2 - a]
-        pts = (idx[:, None, :] + corners[None, :, :]).reshape(-1, 2)
-        xyz = pts @ m[:, inplane].T  # physical offsets of in-plane corners (mm)
-        longest, perp = _feret(xyz)
-        if longest > best[0]:
-            best = (longest, perp)
+        idx = np.zeros((2 * r.size, 2))
+        idx[:, to_ijk[0]] = np.concatenate([r, r])
+        idx[:, to_ijk[1]] = np.concatenate([first, last])
+        pts = (idx[:, None, :] + corners[None, :, :]).reshape(-1, 2) @ r2.T
+        longest, perp = _feret(pts)
+        # Equal diameters in two slices: the lower slice wins, whatever order they were measured in.
+        if longest > best[0] or (longest == best[0] and best_s is not None and s < best_s):
+            best, best_s = (longest, perp), s
     return best
 
 
-def _feret(xyz: np.ndarray) -> tuple:
-    pts = np.unique(np.round(xyz, 6), axis=0)
+def _feret(pts: np.ndarray) -> tuple:
+    """Longest distance between 2D points (mm) and the points' width perpendicular to it."""
     try:
-        hull = pts[ConvexHull(_planar(pts)).vertices]
-    except (QhullError, ValueError):
-        hull = pts
+        hull = pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):  # collinear or too few points: all points are extreme enough
+        hull = np.unique(pts, axis=0)
     diff = hull[:, None, :] - hull[None, :, :]
     dist = np.sqrt((diff ** 2).sum(-1))
     a, b = np.unravel_index(np.argmax(dist), dist.shape)
@@ -191,19 +248,6 @@ def _feret(xyz: np.ndarray) -> tuple:
     if longest == 0:
         return 0.0, 0.0
     axis = (hull[b] - hull[a]) / longest
-    rel = hull - hull[a]
-    perp_vec = rel - np.outer(rel @ axis, axis)
-    # Width perpendicular to the long axis: the spread of the hull along the in-plane normal of that axis.
-    normal = np.cross(axis, np.cross(perp_vec[np.argmax((perp_vec ** 2).sum(1))], axis)) if np.any(perp_vec) else None
-    if normal is None or not np.any(normal):
-        return longest, 0.0
-    normal = normal / np.linalg.norm(normal)
-    proj = rel @ normal
+    normal = np.array([-axis[1], axis[0]])
+    proj = (hull - hull[a]) @ normal
     return longest, float(proj.max() - proj.min())
-
-
-def _planar(pts: np.ndarray) -> np.ndarray:
-    """2D coordinates of coplanar 3D points in their own plane (for the convex hull)."""
-    centred = pts - pts.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return centred @ vt[:2].T

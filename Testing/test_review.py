@@ -1,0 +1,227 @@
+"""The sensitivity / false-positive library: box-only re-thresholding equals the full map, component edits
+change exactly one component and undo exactly, and review decisions survive threshold changes."""
+from __future__ import annotations
+
+import json
+
+import cc3d
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from AtlasSegLib import review
+from AtlasSegLib.errors import InputError
+from AtlasSegLib.geometry import Grid
+from AtlasSegLib.postprocess import components, quantize, tumor_mask
+
+
+def _blob(shape, centre, radius):
+    k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    d = ((k - centre[0]) / radius[0]) ** 2 + ((j - centre[1]) / radius[1]) ** 2 + ((i - centre[2]) / radius[2]) ** 2
+    return d
+
+
+def _probability_case(seed=0, shape=(40, 90, 100)):
+    """A full-grid tumor probability map made of soft blobs of different strengths inside an organ."""
+    rng = np.random.default_rng(seed)
+    organ = (_blob(shape, (20, 45, 50), (16, 35, 40)) <= 1).astype(np.uint8)
+    p = np.zeros(shape, np.float32)
+    for _ in range(14):
+        c = (rng.integers(8, 32), rng.integers(15, 75), rng.integers(15, 85))
+        r = rng.uniform(1.5, 5.0, 3)
+        p = np.maximum(p, rng.uniform(0.15, 0.98) * np.exp(-_blob(shape, c, r)))
+    p += rng.uniform(0, 0.12, shape).astype(np.float32)  # speckle: many 1-voxel candidates at low thresholds
+    return organ, quantize(np.clip(p, 0, 1))
+
+
+def _real_grid(ctdata, shape):
+    """The real CT's spacing/direction/origin for a synthetic box (anisotropic 3 mm voxels)."""
+    img = sitk.ReadImage(str(ctdata / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"))
+    g = Grid.of(img)
+    return Grid(tuple(shape[::-1]), (0.8, 0.8, 2.5), g.origin, g.direction)
+
+
+@pytest.fixture
+def case(ctdata):
+    organ, q_full = _probability_case()
+    grid = _real_grid(ctdata, organ.shape)
+    # The kept map covers the organ's box plus a margin, as the engine stores it; nothing outside.
+    nz = np.nonzero(organ)
+    lo = np.array([a.min() for a in nz]) - 2
+    hi = np.array([a.max() + 1 for a in nz]) + 2
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    outside = np.ones(organ.shape, bool)
+    outside[sl] = False
+    q_full[outside] = 0
+    start_ijk = tuple(int(v) for v in lo[::-1])
+    pm = review.ProbabilityMap("liver_tumor", q_full[sl].copy(), start_ijk, grid.size, grid.sub(start_ijk, (hi - lo)[::-1]),
+                               gate=organ[sl].copy(), min_mm3=10.0, organs={"liver": organ[sl].copy()})
+    return {"pm": pm, "q": q_full, "gate": organ, "grid": grid, "sl": sl}
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.3, 0.5, 0.8])
+def test_box_threshold_and_candidates_equal_thresholding_the_full_map(case, threshold):
+    pm, grid = case["pm"], case["grid"]
+    full = tumor_mask(case["q"], case["gate"], threshold=threshold, voxel_mm3=grid.voxel_volume_mm3, min_mm3=10.0)
+    lab = pm.labels(threshold)
+    placed = np.zeros_like(full)
+    placed[case["sl"]] = lab.mask
+    assert np.array_equal(placed, full)
+    _, cands = pm.candidates(lab.mask, labelling=lab)
+    reference = components(full, grid, (0, 0, 0), q_box=case["q"])
+    assert len(cands) == len(reference)
+    for got, want in zip((c.component for c in cands), reference):
+        # Same voxels and boxes exactly; physical measures up to rounding (the box origin is a sum of floats).
+        assert (got.id, got.voxels, got.bbox_ijk) == (want.id, want.voxels, want.bbox_ijk)
+        for key in ("volume_ml", "longest_axial_diameter_mm", "perpendicular_diameter_mm", "max_probability",
+                    "mean_probability", "centroid_lps", "centroid_ras"):
+            assert np.allclose(getattr(got, key), getattr(want, key), rtol=1e-9, atol=1e-9), key
+    assert all(c.organ == "liver" for c in cands)
+    for c in cands:  # the seed voxel lies in its own component
+        i, j, k = c.seed_ijk
+        assert lab.labels[k - pm.start_ijk[2], j - pm.start_ijk[1], i - pm.start_ijk[0]] == c.label
+
+
+def test_lower_thresholds_give_more_candidates(case):
+    n = [len(case["pm"].candidates(case["pm"].mask(t))[1]) for t in (0.8, 0.5, 0.3)]
+    assert n[0] <= n[1] <= n[2] and n[2] > n[0]
+
+
+def _two_blobs():
+    mask = np.zeros((30, 60, 60), np.uint8)
+    mask[5:10, 5:15, 5:15] = 1
+    mask[20:25, 40:50, 40:50] = 1
+    mask[20:22, 5:8, 50:52] = 1
+    return mask
+
+
+def test_remove_at_removes_only_that_component_and_undo_redo_are_exact():
+    mask = _two_blobs()
+    original = mask.copy()
+    edit = review.remove_at(mask, (22, 45, 45))
+    assert edit is not None and edit.changed_voxels == 5 * 10 * 10
+    assert not mask[20:25, 40:50, 40:50].any()
+    assert np.array_equal(mask[5:10, 5:15, 5:15], original[5:10, 5:15, 5:15])
+    assert mask.sum() == original.sum() - 500
+    after = mask.copy()
+    edit.undo(mask)
+    assert np.array_equal(mask, original)
+    edit.redo(mask)
+    assert np.array_equal(mask, after)
+
+
+def test_clicking_background_changes_nothing():
+    mask = _two_blobs()
+    before = mask.copy()
+    assert review.remove_at(mask, (0, 0, 0)) is None
+    assert review.keep_only_at(mask, (29, 59, 59)) is None
+    assert review.remove_at(mask, (100, 0, 0)) is None  # outside the volume
+    assert np.array_equal(mask, before)
+
+
+def test_component_larger_than_the_search_window_is_removed_whole():
+    # A snake that leaves the first search window several times: the window must grow until it is whole.
+    mask = np.zeros((60, 200, 200), np.uint8)
+    mask[30, 100, 2:198] = 1
+    mask[2:58, 100, 197] = 1
+    mask[57, 2:198, 197] = 1
+    mask[10, 10, 10] = 1  # another component that must stay
+    edit = review.remove_at(mask, (30, 100, 100))
+    assert edit.changed_voxels == 196 + 56 + 196 - 2
+    assert mask.sum() == 1 and mask[10, 10, 10] == 1
+
+
+def test_edits_in_a_shared_label_layer_touch_only_their_label():
+    layer = np.zeros((20, 40, 40), np.uint8)
+    layer[5:15, 5:20, 5:20] = 3  # one segment
+    layer[5:15, 20:35, 5:20] = 7  # its neighbour, touching it
+    edit = review.remove_at(layer, (10, 10, 10), label=3)
+    assert (layer == 3).sum() == 0 and (layer == 7).sum() == 10 * 15 * 15
+    edit.undo(layer)
+    assert (layer == 3).sum() == 10 * 15 * 15
+
+
+def test_keep_only_at_keeps_the_clicked_component():
+    mask = _two_blobs()
+    edit = review.keep_only_at(mask, (7, 10, 10))
+    assert mask.sum() == 500 and mask[5:10, 5:15, 5:15].all()
+    assert len(edit.removed) == 2
+
+
+def test_batch_removals_by_volume_probability_and_rank():
+    mask = _two_blobs()
+    voxel_mm3 = 2.0
+    edit = review.remove_smaller_than(mask, voxel_mm3, min_ml=0.5)  # 12 voxels = 0.024 ml go, 500 = 1 ml stay
+    assert edit.changed_voxels == 12 and cc3d.connected_components(mask, connectivity=26).max() == 2
+    q = np.zeros(mask.shape, np.uint8)
+    q[5:10, 5:15, 5:15] = 250
+    q[20:25, 40:50, 40:50] = 100
+    edit = review.remove_below_probability(mask, q, 0.5)
+    assert edit.changed_voxels == 500 and mask[5:10, 5:15, 5:15].all()
+    mask = _two_blobs()
+    mask[20:25, 40:50, 40:45] = 0  # make the second blob smaller than the first
+    review.keep_largest(mask, 1)
+    assert mask.sum() == 500
+    with pytest.raises(InputError):
+        review.keep_largest(mask, 0)
+
+
+def test_operating_points_default_and_card_override():
+    assert review.operating_points(None) == review.DEFAULT_OPERATING_POINTS
+    custom = review.operating_points({"high_sensitivity": 0.25, "liver_tumor": {"maximum_sensitivity": 0.05},
+                                      "kidney_tumor": {"maximum_sensitivity": 0.2}}, "liver_tumor")
+    assert custom == {"balanced": 0.5, "high_sensitivity": 0.25, "maximum_sensitivity": 0.05}
+    with pytest.raises(InputError, match="not a probability"):
+        review.operating_points({"balanced": 1.5})
+
+
+def test_review_decisions_follow_their_component_when_the_threshold_changes(case):
+    pm = case["pm"]
+    state = review.ReviewState()
+    lab = pm.labels(0.5)
+    mask = lab.mask
+    _, cands = pm.candidates(mask, labelling=lab)
+    state.decide("liver_tumor", cands[0], "kept")
+    removed = cands[-1]
+    state.decide("liver_tumor", removed, "removed")
+    edit = review.remove_at(mask, removed.seed_ijk[::-1] - np.asarray(pm.start_ijk)[::-1])
+    assert edit is not None
+    state = review.ReviewState.from_json(state.to_json())  # survives a save/reload
+    lab, cands = pm.candidates(mask)
+    rows = state.rows("liver_tumor", lab.labels, pm.start_ijk, cands)
+    assert rows[0]["status"] == "kept"
+    assert rows[-1]["status"] == "removed" and rows[-1]["seed_ijk"] == list(removed.seed_ijk)
+    assert review.counts(rows) == {"candidates": len(rows), "removed": 1, "kept": 1, "to_review": len(rows) - 2}
+    # At a lower threshold the kept tumor grows and gets another number: still kept.
+    low = pm.labels(0.2)
+    _, low_cands = pm.candidates(low.mask, labelling=low)
+    statuses = [state.status_of("liver_tumor", low.labels, pm.start_ijk, c.label) for c in low_cands]
+    assert statuses.count("kept") == 1
+
+
+def test_a_broken_review_file_is_refused_clearly(tmp_path):
+    (tmp_path / "review.json").write_text("{not json")
+    with pytest.raises(InputError, match="review state is not valid JSON"):
+        review.load_review(tmp_path)
+    (tmp_path / "review.json").write_text(json.dumps({"tumors": []}))
+    with pytest.raises(InputError, match="version 1"):
+        review.load_review(tmp_path)
+
+
+def test_review_rows_of_a_demo_run_list_its_tumor_candidates(tmp_path):
+    from AtlasSegLib.demo import run_demo
+
+    out = tmp_path / "demo"
+    run_demo(out, overwrite=True)
+    report = json.loads((out / "report.json").read_text())
+    rows = review.review_rows(out)
+    assert set(rows) == set(report["tumors"])
+    for name, info in report["tumors"].items():
+        assert [r["volume_ml"] for r in rows[name]] == [c["volume_ml"] for c in info["components"]]
+        assert all(r["status"] == "unreviewed" for r in rows[name])
+    # A removal decision saved beside the run shows in the rows.
+    name = next(n for n, r in rows.items() if r)
+    state = review.ReviewState()
+    state.decide(name, rows[name][0], "removed")
+    review.save_review(out, state)
+    assert review.review_rows(out)[name][0]["status"] == "removed"
