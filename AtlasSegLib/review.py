@@ -375,6 +375,7 @@ class ReviewState:
         for cand in candidates:
             row = cand.as_dict()
             row["status"] = self.status_of(tumor, labels_box, start_ijk, cand.label)
+            row["present"] = True
             rows.append(row)
         for d in self.decisions(tumor):
             kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
@@ -382,6 +383,7 @@ class ReviewState:
             if not inside and d["status"] == "removed":
                 row = dict(d["component"])
                 row["status"] = "removed"
+                row["present"] = False  # no longer in the mask; its id was the one at removal time
                 rows.append(row)
         return rows
 
@@ -436,3 +438,165 @@ def review_rows(outdir) -> dict:
             cands = candidates_of(lab, Grid.of(image), start)
         out[name] = state.rows(name, lab.labels, start, cands)
     return out
+
+
+def drop_removed(mask_box: np.ndarray, state: ReviewState, tumor: str, start_ijk) -> int:
+    """Zero the components of ``mask_box`` that hold the seed of a "removed" decision, so a false positive
+    thrown away once stays away when the threshold moves. Returns the number of voxels dropped."""
+    dropped = 0
+    start = np.asarray(start_ijk)
+    for d in state.decisions(tumor):
+        if d["status"] != "removed":
+            continue
+        kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
+        if np.all(kji >= 0) and np.all(kji < mask_box.shape):
+            edit = remove_at(mask_box, kji)
+            dropped += edit.changed_voxels if edit else 0
+    return dropped
+
+
+# ------------------------------------------------------------------------------------ output-folder edits
+def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
+             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None) -> dict:
+    """Review a finished run from the command line: remove or keep candidates (ids as ``review_rows`` lists
+    them), or remove components by size, probability or rank; rewrites the structure's mask, the combined
+    labels, report.json and review.json (each atomically). Returns ``{"removed": n, "kept": n,
+    "changed_voxels": n}``."""
+    from .outputs import SEG_DIR, _rewrite_combined, load_run, tumor_summary
+    from .io import atomic_write_image
+
+    outdir = Path(outdir)
+    report, card = load_run(outdir)
+    entries = {e["name"]: e for e in report["structures"]}
+    if structure not in entries:
+        raise InputError(f"{structure} is not a structure of this run; structures: {', '.join(entries)}")
+    tumor = structure in (report.get("tumors") or {})
+    if (remove_ids or keep_ids or remove_below_probability_p is not None) and not tumor:
+        raise InputError(f"candidate review works on tumor structures; {structure} is an organ "
+                         "(use --keep-largest or --remove-smaller-than for organs)")
+    seg_path = outdir / SEG_DIR / f"{structure}.nii.gz"
+    image = sitk.ReadImage(str(seg_path))
+    full = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
+    grid = Grid.of(image)
+    state = load_review(outdir)
+    pm = None
+    if tumor and report["tumors"][structure].get("probability_file"):
+        pm = ProbabilityMap.from_output(outdir, structure)
+        box = pm.box_slices
+        start = pm.start_ijk
+        q = pm.q
+        lab, cands = pm.candidates(full[box])
+    else:
+        box = tuple(slice(0, n) for n in full.shape)
+        start = (0, 0, 0)
+        q = None
+        lab = ranked_components(full != 0)
+        cands = candidates_of(lab, grid, start)
+    by_id = {c.id: c for c in cands}
+    for i in (*remove_ids, *keep_ids):
+        if i not in by_id:
+            raise InputError(f"{structure} has no candidate {i}; candidates are 1..{len(cands)} "
+                             "(list them with 'atlasseg review OUTDIR')")
+    region = full[box]  # a view: edits land in ``full``
+    changed = 0
+    removed = 0
+    for i in remove_ids:
+        cand = by_id[i]
+        edit = remove_at(region, (np.asarray(cand.seed_ijk) - np.asarray(start))[::-1])
+        changed += edit.changed_voxels if edit else 0
+        removed += 1
+        state.decide(structure, cand, "removed")
+    for i in keep_ids:
+        state.decide(structure, by_id[i], "kept")
+    batch = []
+    if remove_smaller_ml is not None:
+        batch.append(remove_smaller_than(region, grid.voxel_volume_mm3, remove_smaller_ml))
+    if remove_below_probability_p is not None:
+        if q is None:
+            raise InputError(f"{structure} keeps no probability map: cannot remove by probability")
+        batch.append(remove_below_probability(region, q, remove_below_probability_p))
+    if keep_largest_n is not None:
+        batch.append(keep_largest(region, keep_largest_n))
+    seeds_to_cand = {c.seed_ijk: c for c in cands}
+    for edit in filter(None, batch):
+        changed += edit.changed_voxels
+        for seed_kji in edit.removed:
+            seed_ijk = tuple(int(v) for v in np.asarray(start) + np.asarray(seed_kji)[::-1])
+            cand = seeds_to_cand.get(seed_ijk) or _candidate_holding(cands, lab, start, seed_ijk)
+            removed += 1
+            if tumor and cand is not None:
+                state.decide(structure, cand, "removed")
+    if changed:
+        out = sitk.GetImageFromArray(full)
+        out.CopyInformation(image)
+        atomic_write_image(out, seg_path)
+        entry = entries[structure]
+        voxels = int(np.count_nonzero(full))
+        entry.update(voxels=voxels, volume_ml=round(voxels * grid.voxel_volume_mm3 / 1000.0, 4))
+        if tumor:
+            info = report["tumors"][structure]
+            bgrid = pm.box_grid if pm is not None else grid
+            info["components"] = [c.as_dict() for c in labelled_components(
+                ranked_components(region != 0), bgrid, start, q_box=q)]
+            info["count"] = len(info["components"])
+            entry["tumor"] = info
+        _rewrite_combined(outdir, card, image)
+    report["summary"] = tumor_summary(report)
+    report.setdefault("history", []).append({
+        "action": "review", "structure": structure, "removed": removed, "kept": len(keep_ids),
+        "changed_voxels": changed, "at": _now()})
+    atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
+    if tumor:
+        save_review(outdir, state)
+    return {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed}
+
+
+def _candidate_holding(cands, lab: Labelling, start_ijk, seed_ijk):
+    kji = tuple((np.asarray(seed_ijk) - np.asarray(start_ijk))[::-1])
+    value = lab.labels[kji]
+    return next((c for c in cands if c.label == value), None) if value else None
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def add_review_parser(sub) -> None:
+    r = sub.add_parser(
+        "review", help="list tumor candidates of a finished run; remove false positives, keep true ones",
+        description="Without actions: print every tumor candidate (id, organ, volume, diameters, max probability, "
+        "review status). With actions: edit one structure's mask and record the decisions in review.json "
+        "(they survive later 'atlasseg threshold' changes and go into the report).")
+    r.add_argument("outdir")
+    r.add_argument("--structure", help="the structure to edit (required with any action)")
+    r.add_argument("--remove", type=int, nargs="+", default=[], metavar="ID", help="remove these candidates")
+    r.add_argument("--keep", type=int, nargs="+", default=[], metavar="ID", help="mark these candidates as kept")
+    r.add_argument("--remove-smaller-than", type=float, metavar="ML", help="remove components below this volume")
+    r.add_argument("--remove-below-probability", type=float, metavar="P",
+                   help="remove components whose highest probability is below P")
+    r.add_argument("--keep-largest", type=int, metavar="N", help="keep the N largest components (organs)")
+    r.add_argument("--json", action="store_true", help="print the candidate table as JSON")
+
+
+def cmd_review(args) -> int:
+    actions = (args.remove or args.keep or args.remove_smaller_than is not None
+               or args.remove_below_probability is not None or args.keep_largest is not None)
+    if actions:
+        if not args.structure:
+            raise InputError("name the structure to edit with --structure (e.g. --structure liver_tumor)")
+        result = edit_run(args.outdir, args.structure, remove_ids=tuple(args.remove), keep_ids=tuple(args.keep),
+                          remove_smaller_ml=args.remove_smaller_than,
+                          remove_below_probability_p=args.remove_below_probability,
+                          keep_largest_n=args.keep_largest)
+        print(f"{args.structure}: {result['removed']} removed, {result['kept']} kept "
+              f"({result['changed_voxels']} voxels changed)")
+    rows = review_rows(args.outdir)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for tumor, tumor_rows in rows.items():
+        print(f"{tumor}: {counter_text(tumor_rows)}")
+        print(f"  {'id':>3}  {'organ':<14} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  status")
+        for row in tumor_rows:
+            rid = row["id"] if row.get("present", True) else "-"
+            print(f"  {rid:>3}  {str(row.get('organ') or '-'):<14} {row['volume_ml']:>8.2f} "
+                  f"{row['longest_axial_diameter_mm'] / 10:>8.1f} {row['perpendicular_diameter_mm'] / 10:>8.1f} "
+                  f"{row['max_probability']:>6.2f}  {row['status']}")
+    return 0

@@ -3,6 +3,7 @@ change exactly one component and undo exactly, and review decisions survive thre
 from __future__ import annotations
 
 import json
+import shutil
 
 import cc3d
 import numpy as np
@@ -208,11 +209,24 @@ def test_a_broken_review_file_is_refused_clearly(tmp_path):
         review.load_review(tmp_path)
 
 
-def test_review_rows_of_a_demo_run_list_its_tumor_candidates(tmp_path):
+@pytest.fixture(scope="module")
+def demo_master(tmp_path_factory):
     from AtlasSegLib.demo import run_demo
 
-    out = tmp_path / "demo"
+    out = tmp_path_factory.mktemp("demo") / "run"
     run_demo(out, overwrite=True)
+    return out
+
+
+@pytest.fixture
+def demo_run(demo_master, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(demo_master, out)
+    return out
+
+
+def test_review_rows_of_a_demo_run_list_its_tumor_candidates(demo_run):
+    out = demo_run
     report = json.loads((out / "report.json").read_text())
     rows = review.review_rows(out)
     assert set(rows) == set(report["tumors"])
@@ -225,3 +239,66 @@ def test_review_rows_of_a_demo_run_list_its_tumor_candidates(tmp_path):
     state.decide(name, rows[name][0], "removed")
     review.save_review(out, state)
     assert review.review_rows(out)[name][0]["status"] == "removed"
+
+
+def _mask(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_cli_review_removes_a_candidate_and_the_removal_survives_a_new_threshold(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    out = demo_run
+    rows = review.review_rows(out)["liver_tumor"]
+    assert len(rows) >= 2, "the demo phantom has at least two liver tumors"
+    before = _mask(out / "segmentations" / "liver_tumor.nii.gz")
+    organs_before = _mask(out / "segmentations" / "liver.nii.gz")
+    assert main(["review", str(out), "--structure", "liver_tumor", "--remove", "2", "--keep", "1"]) == 0
+    after = _mask(out / "segmentations" / "liver_tumor.nii.gz")
+    i, j, k = rows[1]["seed_ijk"]
+    assert before[k, j, i] == 1 and after[k, j, i] == 0
+    assert before.sum() - after.sum() == rows[1]["voxels"]
+    assert np.array_equal(_mask(out / "segmentations" / "liver.nii.gz"), organs_before)
+    card = json.loads((out / "card.json").read_text())
+    tumor_label = next(c["label"] for c in card["classes"] if c["name"] == "liver_tumor")
+    combined = _mask(out / "combined_labels.nii.gz")
+    assert combined[k, j, i] != tumor_label and np.array_equal(combined == tumor_label, after == 1)
+    statuses = [r["status"] for r in review.review_rows(out)["liver_tumor"]]
+    assert statuses[0] == "kept" and "removed" in statuses
+    report = json.loads((out / "report.json").read_text())
+    assert report["tumors"]["liver_tumor"]["count"] == len(rows) - 1
+    # A lower threshold grows every tumor, but the removed one does not come back.
+    assert main(["threshold", str(out), "--set", "liver_tumor=0.2"]) == 0
+    lowered = _mask(out / "segmentations" / "liver_tumor.nii.gz")
+    assert lowered[k, j, i] == 0 and lowered.sum() >= after.sum()
+    capsys.readouterr()
+    assert main(["review", str(out)]) == 0
+    assert "1 removed, 1 kept" in capsys.readouterr().out
+
+
+def test_cli_review_refuses_unknown_candidates_and_organ_review(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    before = (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes()
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--remove", "99"]) == 2
+    assert "no candidate 99" in capsys.readouterr().err
+    assert main(["review", str(demo_run), "--structure", "liver", "--remove", "1"]) == 2
+    assert "organ" in capsys.readouterr().err
+    assert main(["review", str(demo_run), "--remove", "1"]) == 2
+    assert (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes() == before
+    assert not (demo_run / "review.json").exists()
+
+
+def test_cli_keep_largest_cleans_stray_organ_islands(demo_run):
+    from AtlasSegLib.cli import main
+
+    path = demo_run / "segmentations" / "spleen.nii.gz"
+    image = sitk.ReadImage(str(path))
+    spleen = sitk.GetArrayFromImage(image)
+    spleen[0:2, 0:2, 0:2] = 1  # a stray island far from the spleen
+    stray = sitk.GetImageFromArray(spleen)
+    stray.CopyInformation(image)
+    sitk.WriteImage(stray, str(path), useCompression=True)
+    assert main(["review", str(demo_run), "--structure", "spleen", "--keep-largest", "1"]) == 0
+    cleaned = _mask(path)
+    assert cleaned[0:2, 0:2, 0:2].sum() == 0 and cleaned.sum() == spleen.sum() - 8
