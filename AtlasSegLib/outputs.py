@@ -23,7 +23,7 @@ from .errors import InputError
 from .geometry import Grid
 from .io import SourceInfo, atomic_write_image, atomic_write_text
 from .overview import Overview
-from .postprocess import components, dilate_mm, tumor_mask
+from .postprocess import components
 from .progress import Reporter
 
 SEG_DIR = "segmentations"
@@ -181,21 +181,19 @@ def rethreshold(outdir, thresholds: dict) -> dict:
     ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
     grid = Grid.of(ref)
     entries = {e["name"]: e for e in report["structures"]}
+    from .review import ProbabilityMap, drop_removed, load_review
+
+    review_state = load_review(outdir)
     for name, t in thresholds.items():
         info = report["tumors"][name]
         meta_path = outdir / PROB_DIR / f"{name}.json"
         meta = json.loads(meta_path.read_text())
         box = (tuple(meta["box_start_ijk"]), tuple(meta["box_size_ijk"]))
-        q_box = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / info["probability_file"])))
-        gate_mask = None
-        if meta.get("gate"):
-            gate_mask = np.zeros(q_box.shape, np.uint8)
-            for organ in meta["gate"]:
-                full = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{organ}.nii.gz")))
-                gate_mask |= full[_box_slices(box)]
-            gate_mask = dilate_mm(gate_mask, grid.spacing[::-1], meta.get("gate_dilation_mm") or 0.0)
-        mask = tumor_mask(q_box, gate_mask, threshold=float(t), voxel_mm3=grid.voxel_volume_mm3,
-                          min_mm3=float(meta.get("min_component_mm3") or 0.0))
+        pmap = ProbabilityMap.from_output(outdir, name)  # the map with its gate, built as the run built it
+        q_box = pmap.q
+        mask = pmap.mask(float(t))
+        # False positives a reviewer removed stay removed at the new threshold (their seed voxel is kept).
+        drop_removed(mask, review_state, name, box[0])
         full = np.zeros(tuple(grid.size[::-1]), np.uint8)
         full[_box_slices(box)] = mask
         atomic_write_image(_mask_image(full, ref), outdir / SEG_DIR / f"{name}.nii.gz")
@@ -213,6 +211,11 @@ def rethreshold(outdir, thresholds: dict) -> dict:
     report.setdefault("history", []).append({"action": "threshold", "values": {k: float(v) for k, v in thresholds.items()},
                                              "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
+    if "report" in report or (outdir / "report.html").is_file():
+        # A report made before the change would show the old tumors: rebuild it (tables, page, pictures).
+        from .report import build_report
+
+        report = build_report(outdir).report
     return report
 
 

@@ -2,9 +2,13 @@
 
 Label-review convention (MODELS.md §5): reoriented to LAS, HU window −150…250, *summed* along the
 anterior-posterior axis (an X-ray-like view, not a MIP), normalised, 1 mm pixels, head up, patient's right on
-the image's left (radiological view) with R/L markers.
+the image's left (radiological view) with R/L markers. Each mask's projection (its sum, normalised) is a tint in
+the structure's colour over every pixel it covers; a covered pixel is tinted at least half strength, so thin or
+shallow parts of a structure (a tumor's rim, a vessel seen edge-on) stay visible next to thick ones.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import SimpleITK as sitk
@@ -13,6 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 from .geometry import Grid, oriented, reorient_array
 
 WINDOW_HU = (-150.0, 250.0)
+# Opacity of a structure's tint where its projection is thickest (half of it at the thinnest covered pixel):
+# enough to tell the colours apart, little enough to see the bones and gas through them.
+TINT_OPACITY = 0.7
 
 
 def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
@@ -53,17 +60,21 @@ class Overview:
         proj = project(mask_kji, self.grid)
         if proj.max() <= 0:
             return
-        self.layers.append((name, tuple(color), _to_display(proj / proj.max(), self.grid)))
+        # Coverage is resampled on its own: the bilinear 1 mm resampling of the normalised sum would fade the
+        # edges of a thick structure below any fixed cut-off and make it look smaller than it is.
+        coverage = _to_display((proj > 0).astype(np.float32), self.grid)
+        self.layers.append((name, tuple(color), _to_display(proj / proj.max(), self.grid), coverage))
 
     def render(self, title: str = "") -> Image.Image:
         base = np.asarray(self.ct, dtype=np.float32)
         rgb = np.repeat((np.clip(base, 0, 1) * 255)[..., None], 3, axis=2)
-        for _, color, layer in self.layers:
-            a = np.asarray(layer, dtype=np.float32)
-            covered = a > 0.02
-            alpha = np.where(covered, 0.35 + 0.35 * np.clip(a, 0, 1), 0.0)[..., None]
+        for _, color, layer, coverage in self.layers:
+            strength = np.clip(np.asarray(layer, dtype=np.float32), 0, 1)
+            covered = np.asarray(coverage, dtype=np.float32) >= 0.5
+            alpha = np.where(covered, TINT_OPACITY * np.maximum(strength, 0.5), 0.0)[..., None]
             rgb = rgb * (1 - alpha) + np.asarray(color, np.float32)[None, None, :] * alpha
-        scale = max(1, int(round(512 / max(rgb.shape[:2]))))
+        # At least 512 pixels along the longer side: a short scan (a few cm of z) stays readable.
+        scale = max(1, math.ceil(512 / max(rgb.shape[:2])))
         img = Image.fromarray(rgb.astype(np.uint8), "RGB")
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
@@ -80,7 +91,7 @@ class Overview:
         d.text((6, 36), "R", fill="yellow", font=font)
         d.text((img.width - 18, 36), "L", fill="yellow", font=font)
         y = 36
-        for name, color, _ in self.layers:
+        for name, color, *_ in self.layers:
             d.rectangle([img.width + 10, y + 2, img.width + 24, y + 14], fill=color)
             d.text((img.width + 30, y), name, fill="white", font=small)
             y += 20

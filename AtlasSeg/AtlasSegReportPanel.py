@@ -1,0 +1,131 @@
+"""The "Report" section of the AtlasSeg panel: a table of the report's rows and buttons to make and open it.
+
+Thin on purpose: everything it shows or writes comes from Qt-free functions (``AtlasSegLib.report.build_report``,
+``table_rows``, ``load_report`` and ``AtlasSegRender.renderOutputFolder`` for the 3D picture), which the tests
+run headless. The module widget creates it::
+
+    self.reportPanel = ReportPanel(self.layout, self)
+    self.reportPanel.setOutputFolder(folder)   # after a run whose output folder is kept, to show its report
+"""
+import logging
+from pathlib import Path
+
+import ctk
+import qt
+
+import slicer
+
+try:
+    from slicer.i18n import tr as _
+except ImportError:  # Slicer < 5.4 has no translation support
+    def _(text):
+        return text
+
+import AtlasSegLogic  # noqa: F401  (first: it puts AtlasSegLib on sys.path in a source checkout)
+from AtlasSegLib.report import TABLE_COLUMNS, build_report, load_report, table_rows
+
+MAKE_TOOLTIP = _("Choose an AtlasSeg output folder and write report.html, report.csv, report.json and pictures "
+                 "(frontal overview, a slice per tumor, a 3D view) into it.")
+OPEN_TOOLTIP = _("Open report.html in the web browser (it is self-contained and works offline).")
+OPEN_DISABLED_TOOLTIP = _("No report yet: click 'Make report…' first.")
+
+
+class ReportPanel:
+    """A collapsible "Report" section added to ``parentLayout``."""
+
+    def __init__(self, parentLayout, moduleWidget):
+        self.moduleWidget = moduleWidget
+        self.outputDir = None
+        self.htmlPath = None
+
+        self.section = ctk.ctkCollapsibleButton()
+        self.section.text = _("Report")
+        self.section.collapsed = True
+        parentLayout.addWidget(self.section)
+        layout = qt.QVBoxLayout(self.section)
+
+        self.folderLabel = qt.QLabel(_("No report yet."))
+        self.folderLabel.wordWrap = True
+        layout.addWidget(self.folderLabel)
+
+        self.table = qt.QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels([_(c) for c in TABLE_COLUMNS])
+        self.table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setToolTip(_("Tumor components (volume, longest axial x perpendicular diameter, highest "
+                                "probability, review status), then every structure's volume and mean HU."))
+        layout.addWidget(self.table)
+
+        buttons = qt.QHBoxLayout()
+        self.makeButton = qt.QPushButton(_("Make report…"))
+        self.makeButton.toolTip = MAKE_TOOLTIP
+        self.openButton = qt.QPushButton(_("Open report"))
+        self.openButton.enabled = False
+        self.openButton.toolTip = OPEN_DISABLED_TOOLTIP
+        buttons.addWidget(self.makeButton)
+        buttons.addWidget(self.openButton)
+        layout.addLayout(buttons)
+
+        self.makeButton.connect("clicked(bool)", self.onMakeReport)
+        self.openButton.connect("clicked(bool)", self.onOpenReport)
+
+    def setOutputFolder(self, folder) -> None:
+        """Remember an output folder (the default of "Make report…") and show its report if it has one."""
+        self.outputDir = Path(folder) if folder else None
+        report = None
+        if self.outputDir is not None and (self.outputDir / "report.html").is_file():
+            try:
+                report = load_report(self.outputDir)
+            except Exception as exc:  # noqa: BLE001 - an unreadable old report only means none is shown
+                logging.warning("AtlasSeg: cannot read the report in %s: %s", self.outputDir, exc)
+        self._show(report, self.outputDir / "report.html" if report else None)
+
+    def onMakeReport(self) -> None:
+        start = str(self.outputDir) if self.outputDir else qt.QDir.homePath()
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("AtlasSeg output folder"), start)
+        if not folder:
+            return
+        previous = self.folderLabel.text
+        with slicer.util.tryWithErrorDisplay(_("The report could not be made."), waitCursor=True):
+            try:
+                self.folderLabel.text = _("Drawing the 3D view…")
+                slicer.app.processEvents()
+                try:
+                    import AtlasSegRender
+
+                    AtlasSegRender.renderOutputFolder(folder)
+                except Exception as exc:  # noqa: BLE001 - the report is useful without its 3D picture
+                    logging.warning("AtlasSeg: no 3D picture for the report: %s", exc)
+                self.folderLabel.text = _("Writing the report…")
+                slicer.app.processEvents()
+                result = build_report(folder)
+            except Exception:
+                self.folderLabel.text = previous
+                raise
+            self.outputDir = Path(folder)
+            self._show(result.report, result.html_path)
+
+    def onOpenReport(self) -> None:
+        if self.htmlPath is not None:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.htmlPath)))
+
+    def _show(self, report, htmlPath) -> None:
+        rows = table_rows(report) if report else []
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                item = qt.QTableWidgetItem(text)
+                if c in (2, 3, 4):
+                    item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        self.htmlPath = htmlPath if htmlPath is not None and Path(htmlPath).is_file() else None
+        self.openButton.enabled = self.htmlPath is not None
+        self.openButton.toolTip = OPEN_TOOLTIP if self.htmlPath else OPEN_DISABLED_TOOLTIP
+        if self.htmlPath is not None:
+            notes = (report.get("report") or {}).get("notes") or []
+            self.folderLabel.text = str(self.htmlPath) + ("\n" + "\n".join(notes) if notes else "")
+        else:
+            self.folderLabel.text = _("No report yet.")
