@@ -826,6 +826,9 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
             node.SetAttribute(ATTRIBUTE + "ProbabilityScale", str(PROBABILITY_SCALE))
             node.SetAttribute(ATTRIBUTE + "Threshold", str(meta.get("threshold", "")))
             node.SetAttribute(ATTRIBUTE + "Gate", ",".join(str(g) for g in meta.get("gate") or ()))
+            # The sensitivity slider rebuilds the gate and the dust limit exactly as the run did.
+            node.SetAttribute(ATTRIBUTE + "GateDilationMm", str(meta.get("gate_dilation_mm") or 0.0))
+            node.SetAttribute(ATTRIBUTE + "MinComponentMm3", str(meta.get("min_component_mm3") or 0.0))
             node.SetNodeReferenceID(SEGMENTATION_ROLE, segmentationNode.GetID())
             node.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
             displayNode = node.GetDisplayNode()

@@ -367,6 +367,19 @@ class ReviewState:
                 status = d["status"]
         return status
 
+    def removed_labels(self, tumor: str, labels_box: np.ndarray, start_ijk) -> set:
+        """The labels of ``labels_box`` that hold the seed of a "removed" decision: false positives a reviewer
+        threw away, which a new threshold must not bring back."""
+        out = set()
+        start = np.asarray(start_ijk)
+        for d in self.decisions(tumor):
+            if d["status"] != "removed":
+                continue
+            kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
+            if np.all(kji >= 0) and np.all(kji < labels_box.shape) and labels_box[tuple(kji)]:
+                out.add(int(labels_box[tuple(kji)]))
+        return out
+
     def rows(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list) -> list:
         """Review rows: every current candidate with its status, then each removed component no longer in
         the mask (from its decision)."""
@@ -548,6 +561,11 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
     atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
     if tumor:
         save_review(outdir, state)
+    if "report" in report or (outdir / "report.html").is_file():
+        # A report made before the review would show the old candidates and statuses: rebuild it.
+        from .report import build_report
+
+        build_report(outdir)
     return {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed}
 
 
@@ -558,23 +576,6 @@ def _candidate_holding(cands, lab: Labelling, start_ijk, seed_ijk):
 
 
 # ------------------------------------------------------------------------------------------------- CLI
-def add_review_parser(sub) -> None:
-    r = sub.add_parser(
-        "review", help="list tumor candidates of a finished run; remove false positives, keep true ones",
-        description="Without actions: print every tumor candidate (id, organ, volume, diameters, max probability, "
-        "review status). With actions: edit one structure's mask and record the decisions in review.json "
-        "(they survive later 'atlasseg threshold' changes and go into the report).")
-    r.add_argument("outdir")
-    r.add_argument("--structure", help="the structure to edit (required with any action)")
-    r.add_argument("--remove", type=int, nargs="+", default=[], metavar="ID", help="remove these candidates")
-    r.add_argument("--keep", type=int, nargs="+", default=[], metavar="ID", help="mark these candidates as kept")
-    r.add_argument("--remove-smaller-than", type=float, metavar="ML", help="remove components below this volume")
-    r.add_argument("--remove-below-probability", type=float, metavar="P",
-                   help="remove components whose highest probability is below P")
-    r.add_argument("--keep-largest", type=int, metavar="N", help="keep the N largest components (organs)")
-    r.add_argument("--json", action="store_true", help="print the candidate table as JSON")
-
-
 def cmd_review(args) -> int:
     actions = (args.remove or args.keep or args.remove_smaller_than is not None
                or args.remove_below_probability is not None or args.keep_largest is not None)

@@ -1,0 +1,99 @@
+"""Segment Editor effect "Remove false positive": a click removes the connected component under the cursor
+from the segment under the cursor (whichever visible segment is drawn there, topmost first); Shift-click keeps
+only that component. Each click is one undo step. The work is done by ``RemoveFalsePositiveLogic`` (Qt-free,
+tested headless); this file only turns clicks into world points and shows the result in the status bar.
+
+Registered at startup by ``SegmentEditorRemoveFalsePositive.registerEffects()``. Needs Slicer's
+``SegmentEditorEffects`` package, which exists only inside the Slicer application.
+"""
+import os
+
+import qt
+import vtk
+
+import slicer
+
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import (
+    SEARCH_RADIUS_3D_VOXELS, RemoveFalsePositiveLogic, notifyClick, pickSurfacePoint)
+
+HELP_TEXT = """<html>Remove false positives with one click.<p>
+<b>Click</b> on a connected region (island) in a slice view to remove it from the segment it belongs to &mdash;
+whichever visible segment is drawn there (the topmost one), not only the selected segment. Tumor candidates
+from an over-sensitive AtlasSeg run are removed in one click each.<br>
+<b>Shift+click</b> keeps only the clicked region and removes all other regions of that segment.<br>
+In 3D views, click on a segment's surface. Clicking background does nothing.<br>
+Each click is one undo step (Ctrl+Z / Undo button).</html>"""
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Remove (or keep only) the connected component under the cursor, from the segment under the cursor."""
+
+    def __init__(self, scriptedEffect):
+        scriptedEffect.name = "Remove false positive"  # stable id: modules select effects by this name
+        scriptedEffect.title = "Remove FP"
+        scriptedEffect.perSegment = False  # works on whichever segment is clicked
+        scriptedEffect.requireSegments = True
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        iconPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "RemoveFalsePositive.png")
+        return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
+
+    def helpText(self):
+        return HELP_TEXT
+
+    def setupOptionsFrame(self):
+        label = qt.QLabel("Click: remove the region under the cursor. Shift+click: keep only that region.")
+        label.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(label)
+
+    def setMRMLDefaults(self):
+        pass
+
+    def updateGUIFromMRML(self):
+        pass
+
+    def updateMRMLFromGUI(self):
+        pass
+
+    def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetControlKey() \
+                or callerInteractor.GetAltKey():
+            return False
+        segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
+        if segmentationNode is None:
+            return False
+        xy = callerInteractor.GetEventPosition()
+        searchRadius = 0
+        if viewWidget.className() == "qMRMLSliceWidget":
+            ras = self.xyToRas(xy, viewWidget)
+        elif viewWidget.className() == "qMRMLThreeDWidget":
+            ras = pickSurfacePoint(self.scriptedEffect.renderer(viewWidget), xy[0], xy[1])
+            if ras is None:
+                slicer.util.showStatusMessage("Remove false positive: nothing here (no surface under the cursor).",
+                                              3000)
+                return True
+            searchRadius = SEARCH_RADIUS_3D_VOXELS
+        else:
+            return False
+        logic = RemoveFalsePositiveLogic(segmentationNode, self.scriptedEffect.saveStateForUndo)
+        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
+        try:
+            result = logic.click(ras, keepOnly=bool(callerInteractor.GetShiftKey()),
+                                 searchRadiusVoxels=searchRadius)
+        finally:
+            qt.QApplication.restoreOverrideCursor()
+        slicer.util.showStatusMessage(result.message, 5000)
+        if result.changed:
+            notifyClick(segmentationNode, result)
+        # Consume the press either way: a click on background must not start a slice-view pan/window-level drag.
+        return True
