@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # torch first and explicitly: a plain "torch" requirement would pull a multi-GB CUDA build on machines without it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-review clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,24 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/atlasseg demo -o demo_output --overwrite
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The report test draws report.html in headless Chromium. Installed when missing and allowed (root with apt-get);
+# elsewhere, or if the install fails, that one test is skipped and says why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+	    || echo "chromium could not be installed: the report's browser test will be skipped"; \
+	else echo "chromium is not installed (needs root with apt-get): the report's browser test will be skipped"; fi
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python Testing/bench_pipeline.py
+
+# Sensitivity slider and one-click removal vs Slicer's Islands-effect path, 512x512x300 real CT.
+bench-review: $(VENV)/.installed-test
+	$(BIN)/python Testing/bench_review.py
 
 clean:
 	rm -rf $(VENV) demo_output

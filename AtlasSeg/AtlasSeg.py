@@ -6,7 +6,12 @@ in Qt-free files beside it, so it is tested headless with real Slicer classes:
 * ``AtlasSegLogic.py``: the logic (runs, results into the scene, model registry, device advice);
 * ``AtlasSegBridge.py``: the one MRML <-> numpy/SimpleITK conversion;
 * ``AtlasSegRunner.py``: the engine process and its progress protocol;
-* ``AtlasSegDependencies.py``: installing Python packages without touching Slicer's own.
+* ``AtlasSegDependencies.py``: installing Python packages without touching Slicer's own;
+* ``AtlasSegReview.py``: the sensitivity sliders, candidate review and batch clean-up (panel:
+  ``AtlasSegReviewPanel.py``), with the Segment Editor effect in ``SegmentEditorRemoveFalsePositive/``;
+* ``AtlasSegExport.py``: DICOM SEG / RTSTRUCT / .seg.nrrd / AbdomenAtlas export and import (panel:
+  ``AtlasSegExportPanel.py``);
+* ``AtlasSegRender.py``: report pictures drawn by Slicer's own 3D view (panel: ``AtlasSegReportPanel.py``).
 """
 import logging
 from dataclasses import dataclass
@@ -31,6 +36,8 @@ import AtlasSegBridge as bridge
 import AtlasSegDependencies as deps
 from AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions, applyBlocker,
                            describeVolume, formatDuration, modelDetailsHtml, progressText, qualityHint)
+from AtlasSegReportPanel import ReportPanel
+from AtlasSegReviewPanel import ReviewPanel
 from AtlasSegRunner import BackgroundTask, RunState
 
 DEVICE_CHOICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
@@ -73,6 +80,15 @@ CVPR 2024.</li>
 </ul>
 Inference uses MONAI and PyTorch. Each model keeps its own license: see the Model section before use.
 """)
+        # The "Remove false positive" Segment Editor effect is registered once the application has started
+        # (the effect factory does not exist before).
+        slicer.app.connect("startupCompleted()", _registerEffects)
+
+
+def _registerEffects():
+    from SegmentEditorRemoveFalsePositive import registerEffects
+
+    registerEffects()
 
 
 #
@@ -150,6 +166,11 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.copyLogButton.connect("clicked(bool)", self.onCopyLog)
 
+        # Sections built in code, each in its own file (thin widgets over Qt-free logic).
+        self.reviewPanel = ReviewPanel(self.layout, self)
+        self.reportPanel = ReportPanel(self.layout, self)
+        self.layout.addStretch(1)
+
         self._checkDependencies()
         self.initializeParameterNode()
         self._populateModels()
@@ -165,6 +186,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = None
         if self._timer is not None:
             self._timer.stop()
+        if getattr(self, "reviewPanel", None) is not None:
+            self.reviewPanel.cleanup()
         self.removeObservers()
 
     def enter(self):
@@ -640,6 +663,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runStatusLabel.text = text
         for name, volume in sorted(results.volumesMl.items()):
             self._appendLog(f"{name}: {volume:.1f} ml")
+        # Tumor probability maps came with the result: open the sensitivity and review section on it.
+        self.reviewPanel.setSegmentationNode(segmentationNode)
 
     def onShow3DToggled(self, checked):
         segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None

@@ -194,6 +194,14 @@ def check_ct_values(array: np.ndarray, name: str, *, force: bool = False) -> Non
             "to run anyway, pass --force")
 
 
+def _default_mode(directory: bool = False) -> int:
+    """The mode a plain open()/mkdir() would give under the current umask. mkstemp/mkdtemp make private
+    0600/0700 entries, which would leave a run's outputs unreadable to colleagues and other tools."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_image(image: sitk.Image, path, *, compress: bool = True) -> None:
     """Write ``image`` to ``path`` through a temporary file in the same folder, then rename."""
     path = Path(path)
@@ -203,6 +211,7 @@ def atomic_write_image(image: sitk.Image, path, *, compress: bool = True) -> Non
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=compress)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -214,8 +223,9 @@ def atomic_write_text(text: str, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -248,6 +258,7 @@ class StagingDir:
         if self.outdir.exists():
             old = self.outdir.with_name(f".{self.outdir.name}.old-{os.getpid()}")
             os.replace(self.outdir, old)
+        os.chmod(self.path, _default_mode(directory=True))
         os.replace(self.path, self.outdir)
         self.path = None
         if old is not None:

@@ -87,8 +87,8 @@ def test_node_selectors_get_the_scene():
 def test_module_cmake_lists_every_script_and_resource():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "AtlasSeg")
     listed = set(re.findall(r"[\w/]+\.(?:py|ui|png|txt)", cmake))
-    scripts = {p.name for p in MODULE_DIR.glob("*.py")}
-    resources = {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*")
+    scripts = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    resources = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("Resources/**/*")
                  if p.is_file() and "__pycache__" not in p.parts}
     assert scripts <= listed, f"scripts missing from AtlasSeg/CMakeLists.txt: {sorted(scripts - listed)}"
     assert resources <= listed, f"resources missing from AtlasSeg/CMakeLists.txt: {sorted(resources - listed)}"
