@@ -1,0 +1,306 @@
+"""Export of segmentations from the scene and import of AbdomenAtlas cases, without Qt.
+
+Both directions go through the library (``AtlasSegLib.export``), so the Slicer module writes exactly what
+``atlasseg export`` writes:
+
+* ``exportSegmentation`` writes a segmentation node (on its input volume's grid) into a temporary AtlasSeg-style
+  output folder (``segmentations/<name>.nii.gz``, ``card.json``, ``report.json``) and calls the library's exporter
+  for DICOM SEG, RTSTRUCT, ``.seg.nrrd`` or an AbdomenAtlas case folder. DICOM exports reference the volume's own
+  DICOM files (Slicer's DICOM database) or a DICOM folder the user names.
+* ``importAbdomenAtlasCase`` loads ``ct.nii.gz`` as a volume and ``segmentations/*.nii.gz`` as one segmentation
+  with names, colours and terminology, through ``AtlasSegLogic.loadResults`` (the same path as a run's results).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+import vtk
+
+import slicer
+
+import AtlasSegBridge as bridge
+import AtlasSegLogic
+import AtlasSegReview
+
+from AtlasSegLib import export as libexport
+from AtlasSegLib import review
+from AtlasSegLib.card import complete_class
+from AtlasSegLib.errors import InputError
+from AtlasSegLib.io import atomic_write_text
+
+FORMATS = (
+    ("dicom-seg", "DICOM SEG"),
+    ("rtstruct", "DICOM RTSTRUCT (radiotherapy planning)"),
+    ("seg-nrrd", "Slicer segmentation (.seg.nrrd)"),
+    ("abdomenatlas", "AbdomenAtlas case folder (NIfTI)"),
+)
+KIND_TAG = AtlasSegLogic.ATTRIBUTE + "Kind"
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What an export wrote, in words for the status line."""
+
+    format: str
+    path: Path
+    seconds: float
+    bytes: int
+    notes: dict
+
+    def message(self) -> str:
+        skipped = self.notes.get("skipped_empty") or []
+        extra = f"; empty, not exported: {', '.join(skipped)}" if skipped else ""
+        return f"Wrote {self.path} ({self.bytes / 1e6:.2f} MB in {self.seconds:.1f} s){extra}"
+
+
+def defaultFileName(fmt: str, segmentationNode) -> str:
+    """A file (or folder) name for an export of ``segmentationNode``: its name without awkward characters."""
+    stem = _safeName(segmentationNode.GetName() if segmentationNode is not None else "segmentation")
+    return {"dicom-seg": f"{stem}_seg.dcm", "rtstruct": f"{stem}_rtstruct.dcm", "seg-nrrd": f"{stem}.seg.nrrd",
+            "abdomenatlas": stem}[fmt]
+
+
+def _safeName(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "segment"
+
+
+def referenceVolumeOf(segmentationNode):
+    """The volume a segmentation was made on: AtlasSeg's input-volume reference, else Slicer's reference geometry
+    volume (``referenceImageGeometryRef``)."""
+    volume = segmentationNode.GetNodeReference(AtlasSegLogic.INPUT_VOLUME_ROLE)
+    if volume is None:
+        volume = segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+    return volume
+
+
+def dicomFilesOfVolume(volumeNode) -> list:
+    """The DICOM files a volume was loaded from (Slicer's DICOM database); empty when it was not loaded from DICOM
+    or the database is not available."""
+    uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split() if volumeNode is not None else []
+    database = getattr(slicer, "dicomDatabase", None)
+    if not uids or database is None:
+        return []
+    files = [database.fileForInstance(uid) for uid in uids]
+    return [f for f in files if f] if all(files) else []
+
+
+def segmentEntry(segment, index: int) -> dict:
+    """A model-card class entry (name, label, kind, colour, codes) for a segment, from its terminology tag; segments
+    without one get the structure table's codes for their name (or generic ones)."""
+    entry = {"channel": index + 1, "label": index + 1, "name": segment.GetName(),
+             "color": [int(round(c * 255)) for c in segment.GetColor()]}
+    entry.update(libexport.entry_from_terminology(segmentTag(segment, segment.GetTerminologyEntryTagName())))
+    kind = segmentTag(segment, KIND_TAG)
+    if kind in ("organ", "tumor"):
+        entry["kind"] = kind
+    return complete_class(entry)
+
+
+def segmentTag(segment, name: str) -> str:
+    """A segment tag's value, '' when the segment has no such tag (``GetTerminology`` would invent "Tissue")."""
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else ""
+
+
+def writeRunFolder(segmentationNode, referenceVolume, folder) -> Path:
+    """Write ``segmentationNode`` into ``folder`` as an AtlasSeg output folder on ``referenceVolume``'s grid.
+
+    ``report.json`` names the volume (written as ``ct.mha`` beside the masks) as the run's input, so the
+    AbdomenAtlas export finds the CT; card.json holds one class per segment (codes from its terminology)."""
+    folder = Path(folder)
+    (folder / "segmentations").mkdir(parents=True, exist_ok=True)
+    if referenceVolume is None or referenceVolume.GetImageData() is None:
+        raise InputError("the segmentation has no reference volume with voxels; select the CT it was made on")
+    segmentation = segmentationNode.GetSegmentation()
+    if segmentation.GetNumberOfSegments() == 0:
+        raise InputError(f"segmentation '{segmentationNode.GetName()}' has no segments to export")
+    ctPath = bridge.writeVolumeNode(referenceVolume, folder / "ct.mha")
+    classes, structures, used = [], [], set()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segmentId)
+        entry = segmentEntry(segment, index)
+        stem = _safeName(entry["name"])
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        mask = bridge.arrayFromSegment(segmentationNode, segmentId, referenceVolume)
+        image = bridge.VolumeGeometry.fromVolumeNode(referenceVolume).applyToSitk(sitk.GetImageFromArray(mask))
+        sitk.WriteImage(image, str(folder / "segmentations" / f"{stem}.nii.gz"), useCompression=True)
+        classes.append(entry)
+        structures.append({"name": entry["name"], "label": entry["label"], "kind": entry["kind"],
+                           "color": entry["color"], "voxels": int(np.count_nonzero(mask)),
+                           "file": f"segmentations/{stem}.nii.gz"})
+    model = {"id": segmentationNode.GetAttribute(AtlasSegLogic.ATTRIBUTE + "Model") or "slicer-segmentation",
+             "title": segmentationNode.GetAttribute(AtlasSegLogic.ATTRIBUTE + "ModelTitle") or segmentationNode.GetName(),
+             "version": "1"}
+    card = {**model, "classes": classes}
+    report = {"input": {"path": str(ctPath), "format": "mha", "series_uid": None, "study_uid": None},
+              "model": model, "structures": structures,
+              "tumors": _writeTumors(segmentationNode, folder, [s for s in structures if s["kind"] == "tumor"])}
+    # The review decisions made in the scene (sensitivity panel, effect clicks) go with the folder, so its report
+    # lists each candidate as kept, removed or still to review.
+    state = AtlasSegReview.loadReviewState(segmentationNode)
+    if state.tumors:
+        review.save_review(folder, state)
+    (folder / "card.json").write_text(json.dumps(card, indent=1), encoding="utf-8")
+    (folder / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return folder
+
+
+def _writeTumors(segmentationNode, folder: Path, tumorStructures: list) -> dict:
+    """The ``tumors`` section of the folder's report.json, with each tumor's linked probability map written in
+    the engine's layout (``probabilities/<name>.nii.gz`` + ``.json``) so the report measures its candidates
+    with probabilities, as for an engine run."""
+    tumors = {}
+    for structure in tumorStructures:
+        name = Path(structure["file"]).name[: -len(".nii.gz")]
+        info = {"threshold": None, "gate": None, "gate_dilation_mm": None, "min_component_mm3": 0.0,
+                "probability_file": None, "components": [], "note": None}
+        node = AtlasSegReview.probabilityVolume(segmentationNode, structure["name"])
+        if node is not None and node.GetImageData() is not None:
+            pm = AtlasSegReview.probabilityMapFor(segmentationNode, structure["name"], node)
+            gate = [g.strip() for g in (node.GetAttribute(AtlasSegLogic.ATTRIBUTE + "Gate") or "").split(",")
+                    if g.strip()]
+            threshold = node.GetAttribute(AtlasSegLogic.ATTRIBUTE + "Threshold")
+            (folder / "probabilities").mkdir(exist_ok=True)
+            sitk.WriteImage(pm.box_grid.image_from_kji(pm.q), str(folder / "probabilities" / f"{name}.nii.gz"),
+                            useCompression=True)
+            meta = {"structure": name, "box_start_ijk": [int(v) for v in pm.start_ijk],
+                    "box_size_ijk": [int(v) for v in pm.q.shape[::-1]],
+                    "input_size_ijk": [int(v) for v in pm.input_size_ijk], "gate": gate or None,
+                    "gate_dilation_mm": AtlasSegReview.floatAttribute(
+                        node, AtlasSegLogic.ATTRIBUTE + "GateDilationMm", AtlasSegReview.DEFAULT_GATE_DILATION_MM),
+                    "threshold": float(threshold) if threshold else None, "min_component_mm3": pm.min_mm3,
+                    "encoding": "uint8 p*255"}
+            (folder / "probabilities" / f"{name}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            info.update(threshold=meta["threshold"], gate=meta["gate"], gate_dilation_mm=meta["gate_dilation_mm"],
+                        min_component_mm3=pm.min_mm3, probability_file=f"probabilities/{name}.nii.gz")
+        tumors[name] = info
+    return tumors
+
+
+def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: bool = True, progress=None):
+    """Write the segmentation as it is in the scene (after review) into ``folder`` and make its report there:
+    report.html/.csv/.json and pictures, the 3D view drawn by Slicer's renderer. Returns the library's
+    ``ReportResult``. ``folder`` must be new or empty: a report is never mixed with other files."""
+    from AtlasSegLib.report import build_report
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder} is not empty; choose a new or empty folder for the report")
+    if segmentationNode is None:
+        raise InputError("select a segmentation to report on")
+    referenceVolume = referenceVolume or referenceVolumeOf(segmentationNode)
+    # Made in a staging folder beside the target and moved in when complete: a failure leaves nothing behind.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        writeRunFolder(segmentationNode, referenceVolume, staging)
+        # The folder's CT is its own ct.mha: name it where it will be, not in the staging folder.
+        reportPath = staging / "report.json"
+        report = json.loads(reportPath.read_text(encoding="utf-8"))
+        report["input"]["path"] = str(folder / "ct.mha")
+        atomic_write_text(json.dumps(report, indent=1), reportPath)
+        if picture3D:
+            import AtlasSegRender
+
+            AtlasSegRender.renderOutputFolder(staging)
+        result = build_report(staging, ct=staging / "ct.mha", progress=progress)
+        staging.chmod(0o755)
+        if folder.exists():
+            folder.rmdir()  # checked empty above
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    moved = lambda path: folder / Path(path).relative_to(staging)  # noqa: E731
+    return dataclasses.replace(result, json_path=moved(result.json_path), csv_path=moved(result.csv_path),
+                               html_path=moved(result.html_path),
+                               pictures={k: moved(v) for k, v in result.pictures.items()})
+
+
+def exportSegmentation(segmentationNode, fmt: str, destination, *, referenceVolume=None, referenceDicom=None,
+                       overwrite: bool = False) -> ExportOutcome:
+    """Export a segmentation node with the library's exporter for ``fmt`` (see ``FORMATS``).
+
+    Args:
+        segmentationNode: what to export (every segment; empty ones are skipped in DICOM exports).
+        fmt: ``dicom-seg``, ``rtstruct``, ``seg-nrrd`` or ``abdomenatlas``.
+        destination: the file to write (a folder for ``abdomenatlas``).
+        referenceVolume: the CT; default the segmentation's input / reference-geometry volume.
+        referenceDicom: a DICOM folder of that CT for DICOM exports; default the volume's own DICOM files.
+        overwrite: replace an existing destination.
+
+    Raises:
+        InputError: the message says what is missing (e.g. a DICOM reference) and what to do.
+    """
+    if segmentationNode is None:
+        raise InputError("select a segmentation to export")
+    referenceVolume = referenceVolume or referenceVolumeOf(segmentationNode)
+    if referenceVolume is None:
+        raise InputError(f"segmentation '{segmentationNode.GetName()}' has no reference volume; set its reference "
+                         "geometry to the CT (Segmentations module) first")
+    if fmt in ("dicom-seg", "rtstruct") and not referenceDicom:
+        referenceDicom = dicomFilesOfVolume(referenceVolume) or None
+    workDir = Path(tempfile.mkdtemp(prefix="AtlasSeg-export-"))
+    try:
+        runFolder = writeRunFolder(segmentationNode, referenceVolume, workDir / "run")
+        try:
+            result = libexport.export(runFolder, fmt, Path(destination), reference_dicom=referenceDicom,
+                                      overwrite=overwrite)
+        except InputError as exc:
+            # The library speaks to command-line users; in the panel the option is the reference DICOM folder.
+            message = str(exc).replace("pass --reference-dicom DIR", "choose the CT's DICOM folder as reference")
+            message = message.replace("as --reference-dicom", "as reference DICOM folder")
+            raise InputError(message) from None
+    finally:
+        shutil.rmtree(workDir, ignore_errors=True)
+    return ExportOutcome(result.format, result.path, result.seconds, result.bytes, result.notes)
+
+
+@dataclass(frozen=True)
+class ImportedCase:
+    volumeNode: object
+    results: object  # AtlasSegLogic.LoadedResults
+    structures: tuple  # class entries found in the case
+
+
+def importAbdomenAtlasCase(logic, caseFolder, *, name: Optional[str] = None) -> ImportedCase:
+    """Load an AbdomenAtlas case folder (``ct.nii.gz`` + ``segmentations/*.nii.gz``) into the scene.
+
+    Names come from the mask files; label values, colours and terminology from the case's ``labels.json`` or
+    AtlasSeg's structure table. Masks are checked to lie on the CT's grid before the scene changes; structures
+    with an empty mask get no segment.
+    """
+    case = libexport.read_abdomenatlas_case(caseFolder)
+    caseName = name or Path(caseFolder).name
+    ct = bridge.readImage(case.ct_path)
+    workDir = Path(tempfile.mkdtemp(prefix="AtlasSeg-import-"))
+    volume = None
+    try:
+        (workDir / "segmentations").mkdir()
+        for structure in case.structures:
+            shutil.copyfile(structure["file"], workDir / "segmentations" / f"{structure['name']}.nii.gz")
+        classes = [{k: v for k, v in s.items() if k != "file"} for s in case.structures]
+        card = {"id": "abdomenatlas-case", "title": f"AbdomenAtlas case {caseName}", "version": "1",
+                "classes": classes}
+        (workDir / "card.json").write_text(json.dumps(card), encoding="utf-8")
+        volume = bridge.volumeNodeFromSitk(ct, caseName)
+        results = logic.loadResults(workDir, volume, name=f"{caseName} segmentations")
+    except Exception:
+        if volume is not None:
+            slicer.mrmlScene.RemoveNode(volume)
+        raise
+    finally:
+        shutil.rmtree(workDir, ignore_errors=True)
+    return ImportedCase(volumeNode=volume, results=results, structures=tuple(case.structures))

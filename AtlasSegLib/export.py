@@ -1,0 +1,919 @@
+"""Exporting a finished run (an AtlasSeg output folder) for clinical and research tools, and reading the results back.
+
+Formats (``export(outdir, fmt, ...)``):
+
+* ``dicom-seg``: DICOM Segmentation (highdicom), one binary segment per structure with its SNOMED category/type
+  (and anatomic region for tumors), CIELab colour and the model as algorithm (AUTOMATIC); frames reference the
+  source CT instances; empty frames are omitted and the file is deflate-compressed (lossless, plain zlib: the
+  only compressed transfer syntax highdicom allows for BINARY segmentations is JPEG 2000, which needs an extra
+  codec to write and is not read by every viewer).
+* ``rtstruct``: DICOM RT Structure Set for radiotherapy planning systems: one ROI per structure with its
+  colour, CLOSED_PLANAR contours per axial slice (outer boundaries and holes as separate contours, read with the
+  even-odd rule as planning systems do), each referencing its CT slice.
+* ``seg-nrrd``: 3D Slicer's ``.seg.nrrd`` (slicerio) with names, colours, label values/layers and the
+  ``TerminologyEntry`` tags Slicer uses.
+* ``abdomenatlas``: an AbdomenAtlas case folder: ``ct.nii.gz``, ``segmentations/<name>.nii.gz`` (uint8 0/1),
+  ``combined_labels.nii.gz`` and ``labels.json`` (label values, colours, codes).
+
+DICOM exports need the CT as a DICOM series: the run's own input when it was a DICOM folder, or
+``reference_dicom``. The series must lie on the masks' grid; differences are named in the error.
+Every file is written to a temporary name first and renamed when complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .card import complete_class
+from .errors import InputError
+from .geometry import Grid
+from .io import StagingDir
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "abdomenatlas")
+DEFAULT_NAMES = {"dicom-seg": "segmentation.dcm", "rtstruct": "rtstruct.dcm", "seg-nrrd": "segmentation.seg.nrrd",
+                 "abdomenatlas": "abdomenatlas"}
+GRID_TOLERANCE_MM = 0.01  # NIfTI stores geometry as float32: µm-level differences to the DICOM headers are expected
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
+NEEDS_REFERENCE = ("DICOM SEG/RTSTRUCT export needs the CT as a DICOM series: pass --reference-dicom DIR "
+                   "(the folder holding the CT's .dcm files, on the same grid as the segmentation)")
+
+
+# ------------------------------------------------------------------------------------------- the run
+@dataclass
+class Structure:
+    """One structure of a run: the completed class entry of its card and where its mask is."""
+
+    name: str
+    label: int
+    kind: str
+    color: tuple  # RGB 0-255
+    entry: dict  # the class entry (category/type/type_modifier/region codes)
+    path: Path
+
+    @property
+    def is_tumor(self) -> bool:
+        return self.kind == "tumor"
+
+
+@dataclass
+class RunFolder:
+    """A finished AtlasSeg output folder, as the exporters read it."""
+
+    path: Path
+    report: dict
+    card: dict
+    structures: list
+    grid: Grid
+
+    def mask(self, structure: Structure) -> np.ndarray:
+        """The structure's uint8 0/1 mask (k, j, i), checked to lie on the run's grid."""
+        image = sitk.ReadImage(str(structure.path))
+        problems = grid_differences(Grid.of(image), self.grid)
+        if problems:
+            raise InputError(f"{structure.path} is not on the grid of the other masks ({'; '.join(problems)})")
+        return (sitk.GetArrayFromImage(image) != 0).astype(np.uint8)
+
+    @property
+    def model(self) -> dict:
+        return {"id": str(self.card.get("id") or self.report.get("model", {}).get("id") or "unknown"),
+                "title": str(self.card.get("title") or self.report.get("model", {}).get("title") or ""),
+                "version": str(self.card.get("version") or self.report.get("model", {}).get("version") or "0")}
+
+
+def load_run_folder(outdir) -> RunFolder:
+    """Read ``report.json``, ``card.json`` and find the masks of an AtlasSeg output folder.
+
+    Raises InputError when the folder is not an output folder or holds no masks."""
+    outdir = Path(outdir)
+    if not (outdir / "card.json").is_file() or not (outdir / "segmentations").is_dir():
+        raise InputError(f"{outdir} is not an AtlasSeg output folder (card.json and segmentations/ are needed); "
+                         "give the -o folder of an 'atlasseg segment' run")
+    try:
+        card = json.loads((outdir / "card.json").read_text(encoding="utf-8"))
+        report = json.loads((outdir / "report.json").read_text(encoding="utf-8")) \
+            if (outdir / "report.json").is_file() else {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read the run description in {outdir}: {exc}") from None
+    files = {e["name"]: e.get("file") for e in report.get("structures", []) if isinstance(e, dict) and "name" in e}
+    structures = []
+    for index, raw in enumerate(card.get("classes") or []):
+        entry = {"label": index + 1, **complete_class(raw)}
+        path = outdir / (files.get(entry["name"]) or f"segmentations/{entry['name']}.nii.gz")
+        if path.is_file():
+            structures.append(Structure(name=entry["name"], label=int(entry["label"]), kind=entry["kind"],
+                                        color=tuple(int(v) for v in entry["color"]), entry=entry, path=path))
+    if not structures:
+        raise InputError(f"{outdir} holds no segmentation masks (segmentations/*.nii.gz named by card.json)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(structures[0].path))
+    reader.ReadImageInformation()  # the grid only; masks are read one at a time by RunFolder.mask
+    grid = Grid(tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
+                tuple(float(v) for v in reader.GetOrigin()), tuple(float(v) for v in reader.GetDirection()))
+    return RunFolder(outdir, report, card, structures, grid)
+
+
+def grid_differences(a: Grid, b: Grid, tolerance_mm: float = GRID_TOLERANCE_MM) -> list:
+    """Human-readable differences between two grids (empty when they match within ``tolerance_mm``)."""
+    problems = []
+    if tuple(a.size) != tuple(b.size):
+        problems.append(f"size {list(a.size)} vs {list(b.size)}")
+    if not np.allclose(a.spacing, b.spacing, rtol=0, atol=tolerance_mm):
+        problems.append(f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)} mm")
+    if not np.allclose(a.origin, b.origin, rtol=0, atol=tolerance_mm):
+        problems.append(f"origin {_fmt(a.origin)} vs {_fmt(b.origin)} mm (LPS)")
+    extent = np.asarray(a.size, float) * np.asarray(a.spacing)
+    shift = np.abs((np.asarray(a.direction).reshape(3, 3) - np.asarray(b.direction).reshape(3, 3)) * extent).max()
+    if shift > tolerance_mm:
+        problems.append(f"directions {_fmt(a.direction)} vs {_fmt(b.direction)} (far corner moves {shift:.3g} mm)")
+    return problems
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+# --------------------------------------------------------------------------------- DICOM reference
+@dataclass
+class ReferenceSeries:
+    """The CT series a DICOM export refers to: headers only (no pixel data is decoded), sorted as the volume's k."""
+
+    folder: str
+    datasets: list = field(repr=False)
+    grid: Grid = None
+
+    def first(self, keyword: str, default=None):
+        return self.datasets[0].get(keyword, default)
+
+    @property
+    def sop_instance_uids(self) -> list:
+        return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+
+def read_reference_series(source, *, series_uid: Optional[str] = None) -> ReferenceSeries:
+    """The DICOM CT series in ``source`` (a folder or a list of files) as a ``ReferenceSeries``.
+
+    Raises InputError when no series is found, it has too few slices, irregular spacing, or lacks the UIDs a
+    DICOM object needs to reference it (anonymised series sometimes drop them)."""
+    import pydicom
+
+    if isinstance(source, (list, tuple)):
+        files = [str(f) for f in source]
+        folder = str(Path(files[0]).parent) if files else ""
+    else:
+        from .io import _dicom_series
+
+        folder = str(Path(source).parent if Path(source).is_file() else source)  # a slice file names its folder
+        if not Path(folder).is_dir():
+            raise InputError(f"reference DICOM folder {folder} does not exist; {NEEDS_REFERENCE}")
+        series = _dicom_series(Path(folder))
+        if not series:
+            raise InputError(f"no DICOM image series found in {folder}; {NEEDS_REFERENCE}")
+        if series_uid and series_uid in series:
+            files = list(series[series_uid][1])
+        else:
+            files = list(max(series.values(), key=lambda v: len(v[1]))[1])
+    datasets = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises several types for non-DICOM files
+            raise InputError(f"cannot read {f} as DICOM: {exc}") from None
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            datasets.append(ds)
+    if len(datasets) < 2:
+        raise InputError(f"{folder} holds no 3D DICOM image series (fewer than 2 slices with positions); "
+                         f"{NEEDS_REFERENCE}")
+    orientation = np.asarray(datasets[0].ImageOrientationPatient, float)
+    row, col = orientation[:3], orientation[3:]
+    normal = np.cross(row, col)
+    datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
+    positions = np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), normal) for ds in datasets])
+    steps = np.diff(positions)
+    if np.any(steps <= 1e-4) or np.ptp(steps) > max(0.01, 0.01 * float(np.median(steps))):
+        raise InputError(f"the DICOM series in {folder} has duplicate or unevenly spaced slices "
+                         f"(steps {_fmt(np.unique(np.round(steps, 3)))} mm); a DICOM export needs a regular series")
+    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+               if not str(datasets[0].get(k, "") or "").strip()]
+    missing += [k for k in ("SOPInstanceUID", "SOPClassUID")
+                if any(not str(ds.get(k, "") or "").strip() for ds in datasets)]
+    if missing:
+        raise InputError(f"the DICOM series in {folder} has no {', '.join(missing)} (anonymised without UIDs?); a "
+                         "DICOM SEG/RTSTRUCT references the CT by these UIDs, so a viewer or planning system could not "
+                         "match it. Use the original series (or one with consistent UIDs) as --reference-dicom")
+    spacing_rc = [float(v) for v in datasets[0].PixelSpacing]
+    direction = np.column_stack([row, col, normal])
+    grid = Grid((int(datasets[0].Columns), int(datasets[0].Rows), len(datasets)),
+                (spacing_rc[1], spacing_rc[0], float(np.median(steps))),
+                tuple(float(v) for v in datasets[0].ImagePositionPatient),
+                tuple(float(v) for v in direction.reshape(-1)))
+    return ReferenceSeries(folder=folder, datasets=datasets, grid=grid)
+
+
+def reference_for(run: RunFolder, reference_dicom=None) -> ReferenceSeries:
+    """The reference series of a run: ``reference_dicom`` or the run's DICOM input, checked against the masks' grid."""
+    source_info = run.report.get("input", {})
+    if reference_dicom is None:
+        if source_info.get("format") != "dicom" or not source_info.get("path"):
+            raise InputError(f"the run in {run.path} was made from a {source_info.get('format') or 'non-DICOM'} "
+                             f"file, not a DICOM series. {NEEDS_REFERENCE}")
+        if not Path(source_info["path"]).is_dir():
+            raise InputError(f"the run's DICOM input {source_info['path']} is no longer there; {NEEDS_REFERENCE}")
+        reference_dicom = source_info["path"]
+    ref = read_reference_series(reference_dicom, series_uid=source_info.get("series_uid"))
+    problems = grid_differences(run.grid, ref.grid)
+    if problems:
+        raise InputError(f"the DICOM series in {ref.folder} does not lie on the segmentation's grid "
+                         f"(segmentation vs series: {'; '.join(problems)}); pass the series the run was made from "
+                         "as --reference-dicom")
+    return ref
+
+
+# ---------------------------------------------------------------------------------------- codes
+def _code(entry: Optional[dict]):
+    from pydicom.sr.coding import Code
+
+    if not entry or not entry.get("code"):
+        return None
+    scheme = str(entry.get("scheme") or "")
+    # DICOM private coding schemes start with "99" (our fallback codes for structures without a SNOMED code).
+    if scheme and scheme not in ("SCT", "DCM", "FMA", "UMLS", "LN") and not scheme.startswith("99"):
+        scheme = "99" + scheme.upper()
+    return Code(str(entry["code"]), scheme, str(entry.get("meaning") or entry["code"]))
+
+
+def terminology_entry(entry: dict) -> str:
+    """Slicer's ``TerminologyEntry`` string for a class entry (the format AtlasSegLogic.terminologyEntry writes)."""
+    def part(key):
+        code = entry.get(key) or {}
+        return f"{code.get('scheme', '')}^{code.get('code', '')}^{code.get('meaning', '')}" if code else "^^"
+
+    return "~".join([TERMINOLOGY_CONTEXT, part("category"), part("type"), part("type_modifier"), ANATOMIC_CONTEXT,
+                     part("region"), "^^"])
+
+
+def entry_from_terminology(text: str) -> dict:
+    """Class codes (category/type/type_modifier/region) from a ``TerminologyEntry`` string (inverse of above)."""
+    parts = (text or "").split("~")
+    out = {}
+    for key, index in (("category", 1), ("type", 2), ("type_modifier", 3), ("region", 5)):
+        if index < len(parts):
+            fields = parts[index].split("^")
+            if len(fields) >= 3 and fields[1]:
+                out[key] = {"scheme": fields[0], "code": fields[1], "meaning": "^".join(fields[2:])}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ DICOM SEG
+def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: bool = True) -> dict:
+    """Write ``run``'s non-empty structures as one DICOM SEG referencing ``ref``. Returns notes."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    algorithm = hd.AlgorithmIdentificationSequence(name=run.model["id"][:64], version=run.model["version"][:64],
+                                                   family=codes.cid7162.ArtificialIntelligence, source="AtlasSeg")
+    # Segment-major memory (one contiguous block per segment, handed to highdicom as a (slices, rows, columns,
+    # segments) view): highdicom reads one segment at a time, and filling it needs no strided copy.
+    grid = run.grid
+    pixels = np.zeros((len(run.structures), grid.size[2], grid.size[1], grid.size[0]), bool)
+    descriptions, skipped, used = [], [], np.zeros(grid.size[2], bool)
+    for structure in run.structures:
+        mask = run.mask(structure)
+        if not mask.any():
+            skipped.append(structure.name)
+            continue
+        entry = structure.entry
+        number = len(descriptions) + 1
+        description = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=structure.name[:64],
+            segmented_property_category=_code(entry["category"]), segmented_property_type=_code(entry["type"]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            tracking_uid=hd.UID(), tracking_id=structure.name[:64],
+            anatomic_regions=[_code(entry["region"])] if entry.get("region") else None,
+            display_color=hd.color.CIELabColor.from_rgb(*structure.color))
+        modifier = _code(entry.get("type_modifier"))
+        if modifier is not None:
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)]
+        descriptions.append(description)
+        np.not_equal(mask, 0, out=pixels[number - 1])
+        used |= pixels[number - 1].reshape(grid.size[2], -1).any(axis=1)
+        del mask
+    if not descriptions:
+        raise InputError(f"every structure of {run.path} is empty; there is nothing to export")
+    # Only the slices some structure touches are handed over (their frames would be omitted as empty anyway);
+    # highdicom matches each plane to its source slice by position.
+    first, last = np.flatnonzero(used)[[0, -1]]
+    pixels = np.moveaxis(pixels[:len(descriptions), first:last + 1], 0, -1)
+    positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                          [float(v) for v in ref.datasets[k].ImagePositionPatient])
+                 for k in range(first, last + 1)]
+    seg = hd.seg.Segmentation(
+        source_images=ref.datasets, pixel_array=pixels, plane_positions=positions,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="AtlasSeg",
+        manufacturer_model_name=run.model["id"][:64], software_versions=f"atlasseg {__version__}",
+        device_serial_number="0", content_label="ATLASSEG",
+        content_description=f"{run.model['title'] or run.model['id']} (automatic)"[:64],
+        series_description=f"AtlasSeg {run.model['id']}"[:64], omit_empty_frames=True,
+        # An empty (0008,0005) in the CT means the default repertoire; highdicom refuses the empty string itself.
+        specific_character_set=_character_set(ref.datasets[0]))
+    del pixels
+    if compress:
+        seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    _atomic_dicom(seg, dest)
+    return {"segments": len(descriptions), "frames": int(seg.NumberOfFrames), "skipped_empty": skipped,
+            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name)}
+
+
+def _character_set(ds):
+    """The CT's Specific Character Set, or None where it is absent or empty (the default repertoire)."""
+    value = ds.get("SpecificCharacterSet")
+    values = [str(v) for v in ([value] if isinstance(value, str) else (value or [])) if str(v).strip()]
+    return None if not values else (values[0] if len(values) == 1 else values)
+
+
+def _atomic_dicom(ds, dest) -> None:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".dcm", dir=dest.parent)
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_dicom_seg(path, ref: ReferenceSeries) -> list:
+    """The segments of a DICOM SEG on ``ref``'s grid: ``[{"number", "name", "category", "type", "type_modifier",
+    "region", "color", "mask"}]`` (codes as ``{"scheme", "code", "meaning"}``, colour RGB 0-255, mask uint8 k, j, i).
+
+    Frames are placed by their plane positions (not by the source instances they name: some writers do not say
+    whether spatial locations were preserved); a frame off the grid's slices is refused with its position."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise several types for bad files
+        raise InputError(f"cannot read {path} as a DICOM SEG: {exc}") from None
+    numbers = [int(n) for n in seg.get_segment_numbers()]
+    masks = _place_seg_frames(seg, ref.grid, numbers, path)
+    out = []
+    for index, number in enumerate(numbers):
+        desc = seg.get_segment_description(number)
+        item = {"number": int(number), "name": str(desc.segment_label),
+                "category": _code_dict(desc.segmented_property_category),
+                "type": _code_dict(desc.segmented_property_type),
+                "mask": masks[number]}
+        sequence = desc.SegmentedPropertyTypeCodeSequence[0]
+        if "SegmentedPropertyTypeModifierCodeSequence" in sequence:
+            item["type_modifier"] = _code_dict(sequence.SegmentedPropertyTypeModifierCodeSequence[0])
+        regions = list(desc.anatomic_regions or [])
+        if regions:
+            item["region"] = _code_dict(regions[0])
+        if "RecommendedDisplayCIELabValue" in desc:
+            item["color"] = tuple(int(v) for v in hd.color.CIELabColor.from_dicom_value(
+                desc.RecommendedDisplayCIELabValue).to_rgb())
+        out.append(item)
+    return out
+
+
+def _place_seg_frames(seg, grid: Grid, numbers: list, path) -> dict:
+    """Segment number -> uint8 (k, j, i) mask from a SEG's frames, placed on ``grid`` by position."""
+    rows, cols, slices = grid.size[1], grid.size[0], grid.size[2]
+    if (int(seg.Rows), int(seg.Columns)) != (rows, cols):
+        raise InputError(f"{path} has {seg.Rows}x{seg.Columns} frames, the DICOM series {rows}x{cols}; "
+                         "the SEG was made on another series")
+    shared = seg.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in seg else None
+    frames = seg.pixel_array
+    if frames.ndim == 2:
+        frames = frames[np.newaxis]
+    masks = {n: np.zeros((slices, rows, cols), np.uint8) for n in numbers}
+    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        def group(name):
+            if name in item:
+                return item[name].value[0]
+            return shared[name].value[0] if shared is not None and name in shared else None
+        number = int(group("SegmentIdentificationSequence").ReferencedSegmentNumber)
+        orientation = group("PlaneOrientationSequence")
+        measures = group("PixelMeasuresSequence")
+        if orientation is not None and not np.allclose(
+                np.asarray(orientation.ImageOrientationPatient, float),
+                np.asarray(grid.direction).reshape(3, 3)[:, :2].T.reshape(-1), atol=1e-3):
+            raise InputError(f"{path}: frame {index + 1} is not oriented as the DICOM series")
+        if measures is not None and not np.allclose([float(v) for v in measures.PixelSpacing],
+                                                    [grid.spacing[1], grid.spacing[0]], atol=GRID_TOLERANCE_MM):
+            raise InputError(f"{path}: frame {index + 1} has pixel spacing {list(measures.PixelSpacing)}, the series "
+                             f"{[grid.spacing[1], grid.spacing[0]]}")
+        position = np.asarray(group("PlanePositionSequence").ImagePositionPatient, float)
+        ijk = grid.physical_to_index(position)
+        k = int(round(ijk[2]))
+        tolerance = GRID_TOLERANCE_MM / min(grid.spacing)
+        if np.abs(ijk[:2]).max() > tolerance or abs(ijk[2] - k) > 0.01 or not 0 <= k < slices:
+            raise InputError(f"{path}: frame {index + 1} at {_fmt(position)} mm is not on a slice of the DICOM series")
+        if number in masks:
+            masks[number][k] |= (frames[index] != 0).astype(np.uint8)
+    return masks
+
+
+def _code_dict(code) -> dict:
+    if hasattr(code, "scheme_designator"):  # highdicom CodedConcept
+        return {"scheme": str(code.scheme_designator), "code": str(code.value), "meaning": str(code.meaning)}
+    return {"scheme": str(code.CodingSchemeDesignator), "code": str(code.CodeValue), "meaning": str(code.CodeMeaning)}
+
+
+# -------------------------------------------------------------------------------------------- RTSTRUCT
+def mask_contours(mask_2d: np.ndarray) -> list:
+    """Closed polygons (``(n, 2)`` arrays of (i, j) pixel coordinates) around a 2D mask: every outer boundary and
+    every hole, traced at the half-way level between in and out (marching squares, contourpy).
+
+    Filled with the even-odd rule at pixel centres, the polygons give back the mask (up to pixels touching only
+    at a corner)."""
+    import contourpy
+
+    rows = np.flatnonzero(mask_2d.any(axis=1))
+    cols = np.flatnonzero(mask_2d.any(axis=0))
+    if not len(rows):
+        return []
+    # Trace only the mask's bounding box (plus a margin of background so every boundary closes).
+    r0, c0 = rows[0], cols[0]
+    padded = np.pad(mask_2d[r0:rows[-1] + 1, c0:cols[-1] + 1].astype(np.float64), 1)
+    generator = contourpy.contour_generator(z=padded, fill_type=contourpy.FillType.OuterOffset)
+    polygons, offsets = generator.filled(0.5, 1.5)
+    shift = np.array([c0 - 1.0, r0 - 1.0])
+    out = []
+    for points, offset in zip(polygons, offsets):
+        for start, stop in zip(offset[:-1], offset[1:]):
+            ring = points[start:stop - 1] + shift  # drop the repeated closing point, back to slice coordinates
+            ring = _drop_collinear(ring)
+            if len(ring) >= 3:
+                out.append(ring)
+    return out
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """The ring without vertices lying on the straight line through their neighbours (exact: same polygon).
+
+    Marching squares puts a vertex on every pixel edge; straight and 45° runs need only their ends."""
+    before = ring - np.roll(ring, 1, axis=0)
+    after = np.roll(ring, -1, axis=0) - ring
+    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    return ring[np.abs(cross) > 1e-9]
+
+
+def fill_polygons(polygons, shape) -> np.ndarray:
+    """Rasterise closed polygons ((x=i, y=j) pixel coordinates) on a (rows, columns) grid: a pixel is inside when
+    its centre is, counting all polygons together with the even-odd rule (holes and XOR of overlaps)."""
+    rows, cols = shape
+    all_rows, all_x = [], []
+    for poly in polygons:
+        poly = np.asarray(poly, float)
+        x0, y0 = poly[:, 0], poly[:, 1]
+        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+        lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
+        first = np.ceil(lo).astype(int)  # rows r with lo <= r < hi: each crossing counted once at vertices
+        count = np.maximum(np.ceil(hi).astype(int) - first, 0)
+        if not count.any():
+            continue
+        edge = np.repeat(np.arange(len(poly)), count)
+        r = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+        t = (r - y0[edge]) / (y1[edge] - y0[edge])
+        all_rows.append(r)
+        all_x.append(x0[edge] + t * (x1[edge] - x0[edge]))
+    out = np.zeros(shape, bool)
+    if not all_rows:
+        return out
+    r = np.concatenate(all_rows)
+    x = np.concatenate(all_x)
+    keep = (r >= 0) & (r < rows)
+    r, x = r[keep], x[keep]
+    order = np.lexsort((x, r))
+    r, x = r[order], x[order]
+    diff = np.zeros((rows, cols + 1), np.int32)
+    starts, stops = np.ceil(x[0::2]).astype(int), np.ceil(x[1::2]).astype(int)  # centres c with xa <= c < xb
+    np.add.at(diff, (r[0::2], np.clip(starts, 0, cols)), 1)
+    np.add.at(diff, (r[1::2], np.clip(stops, 0, cols)), -1)
+    return np.cumsum(diff, axis=1)[:, :cols] > 0
+
+
+def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries) -> dict:
+    """Write ``run``'s non-empty structures as an RT Structure Set referencing ``ref``. Returns notes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    first = ref.datasets[0]
+    now = _dt.datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    if _character_set(first):
+        ds.SpecificCharacterSet = _character_set(first)
+    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.InstanceCreationDate = now.strftime("%Y%m%d")
+    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    # Patient and study: copied from the CT, so the planning system files the structures with it.
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+                    "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription"):
+        if keyword in first:
+            ds[keyword] = first[keyword]  # the element as it is (no re-validation of the source's values)
+        else:
+            setattr(ds, keyword, "")
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 9902
+    ds.SeriesDescription = f"AtlasSeg {run.model['id']}"[:64]
+    ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.Manufacturer = "AtlasSeg"
+    ds.ManufacturerModelName = run.model["id"][:64]
+    ds.SoftwareVersions = f"atlasseg {__version__}"
+    ds.InstanceNumber = 1
+    ds.StructureSetLabel = "AtlasSeg"
+    ds.StructureSetName = run.model["id"][:64]
+    ds.StructureSetDescription = f"automatic segmentation: {run.model['title'] or run.model['id']}"[:1024]
+    ds.StructureSetDate = now.strftime("%Y%m%d")
+    ds.StructureSetTime = now.strftime("%H%M%S")
+    ds.ApprovalStatus = "UNAPPROVED"  # automatic contours: a person reviews and approves them in the planning system
+
+    def image_ref(index):
+        item = Dataset()
+        item.ReferencedSOPClassUID = ref.datasets[index].SOPClassUID
+        item.ReferencedSOPInstanceUID = ref.datasets[index].SOPInstanceUID
+        return item
+
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = first.SeriesInstanceUID
+    series_item.ContourImageSequence = Sequence([image_ref(k) for k in range(len(ref.datasets))])
+    study_item = Dataset()
+    study_item.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
+    study_item.ReferencedSOPInstanceUID = first.StudyInstanceUID
+    study_item.RTReferencedSeriesSequence = Sequence([series_item])
+    frame_item = Dataset()
+    frame_item.FrameOfReferenceUID = first.FrameOfReferenceUID
+    frame_item.RTReferencedStudySequence = Sequence([study_item])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
+
+    rois, contours_seq, observations, skipped, total = [], [], [], [], 0
+    for structure in run.structures:
+        mask = run.mask(structure)
+        contours = []
+        for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+            for ring in mask_contours(mask[k]):
+                ijk = np.column_stack([ring, np.full(len(ring), float(k))])
+                points = ref.grid.index_to_physical(ijk)
+                contour = Dataset()
+                contour.ContourImageSequence = Sequence([image_ref(int(k))])
+                contour.ContourGeometricType = "CLOSED_PLANAR"
+                contour.NumberOfContourPoints = len(points)
+                contour[CONTOUR_DATA] = _raw_ds(CONTOUR_DATA, points.reshape(-1))
+                contours.append(contour)
+        del mask
+        if not contours:
+            skipped.append(structure.name)
+            continue
+        number = len(rois) + 1
+        total += len(contours)
+        roi = Dataset()
+        roi.ROINumber = number
+        roi.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
+        roi.ROIName = structure.name[:64]
+        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        roi.ROIGenerationDescription = f"AtlasSeg {run.model['id']} {run.model['version']}"[:64]
+        rois.append(roi)
+        item = Dataset()
+        item.ROIDisplayColor = [int(v) for v in structure.color]
+        item.ReferencedROINumber = number
+        item.ContourSequence = Sequence(contours)
+        contours_seq.append(item)
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        observation.ROIObservationLabel = structure.name[:16]
+        # Organs are ORGAN; an automatic tumor finding is left uninterpreted (a planner decides whether it is a GTV).
+        observation.RTROIInterpretedType = "ORGAN" if not structure.is_tumor else ""
+        observation.ROIInterpreter = ""
+        code = _code(structure.entry.get("type"))
+        if code is not None:
+            coded = Dataset()
+            coded.CodeValue, coded.CodingSchemeDesignator, coded.CodeMeaning = code.value, code.scheme_designator, \
+                code.meaning[:64]
+            observation.RTROIIdentificationCodeSequence = Sequence([coded])
+        observations.append(observation)
+    if not rois:
+        raise InputError(f"every structure of {run.path} is empty; there is nothing to export")
+    ds.StructureSetROISequence = Sequence(rois)
+    ds.ROIContourSequence = Sequence(contours_seq)
+    ds.RTROIObservationsSequence = Sequence(observations)
+    _atomic_dicom(ds, dest)
+    return {"rois": len(rois), "contours": total, "skipped_empty": skipped}
+
+
+CONTOUR_DATA = 0x30060050
+
+
+def _raw_ds(tag: int, values) -> "object":
+    """A DS element from many numbers, encoded once (pydicom would build and validate one object per number)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    text = "\\".join(f"{v:.3f}".rstrip("0").rstrip(".") for v in values)  # µm precision, shortest form
+    data = text.encode("ascii")
+    if len(data) % 2:
+        data += b" "
+    return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True)
+
+
+def read_rtstruct(path, grid: Grid) -> list:
+    """The ROIs of an RT Structure Set as masks on ``grid``: ``[{"number", "name", "color", "mask"}]``.
+
+    Contours are filled with the even-odd rule on the slice they lie on; a contour between slices (more than a
+    quarter slice off) is refused with its position."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot read {path} as DICOM: {exc}") from None
+    if ds.get("Modality") != "RTSTRUCT" or "ROIContourSequence" not in ds:
+        raise InputError(f"{path} is not an RT Structure Set (modality {ds.get('Modality')})")
+    names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
+    rows, cols, slices = grid.size[1], grid.size[0], grid.size[2]
+    out = []
+    for item in ds.ROIContourSequence:
+        number = int(item.ReferencedROINumber)
+        per_slice = {}
+        for contour in item.get("ContourSequence", []):
+            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            ijk = grid.physical_to_index(points)
+            k = float(np.median(ijk[:, 2]))
+            if abs(k - round(k)) > 0.25 or np.ptp(ijk[:, 2]) > 0.25:
+                raise InputError(f"{path}: a contour of ROI {names.get(number, number)} lies between slices of the "
+                                 f"grid (slice index {k:.2f}); the structure set belongs to another series")
+            k = int(round(k))
+            if 0 <= k < slices:
+                per_slice.setdefault(k, []).append(ijk[:, :2])
+        mask = np.zeros((slices, rows, cols), np.uint8)
+        for k, polygons in per_slice.items():
+            mask[k] = fill_polygons(polygons, (rows, cols))
+        color = tuple(int(v) for v in item.get("ROIDisplayColor", (255, 0, 0)))
+        out.append({"number": number, "name": names.get(number, str(number)), "color": color, "mask": mask})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- .seg.nrrd
+def _slicer_terminology(entry: dict) -> dict:
+    def codes(key):
+        code = entry.get(key)
+        return [str(code.get("scheme", "")), str(code.get("code", "")), str(code.get("meaning", ""))] if code else None
+
+    out = {"contextName": TERMINOLOGY_CONTEXT, "category": codes("category"), "type": codes("type"),
+           "anatomicContextName": ANATOMIC_CONTEXT}
+    if codes("type_modifier"):
+        out["typeModifier"] = codes("type_modifier")
+    if codes("region"):
+        out["anatomicRegion"] = codes("region")
+    return out
+
+
+def write_seg_nrrd(run: RunFolder, dest) -> dict:
+    """Write every structure (empty ones too) into a Slicer ``.seg.nrrd`` (slicerio writes the file).
+
+    Structures share labelmap layers where they do not overlap, organs and tumors never (as the Slicer module
+    loads results, so tumors draw over their organ). The packing is done here on (k, j, i) arrays: slicerio's
+    ``add_segment`` does the same on (i, j, k) views, which costs a transposed copy and strided indexing per
+    structure (minutes on a 512×512×200 CT with 25 structures)."""
+    import slicerio
+
+    grid = run.grid
+    shape = tuple(grid.size[::-1])
+    layers, kinds, segments = [], [], []
+    for structure in sorted(run.structures, key=lambda s: (s.is_tumor, s.label)):
+        mask = run.mask(structure).view(bool)
+        for index, labels in enumerate(layers):
+            used = max((s["labelValue"] for s in segments if s["layer"] == index), default=0)
+            if kinds[index] == structure.is_tumor and used < 255 and not labels[mask].any():
+                break
+        else:
+            layers.append(np.zeros(shape, np.uint8))
+            kinds.append(structure.is_tumor)
+            index, used = len(layers) - 1, 0
+        layers[index][mask] = used + 1
+        extent = [0, -1, 0, -1, 0, -1]
+        if mask.any():
+            extent = []
+            for axis in (2, 1, 0):  # i, j, k ranges
+                hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+                extent += [int(hits[0]), int(hits[-1])]
+        segments.append({
+            "id": structure.name, "name": structure.name, "nameAutoGenerated": False,
+            "color": [round(v / 255.0, 6) for v in structure.color], "colorAutoGenerated": False,
+            "labelValue": used + 1, "layer": index, "extent": extent,
+            "terminology": _slicer_terminology(structure.entry), "tags": {"AtlasSeg.Kind": structure.kind}})
+        del mask
+    if not layers:
+        layers.append(np.zeros(shape, np.uint8))
+    voxels = layers[0] if len(layers) == 1 else np.stack(layers)
+    del layers
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = grid.matrix
+    ijk_to_lps[:3, 3] = grid.origin
+    # (k, j, i) in C order is (i, j, k) in Fortran order: the transposed view needs no copy for pynrrd.
+    segmentation = {"voxels": voxels.T if voxels.ndim == 3 else voxels.transpose(0, 3, 2, 1), "ijkToLPS": ijk_to_lps,
+                    "containedRepresentationNames": ["Binary labelmap"], "masterRepresentation": "Binary labelmap",
+                    "segments": segments}
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".seg.nrrd", dir=dest.parent)
+    os.close(fd)
+    try:
+        slicerio.write_segmentation(tmp, segmentation, compression_level=6)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {"segments": len(segments), "layers": 1 if voxels.ndim == 3 else int(voxels.shape[0])}
+
+
+# ---------------------------------------------------------------------------------------- AbdomenAtlas
+def _run_ct(run: RunFolder, ct=None) -> sitk.Image:
+    """The CT of a run: ``ct`` (a file or DICOM folder) or the run's input, checked to lie on the masks' grid."""
+    from .io import read_image
+
+    source = run.report.get("input", {})
+    path = ct or source.get("path")
+    if not path or not Path(path).exists():
+        raise InputError(f"the CT of the run in {run.path} ({path or 'not recorded'}) is not there; "
+                         "pass the CT with --ct FILE_OR_DICOM_FOLDER")
+    image, _ = read_image(path, series_uid=source.get("series_uid") if ct is None else None)
+    problems = grid_differences(Grid.of(image), run.grid)
+    if problems:
+        raise InputError(f"the CT {path} does not lie on the segmentation's grid ({'; '.join(problems)})")
+    return image
+
+
+def write_abdomenatlas(run: RunFolder, dest, *, ct=None, overwrite: bool = False) -> dict:
+    """Write an AbdomenAtlas case folder ``dest`` (ct.nii.gz, segmentations/, combined_labels.nii.gz, labels.json)."""
+    image = _run_ct(run, ct)
+    staging = StagingDir(dest, overwrite=overwrite)
+    with staging as stage:
+        sitk.WriteImage(image, str(stage / "ct.nii.gz"), useCompression=True)
+        del image
+        (stage / "segmentations").mkdir()
+        combined = np.zeros(tuple(run.grid.size[::-1]), np.uint8)
+        labels = []
+        # Tumors are drawn last so they stay visible over their organs in the combined labels.
+        for structure in sorted(run.structures, key=lambda s: (s.is_tumor, s.label)):
+            mask = run.mask(structure)
+            image = run.grid.image_from_kji(mask)
+            sitk.WriteImage(image, str(stage / "segmentations" / f"{structure.name}.nii.gz"), useCompression=True)
+            if 0 < structure.label < 256:
+                combined[mask > 0] = structure.label
+            labels.append({"name": structure.name, "label": structure.label, "kind": structure.kind,
+                           "color": list(structure.color),
+                           **{k: structure.entry[k] for k in ("category", "type", "type_modifier", "region")
+                              if structure.entry.get(k)}})
+        sitk.WriteImage(run.grid.image_from_kji(combined), str(stage / "combined_labels.nii.gz"), useCompression=True)
+        (stage / "labels.json").write_text(json.dumps({"model": run.model, "labels": labels}, indent=1))
+        staging.commit()
+    return {"structures": len(labels)}
+
+
+@dataclass
+class AtlasCase:
+    """An AbdomenAtlas case folder as read by ``read_abdomenatlas_case``."""
+
+    path: Path
+    ct_path: Path
+    structures: list  # completed class entries (name, label, kind, color, codes) with "file"
+
+
+def read_abdomenatlas_case(folder) -> AtlasCase:
+    """Find the CT and masks of an AbdomenAtlas case folder (``ct.nii.gz`` + ``segmentations/*.nii.gz``).
+
+    Names come from the file names; label values, colours and codes from ``labels.json`` when present, else from
+    the structure table (AbdomenAtlas names such as ``liver`` or ``kidney_left`` are known)."""
+    folder = Path(folder)
+    ct_path = next((folder / n for n in ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha") if (folder / n).is_file()), None)
+    masks = sorted((folder / "segmentations").glob("*.nii.gz")) if (folder / "segmentations").is_dir() else []
+    if ct_path is None or not masks:
+        raise InputError(f"{folder} is not an AbdomenAtlas case folder: it needs ct.nii.gz and "
+                         "segmentations/<structure>.nii.gz")
+    known = {}
+    if (folder / "labels.json").is_file():
+        try:
+            known = {e["name"]: e for e in json.loads((folder / "labels.json").read_text())["labels"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"cannot read {folder / 'labels.json'}: {exc}") from None
+    structures = []
+    names = [p.name[: -len(".nii.gz")] for p in masks]
+    for index, (name, path) in enumerate(zip(names, masks)):
+        entry = complete_class({k: v for k, v in known.get(name, {"name": name}).items() if v is not None})
+        entry.setdefault("label", index + 1)
+        entry["file"] = str(path)
+        structures.append(entry)
+    labels = [e["label"] for e in structures]
+    if len(set(labels)) != len(labels):  # labels.json missing entries: number them in file order
+        for index, entry in enumerate(structures):
+            entry["label"] = index + 1
+    return AtlasCase(path=folder, ct_path=ct_path, structures=structures)
+
+
+# ------------------------------------------------------------------------------------------------- API
+@dataclass
+class ExportResult:
+    format: str
+    path: Path
+    seconds: float
+    bytes: int
+    notes: dict
+
+    def summary(self) -> str:
+        extra = ", ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in self.notes.items()
+                          if v not in ([], None))
+        return f"{self.format}: {self.path} ({self.bytes / 1e6:.2f} MB, {self.seconds:.1f} s; {extra})"
+
+
+def default_destination(outdir, fmt: str, run: Optional[RunFolder] = None) -> Path:
+    base = Path(outdir) / "export"
+    if fmt == "abdomenatlas":
+        return base / "abdomenatlas" / case_name(run) if run is not None else base / "abdomenatlas"
+    return base / DEFAULT_NAMES[fmt]
+
+
+def case_name(run: RunFolder) -> str:
+    """A case folder name: the AbdomenAtlas case of the input (``BDMAP_x/ct.nii.gz``), else the input's name."""
+    path = Path(str(run.report.get("input", {}).get("path") or run.path.name))
+    if path.name.startswith("ct."):
+        return path.parent.name or "case"
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or "case"
+    return name or "case"
+
+
+def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwrite: bool = False,
+           compress: bool = True) -> ExportResult:
+    """Export a finished run.
+
+    Args:
+        outdir: the run's output folder (``atlasseg segment -o``).
+        fmt: one of ``FORMATS``.
+        dest: output file (folder for ``abdomenatlas``); default ``outdir/export/...``.
+        reference_dicom: the CT's DICOM folder (or file list) for ``dicom-seg``/``rtstruct``; default: the run's
+            input when it was a DICOM series.
+        ct: the CT for ``abdomenatlas`` when the run's input path is gone.
+        overwrite: replace an existing ``dest``.
+        compress: deflate the DICOM SEG (lossless).
+
+    Raises:
+        InputError: unknown format, not an output folder, no/mismatching DICOM reference, ``dest`` exists.
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    t0 = time.perf_counter()
+    run = load_run_folder(outdir)
+    dest = Path(dest) if dest else default_destination(outdir, fmt, run)
+    if dest.exists() and not overwrite:
+        raise InputError(f"{dest} already exists; choose another output or pass --overwrite")
+    if fmt in ("dicom-seg", "rtstruct"):
+        ref = reference_for(run, reference_dicom)
+        notes = write_dicom_seg(run, dest, ref, compress=compress) if fmt == "dicom-seg" \
+            else write_rtstruct(run, dest, ref)
+    elif fmt == "seg-nrrd":
+        notes = write_seg_nrrd(run, dest)
+    else:
+        notes = write_abdomenatlas(run, dest, ct=ct, overwrite=overwrite)
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) if dest.is_dir() else dest.stat().st_size
+    return ExportResult(fmt, dest, time.perf_counter() - t0, size, notes)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def cmd_export(args) -> int:
+    result = export(args.outdir, args.format, args.output, reference_dicom=args.reference_dicom, ct=args.ct,
+                    overwrite=args.overwrite, compress=not args.no_compress)
+    print(result.summary())
+    return 0

@@ -1,0 +1,157 @@
+"""Export of segmentation nodes from the scene and import of AbdomenAtlas cases (AtlasSegExport), with real
+Slicer classes: what lands in the scene or in the file must equal the masks voxel for voxel and keep names,
+colours and Slicer terminology."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+
+import slicer
+
+import AtlasSegBridge as bridge
+import AtlasSegExport
+import AtlasSegLogic
+from AtlasSegLib import export as libexport
+from AtlasSegLib.card import builtin_card
+from AtlasSegLib.errors import InputError
+from AtlasSegLib.io import read_image
+from AtlasSegLib.outputs import OutputWriter
+from testdata import ct_data_dir
+
+TOTALSEG_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "stomach": 6}
+
+
+def _makeRun(outdir, ctInput, masks):
+    """An AtlasSeg output folder written by the pipeline's OutputWriter (no model run)."""
+    image, source = read_image(ctInput)
+    card = builtin_card("suprem-segresnet").select(list(masks))
+    writer = OutputWriter(outdir, image, source, card, overview=False)
+    box = ((0, 0, 0), image.GetSize())
+    for cls in card.classes:
+        if cls.is_tumor:
+            writer.add_tumor(cls, box, masks[cls.name], None, threshold=0.5)
+        else:
+            writer.add_structure(cls, box, masks[cls.name])
+    writer.finish(settings={}, timings={})
+    return outdir
+
+
+@pytest.fixture
+def atlasCase(tmp_path):
+    """An AbdomenAtlas case (CT + masks + labels.json) of the small real abdomen CT, with a tumor in the liver."""
+    data = ct_data_dir() / "totalseg_abdomen_sm"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "example_seg.nii.gz")))
+    masks = {name: (labels == value).astype(np.uint8) for name, value in TOTALSEG_IDS.items()}
+    k, j, i = (int(np.median(a)) for a in np.nonzero(masks["liver"]))
+    masks["liver_tumor"] = np.zeros_like(labels, np.uint8)
+    masks["liver_tumor"][k - 2:k + 3, j - 4:j + 4, i - 4:i + 4] = 1
+    run = _makeRun(tmp_path / "run", data / "example_ct_sm.nii.gz", masks)
+    case = libexport.export(run, "abdomenatlas", tmp_path / "BDMAP_TEST").path
+    return case, masks
+
+
+def test_abdomenatlas_case_imports_with_names_colours_terminology_and_exact_voxels(logic, atlasCase):
+    case, masks = atlasCase
+    imported = AtlasSegExport.importAbdomenAtlasCase(logic, case)
+    segmentationNode = imported.results.segmentationNode
+    segmentation = segmentationNode.GetSegmentation()
+    labels = {e["name"]: e for e in json.loads((case / "labels.json").read_text())["labels"]}
+    assert sorted(imported.results.segmentIds) == sorted(masks)
+    assert imported.volumeNode.GetName() == "BDMAP_TEST"
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "ct.nii.gz")))
+    np.testing.assert_array_equal(bridge.arrayFromVolumeNode(imported.volumeNode), ct)
+    for name, entry in labels.items():
+        segment = segmentation.GetSegment(name)
+        np.testing.assert_allclose(segment.GetColor(), np.array(entry["color"]) / 255.0, atol=1e-6)
+        # Slicer's own serialisation of the codes, identical to what the library writes into .seg.nrrd.
+        assert segment.GetTerminology() == AtlasSegLogic.terminologyEntry(entry) == libexport.terminology_entry(entry)
+        fileMask = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "segmentations" / f"{name}.nii.gz")))
+        np.testing.assert_array_equal(bridge.arrayFromSegment(segmentationNode, name, imported.volumeNode), fileMask,
+                                      err_msg=name)
+    assert AtlasSegExport.segmentTag(segmentation.GetSegment("liver_tumor"), AtlasSegExport.KIND_TAG) == "tumor"
+
+
+def test_case_without_labels_json_takes_colours_from_the_structure_table(logic, atlasCase):
+    case, _ = atlasCase
+    (case / "labels.json").unlink()  # AbdomenAtlas ships cases as ct.nii.gz + segmentations/ only
+    segmentation = AtlasSegExport.importAbdomenAtlasCase(logic, case).results.segmentationNode.GetSegmentation()
+    liver = segmentation.GetSegment("liver")
+    np.testing.assert_allclose(liver.GetColor(), np.array([221, 130, 101]) / 255.0, atol=1e-6)
+    assert "SCT^10200004^Liver" in liver.GetTerminology()
+
+
+def test_segmentation_node_exports_to_seg_nrrd_readable_without_slicer(logic, atlasCase, tmp_path):
+    case, masks = atlasCase
+    imported = AtlasSegExport.importAbdomenAtlasCase(logic, case)
+    outcome = AtlasSegExport.exportSegmentation(imported.results.segmentationNode, "seg-nrrd", tmp_path / "a.seg.nrrd")
+    assert outcome.path.is_file() and "Wrote" in outcome.message()
+    seg = slicerio.read_segmentation(str(outcome.path))
+    segmentation = imported.results.segmentationNode.GetSegmentation()
+    assert sorted(s["name"] for s in seg["segments"]) == sorted(masks)
+    for item in seg["segments"]:
+        segment = segmentation.GetSegment(item["name"])
+        np.testing.assert_array_equal(slicerio.segment_mask(seg, item).transpose(2, 1, 0), masks[item["name"]] > 0)
+        np.testing.assert_allclose(item["color"], segment.GetColor(), atol=1e-3)
+        assert slicerio.segmentation.terminology_entry_to_string(item["terminology"]) == segment.GetTerminology()
+
+
+def test_segmentation_on_a_dicom_ct_exports_to_dicom_seg_and_rtstruct(logic, tmp_path):
+    series = ct_data_dir() / "ibsi_sts008_sarcoma_tumor" / "CT" / "image"
+    tumor = (sitk.GetArrayFromImage(sitk.ReadImage(
+        str(ct_data_dir() / "ibsi_sts008_sarcoma_tumor" / "nifti" / "CT_mask.nii.gz"))) > 0).astype(np.uint8)
+    run = _makeRun(tmp_path / "run", series, {"liver_tumor": tumor})
+    image, _ = read_image(series)
+    volume = bridge.volumeNodeFromSitk(image, "STS_008 CT")
+    segmentationNode = logic.loadResults(run, volume).segmentationNode
+    ref = libexport.read_reference_series(series)
+
+    # Without a DICOM reference (a volume loaded from files, not from the DICOM database) it says what to choose.
+    with pytest.raises(InputError, match="DICOM folder"):
+        AtlasSegExport.exportSegmentation(segmentationNode, "dicom-seg", tmp_path / "none.dcm")
+    assert not (tmp_path / "none.dcm").exists()
+
+    seg = AtlasSegExport.exportSegmentation(segmentationNode, "dicom-seg", tmp_path / "seg.dcm", referenceDicom=series)
+    segments = libexport.read_dicom_seg(seg.path, ref)
+    assert [s["name"] for s in segments] == ["liver_tumor"]
+    assert segments[0]["type"]["meaning"] == "Neoplasm" and segments[0]["region"]["meaning"] == "Liver"
+    np.testing.assert_array_equal(segments[0]["mask"], bridge.arrayFromSegment(segmentationNode, "liver_tumor", volume))
+
+    rt = AtlasSegExport.exportSegmentation(segmentationNode, "rtstruct", tmp_path / "rt.dcm", referenceDicom=series)
+    rois = libexport.read_rtstruct(rt.path, ref.grid)
+    overlap = 2 * np.count_nonzero(rois[0]["mask"] & tumor) / (rois[0]["mask"].sum() + tumor.sum())
+    assert overlap >= 0.95
+
+
+def test_export_refuses_to_replace_a_file_unless_asked(logic, atlasCase, tmp_path):
+    case, _ = atlasCase
+    segmentationNode = AtlasSegExport.importAbdomenAtlasCase(logic, case).results.segmentationNode
+    dest = tmp_path / "again"
+    AtlasSegExport.exportSegmentation(segmentationNode, "abdomenatlas", dest)
+    with pytest.raises(InputError, match="already exists"):
+        AtlasSegExport.exportSegmentation(segmentationNode, "abdomenatlas", dest)
+    AtlasSegExport.exportSegmentation(segmentationNode, "abdomenatlas", dest, overwrite=True)
+    reimported = libexport.read_abdomenatlas_case(dest)
+    assert {s["name"] for s in reimported.structures} >= {"liver", "liver_tumor"}
+    shutil.rmtree(dest)
+
+
+def test_seg_nrrd_written_by_the_library_loads_into_slicer_with_layers_terminology_and_voxels(slicer_app, atlasCase,
+                                                                                           tmp_path):
+    # The file is packed by the library (organs and tumors in separate layers): Slicer itself must read it back.
+    case, masks = atlasCase
+    run = case.parent / "run"
+    path = libexport.export(run, "seg-nrrd", tmp_path / "lib.seg.nrrd").path
+    volume = bridge.volumeNodeFromSitk(sitk.ReadImage(str(case / "ct.nii.gz")), "CT")
+    node = slicer.util.loadSegmentation(str(path))
+    segmentation = node.GetSegmentation()
+    labels = {e["name"]: e for e in json.loads((case / "labels.json").read_text())["labels"]}
+    assert sorted(segmentation.GetSegmentIDs()) == sorted(masks)
+    assert segmentation.GetLayerIndex("liver") != segmentation.GetLayerIndex("liver_tumor")
+    for name, mask in masks.items():
+        segment = segmentation.GetSegment(name)
+        assert segment.GetTerminology() == AtlasSegLogic.terminologyEntry(labels[name])
+        np.testing.assert_allclose(segment.GetColor(), np.array(labels[name]["color"]) / 255.0, atol=1e-5)
+        np.testing.assert_array_equal(bridge.arrayFromSegment(node, name, volume), mask, err_msg=name)
