@@ -36,6 +36,7 @@ import AtlasSegBridge as bridge
 import AtlasSegDependencies as deps
 from AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions, applyBlocker,
                            describeVolume, formatDuration, modelDetailsHtml, progressText, qualityHint)
+from AtlasSegExportPanel import ExportPanel
 from AtlasSegReportPanel import ReportPanel
 from AtlasSegReviewPanel import ReviewPanel
 from AtlasSegRunner import BackgroundTask, RunState
@@ -169,6 +170,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Sections built in code, each in its own file (thin widgets over Qt-free logic).
         self.reviewPanel = ReviewPanel(self.layout, self)
         self.reportPanel = ReportPanel(self.layout, self)
+        self.exportPanel = ExportPanel(self.layout, self)
         self.layout.addStretch(1)
 
         self._checkDependencies()

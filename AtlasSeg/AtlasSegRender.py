@@ -12,6 +12,7 @@ The surfaces are built in a private MRML scene, so inside Slicer the user's scen
 Organs are drawn half transparent so tumors inside them stay visible.
 """
 import argparse
+import json
 import importlib.util
 import os
 import sys
@@ -87,18 +88,24 @@ def _coarsened(mask: sitk.Image) -> sitk.Image:
 def loadOutputFolder(scene, outputDir):
     """A segmentation node in ``scene`` with one segment per non-empty mask of the output folder (card colours,
     organs first). Returns ``(segmentationNode, [(name, kind)])``."""
-    from AtlasSegLib.outputs import load_run
-
     outputDir = Path(outputDir)
-    _, card = load_run(outputDir)
+    reportPath = outputDir / "report.json"
+    if not reportPath.is_file():
+        raise ValueError(f"{outputDir} is not an AtlasSeg output folder (no report.json)")
+    # The structures of report.json (name, kind, colour, file): present in engine runs and in folders written
+    # from a Slicer segmentation, whose card describes classes but no model.
+    structures = json.loads(reportPath.read_text(encoding="utf-8")).get("structures") or []
+    if not structures:
+        raise ValueError(f"{outputDir} is not an AtlasSeg output folder (its report.json lists no structures)")
     segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "AtlasSeg 3D overview")
     segmentationNode.CreateDefaultDisplayNodes()
     segmentation = segmentationNode.GetSegmentation()
     representation = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     segmentation.SetSourceRepresentationName(representation)
     added = []
-    for cls in sorted(card.classes, key=lambda c: (c.is_tumor, c.label)):
-        path = outputDir / "segmentations" / f"{cls.name}.nii.gz"
+    for entry in sorted(structures, key=lambda e: (e.get("kind") == "tumor", e.get("label", 0))):
+        name, kind = entry["name"], entry.get("kind", "organ")
+        path = outputDir / (entry.get("file") or f"segmentations/{name}.nii.gz")
         if not path.is_file():
             continue
         image = _coarsened(bridge.readImage(path))
@@ -106,11 +113,11 @@ def loadOutputFolder(scene, outputDir):
         if not mask.any():
             continue
         segment = slicer.vtkSegment()
-        segment.SetName(cls.name)
-        segment.SetColor(*(float(v) / 255.0 for v in cls.color))
+        segment.SetName(name)
+        segment.SetColor(*(float(v) / 255.0 for v in entry.get("color") or (200, 200, 200)))
         segment.AddRepresentation(representation, _segmentFromMask(mask, bridge.VolumeGeometry.fromSitk(image)))
-        segmentation.AddSegment(segment, cls.name)
-        added.append((cls.name, cls.kind))
+        segmentation.AddSegment(segment, name)
+        added.append((name, kind))
     if not added:
         raise ValueError(f"{outputDir} has no non-empty masks in segmentations/: nothing to draw in 3D")
     displayNode = segmentationNode.GetDisplayNode()

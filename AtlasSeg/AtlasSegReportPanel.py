@@ -26,6 +26,8 @@ from AtlasSegLib.report import TABLE_COLUMNS, build_report, load_report, table_r
 
 MAKE_TOOLTIP = _("Choose an AtlasSeg output folder and write report.html, report.csv, report.json and pictures "
                  "(frontal overview, a slice per tumor, a 3D view) into it.")
+SCENE_TOOLTIP = _("Write the current AtlasSeg segmentation as it is now (after your review: removed false positives, "
+                  "kept tumors) with its probability maps into a new folder, and make its report there.")
 OPEN_TOOLTIP = _("Open report.html in the web browser (it is self-contained and works offline).")
 OPEN_DISABLED_TOOLTIP = _("No report yet: click 'Make report…' first.")
 
@@ -59,7 +61,10 @@ class ReportPanel:
         layout.addWidget(self.table)
 
         buttons = qt.QHBoxLayout()
-        self.makeButton = qt.QPushButton(_("Make report…"))
+        self.sceneButton = qt.QPushButton(_("Report of the segmentation…"))
+        self.sceneButton.toolTip = SCENE_TOOLTIP
+        buttons.addWidget(self.sceneButton)
+        self.makeButton = qt.QPushButton(_("Report of an output folder…"))
         self.makeButton.toolTip = MAKE_TOOLTIP
         self.openButton = qt.QPushButton(_("Open report"))
         self.openButton.enabled = False
@@ -68,6 +73,7 @@ class ReportPanel:
         buttons.addWidget(self.openButton)
         layout.addLayout(buttons)
 
+        self.sceneButton.connect("clicked(bool)", self.onSceneReport)
         self.makeButton.connect("clicked(bool)", self.onMakeReport)
         self.openButton.connect("clicked(bool)", self.onOpenReport)
 
@@ -104,6 +110,32 @@ class ReportPanel:
             except Exception:
                 self.folderLabel.text = previous
                 raise
+            self.outputDir = Path(folder)
+            self._show(result.report, result.html_path)
+
+    def _currentSegmentation(self):
+        review = getattr(self.moduleWidget, "reviewPanel", None)
+        node = review.segmentationSelector.currentNode() if review is not None else None
+        parameters = getattr(self.moduleWidget, "_parameterNode", None)
+        return node or (parameters.outputSegmentation if parameters is not None else None)
+
+    def onSceneReport(self) -> None:
+        segmentationNode = self._currentSegmentation()
+        if segmentationNode is None:
+            slicer.util.errorDisplay(_("Run a model first, or select a segmentation in the review section."),
+                                     windowTitle=_("AtlasSeg report"))
+            return
+        start = str(self.outputDir.parent) if self.outputDir else qt.QDir.homePath()
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(),
+                                                     _("New or empty folder for the report"), start)
+        if not folder:
+            return
+        import AtlasSegExport
+
+        with slicer.util.tryWithErrorDisplay(_("The report could not be made."), waitCursor=True):
+            self.folderLabel.text = _("Writing the segmentation and drawing the report…")
+            slicer.app.processEvents()
+            result = AtlasSegExport.makeReport(segmentationNode, folder)
             self.outputDir = Path(folder)
             self._show(result.report, result.html_path)
 

@@ -83,7 +83,7 @@ def reviewableTumors(segmentationNode) -> list:
     return [n for n in names if probabilityVolume(segmentationNode, n) is not None]
 
 
-def _floatAttribute(node, name: str, default: float) -> float:
+def floatAttribute(node, name: str, default: float) -> float:
     text = node.GetAttribute(name)
     try:
         return float(text) if text not in (None, "") else default
@@ -268,9 +268,9 @@ def probabilityMapFor(segmentationNode, tumor: str, probabilityNode=None) -> rev
         for mask in organs.values():
             gate |= mask
         gate = dilate_mm(gate, boxGrid.spacing[::-1],
-                         _floatAttribute(node, "AtlasSeg.GateDilationMm", DEFAULT_GATE_DILATION_MM))
+                         floatAttribute(node, "AtlasSeg.GateDilationMm", DEFAULT_GATE_DILATION_MM))
     return review.ProbabilityMap(tumor, q, start, inputSize, boxGrid, gate=gate,
-                                 min_mm3=_floatAttribute(node, "AtlasSeg.MinComponentMm3", DEFAULT_TUMOR_MIN_MM3),
+                                 min_mm3=floatAttribute(node, "AtlasSeg.MinComponentMm3", DEFAULT_TUMOR_MIN_MM3),
                                  organs=organs)
 
 
@@ -301,7 +301,7 @@ class SensitivityController:
         self.probabilityNode = probabilityVolume(segmentationNode, tumor)
         self.map = probabilityMap or probabilityMapFor(segmentationNode, tumor, self.probabilityNode)
         self.saveStateForUndo = saveStateForUndo
-        self.appliedThreshold = _floatAttribute(self.probabilityNode, "AtlasSeg.Threshold", 0.5) \
+        self.appliedThreshold = floatAttribute(self.probabilityNode, "AtlasSeg.Threshold", 0.5) \
             if self.probabilityNode is not None else 0.5
         self.threshold = self.appliedThreshold
         self.labelling = None  # AtlasSegLib Labelling (mask + components) of the last preview (box)

@@ -16,15 +16,30 @@ from .errors import AtlasSegError, Cancelled, InputError
 
 log = logging.getLogger("atlasseg")
 
+# The export formats (kept equal to AtlasSegLib.export.FORMATS by a test; not imported from there, see below).
+EXPORT_FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "abdomenatlas")
+
 EXAMPLES = """examples:
   atlasseg demo                                   # synthetic phantom + demo model, offline
   atlasseg segment ct.nii.gz -o out --model suprem-segresnet --weights supervised_suprem_segresnet_2100.pth
   atlasseg segment dicom_folder/ -o out --model-card my_model.json --weights my_model.pt --device cpu
   atlasseg segment ct.nrrd -o out --model atlasseg-demo --structures liver,liver_tumor --threshold liver_tumor=0.3
   atlasseg threshold out --set liver_tumor=0.3    # change a tumor threshold without re-running the model
+  atlasseg review out --structure liver_tumor --remove 3 4 --keep 1   # throw away false positives
+  atlasseg report out                             # report.html/.csv/.json + pictures/ of a finished run
   atlasseg batch AbdomenAtlas/ -o results --model suprem-segresnet --fast
   atlasseg models list
+  atlasseg export out --format rtstruct --reference-dicom ct_dicom/   # also dicom-seg, seg-nrrd, abdomenatlas
 """
+
+
+REPORT_EPILOG = """The report is made from the output folder alone: the CT is read from the run's input path
+(or OUTDIR/ct.nii.gz, or --ct). Review decisions (OUTDIR/review.json) set each tumor component's status.
+
+A 3D overview (pictures/3d.png) needs Slicer's renderer, which this command does not load. With slicer-core
+installed (pip install slicer-core) or inside Slicer, draw it first, then make the report:
+  python AtlasSeg/AtlasSegRender.py OUTDIR        # writes OUTDIR/pictures/3d.png, then rebuilds the report
+It is included while it is newer than the masks (a threshold change leaves it out until it is redrawn)."""
 
 
 class _ProgressSink:
@@ -71,6 +86,39 @@ def _parse_pairs(values, what: str) -> dict:
             except ValueError:
                 raise InputError(f"{what} value for {name} must be a number, got '{value}'") from None
     return out
+
+
+def _add_review_parser(sub) -> None:
+    # Defined here, not in review.py: building the parser must not import numpy/cc3d/SimpleITK (startup time).
+    r = sub.add_parser(
+        "review", help="list tumor candidates of a finished run; remove false positives, keep true ones",
+        description="Without actions: print every tumor candidate (id, organ, volume, diameters, max probability, "
+        "review status). With actions: edit one structure's mask and record the decisions in review.json "
+        "(they survive later 'atlasseg threshold' changes and go into the report).")
+    r.add_argument("outdir")
+    r.add_argument("--structure", help="the structure to edit (required with any action)")
+    r.add_argument("--remove", type=int, nargs="+", default=[], metavar="ID", help="remove these candidates")
+    r.add_argument("--keep", type=int, nargs="+", default=[], metavar="ID", help="mark these candidates as kept")
+    r.add_argument("--remove-smaller-than", type=float, metavar="ML", help="remove components below this volume")
+    r.add_argument("--remove-below-probability", type=float, metavar="P",
+                   help="remove components whose highest probability is below P")
+    r.add_argument("--keep-largest", type=int, metavar="N", help="keep the N largest components (organs)")
+    r.add_argument("--json", action="store_true", help="print the candidate table as JSON")
+
+
+def _add_export_parser(sub) -> None:
+    # Here, not in export.py: building the parser must not import numpy/SimpleITK/pydicom (startup time).
+    e = sub.add_parser("export", help="export a finished run as DICOM SEG, RTSTRUCT, .seg.nrrd or AbdomenAtlas case",
+                       description="Export the structures of an AtlasSeg output folder. DICOM SEG and RTSTRUCT "
+                       "reference the CT's DICOM series: the run's input when it was a DICOM folder, otherwise "
+                       "--reference-dicom.")
+    e.add_argument("outdir", help="output folder of an 'atlasseg segment' run")
+    e.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    e.add_argument("-o", "--output", help="file to write (a folder for abdomenatlas); default OUTDIR/export/...")
+    e.add_argument("--reference-dicom", metavar="DIR", help="the CT's DICOM series (for dicom-seg and rtstruct)")
+    e.add_argument("--ct", help="the CT file or DICOM folder (abdomenatlas) when the run's input has moved")
+    e.add_argument("--no-compress", action="store_true", help="write the DICOM SEG uncompressed")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("outdir")
     t.add_argument("--set", action="append", required=True, metavar="NAME=P", help="e.g. liver_tumor=0.3")
 
+    # Defined here, not in report.py: importing the report's picture code would slow every command's start.
+    r = sub.add_parser("report", help="write report.html, report.csv, report.json and pictures/ for a run",
+                       description="Write a one-page report of a finished run into its folder: report.html "
+                       "(self-contained, opens offline), report.csv, report.json (extended) and pictures/*.png "
+                       "(frontal overview, an axial slice per tumor).",
+                       epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("outdir", help="output folder of an 'atlasseg segment' or 'atlasseg demo' run")
+    r.add_argument("--ct", help="the CT the run segmented, when its input path has moved")
+    r.add_argument("--no-pictures", action="store_true", help="tables and page only (fast; no CT needed)")
+
+    _add_review_parser(sub)
+
     mo = sub.add_parser("models", help="list, download, import model weights")
     msub = mo.add_subparsers(dest="models_command", metavar="ACTION")
     msub.add_parser("list", help="built-in models and whether their weights are cached")
@@ -145,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model_id")
     i.add_argument("file")
     msub.add_parser("path", help="print the cache folder")
+
+    _add_export_parser(sub)
     return p
 
 
@@ -309,6 +371,18 @@ def main(argv=None) -> int:
             return cmd_threshold(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "review":
+            from .review import cmd_review
+
+            return cmd_review(args)
+        if args.command == "report":
+            from .report import cmd_report
+
+            return cmd_report(args, sink)
+        if args.command == "export":
+            from .export import cmd_export
+
+            return cmd_export(args)
     except AtlasSegError as exc:
         sink.close()
         sink.event(event="error", message=str(exc), exit_code=exc.exit_code)

@@ -274,6 +274,21 @@ def _data_uri(png: bytes) -> str:
 
 
 # ------------------------------------------------------------------------------------------- builder
+def _load_folder(outdir: Path) -> tuple:
+    """report.json and the card's operating points. The card is read as plain JSON: a report needs only its
+    operating points, and a folder written from a Slicer segmentation carries a card of classes, not of a model."""
+    rp, cp = outdir / "report.json", outdir / "card.json"
+    if not rp.is_file():
+        raise InputError(f"{outdir} is not an AtlasSeg output folder (no report.json); give the -o folder of an "
+                         "'atlasseg segment' run")
+    try:
+        report = json.loads(rp.read_text(encoding="utf-8"))
+        card = json.loads(cp.read_text(encoding="utf-8")) if cp.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the run's report.json/card.json in {outdir}: {exc}") from None
+    return report, card.get("operating_points") or {}
+
+
 def build_report(outdir, *, ct=None, pictures: bool = True, progress=None, cancel=None) -> ReportResult:
     """Write report.json (extended), report.csv, report.html and pictures/*.png for an AtlasSeg output folder.
 
@@ -291,7 +306,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, progress=None, cance
     reporter = Reporter(progress=progress, cancel=cancel, stages={"read": 0.4, "measure": 0.2, "pictures": 0.3,
                                                                   "write": 0.1})
     outdir = Path(outdir)
-    report, card = load_run(outdir)
+    report, operating = _load_folder(outdir)
     notes = []
     timings = {}
     image = None
@@ -367,7 +382,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, progress=None, cance
             tumor_rows.append(out)
             if out["status"] != "removed":
                 current.append(out)
-        points = operating_points(card, name)
+        points = operating_points(operating, name)
         largest = max(current, key=lambda r: r["volume_ml"] or 0.0) if current else None
         summary[name] = {
             "threshold": info.get("threshold"),

@@ -19,10 +19,26 @@ def test_importing_the_library_loads_no_slicer_qt_ctk_or_vtk():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_building_the_cli_parser_imports_no_heavy_packages():
+    # `atlasseg --help`, tab completion and the Slicer module's engine probe must answer at once.
+    code = ("import sys, AtlasSegLib.cli as c\n"
+            "c.build_parser()\n"
+            "heavy = [m for m in ('numpy', 'SimpleITK', 'torch', 'monai', 'pydicom', 'highdicom', 'cc3d') if m in sys.modules]\n"
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_cli_export_formats_are_the_exporters_formats():
+    from AtlasSegLib import cli, export
+
+    assert cli.EXPORT_FORMATS == export.FORMATS
+
+
 def test_help_shows_examples_and_commands():
     r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "--help"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0
-    for word in ("segment", "demo", "threshold", "models", "examples:"):
+    for word in ("segment", "demo", "threshold", "review", "report", "export", "models", "examples:"):
         assert word in r.stdout
 
 

@@ -19,7 +19,7 @@ for path in (HERE, MODULE_DIR, REPO_ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import vtk  # noqa: E402
+import vtk  # noqa: E402,F401  (vtk before slicer, see above)
 from vtk.util import numpy_support  # noqa: E402,F401
 
 
