@@ -289,6 +289,10 @@ def cmd_demo(args, sink) -> int:
 
     result = run_demo(args.output, seed=args.seed, tumors=not args.no_tumors, device=args.device,
                       overwrite=args.overwrite, progress=sink)
+    from .report import build_report
+
+    # The demo shows the whole product: the tumor candidates, their sizes in cm and the pictures, in one page.
+    html = build_report(args.output).html_path
     sink.close()
     sink.event(event="done", outdir=str(Path(args.output).resolve()))
     if not args.progress_json:
@@ -298,6 +302,7 @@ def cmd_demo(args, sink) -> int:
         for name, row in result["dice"].items():
             print(f"{name:<16}{row['dice']:>8.3f}{row['truth_ml']:>10.1f}{row['pred_ml']:>10.1f}")
         print(f"overview picture: {Path(args.output).resolve() / 'overview.png'}")
+        print(f"report: {Path(html).resolve()}  (review tumors: atlasseg review {args.output})")
     return 0
 
 
