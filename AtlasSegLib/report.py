@@ -353,7 +353,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, progress=None, cance
 
     t = time.perf_counter()
     reporter.update("measure", 0.0, "tumor components")
-    rows_by_tumor = review_rows(outdir) if tumors else {}
+    rows_by_tumor = review_rows(outdir, masks=tumor_masks) if tumors else {}
     timings["review_rows"] = time.perf_counter() - t
     colors = {e["name"]: tuple(e.get("color") or (255, 255, 0)) for e in entries}
     tumor_rows, summary = [], {}

@@ -423,10 +423,11 @@ def save_review(outdir, state: ReviewState) -> Path:
     return path
 
 
-def review_rows(outdir) -> dict:
+def review_rows(outdir, *, masks: Optional[dict] = None) -> dict:
     """For reports: per tumor structure of a run, one row per current component (statistics, organ, seed and
     review status) plus one per removed component. Tumors with a kept probability map are measured inside its
-    box with probabilities; others over the whole mask without."""
+    box with probabilities; others over the whole mask without. ``masks``: tumor masks (full-grid arrays) the
+    caller has already read, by name (saves reading them again)."""
     outdir = Path(outdir)
     report_path = outdir / "report.json"
     if not report_path.is_file():
@@ -438,9 +439,13 @@ def review_rows(outdir) -> dict:
         seg_path = outdir / "segmentations" / f"{name}.nii.gz"
         if not seg_path.is_file():
             continue
-        image = sitk.ReadImage(str(seg_path))
-        full = sitk.GetArrayViewFromImage(image)
-        if info.get("probability_file") and (outdir / "probabilities" / f"{name}.json").is_file():
+        has_map = info.get("probability_file") and (outdir / "probabilities" / f"{name}.json").is_file()
+        if masks is not None and name in masks and has_map:
+            full = masks[name]
+        else:
+            image = sitk.ReadImage(str(seg_path))
+            full = sitk.GetArrayViewFromImage(image)
+        if has_map:
             pm = ProbabilityMap.from_output(outdir, name)
             # The current mask file (maybe edited after the run), not a fresh threshold of the map.
             lab, cands = pm.candidates(np.asarray(full[pm.box_slices]))
