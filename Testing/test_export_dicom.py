@@ -18,11 +18,10 @@ from pydicom.uid import generate_uid
 
 from AtlasSegLib import cli
 from AtlasSegLib import export as ex
-from AtlasSegLib.card import builtin_card
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.geometry import Grid, resample
 from AtlasSegLib.io import read_image
-from AtlasSegLib.outputs import OutputWriter
+from testdata import make_run
 
 # TotalSegmentator v2 label ids of example_seg_dicom.nii.gz -> AbdomenAtlas names of the SuPreM card.
 TOTALSEG_IDS = {"spleen": 1, "liver": 5, "stomach": 6, "pancreas": 7, "adrenal_gland_right": 8, "colon": 20,
@@ -48,22 +47,6 @@ def copy_series_with_uids(src: Path, dst: Path) -> Path:
         ds.PatientID, ds.PatientName, ds.StudyID = "ATLASSEG-TEST-1", "Test^Export", "42"
         ds.save_as(dst / f.name)
     return dst
-
-
-def make_run(outdir: Path, ct_input, masks: dict, card_id: str = "suprem-segresnet") -> Path:
-    """An AtlasSeg output folder for ``masks`` (name -> k, j, i uint8 on the input grid), written by the pipeline's
-    own OutputWriter, so the export reads exactly what a real run leaves."""
-    image, source = read_image(ct_input)
-    card = builtin_card(card_id).select(list(masks))
-    writer = OutputWriter(outdir, image, source, card, overview=False)
-    box = ((0, 0, 0), image.GetSize())
-    for cls in card.classes:
-        if cls.is_tumor:
-            writer.add_tumor(cls, box, masks[cls.name], None, threshold=0.5)
-        else:
-            writer.add_structure(cls, box, masks[cls.name])
-    writer.finish(settings={}, timings={})
-    return outdir
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,10 @@ import slicerio
 
 from AtlasSegLib import cli
 from AtlasSegLib import export as ex
-from AtlasSegLib.card import builtin_card
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.geometry import Grid
 from AtlasSegLib.io import read_image
-from AtlasSegLib.outputs import OutputWriter
+from testdata import make_run
 
 # TotalSegmentator ids in example_seg.nii.gz -> AbdomenAtlas names
 TOTALSEG_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "gall_bladder": 4, "liver": 5, "stomach": 6,
@@ -37,15 +36,7 @@ def nifti_run(tmp_path_factory, ctdata):
     tumor[k - 2:k + 3, j - 4:j + 4, i - 4:i + 4] = 1
     masks["liver_tumor"] = tumor  # overlaps the liver: needs its own layer in a .seg.nrrd
     masks["kidney_tumor"] = np.zeros_like(tumor)  # an empty structure must survive the round trip too
-    card = builtin_card("suprem-segresnet").select(list(masks))
-    writer = OutputWriter(root / "run", image, source, card, overview=False)
-    box = ((0, 0, 0), image.GetSize())
-    for cls in card.classes:
-        if cls.is_tumor:
-            writer.add_tumor(cls, box, masks[cls.name], None, threshold=0.5)
-        else:
-            writer.add_structure(cls, box, masks[cls.name])
-    writer.finish(settings={}, timings={})
+    make_run(root / "run", ct, masks)
     return {"run": root / "run", "root": root, "masks": masks, "ct": ct}
 
 

@@ -10,3 +10,23 @@ REPO = Path(__file__).resolve().parents[1]
 def ct_data_dir() -> Path:
     """The real CT folder: $ATLASSEG_TEST_DATA, else ../shared/ctdata beside the repository."""
     return Path(os.environ.get("ATLASSEG_TEST_DATA", REPO.parent / "shared" / "ctdata"))
+
+
+def make_run(outdir: Path, ct_input, masks: dict, card_id: str = "suprem-segresnet") -> Path:
+    """An AtlasSeg output folder for ``masks`` (name -> k, j, i uint8 on the input grid), written by the pipeline's
+    own OutputWriter (no model run), so exports and reports read exactly what a real run leaves."""
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.io import read_image
+    from AtlasSegLib.outputs import OutputWriter
+
+    image, source = read_image(ct_input)
+    card = builtin_card(card_id).select(list(masks))
+    writer = OutputWriter(outdir, image, source, card, overview=False)
+    box = ((0, 0, 0), image.GetSize())
+    for cls in card.classes:
+        if cls.is_tumor:
+            writer.add_tumor(cls, box, masks[cls.name], None, threshold=0.5)
+        else:
+            writer.add_structure(cls, box, masks[cls.name])
+    writer.finish(settings={}, timings={})
+    return outdir

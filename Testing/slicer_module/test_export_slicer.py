@@ -15,28 +15,13 @@ import AtlasSegBridge as bridge
 import AtlasSegExport
 import AtlasSegLogic
 from AtlasSegLib import export as libexport
-from AtlasSegLib.card import builtin_card
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.io import read_image
-from AtlasSegLib.outputs import OutputWriter
-from testdata import ct_data_dir
+from testdata import ct_data_dir, make_run
 
 TOTALSEG_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "stomach": 6}
 
 
-def _makeRun(outdir, ctInput, masks):
-    """An AtlasSeg output folder written by the pipeline's OutputWriter (no model run)."""
-    image, source = read_image(ctInput)
-    card = builtin_card("suprem-segresnet").select(list(masks))
-    writer = OutputWriter(outdir, image, source, card, overview=False)
-    box = ((0, 0, 0), image.GetSize())
-    for cls in card.classes:
-        if cls.is_tumor:
-            writer.add_tumor(cls, box, masks[cls.name], None, threshold=0.5)
-        else:
-            writer.add_structure(cls, box, masks[cls.name])
-    writer.finish(settings={}, timings={})
-    return outdir
 
 
 @pytest.fixture
@@ -48,7 +33,7 @@ def atlasCase(tmp_path):
     k, j, i = (int(np.median(a)) for a in np.nonzero(masks["liver"]))
     masks["liver_tumor"] = np.zeros_like(labels, np.uint8)
     masks["liver_tumor"][k - 2:k + 3, j - 4:j + 4, i - 4:i + 4] = 1
-    run = _makeRun(tmp_path / "run", data / "example_ct_sm.nii.gz", masks)
+    run = make_run(tmp_path / "run", data / "example_ct_sm.nii.gz", masks)
     case = libexport.export(run, "abdomenatlas", tmp_path / "BDMAP_TEST").path
     return case, masks
 
@@ -102,7 +87,7 @@ def test_segmentation_on_a_dicom_ct_exports_to_dicom_seg_and_rtstruct(logic, tmp
     series = ct_data_dir() / "ibsi_sts008_sarcoma_tumor" / "CT" / "image"
     tumor = (sitk.GetArrayFromImage(sitk.ReadImage(
         str(ct_data_dir() / "ibsi_sts008_sarcoma_tumor" / "nifti" / "CT_mask.nii.gz"))) > 0).astype(np.uint8)
-    run = _makeRun(tmp_path / "run", series, {"liver_tumor": tumor})
+    run = make_run(tmp_path / "run", series, {"liver_tumor": tumor})
     image, _ = read_image(series)
     volume = bridge.volumeNodeFromSitk(image, "STS_008 CT")
     segmentationNode = logic.loadResults(run, volume).segmentationNode
