@@ -16,7 +16,6 @@ from AtlasSegLib import cli
 from AtlasSegLib import export as ex
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.geometry import Grid
-from AtlasSegLib.io import read_image
 from testdata import make_run
 
 # TotalSegmentator ids in example_seg.nii.gz -> AbdomenAtlas names
@@ -28,7 +27,6 @@ TOTALSEG_IDS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "gall_bladder"
 def nifti_run(tmp_path_factory, ctdata):
     root = tmp_path_factory.mktemp("layout_export")
     ct = ctdata / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"
-    image, source = read_image(ct)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(ctdata / "totalseg_abdomen_sm" / "example_seg.nii.gz")))
     masks = {name: (labels == value).astype(np.uint8) for name, value in TOTALSEG_IDS.items()}
     k, j, i = (int(np.median(a)) for a in np.nonzero(masks["liver"]))
