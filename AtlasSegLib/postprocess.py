@@ -105,22 +105,49 @@ class Labelling:
 def ranked_components(mask: np.ndarray, *, min_voxels: int = 0) -> Labelling:
     """Components of a boolean/0-1 ``mask``, those under ``min_voxels`` dropped (ties in size keep cc3d's order)."""
     labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
-    parts = []
-    if n:
-        # find_objects is one pass; counting inside each box is cheap because the boxes are small or few.
-        for label, slc in enumerate(ndimage.find_objects(labels), start=1):
-            if slc is None:
-                continue
-            inside = labels[slc] == label
-            voxels = int(np.count_nonzero(inside))
-            if voxels < min_voxels:
-                labels[slc][inside] = 0
-                continue
-            parts.append((label, slc, voxels))
-        parts.sort(key=lambda p: (-p[2], p[0]))
-    dropped = len(parts) != n
-    out_mask = (labels > 0).astype(np.uint8) if dropped else mask.astype(np.uint8, copy=True)
+    if not n:
+        return Labelling(np.zeros(mask.shape, np.uint8), labels, [])
+    # The mask's nonzero voxels are the labelled ones; finding them in a bool array is ~10x faster than in the
+    # uint32 labels.
+    binary = mask if mask.dtype == bool else mask != 0
+    flat = np.flatnonzero(binary) if labels.flags.c_contiguous else None
+    if flat is not None and flat.size * 8 <= labels.size:
+        parts = _parts_from_voxels(labels, flat)
+    else:
+        parts = _parts_from_boxes(labels)
+    small = [p for p in parts if p[2] < min_voxels]
+    parts = [p for p in parts if p[2] >= min_voxels]
+    out_mask = binary.view(np.uint8).copy()
+    for label, slc, _ in small:
+        inside = labels[slc] == label
+        labels[slc][inside] = 0
+        out_mask[slc][inside] = 0
+    parts.sort(key=lambda p: (-p[2], p[0]))
     return Labelling(out_mask, labels, parts)
+
+
+def _parts_from_voxels(labels: np.ndarray, flat: np.ndarray) -> list:
+    """``(label, slices, voxels)`` per label from the flat indices of the labelled voxels: for sparse masks
+    (tumor candidates in an organ box) this touches only those voxels, where a box search reads the whole box."""
+    values = labels.reshape(-1)[flat]
+    order = np.argsort(values, kind="stable")
+    values, flat = values[order], flat[order]
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    counts = np.diff(np.concatenate([starts, [values.size]]))
+    coords = np.unravel_index(flat, labels.shape)
+    lo = [np.minimum.reduceat(c, starts) for c in coords]
+    hi = [np.maximum.reduceat(c, starts) + 1 for c in coords]
+    return [(int(values[s]), tuple(slice(int(lo[a][t]), int(hi[a][t])) for a in range(3)), int(counts[t]))
+            for t, s in enumerate(starts)]
+
+
+def _parts_from_boxes(labels: np.ndarray) -> list:
+    """``(label, slices, voxels)`` per label by one box search (dense masks: organs)."""
+    parts = []
+    for label, slc in enumerate(ndimage.find_objects(labels), start=1):
+        if slc is not None:
+            parts.append((label, slc, int(np.count_nonzero(labels[slc] == label))))
+    return parts
 
 
 @dataclass(frozen=True)
