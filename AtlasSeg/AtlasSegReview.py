@@ -20,6 +20,7 @@ segmentation's labelmap grid, which for AtlasSeg results is the input CT's grid.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -411,11 +412,32 @@ class SensitivityController:
 
 # ------------------------------------------------------------------------------------------ review
 def loadReviewState(segmentationNode) -> review.ReviewState:
-    return review.ReviewState.from_json(segmentationNode.GetAttribute(REVIEW_ATTRIBUTE))
+    """The review decisions, read from each tumor segment's ``AtlasSeg.Review`` tag.
+
+    Kept in segment tags (not a node attribute) because the Segment Editor's undo history snapshots segments
+    with their tags: undoing a removal brings back the component *and* forgets the decision, redo restores both.
+    Tags are saved with the segmentation (``.seg.nrrd``)."""
+    tumors = {}
+    segmentation = segmentationNode.GetSegmentation()
+    for segmentId in segmentation.GetSegmentIDs():
+        segment = segmentation.GetSegment(segmentId)
+        value = vtk.mutable("")
+        if segment.GetTag(REVIEW_ATTRIBUTE, value) and str(value):
+            entry = review.ReviewState.from_json(
+                '{"version": 1, "tumors": {"t": ' + str(value) + '}}').tumors["t"]
+            tumors[segment.GetName()] = entry
+    return review.ReviewState(tumors)
 
 
 def storeReviewState(segmentationNode, state: review.ReviewState) -> None:
-    segmentationNode.SetAttribute(REVIEW_ATTRIBUTE, state.to_json())
+    """Write each tumor's decisions into its segment's tag (see ``loadReviewState``)."""
+    segmentation = segmentationNode.GetSegmentation()
+    for tumor, entry in state.tumors.items():
+        segmentId = segmentIdByName(segmentationNode, tumor)
+        if segmentId:
+            text = json.dumps(entry, separators=(",", ":"))
+            # Slicer stores tags as "key:value|" pairs in .seg.nrrd: a '|' inside the JSON would split it.
+            segmentation.GetSegment(segmentId).SetTag(REVIEW_ATTRIBUTE, text.replace("|", "\\u007c"))
 
 
 @dataclass(frozen=True)
@@ -453,6 +475,8 @@ class ReviewSession:
     def refresh(self) -> list:
         """Recompute the rows (after a threshold change, an edit or an undo). Each row is the library's review
         row (``Candidate.as_dict()`` + "status") plus "tumor"; rows of removed components have no "label"."""
+        # Re-read the decisions: an editor undo/redo may have changed them together with the masks.
+        self.state = loadReviewState(self.segmentationNode)
         rows = []
         for tumor, controller in self.controllers.items():
             labelling, candidates = controller.candidates()
@@ -499,6 +523,8 @@ class ReviewSession:
         row = self._row(index)
         if "label" not in row:
             return "This component was removed; undo the removal to keep it."
+        if self.saveStateForUndo is not None:  # a decision is an undo step of its own, like an edit
+            self.saveStateForUndo()
         self.state.decide(row["tumor"], row, "kept")
         self._storeState()
         self.refresh()

@@ -1,6 +1,5 @@
 """Sensitivity slider, candidate table, review state and batch operations on real Slicer classes, checked
 against AtlasSegLib.review computing on the engine's output folder."""
-import json
 
 import numpy as np
 import pytest
@@ -110,11 +109,23 @@ def test_keep_remove_next_previous_and_counter(scene):
     fp = tuple(np.asarray(scene.boxToFullKji(FP_HIGH_BOX_KJI)))
     assert before[fp] and not after[fp]
     assert int(before.sum() - after.sum()) == [r for r in session.rows if r["id"] == 2][0]["voxels"]
-    # The removal is one editor undo step; after undo the component is back and shown as removed-again.
+    # The removal is one editor undo step, decision included: after undo the component is back and to review
+    # again; redo removes it and records it as removed again.
     editor.Undo()
     np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), before)
     session.refresh()
+    assert {tuple(r["seed_ijk"]): r["status"] for r in session.rows} == {
+        seeds[0]: "kept", seeds[1]: "unreviewed", seeds[2]: "unreviewed"}
+    assert session.counterText() == "3 candidates, 0 removed, 1 kept, 2 to review"
+    editor.Redo()
+    np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), after)
+    session.refresh()
     assert {tuple(r["seed_ijk"]): r["status"] for r in session.rows} == statuses
+    # Undoing twice also forgets the keep (each decision is its own step).
+    editor.Undo()
+    editor.Undo()
+    session.refresh()
+    assert session.counterText() == "3 candidates, 0 removed, 0 kept, 3 to review"
 
 
 def test_centre_on_moves_slice_views_to_the_candidate(scene):
@@ -195,7 +206,7 @@ def test_review_state_survives_scene_save_and_reload(scene, slicer_app, tmp_path
     slicer.mrmlScene.SetURL(str(sceneFile))
     assert slicer.mrmlScene.Import()
     reloaded = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-    assert json.loads(reloaded.GetAttribute(AtlasSegReview.REVIEW_ATTRIBUTE))["tumors"]["liver_tumor"]["threshold"] == 0.1
+    assert AtlasSegReview.loadReviewState(reloaded).tumors["liver_tumor"]["threshold"] == 0.1
     again = AtlasSegReview.ReviewSession(reloaded)
     assert [(r["id"], r["status"], r["voxels"]) for r in again.rows] == rowsBefore
     assert again.counterText() == "3 candidates, 1 removed, 1 kept, 1 to review"
