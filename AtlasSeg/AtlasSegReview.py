@@ -8,8 +8,9 @@ away each false positive in seconds instead of drawing each missed tumor by hand
   change one step of the Segment Editor's undo history, Cancel puts the box back.
 * ``ReviewSession`` holds the candidate table (one row per tumor component: organ, ml, diameters, max
   probability, review status), keep/remove/next/previous, the counter text, centring the slice views on a
-  candidate, and the batch operations. Review decisions are stored as JSON in the segmentation node attribute
-  ``AtlasSeg.Review`` (saved with the scene) in the format of ``AtlasSegLib.review`` (``review.json``).
+  candidate, and the batch operations. Review decisions are stored per tumor as JSON in the segment tag
+  ``AtlasSeg.Review`` (saved with the scene, and undone/redone with the masks) in the format of
+  ``AtlasSegLib.review`` (``review.json``).
 
 All numerics come from ``AtlasSegLib.review`` (the CLI computes the same numbers); this file only maps them
 onto MRML: labelmap layers are read and written through numpy views of the shared layer images (see
