@@ -37,12 +37,7 @@ from AtlasSegLib.card import complete_class
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.io import atomic_write_text
 
-FORMATS = (
-    ("dicom-seg", "DICOM SEG"),
-    ("rtstruct", "DICOM RTSTRUCT (radiotherapy planning)"),
-    ("seg-nrrd", "Slicer segmentation (.seg.nrrd)"),
-    ("abdomenatlas", "AbdomenAtlas case folder (NIfTI)"),
-)
+FORMATS = AtlasSegLogic.EXPORT_FORMATS
 KIND_TAG = AtlasSegLogic.ATTRIBUTE + "Kind"
 
 

@@ -10,8 +10,16 @@ import ctk
 import qt
 import slicer
 
-import AtlasSegExport
+from AtlasSegLogic import EXPORT_FORMATS
 from AtlasSegLib.errors import AtlasSegError
+
+
+def _exportLogic():
+    """``AtlasSegExport``, imported on first use: it needs packages the module installs on first run (cc3d,
+    highdicom, …), and the panel must appear before they are there."""
+    import AtlasSegExport
+
+    return AtlasSegExport
 
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
 
@@ -45,7 +53,7 @@ class ExportPanel:
         form.addRow("Segmentation:", self.segmentationSelector)
 
         self.formatCombo = qt.QComboBox()
-        for key, label in AtlasSegExport.FORMATS:
+        for key, label in EXPORT_FORMATS:
             self.formatCombo.addItem(label, key)
         self.formatCombo.toolTip = ("DICOM SEG for PACS and viewers, RTSTRUCT for radiotherapy planning systems, "
                                     ".seg.nrrd for Slicer, AbdomenAtlas case folder (NIfTI) for research")
@@ -116,12 +124,12 @@ class ExportPanel:
             self._showStatus("Choose an output folder first.", error=True)
             return
         fmt = self.currentFormat()
-        destination = Path(folder) / AtlasSegExport.defaultFileName(fmt, segmentationNode)
+        destination = Path(folder) / _exportLogic().defaultFileName(fmt, segmentationNode)
         self._showStatus(f"Exporting to {destination}…")
         slicer.app.processEvents()
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            outcome = AtlasSegExport.exportSegmentation(
+            outcome = _exportLogic().exportSegmentation(
                 segmentationNode, fmt, destination, referenceDicom=self.referenceDicomEdit.currentPath or None,
                 overwrite=self.overwriteCheckBox.checked)
         except (AtlasSegError, ValueError) as exc:
@@ -139,7 +147,7 @@ class ExportPanel:
             return
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            imported = AtlasSegExport.importAbdomenAtlasCase(self.moduleWidget.logic, folder)
+            imported = _exportLogic().importAbdomenAtlasCase(self.moduleWidget.logic, folder)
         except (AtlasSegError, ValueError) as exc:
             self._showStatus(f"Import failed: {exc}", error=True)
             return

@@ -112,6 +112,16 @@ if parameterNodeWrapper is not None:
 
 
 # ------------------------------------------------------------------------------------------- plain data
+# Export formats offered by the module (key as in ``atlasseg export --format``, label for the panel). Here, in a
+# module Slicer imports at startup, so the Export section can list them before the export packages are installed.
+EXPORT_FORMATS = (
+    ("dicom-seg", "DICOM SEG"),
+    ("rtstruct", "DICOM RTSTRUCT (radiotherapy planning)"),
+    ("seg-nrrd", "Slicer segmentation (.seg.nrrd)"),
+    ("abdomenatlas", "AbdomenAtlas case folder (NIfTI)"),
+)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What to run. Exactly one of ``modelId`` / ``modelCardPath`` names the model.

@@ -22,7 +22,14 @@ except ImportError:  # Slicer < 5.4 has no translation support
         return text
 
 import AtlasSegLogic  # noqa: F401  (first: it puts AtlasSegLib on sys.path in a source checkout)
-from AtlasSegLib.report import TABLE_COLUMNS, build_report, load_report, table_rows
+
+
+def _reportLib():
+    """``AtlasSegLib.report``, imported on first use: it needs packages the module installs on first run (pillow,
+    cc3d, …), and the panel must appear before they are there."""
+    from AtlasSegLib import report
+
+    return report
 
 MAKE_TOOLTIP = _("Choose an AtlasSeg output folder and write report.html, report.csv, report.json and pictures "
                  "(frontal overview, a slice per tumor, a 3D view) into it.")
@@ -50,8 +57,7 @@ class ReportPanel:
         self.folderLabel.wordWrap = True
         layout.addWidget(self.folderLabel)
 
-        self.table = qt.QTableWidget(0, len(TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels([_(c) for c in TABLE_COLUMNS])
+        self.table = qt.QTableWidget(0, 0)  # columns come with the first report (see _show)
         self.table.setEditTriggers(qt.QAbstractItemView.NoEditTriggers)
         self.table.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.table.verticalHeader().setVisible(False)
@@ -83,7 +89,7 @@ class ReportPanel:
         report = None
         if self.outputDir is not None and (self.outputDir / "report.html").is_file():
             try:
-                report = load_report(self.outputDir)
+                report = _reportLib().load_report(self.outputDir)
             except Exception as exc:  # noqa: BLE001 - an unreadable old report only means none is shown
                 logging.warning("AtlasSeg: cannot read the report in %s: %s", self.outputDir, exc)
         self._show(report, self.outputDir / "report.html" if report else None)
@@ -106,7 +112,7 @@ class ReportPanel:
                     logging.warning("AtlasSeg: no 3D picture for the report: %s", exc)
                 self.folderLabel.text = _("Writing the report…")
                 slicer.app.processEvents()
-                result = build_report(folder)
+                result = _reportLib().build_report(folder)
             except Exception:
                 self.folderLabel.text = previous
                 raise
@@ -144,7 +150,11 @@ class ReportPanel:
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.htmlPath)))
 
     def _show(self, report, htmlPath) -> None:
-        rows = table_rows(report) if report else []
+        lib = _reportLib()
+        if self.table.columnCount != len(lib.TABLE_COLUMNS):
+            self.table.setColumnCount(len(lib.TABLE_COLUMNS))
+            self.table.setHorizontalHeaderLabels([_(c) for c in lib.TABLE_COLUMNS])
+        rows = lib.table_rows(report) if report else []
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, text in enumerate(row):

@@ -13,8 +13,20 @@ import qt
 
 import slicer
 
-import AtlasSegReview
-from SegmentEditorRemoveFalsePositive import RemoveFalsePositiveLogic as removeLogic
+
+
+def _reviewLogic():
+    """``AtlasSegReview``, imported on first use: it needs packages the module installs on first run (cc3d, …),
+    and the panel must appear before they are there."""
+    import AtlasSegReview
+
+    return AtlasSegReview
+
+
+def _removeLogic():
+    from SegmentEditorRemoveFalsePositive import RemoveFalsePositiveLogic
+
+    return RemoveFalsePositiveLogic
 
 DEBOUNCE_MS = 150
 SLIDER_STEPS = 100  # threshold = step / 100, from 0.01 to 0.99
@@ -142,7 +154,7 @@ class ReviewPanel:
                 shortcut.connect("activated()", slot)
                 self._shortcuts.append(shortcut)
 
-        removeLogic.clickObservers.append(self._onEffectClick)
+        self._listening = False  # to "Remove false positive" clicks (from the first review session on)
         self._tooltips = {w: w.toolTip for w in (self.applyButton, self.cancelButton, self.exportButton,
                                                  self.previousButton, self.nextButton, self.keepButton,
                                                  self.removeButton)}
@@ -210,9 +222,14 @@ class ReviewPanel:
             if item.widget():
                 item.widget().deleteLater()
         self.sliders = {}
-        if node is not None and AtlasSegReview.reviewableTumors(node):
+        if node is not None:
             with slicer.util.tryWithErrorDisplay("Cannot start the review of this segmentation.", waitCursor=True):
-                self.session = AtlasSegReview.ReviewSession(node, saveStateForUndo=self._saveStateForUndo)
+                review = _reviewLogic()
+                if review.reviewableTumors(node):
+                    self.session = review.ReviewSession(node, saveStateForUndo=self._saveStateForUndo)
+                    if not self._listening:
+                        _removeLogic().clickObservers.append(self._onEffectClick)
+                        self._listening = True
         if self.session is not None:
             self._buildSliders()
             self.section.collapsed = False
@@ -389,8 +406,11 @@ class ReviewPanel:
         self.debounce.stop()
         self.refreshTimer.stop()
         self._unobserve()
-        if self._onEffectClick in removeLogic.clickObservers:
-            removeLogic.clickObservers.remove(self._onEffectClick)
+        if self._listening:
+            observers = _removeLogic().clickObservers
+            if self._onEffectClick in observers:
+                observers.remove(self._onEffectClick)
+            self._listening = False
         for shortcut in self._shortcuts:
             shortcut.setParent(None)
         self._shortcuts = []

@@ -15,8 +15,14 @@ import slicer
 
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import (
-    SEARCH_RADIUS_3D_VOXELS, RemoveFalsePositiveLogic, notifyClick, pickSurfacePoint)
+
+
+def _logic():
+    """The effect's logic module, imported on first use: it needs AtlasSeg's Python packages (cc3d, …), which
+    may not be installed yet when Slicer starts and registers the effect."""
+    from SegmentEditorRemoveFalsePositive import RemoveFalsePositiveLogic
+
+    return RemoveFalsePositiveLogic
 
 HELP_TEXT = """<html>Remove false positives with one click.<p>
 <b>Click</b> on a connected region (island) in a slice view to remove it from the segment it belongs to &mdash;
@@ -77,15 +83,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if viewWidget.className() == "qMRMLSliceWidget":
             ras = self.xyToRas(xy, viewWidget)
         elif viewWidget.className() == "qMRMLThreeDWidget":
-            ras = pickSurfacePoint(self.scriptedEffect.renderer(viewWidget), xy[0], xy[1])
+            ras = _logic().pickSurfacePoint(self.scriptedEffect.renderer(viewWidget), xy[0], xy[1])
             if ras is None:
                 slicer.util.showStatusMessage("Remove false positive: nothing here (no surface under the cursor).",
                                               3000)
                 return True
-            searchRadius = SEARCH_RADIUS_3D_VOXELS
+            searchRadius = _logic().SEARCH_RADIUS_3D_VOXELS
         else:
             return False
-        logic = RemoveFalsePositiveLogic(segmentationNode, self.scriptedEffect.saveStateForUndo)
+        logic = _logic().RemoveFalsePositiveLogic(segmentationNode, self.scriptedEffect.saveStateForUndo)
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
             result = logic.click(ras, keepOnly=bool(callerInteractor.GetShiftKey()),
@@ -94,6 +100,6 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             qt.QApplication.restoreOverrideCursor()
         slicer.util.showStatusMessage(result.message, 5000)
         if result.changed:
-            notifyClick(segmentationNode, result)
+            _logic().notifyClick(segmentationNode, result)
         # Consume the press either way: a click on background must not start a slice-view pan/window-level drag.
         return True
