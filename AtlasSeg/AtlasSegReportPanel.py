@@ -66,17 +66,18 @@ class ReportPanel:
                                 "probability, review status), then every structure's volume and mean HU."))
         layout.addWidget(self.table)
 
-        buttons = qt.QHBoxLayout()
+        # Two rows: three buttons side by side would make the panel wider than Slicer's usual module panel.
+        buttons = qt.QGridLayout()
         self.sceneButton = qt.QPushButton(_("Report of the segmentation…"))
         self.sceneButton.toolTip = SCENE_TOOLTIP
-        buttons.addWidget(self.sceneButton)
         self.makeButton = qt.QPushButton(_("Report of an output folder…"))
         self.makeButton.toolTip = MAKE_TOOLTIP
         self.openButton = qt.QPushButton(_("Open report"))
         self.openButton.enabled = False
         self.openButton.toolTip = OPEN_DISABLED_TOOLTIP
-        buttons.addWidget(self.makeButton)
-        buttons.addWidget(self.openButton)
+        buttons.addWidget(self.sceneButton, 0, 0)
+        buttons.addWidget(self.makeButton, 0, 1)
+        buttons.addWidget(self.openButton, 1, 0, 1, 2)
         layout.addLayout(buttons)
 
         self.sceneButton.connect("clicked(bool)", self.onSceneReport)

@@ -31,6 +31,7 @@ def _removeLogic():
 DEBOUNCE_MS = 150
 SLIDER_STEPS = 100  # threshold = step / 100, from 0.01 to 0.99
 COLUMNS = ("#", "Tumor", "Organ", "Volume (ml)", "Diameter (mm)", "Max p", "Status")
+STATUS_TEXT = {"unreviewed": "to review"}  # as the counter and the report say it
 STATUS_COLOURS = {"kept": "#2e7d32", "removed": "#b71c1c", "unreviewed": "#000000"}
 
 
@@ -202,6 +203,8 @@ class ReviewPanel:
         pending = hasSession and any(c.pending for c in self.session.controllers.values())
         for widget in (self.previousButton, self.nextButton, self.keepButton, self.removeButton):
             widget.enabled = hasRows
+        self.undoButton.enabled = hasSession
+        self.redoButton.enabled = hasSession
         self.applyButton.enabled = pending
         self.cancelButton.enabled = pending
         self.exportButton.enabled = hasSession
@@ -251,23 +254,26 @@ class ReviewPanel:
 
     def _buildSliders(self):
         for row, (tumor, controller) in enumerate(self.session.controllers.items()):
-            self.slidersLayout.addWidget(qt.QLabel(tumor), row, 0)
+            self.slidersLayout.addWidget(qt.QLabel(tumor), 2 * row, 0)
             slider = qt.QSlider(qt.Qt.Horizontal)
             slider.setRange(1, SLIDER_STEPS - 1)
             slider.setValue(round(controller.threshold * SLIDER_STEPS))
             slider.setToolTip("Lower = more sensitive: fewer missed tumors, more false positives to remove.")
             value = qt.QLabel(f"{controller.threshold:.2f}")
             slider.connect("valueChanged(int)", lambda v, t=tumor: self.onSliderMoved(t, v))
-            self.slidersLayout.addWidget(slider, row, 1)
-            self.slidersLayout.addWidget(value, row, 2)
-            column = 3
+            self.slidersLayout.addWidget(slider, 2 * row, 1)
+            self.slidersLayout.addWidget(value, 2 * row, 2)
+            # The presets go on a row of their own under the slider: beside it they squeeze the slider to nothing
+            # in a panel of usual width.
+            presets = qt.QHBoxLayout()
             for name, threshold in controller.operatingPoints().items():
                 preset = qt.QPushButton(name.replace("_", " "))
                 preset.setToolTip(f"Threshold {threshold:g}")
                 preset.connect("clicked()", lambda t=tumor, s=slider, p=threshold: s.setValue(round(p * SLIDER_STEPS)))
-                self.slidersLayout.addWidget(preset, row, column)
-                column += 1
+                presets.addWidget(preset)
+            self.slidersLayout.addLayout(presets, 2 * row + 1, 1, 1, 2)
             self.sliders[tumor] = (slider, value)
+        self.slidersLayout.setColumnStretch(1, 1)
 
     # ----------------------------------------------------------------------------------------- slider
     def onSliderMoved(self, tumor, value):
@@ -312,8 +318,8 @@ class ReviewPanel:
         self.table.setRowCount(len(rows))
         for index, row in enumerate(rows):
             diameter = f"{row['longest_axial_diameter_mm']:.1f} × {row['perpendicular_diameter_mm']:.1f}"
-            values = (str(row["id"]), row["tumor"], row.get("organ") or "", f"{row['volume_ml']:.2f}", diameter,
-                      f"{row['max_probability']:.2f}", row["status"])
+            values = ("–" if row["id"] is None else str(row["id"]), row["tumor"], row.get("organ") or "", f"{row['volume_ml']:.2f}", diameter,
+                      f"{row['max_probability']:.2f}", STATUS_TEXT.get(row["status"], row["status"]))
             for column, text in enumerate(values):
                 item = qt.QTableWidgetItem(text)
                 if column == len(values) - 1:
@@ -322,6 +328,7 @@ class ReviewPanel:
         if self.session is not None and 0 <= self.session.selected < len(rows):
             self.table.selectRow(self.session.selected)
         self.table.blockSignals(wasBlocked)
+        self.table.resizeColumnsToContents()
         self.counterLabel.text = self.session.counterText() if self.session else "No candidates."
         self._updateEnabled()
 

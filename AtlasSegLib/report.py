@@ -522,7 +522,7 @@ def _tumor_row(name: str, row: dict) -> dict:
     ras = row.get("centroid_ras") or [None, None, None]
     return {
         "structure": name,
-        "component": int(row["id"]),
+        "component": None if row.get("id") is None else int(row["id"]),  # None: removed, no longer numbered
         "organ": row.get("organ"),
         "status": row.get("status", "unreviewed"),
         "volume_ml": _clean(row.get("volume_ml"), 2),
@@ -720,7 +720,7 @@ def _components_table(rows: list) -> str:
         label = {"unreviewed": "to review"}.get(status, status)
         ras = ", ".join(_fmt(v, 1) for v in r["centroid_ras_mm"])
         cls = ' class="removed-row"' if status == "removed" else ""
-        out.append(f"<tr{cls}><td>{_e(r['structure'])}</td><td class=num>{r['component']}</td><td>{_e(r['organ'])}</td>"
+        out.append(f"<tr{cls}><td>{_e(r['structure'])}</td><td class=num>{'&ndash;' if r['component'] is None else r['component']}</td><td>{_e(r['organ'])}</td>"
                    f"<td class=num>{_fmt(r['volume_ml'], 2)}</td>"
                    f"<td class=num>{_fmt(r['longest_axial_diameter_cm'])} &times; {_fmt(r['perpendicular_diameter_cm'])}</td>"
                    f"<td class=num>{_fmt(r['max_probability'], 2)}</td><td class=num>{_fmt(r['mean_probability'], 2)}</td>"
@@ -738,7 +738,8 @@ def table_rows(report: dict) -> list:
         return []
     rows = []
     for r in sec["tumor_components"]:
-        rows.append([f"{r['structure']} #{r['component']}", r["organ"] or "", _fmt(r["volume_ml"], 2),
+        name = f"{r['structure']} (removed)" if r["component"] is None else f"{r['structure']} #{r['component']}"
+        rows.append([name, r["organ"] or "", _fmt(r["volume_ml"], 2),
                      f"{_fmt(r['longest_axial_diameter_cm'])} x {_fmt(r['perpendicular_diameter_cm'])}",
                      _fmt(r["max_probability"], 2), {"unreviewed": "to review"}.get(r["status"], r["status"])])
     for r in sec["organs"]:

@@ -396,7 +396,10 @@ class ReviewState:
             if not inside and d["status"] == "removed":
                 row = dict(d["component"])
                 row["status"] = "removed"
-                row["present"] = False  # no longer in the mask; its id was the one at removal time
+                row["present"] = False
+                # No number: ids rank the components present now, and the one it had at removal time may
+                # belong to another candidate by now.
+                row["id"] = None
                 rows.append(row)
         return rows
 
@@ -601,7 +604,7 @@ def cmd_review(args) -> int:
         print(f"{tumor}: {counter_text(tumor_rows)}")
         print(f"  {'id':>3}  {'organ':<14} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  status")
         for row in tumor_rows:
-            rid = row["id"] if row.get("present", True) else "-"
+            rid = row["id"] if row.get("id") is not None else "-"
             print(f"  {rid:>3}  {str(row.get('organ') or '-'):<14} {row['volume_ml']:>8.2f} "
                   f"{row['longest_axial_diameter_mm'] / 10:>8.1f} {row['perpendicular_diameter_mm'] / 10:>8.1f} "
                   f"{row['max_probability']:>6.2f}  {row['status']}")
