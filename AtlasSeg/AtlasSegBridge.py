@@ -123,22 +123,15 @@ class VolumeGeometry:
         return tuple(reversed(self.size))
 
     def differences(self, other: "VolumeGeometry", toleranceMm: float = 1e-3) -> list:
-        """Human-readable differences to ``other`` (empty when the grids match within ``toleranceMm``).
+        """Human-readable differences to ``other`` (empty when the grids match within ``toleranceMm``): the
+        library's ``Grid.differences`` on both geometries in LPS."""
+        from AtlasSegLib.geometry import Grid  # here: this module is imported before AtlasSeg puts the library on sys.path
 
-        Directions are compared as the position of the far corner would move, so the tolerance is in mm too.
-        """
-        problems = []
-        if tuple(self.size) != tuple(other.size):
-            problems.append(f"size {self.size} != {other.size}")
-        if not np.allclose(self.spacing, other.spacing, rtol=0, atol=toleranceMm):
-            problems.append(f"spacing {self.spacing} != {other.spacing}")
-        if not np.allclose(self.origin, other.origin, rtol=0, atol=toleranceMm):
-            problems.append(f"origin {self.origin} != {other.origin}")
-        extent = np.asarray(self.size, dtype=float) * np.asarray(self.spacing)
-        cornerShift = np.abs((np.asarray(self.directions) - np.asarray(other.directions)) * extent).max()
-        if cornerShift > toleranceMm:
-            problems.append(f"directions differ (far corner moves {cornerShift:.3g} mm)")
-        return problems
+        return self._grid(Grid).differences(other._grid(Grid), toleranceMm)
+
+    def _grid(self, Grid):
+        spacing, origin, direction = self.toLps()
+        return Grid(tuple(int(v) for v in self.size), spacing, origin, direction)
 
 
 def arrayFromVolumeNode(volumeNode) -> np.ndarray:

@@ -364,6 +364,14 @@ def list_models() -> list:
 # Fetch
 
 
+def _cached(card, progress) -> Optional[Path]:
+    """The verified cached weights (reported as a finished download), or None."""
+    found = cached_path(card)
+    if found is not None:
+        _report(progress, found.stat().st_size, found.stat().st_size)
+    return found
+
+
 def fetch(card_or_id: CardOrId, *, progress: Optional[ByteProgress] = None, cancel: Optional[CancelCheck] = None,
           timeout=(10, 60), session=None) -> Path:
     """Return the verified weights file of a model, downloading it into the cache if needed.
@@ -389,9 +397,8 @@ def fetch(card_or_id: CardOrId, *, progress: Optional[ByteProgress] = None, canc
         InputError: the card has no download URL.
     """
     card = _as_card(card_or_id)
-    found = cached_path(card)
+    found = _cached(card, progress)
     if found is not None:
-        _report(progress, found.stat().st_size, found.stat().st_size)
         return found
     bundled = _bundled_path(card)
     if bundled is not None:
@@ -403,9 +410,8 @@ def fetch(card_or_id: CardOrId, *, progress: Optional[ByteProgress] = None, canc
                          f"{_import_command(spec)}")
     with _FileLock(_lock_path(spec), cancel=cancel):
         # Another process may have finished the same download while this one waited for the lock.
-        found = cached_path(card)
+        found = _cached(card, progress)
         if found is not None:
-            _report(progress, found.stat().st_size, found.stat().st_size)
             return found
         adopted = _adopt_unrecorded(spec)
         if adopted is not None:

@@ -129,19 +129,8 @@ def load_run_folder(outdir) -> RunFolder:
 
 
 def grid_differences(a: Grid, b: Grid, tolerance_mm: float = GRID_TOLERANCE_MM) -> list:
-    """Human-readable differences between two grids (empty when they match within ``tolerance_mm``)."""
-    problems = []
-    if tuple(a.size) != tuple(b.size):
-        problems.append(f"size {list(a.size)} vs {list(b.size)}")
-    if not np.allclose(a.spacing, b.spacing, rtol=0, atol=tolerance_mm):
-        problems.append(f"spacing {_fmt(a.spacing)} vs {_fmt(b.spacing)} mm")
-    if not np.allclose(a.origin, b.origin, rtol=0, atol=tolerance_mm):
-        problems.append(f"origin {_fmt(a.origin)} vs {_fmt(b.origin)} mm (LPS)")
-    extent = np.asarray(a.size, float) * np.asarray(a.spacing)
-    shift = np.abs((np.asarray(a.direction).reshape(3, 3) - np.asarray(b.direction).reshape(3, 3)) * extent).max()
-    if shift > tolerance_mm:
-        problems.append(f"directions {_fmt(a.direction)} vs {_fmt(b.direction)} (far corner moves {shift:.3g} mm)")
-    return problems
+    """``Grid.differences`` with the export's tolerance (NIfTI's float32 geometry against DICOM headers)."""
+    return a.differences(b, tolerance_mm)
 
 
 def _fmt(values) -> str:

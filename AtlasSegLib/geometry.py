@@ -74,6 +74,34 @@ class Grid:
         return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
                 "direction": list(self.direction)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Grid":
+        return cls(tuple(int(v) for v in d["size"]), tuple(float(v) for v in d["spacing"]),
+                   tuple(float(v) for v in d["origin"]), tuple(float(v) for v in d["direction"]))
+
+    def differences(self, other: "Grid", tolerance_mm: float = 1e-3) -> list:
+        """Human-readable differences to ``other`` (empty when the grids match within ``tolerance_mm``).
+
+        Directions are compared by how far the far corner would move, so their tolerance is in mm too."""
+        problems = []
+        if tuple(self.size) != tuple(other.size):
+            problems.append(f"size {list(self.size)} vs {list(other.size)}")
+        if not np.allclose(self.spacing, other.spacing, rtol=0, atol=tolerance_mm):
+            problems.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
+        if not np.allclose(self.origin, other.origin, rtol=0, atol=tolerance_mm):
+            problems.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm (LPS)")
+        extent = np.asarray(self.size, float) * np.asarray(self.spacing)
+        a, b = np.asarray(self.direction).reshape(3, 3), np.asarray(other.direction).reshape(3, 3)
+        shift = float(np.abs((a - b) * extent).max())
+        if shift > tolerance_mm:
+            problems.append(f"directions {_fmt(self.direction)} vs {_fmt(other.direction)} "
+                            f"(far corner moves {shift:.3g} mm)")
+        return problems
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
 
 def orientation_transform(grid: Grid, orientation: str) -> np.ndarray:
     """For each index axis of ``grid``: (output axis, +1/-1 flip) that brings the axes closest to

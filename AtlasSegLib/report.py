@@ -120,10 +120,7 @@ def _case_name(report: dict) -> str:
 
 
 def _same_grid(image: sitk.Image, grid: dict, tolerance_mm: float = 1e-3) -> bool:
-    g = Grid.of(image)
-    return (list(g.size) == list(grid["size"]) and np.allclose(g.spacing, grid["spacing"], atol=tolerance_mm)
-            and np.allclose(g.origin, grid["origin"], atol=tolerance_mm)
-            and np.allclose(g.direction, grid["direction"], atol=1e-4))
+    return not Grid.of(image).differences(Grid.from_dict(grid), tolerance_mm)
 
 
 def _load_ct(outdir: Path, report: dict, ct) -> tuple:
