@@ -140,9 +140,8 @@ def fill(panel) -> None:
     find(object, "runStatusLabel").setText("Running the model (window 12/30) — 42% — 1:15 elapsed")
 
 
-def main(argv) -> int:
-    output = Path(argv[1]) if len(argv) > 1 else DEFAULT_OUTPUT
-    app = QApplication.instance() or QApplication([])
+def loadPanel():
+    """The .ui panel as plain Qt widgets, filled as during a run on the demo phantom (a QApplication must exist)."""
     data = QByteArray(plainQtUi())
     buffer = QBuffer(data)
     buffer.open(QIODevice.ReadOnly)
@@ -151,12 +150,19 @@ def main(argv) -> int:
     if panel is None:
         raise SystemExit(f"QUiLoader could not load {UI_FILE}")
     fill(panel)
+    return panel
+
+
+def main(argv) -> int:
+    output = Path(argv[1]) if len(argv) > 1 else DEFAULT_OUTPUT
+    app = QApplication.instance() or QApplication([])
+    panel = loadPanel()
     panel.resize(440, 100)
     panel.adjustSize()
     panel.resize(440, panel.sizeHint().height())
     panel.show()
     app.processEvents()  # lay the widgets out at the final size before measuring them
-    # Crop the empty space the trailing spacer adds below the last section.
+    # Crop below the last section (the module widget's stretch would add empty space).
     last = panel.findChild(QGroupBox, "runCollapsibleButton")
     bottom = last.geometry().bottom() + 8
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -60,8 +60,7 @@ import slicer_harness  # noqa: E402
 slicer_harness.installScriptedLoadableModuleStub()
 
 from PySide6 import QtCore, QtGui, QtWidgets  # noqa: E402
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QRect, Signal  # noqa: E402
-from PySide6.QtUiTools import QUiLoader  # noqa: E402
+from PySide6.QtCore import QRect, Signal  # noqa: E402
 
 import render_panel  # noqa: E402  (plainQtUi() and fill() for the .ui part)
 
@@ -319,23 +318,6 @@ def wait(milliseconds):
     loop.exec()
 
 
-def uiPanel():
-    data = QByteArray(render_panel.plainQtUi())
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.ReadOnly)
-    panel = QUiLoader().load(buffer)
-    buffer.close()
-    if panel is None:
-        raise SystemExit(f"QUiLoader could not load {render_panel.UI_FILE}")
-    render_panel.fill(panel)
-    # render_panel crops the .ui's trailing spacer; here the code-built sections follow it.
-    spacers = [panel.layout().itemAt(i) for i in range(panel.layout().count())]
-    for item in spacers:
-        if item.spacerItem() is not None:
-            panel.layout().removeItem(item)
-    return panel
-
-
 def main(argv) -> int:
     output = Path(argv[1]) if len(argv) > 1 else DEFAULT_OUTPUT
     qApp = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
@@ -357,7 +339,7 @@ def main(argv) -> int:
 
     container = QtWidgets.QWidget()
     layout = QtWidgets.QVBoxLayout(container)
-    layout.addWidget(uiPanel())
+    layout.addWidget(render_panel.loadPanel())  # above the code-built sections, as in the module
     moduleWidget = types.SimpleNamespace(
         logic=logic, _parameterNode=types.SimpleNamespace(outputSegmentation=scene.segmentationNode))
     # In this order in AtlasSegWidget.setup().
