@@ -486,6 +486,13 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
     from .outputs import SEG_DIR, _rewrite_combined, load_run, tumor_summary
     from .io import atomic_write_image
 
+    # Checked before anything is read or changed: a probability of 1.5 would otherwise remove every candidate.
+    if remove_below_probability_p is not None and not 0.0 < remove_below_probability_p <= 1.0:
+        raise InputError(f"--remove-below-probability must be a probability in (0, 1], got {remove_below_probability_p}")
+    if remove_smaller_ml is not None and not remove_smaller_ml > 0.0:
+        raise InputError(f"--remove-smaller-than must be a volume in ml above 0, got {remove_smaller_ml}")
+    if keep_largest_n is not None and keep_largest_n < 1:
+        raise InputError(f"--keep-largest must be at least 1, got {keep_largest_n}")
     outdir = Path(outdir)
     report, card = load_run(outdir)
     entries = {e["name"]: e for e in report["structures"]}

@@ -302,3 +302,20 @@ def test_cli_keep_largest_cleans_stray_organ_islands(demo_run):
     assert main(["review", str(demo_run), "--structure", "spleen", "--keep-largest", "1"]) == 0
     cleaned = _mask(path)
     assert cleaned[0:2, 0:2, 0:2].sum() == 0 and cleaned.sum() == spleen.sum() - 8
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--remove-below-probability", "1.5"], "probability in \\(0, 1\\]"),
+    (["--remove-smaller-than", "-1"], "above 0"),
+    (["--keep-largest", "0"], "at least 1"),
+])
+def test_cli_review_refuses_out_of_range_batch_values_and_changes_nothing(demo_run, capsys, args, message):
+    import re
+
+    from AtlasSegLib.cli import main
+
+    before = (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes()
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", *args]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes() == before
+    assert not (demo_run / "review.json").exists()
