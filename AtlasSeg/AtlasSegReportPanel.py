@@ -142,9 +142,16 @@ class ReportPanel:
         with slicer.util.tryWithErrorDisplay(_("The report could not be made."), waitCursor=True):
             self.folderLabel.text = _("Writing the segmentation and drawing the report…")
             slicer.app.processEvents()
-            result = AtlasSegExport.makeReport(segmentationNode, folder)
+            result = AtlasSegExport.makeReport(segmentationNode, folder, progress=self._progress)
             self.outputDir = Path(folder)
             self._show(result.report, result.html_path)
+
+    def _progress(self, stage: str, fraction: float, message: str = "") -> None:
+        """The report's own progress (reading, measuring, pictures, writing) in the status line, so a long report
+        of a large CT shows where it is instead of a frozen panel."""
+        self.folderLabel.text = _("Report: {stage} {percent}% {message}").format(
+            stage=stage, percent=int(round(100 * fraction)), message=message)
+        slicer.app.processEvents()
 
     def onOpenReport(self) -> None:
         if self.htmlPath is not None:
