@@ -559,14 +559,14 @@ class ReviewSession:
     def _recordRemovedSeeds(self, tumor: str, seedsIjk) -> int:
         """Mark the candidates (of the last refresh) that hold these seeds as removed."""
         labels = self._labels.get(tumor)
-        start = np.asarray(self.controllers[tumor].map.start_ijk)
         if labels is None:
             return 0
+        start = self.controllers[tumor].map.start_ijk
         byLabel = {r["label"]: r for r in self.rows if r["tumor"] == tumor and "label" in r}
         recorded = 0
         for seed in seedsIjk:
-            kji = tuple(int(v) for v in (np.asarray(seed) - start)[::-1])
-            if all(0 <= v < n for v, n in zip(kji, labels.shape)) and int(labels[kji]) in byLabel:
+            kji = review.seed_kji(seed, start, labels.shape)
+            if kji is not None and int(labels[kji]) in byLabel:
                 self.state.decide(tumor, byLabel[int(labels[kji])], "removed")
                 recorded += 1
         return recorded

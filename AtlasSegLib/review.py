@@ -356,44 +356,41 @@ class ReviewState:
         if status != "unreviewed":
             entry["decisions"].append({"seed_ijk": seed, "status": status, "component": comp, "at": _now()})
 
+    def under_seeds(self, tumor: str, array_box: np.ndarray, start_ijk) -> list:
+        """``(decision, value of array_box at its seed voxel)`` for every decision, in order; the value is 0 when
+        the seed lies outside the box (``array_box``: a label or mask array whose corner is ``start_ijk``)."""
+        out = []
+        for d in self.decisions(tumor):
+            kji = seed_kji(d["seed_ijk"], start_ijk, array_box.shape)
+            out.append((d, int(array_box[kji]) if kji is not None else 0))
+        return out
+
     def status_of(self, tumor: str, labels_box: np.ndarray, start_ijk, label: int) -> str:
         """The status of component ``label`` (its value in ``labels_box``, a label array whose corner is
         ``start_ijk``): the latest decision whose seed voxel lies inside it, else "unreviewed"."""
         status = "unreviewed"
-        start = np.asarray(start_ijk)
-        for d in self.decisions(tumor):
-            kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
-            if np.all(kji >= 0) and np.all(kji < labels_box.shape) and labels_box[tuple(kji)] == label:
+        for d, value in self.under_seeds(tumor, labels_box, start_ijk):
+            if value == label:
                 status = d["status"]
         return status
 
     def removed_labels(self, tumor: str, labels_box: np.ndarray, start_ijk) -> set:
         """The labels of ``labels_box`` that hold the seed of a "removed" decision: false positives a reviewer
         threw away, which a new threshold must not bring back."""
-        out = set()
-        start = np.asarray(start_ijk)
-        for d in self.decisions(tumor):
-            if d["status"] != "removed":
-                continue
-            kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
-            if np.all(kji >= 0) and np.all(kji < labels_box.shape) and labels_box[tuple(kji)]:
-                out.add(int(labels_box[tuple(kji)]))
-        return out
+        return {value for d, value in self.under_seeds(tumor, labels_box, start_ijk)
+                if value and d["status"] == "removed"}
 
     def rows(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list) -> list:
         """Review rows: every current candidate with its status, then each removed component no longer in
         the mask (from its decision)."""
         rows = []
-        start = np.asarray(start_ijk)
         for cand in candidates:
             row = cand.as_dict()
             row["status"] = self.status_of(tumor, labels_box, start_ijk, cand.label)
             row["present"] = True
             rows.append(row)
-        for d in self.decisions(tumor):
-            kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
-            inside = np.all(kji >= 0) and np.all(kji < labels_box.shape) and labels_box[tuple(kji)] > 0
-            if not inside and d["status"] == "removed":
+        for d, value in self.under_seeds(tumor, labels_box, start_ijk):
+            if not value and d["status"] == "removed":
                 row = dict(d["component"])
                 row["status"] = "removed"
                 row["present"] = False
@@ -402,6 +399,12 @@ class ReviewState:
                 row["id"] = None
                 rows.append(row)
         return rows
+
+
+def seed_kji(seed_ijk, start_ijk, shape) -> Optional[tuple]:
+    """A full-grid (i, j, k) seed as a (k, j, i) index into a box at ``start_ijk`` of ``shape``; None outside."""
+    kji = (np.asarray(seed_ijk) - np.asarray(start_ijk))[::-1]
+    return tuple(int(v) for v in kji) if np.all(kji >= 0) and np.all(kji < shape) else None
 
 
 def counts(rows: list) -> dict:
@@ -465,14 +468,10 @@ def drop_removed(mask_box: np.ndarray, state: ReviewState, tumor: str, start_ijk
     """Zero the components of ``mask_box`` that hold the seed of a "removed" decision, so a false positive
     thrown away once stays away when the threshold moves. Returns the number of voxels dropped."""
     dropped = 0
-    start = np.asarray(start_ijk)
     for d in state.decisions(tumor):
-        if d["status"] != "removed":
-            continue
-        kji = (np.asarray(d["seed_ijk"]) - start)[::-1]
-        if np.all(kji >= 0) and np.all(kji < mask_box.shape):
-            edit = remove_at(mask_box, kji)
-            dropped += edit.changed_voxels if edit else 0
+        kji = seed_kji(d["seed_ijk"], start_ijk, mask_box.shape) if d["status"] == "removed" else None
+        edit = remove_at(mask_box, kji) if kji is not None else None
+        dropped += edit.changed_voxels if edit else 0
     return dropped
 
 
@@ -585,8 +584,8 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
 
 
 def _candidate_holding(cands, lab: Labelling, start_ijk, seed_ijk):
-    kji = tuple((np.asarray(seed_ijk) - np.asarray(start_ijk))[::-1])
-    value = lab.labels[kji]
+    kji = seed_kji(seed_ijk, start_ijk, lab.labels.shape)
+    value = lab.labels[kji] if kji is not None else 0
     return next((c for c in cands if c.label == value), None) if value else None
 
 
