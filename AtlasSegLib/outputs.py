@@ -180,12 +180,10 @@ def rethreshold(outdir, thresholds: dict) -> dict:
                              f"({report['tumors'][name].get('note') or 'nothing to threshold'})")
     ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
     grid = Grid.of(ref)
-    entries = {e["name"]: e for e in report["structures"]}
     from .review import ProbabilityMap, drop_removed, load_review
 
     review_state = load_review(outdir)
     for name, t in thresholds.items():
-        info = report["tumors"][name]
         meta_path = outdir / PROB_DIR / f"{name}.json"
         meta = json.loads(meta_path.read_text())
         box = (tuple(meta["box_start_ijk"]), tuple(meta["box_size_ijk"]))
@@ -197,22 +195,39 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         full = np.zeros(tuple(grid.size[::-1]), np.uint8)
         full[_box_slices(box)] = mask
         atomic_write_image(_mask_image(full, ref), outdir / SEG_DIR / f"{name}.nii.gz")
-        entry = entries[name]
-        voxels = int(mask.sum())
-        entry.update(voxels=voxels, volume_ml=round(voxels * grid.voxel_volume_mm3 / 1000.0, 4))
-        info["threshold"] = float(t)
-        info["components"] = [c.as_dict() for c in components(mask, grid.sub(*box), box[0], q_box=q_box)]
-        info["count"] = len(info["components"])
-        entry["tumor"] = info
+        report["tumors"][name]["threshold"] = float(t)
+        update_entry(report, name, mask, grid.sub(*box), box[0], q_box=q_box)
         meta["threshold"] = float(t)
         atomic_write_text(json.dumps(meta, indent=1), meta_path)
-    _rewrite_combined(outdir, card, ref)
+    return commit_edit(outdir, report, card, ref, {"action": "threshold",
+                                                   "values": {k: float(v) for k, v in thresholds.items()}})
+
+
+def update_entry(report: dict, name: str, mask_box: np.ndarray, box_grid: Grid, start_ijk, *, q_box=None) -> None:
+    """After ``name``'s mask changed (inside the box at ``start_ijk``; nothing outside): its voxel count and
+    volume in report.json, and for a tumor its components."""
+    entry = next(e for e in report["structures"] if e["name"] == name)
+    voxels = int(np.count_nonzero(mask_box))
+    entry.update(voxels=voxels, volume_ml=round(voxels * box_grid.voxel_volume_mm3 / 1000.0, 4))
+    info = (report.get("tumors") or {}).get(name)
+    if info is not None:
+        info["components"] = [c.as_dict() for c in components(mask_box, box_grid, start_ijk, q_box=q_box)]
+        info["count"] = len(info["components"])
+        entry["tumor"] = info
+
+
+def commit_edit(outdir: Path, report: dict, card: ModelCard, ref: sitk.Image, history: dict, *,
+                masks_changed: bool = True) -> dict:
+    """After masks of a finished run changed (their files already replaced): the combined labels, the summary,
+    a history entry and report.json; an existing report is rebuilt, since it would show the old masks (or,
+    with ``masks_changed`` False, old review decisions)."""
+    if masks_changed:
+        _rewrite_combined(outdir, card, ref)
     report["summary"] = tumor_summary(report)
-    report.setdefault("history", []).append({"action": "threshold", "values": {k: float(v) for k, v in thresholds.items()},
-                                             "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    report.setdefault("history", []).append(
+        {**history, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
     if "report" in report or (outdir / "report.html").is_file():
-        # A report made before the change would show the old tumors: rebuild it (tables, page, pictures).
         from .report import build_report
 
         report = build_report(outdir).report

@@ -482,7 +482,7 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
     them), or remove components by size, probability or rank; rewrites the structure's mask, the combined
     labels, report.json and review.json (each atomically). Returns ``{"removed": n, "kept": n,
     "changed_voxels": n}``."""
-    from .outputs import SEG_DIR, _rewrite_combined, load_run, tumor_summary
+    from .outputs import SEG_DIR, commit_edit, load_run, update_entry
     from .io import atomic_write_image
 
     # Checked before anything is read or changed: a probability of 1.5 would otherwise remove every candidate.
@@ -557,29 +557,12 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
         out = sitk.GetImageFromArray(full)
         out.CopyInformation(image)
         atomic_write_image(out, seg_path)
-        entry = entries[structure]
-        voxels = int(np.count_nonzero(full))
-        entry.update(voxels=voxels, volume_ml=round(voxels * grid.voxel_volume_mm3 / 1000.0, 4))
-        if tumor:
-            info = report["tumors"][structure]
-            bgrid = pm.box_grid if pm is not None else grid
-            info["components"] = [c.as_dict() for c in labelled_components(
-                ranked_components(region != 0), bgrid, start, q_box=q)]
-            info["count"] = len(info["components"])
-            entry["tumor"] = info
-        _rewrite_combined(outdir, card, image)
-    report["summary"] = tumor_summary(report)
-    report.setdefault("history", []).append({
-        "action": "review", "structure": structure, "removed": removed, "kept": len(keep_ids),
-        "changed_voxels": changed, "at": _now()})
-    atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
+        update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q)
     if tumor:
-        save_review(outdir, state)
-    if "report" in report or (outdir / "report.html").is_file():
-        # A report made before the review would show the old candidates and statuses: rebuild it.
-        from .report import build_report
-
-        build_report(outdir)
+        save_review(outdir, state)  # before the report is rebuilt: it lists the statuses
+    commit_edit(outdir, report, card, image, {"action": "review", "structure": structure, "removed": removed,
+                                              "kept": len(keep_ids), "changed_voxels": changed},
+                masks_changed=bool(changed))
     return {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed}
 
 
