@@ -36,6 +36,7 @@ from AtlasSegLib import review
 from AtlasSegLib.card import complete_class
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.io import atomic_write_text
+from AtlasSegLib.outputs import write_probability_map
 
 FORMATS = AtlasSegLogic.EXPORT_FORMATS
 KIND_TAG = AtlasSegLogic.ATTRIBUTE + "Kind"
@@ -167,19 +168,13 @@ def _writeTumors(segmentationNode, folder: Path, tumorStructures: list) -> dict:
             gate = [g.strip() for g in (node.GetAttribute(AtlasSegLogic.ATTRIBUTE + "Gate") or "").split(",")
                     if g.strip()]
             threshold = node.GetAttribute(AtlasSegLogic.ATTRIBUTE + "Threshold")
-            (folder / "probabilities").mkdir(exist_ok=True)
-            sitk.WriteImage(pm.box_grid.image_from_kji(pm.q), str(folder / "probabilities" / f"{name}.nii.gz"),
-                            useCompression=True)
-            meta = {"structure": name, "box_start_ijk": [int(v) for v in pm.start_ijk],
-                    "box_size_ijk": [int(v) for v in pm.q.shape[::-1]],
-                    "input_size_ijk": [int(v) for v in pm.input_size_ijk], "gate": gate or None,
-                    "gate_dilation_mm": AtlasSegReview.floatAttribute(
-                        node, AtlasSegLogic.ATTRIBUTE + "GateDilationMm", AtlasSegReview.DEFAULT_GATE_DILATION_MM),
-                    "threshold": float(threshold) if threshold else None, "min_component_mm3": pm.min_mm3,
-                    "encoding": "uint8 p*255"}
-            (folder / "probabilities" / f"{name}.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-            info.update(threshold=meta["threshold"], gate=meta["gate"], gate_dilation_mm=meta["gate_dilation_mm"],
-                        min_component_mm3=pm.min_mm3, probability_file=f"probabilities/{name}.nii.gz")
+            info.update(threshold=float(threshold) if threshold else None, gate=gate or None,
+                        gate_dilation_mm=AtlasSegReview.floatAttribute(
+                            node, AtlasSegLogic.ATTRIBUTE + "GateDilationMm", AtlasSegReview.DEFAULT_GATE_DILATION_MM),
+                        min_component_mm3=pm.min_mm3)
+            info["probability_file"] = write_probability_map(
+                folder, name, pm.q, pm.box_grid, pm.start_ijk, pm.input_size_ijk, gate=info["gate"],
+                gate_dilation_mm=info["gate_dilation_mm"], threshold=info["threshold"], min_mm3=pm.min_mm3)
         tumors[name] = info
     return tumors
 

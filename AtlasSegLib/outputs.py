@@ -52,6 +52,20 @@ def _mask_image(full: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return img
 
 
+def write_probability_map(folder: Path, name: str, q_box: np.ndarray, box_grid: Grid, start_ijk, input_size_ijk, *,
+                          gate, gate_dilation_mm, threshold, min_mm3: float) -> str:
+    """``probabilities/<name>.nii.gz`` (uint8 p×255 on its box) and ``<name>.json`` (the box, gate and threshold
+    a later re-threshold needs). Returns the map's path relative to ``folder``."""
+    (Path(folder) / PROB_DIR).mkdir(exist_ok=True)
+    sitk.WriteImage(box_grid.image_from_kji(q_box), str(Path(folder) / PROB_DIR / f"{name}.nii.gz"), useCompression=True)
+    meta = {"structure": name, "box_start_ijk": [int(v) for v in start_ijk],
+            "box_size_ijk": [int(v) for v in q_box.shape[::-1]], "input_size_ijk": [int(v) for v in input_size_ijk],
+            "gate": gate, "gate_dilation_mm": gate_dilation_mm, "threshold": threshold, "min_component_mm3": min_mm3,
+            "encoding": "uint8 p*255"}
+    (Path(folder) / PROB_DIR / f"{name}.json").write_text(json.dumps(meta, indent=1))
+    return f"{PROB_DIR}/{name}.nii.gz"
+
+
 class OutputWriter:
     """Writes structures one at a time (the caller frees each mask after ``add_*``)."""
 
@@ -96,15 +110,10 @@ class OutputWriter:
         info = {"threshold": threshold, "gate": gate, "gate_dilation_mm": dilation_mm, "min_component_mm3": min_mm3,
                 "probability_file": None, "components": [], "note": note}
         if q_box is not None:
-            (self.folder / PROB_DIR).mkdir(exist_ok=True)
             box_grid = self.grid.sub(*box)
-            sitk.WriteImage(box_grid.image_from_kji(q_box), str(self.folder / PROB_DIR / f"{cls.name}.nii.gz"),
-                            useCompression=True)
-            meta = {"structure": cls.name, "box_start_ijk": list(box[0]), "box_size_ijk": list(box[1]),
-                    "input_size_ijk": list(self.grid.size), "gate": gate, "gate_dilation_mm": dilation_mm,
-                    "threshold": threshold, "min_component_mm3": min_mm3, "encoding": "uint8 p*255"}
-            (self.folder / PROB_DIR / f"{cls.name}.json").write_text(json.dumps(meta, indent=1))
-            info["probability_file"] = f"{PROB_DIR}/{cls.name}.nii.gz"
+            info["probability_file"] = write_probability_map(
+                self.folder, cls.name, q_box, box_grid, box[0], self.grid.size, gate=gate, gate_dilation_mm=dilation_mm,
+                threshold=threshold, min_mm3=min_mm3)
             info["box"] = {"start_ijk": list(box[0]), "size_ijk": list(box[1])}
             info["components"] = [c.as_dict() for c in components(mask, box_grid, box[0], q_box=q_box)]
         info["count"] = len(info["components"])
