@@ -1,17 +1,20 @@
 """AtlasSeg: segment abdominal CT with the AbdomenAtlas models (SuPreM, DiffTumor, your own) inside 3D Slicer.
 
-This file holds the Slicer module class, the (thin) widget and the self-test. Everything that does work lives
-in Qt-free files beside it, so it is tested headless with real Slicer classes:
+This file holds the Slicer module class, the (thin) widget and the self-test. It is the only ``.py`` file at the
+top level of the module folder, because Slicer's scripted-module factory loads every top-level ``.py`` file as
+a module of its own. Everything that does work lives in the ``AtlasSegModule`` package beside it (Qt-free
+where it computes, so it is tested headless with real Slicer classes):
 
-* ``AtlasSegLogic.py``: the logic (runs, results into the scene, model registry, device advice);
-* ``AtlasSegBridge.py``: the one MRML <-> numpy/SimpleITK conversion;
-* ``AtlasSegRunner.py``: the engine process and its progress protocol;
-* ``AtlasSegDependencies.py``: installing Python packages without touching Slicer's own;
-* ``AtlasSegReview.py``: the sensitivity sliders, candidate review and batch clean-up (panel:
-  ``AtlasSegReviewPanel.py``), with the Segment Editor effect in ``SegmentEditorRemoveFalsePositive/``;
-* ``AtlasSegExport.py``: DICOM SEG / RTSTRUCT / .seg.nrrd / AbdomenAtlas export and import (panel:
-  ``AtlasSegExportPanel.py``);
-* ``AtlasSegRender.py``: report pictures drawn by Slicer's own 3D view (panel: ``AtlasSegReportPanel.py``).
+* ``AtlasSegLogic``: the logic (runs, results into the scene, model registry, device advice);
+* ``AtlasSegBridge``: the one MRML <-> numpy/SimpleITK conversion;
+* ``AtlasSegRunner``: the engine process and its progress protocol;
+* ``AtlasSegDependencies``: installing Python packages without touching Slicer's own;
+* ``AtlasSegReview``: the sensitivity sliders, candidate review and batch clean-up (panel:
+  ``AtlasSegReviewPanel``), with the Segment Editor effect's logic in ``RemoveFalsePositiveLogic`` and the
+  effect itself in ``SegmentEditorRemoveFalsePositiveLib/`` (registered by ``effects``);
+* ``AtlasSegExport``: DICOM SEG / RTSTRUCT / .seg.nrrd / AbdomenAtlas export and import (panel:
+  ``AtlasSegExportPanel``);
+* ``AtlasSegRender``: report pictures drawn by Slicer's own 3D view (panel: ``AtlasSegReportPanel``).
 """
 import logging
 from dataclasses import dataclass
@@ -28,18 +31,22 @@ from slicer.util import VTKObservationMixin
 
 try:
     from slicer.i18n import tr as _
+    from slicer.i18n import translate
 except ImportError:  # Slicer < 5.4 has no translation support
     def _(text):
         return text
 
-import AtlasSegBridge as bridge
-import AtlasSegDependencies as deps
-from AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions, applyBlocker,
+    def translate(context, text):
+        return text
+
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegDependencies as deps
+from AtlasSegModule.AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions, applyBlocker,
                            describeVolume, formatDuration, modelDetailsHtml, progressText, qualityHint)
-from AtlasSegExportPanel import ExportPanel
-from AtlasSegReportPanel import ReportPanel
-from AtlasSegReviewPanel import ReviewPanel
-from AtlasSegRunner import BackgroundTask, RunState
+from AtlasSegModule.AtlasSegExportPanel import ExportPanel
+from AtlasSegModule.AtlasSegReportPanel import ReportPanel
+from AtlasSegModule.AtlasSegReviewPanel import ReviewPanel
+from AtlasSegModule.AtlasSegRunner import BackgroundTask, RunState
 
 DEVICE_CHOICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
 POLL_INTERVAL_MS = 200
@@ -55,8 +62,11 @@ class AtlasSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("AtlasSeg")
-        self.parent.categories = [_("Segmentation")]
-        self.parent.dependencies = []
+        # Translated in the context Slicer translates its module categories in, so that "Segmentation" groups
+        # with Slicer's own category in every language (as Slicer's scripted-module template does).
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        # The effect plugs into the Segment Editor and results are segmentation nodes.
+        self.parent.dependencies = ["Segmentations", "SegmentEditor"]
         self.parent.contributors = ["AtlasSeg contributors"]
         self.parent.helpText = _("""
 Segments abdominal organs and tumors on CT with the AbdomenAtlas family of models (SuPreM, DiffTumor) or
@@ -87,7 +97,7 @@ Inference uses MONAI and PyTorch. Each model keeps its own license: see the Mode
 
 
 def _registerEffects():
-    from SegmentEditorRemoveFalsePositive import registerEffects
+    from AtlasSegModule.effects import registerEffects
 
     registerEffects()
 

@@ -38,7 +38,7 @@ REPORT_EPILOG = """The report is made from the output folder alone: the CT is re
 
 A 3D overview (pictures/3d.png) needs Slicer's renderer, which this command does not load. With slicer-core
 installed (pip install slicer-core) or inside Slicer, draw it first, then make the report:
-  python AtlasSeg/AtlasSegRender.py OUTDIR        # writes OUTDIR/pictures/3d.png, then rebuilds the report
+  python AtlasSeg/AtlasSegModule/AtlasSegRender.py OUTDIR        # writes OUTDIR/pictures/3d.png, then rebuilds the report
 It is included while it is newer than the masks (a threshold change leaves it out until it is redrawn)."""
 
 

@@ -9,7 +9,7 @@
     pictures/overview.png          frontal projection for label review (MODELS.md §5, ``overview.py``); the
                                    run's OUTDIR/overview.png is replaced by it, so it follows threshold changes
     pictures/<tumor>_<id>.png      axial slice through each tumor component's centroid: outline, size, scale
-    pictures/3d.png                not made here (AtlasSegLib never imports vtk): ``AtlasSeg/AtlasSegRender.py``
+    pictures/3d.png                not made here (AtlasSegLib never imports vtk): ``AtlasSeg/AtlasSegModule/AtlasSegRender.py``
                                    renders it with Slicer's displayable managers; included when newer than the masks
 
 Units are the ones a radiologist reads: volumes in ml (2 decimals), diameters in cm (1 decimal, longest axial
@@ -452,7 +452,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, progress=None, cance
             pngs["3d"] = three_d.read_bytes()
         else:
             notes.append("pictures/3d.png is older than the masks and was left out; redraw it with "
-                         "'python AtlasSeg/AtlasSegRender.py OUTDIR'")
+                         "'python AtlasSeg/AtlasSegModule/AtlasSegRender.py OUTDIR'")
 
     section = {
         "version": REPORT_VERSION,

@@ -65,7 +65,7 @@ def stretched(image: sitk.Image, size, spacing, interpolator, default, pixel, st
 
 def build_output(folder: Path, size, n_fps: int, rng, stretch_z: bool) -> tuple:
     """Write the engine output folder; return (bridge geometry, CT array, box start ijk, FP centres kji full)."""
-    import AtlasSegBridge as bridge
+    from AtlasSegModule import AtlasSegBridge as bridge
     from fake_engine import classTable, writeOutputFolder
     from AtlasSegLib.postprocess import dilate_mm, tumor_mask
 
@@ -167,11 +167,11 @@ def main() -> int:
                              "case); keep: z keeps its physical size (liver box of a real liver's size, ~6 M voxels)")
     args = parser.parse_args()
     slicer_harness.installScriptedLoadableModuleStub()
-    import AtlasSegBridge as bridge
-    import AtlasSegLogic
-    import AtlasSegReview
+    from AtlasSegModule import AtlasSegBridge as bridge
+    from AtlasSegModule import AtlasSegLogic
+    from AtlasSegModule import AtlasSegReview
     from review_scene import makeEditor
-    from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
+    from AtlasSegModule.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
 
     rng = np.random.default_rng(7)
     app = slicer_harness.setup()

@@ -301,7 +301,7 @@ def test_slicer_report_panel_uses_only_existing_qt_free_report_functions(case):
     import re
 
     # The panel imports the report module on first use (``_reportLib()``) and reads names off it.
-    source = (REPO / "AtlasSeg" / "AtlasSegReportPanel.py").read_text(encoding="utf-8")
+    source = (REPO / "AtlasSeg" / "AtlasSegModule" / "AtlasSegReportPanel.py").read_text(encoding="utf-8")
     ast.parse(source)
     used = set(re.findall(r"(?:_reportLib\(\)|\blib)\.(\w+)", source))
     assert used >= {"build_report", "load_report", "table_rows", "TABLE_COLUMNS"}

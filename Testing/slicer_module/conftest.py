@@ -40,7 +40,7 @@ def slicer_app():
 
 @pytest.fixture
 def logic(slicer_app):
-    import AtlasSegLogic
+    from AtlasSegModule import AtlasSegLogic
 
     return AtlasSegLogic.AtlasSegLogic()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegBridge as bridge
 
 
 def ball(shape_kji, centre_kji, radius_vox) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Draw the "Remove false positive" Segment Editor effect icon,
-``AtlasSeg/SegmentEditorRemoveFalsePositive/Resources/Icons/RemoveFalsePositive.png`` (21×21, the size of
+``AtlasSeg/SegmentEditorRemoveFalsePositiveLib/Resources/Icons/RemoveFalsePositive.png`` (21×21, the size of
 Slicer's own effect icons): a kept island (tumor colour) and a small false-positive island struck out by a red
 cross, with a pointer clicking it.
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-OUTPUT = REPO_ROOT / "AtlasSeg" / "SegmentEditorRemoveFalsePositive" / "Resources" / "Icons" / "RemoveFalsePositive.png"
+OUTPUT = REPO_ROOT / "AtlasSeg" / "SegmentEditorRemoveFalsePositiveLib" / "Resources" / "Icons" / "RemoveFalsePositive.png"
 SIZE = 21
 SCALE = 8
 

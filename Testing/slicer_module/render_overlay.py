@@ -22,7 +22,7 @@ OUTPUT = REPO_ROOT / "Resources" / "Screenshots" / "overlay.png"
 
 def busiestAxialOffsetMm(volumeNode, mask: np.ndarray) -> float:
     """The axial slice position (RAS S, mm) where ``mask`` (KJI, on the volume's grid) has most voxels."""
-    import AtlasSegBridge as bridge
+    from AtlasSegModule import AtlasSegBridge as bridge
 
     k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
     geometry = bridge.VolumeGeometry.fromVolumeNode(volumeNode)
@@ -32,7 +32,7 @@ def busiestAxialOffsetMm(volumeNode, mask: np.ndarray) -> float:
 
 def renderAxialOverlay(app, volumeNode, segmentationNode, focusSegmentId, path=None, size=(512, 512)) -> np.ndarray:
     """Render the axial slice through ``focusSegmentId``'s largest cross-section; return RGB (H, W, 3)."""
-    import AtlasSegBridge as bridge
+    from AtlasSegModule import AtlasSegBridge as bridge
 
     view = slicer_harness.SliceView(app, "Red", "Axial", size)
     view.show(volumeNode)
@@ -46,7 +46,7 @@ def renderAxialOverlay(app, volumeNode, segmentationNode, focusSegmentId, path=N
 
 def main() -> int:
     slicer_harness.installScriptedLoadableModuleStub()
-    import AtlasSegLogic
+    from AtlasSegModule import AtlasSegLogic
 
     app = slicer_harness.setup()
     logic = AtlasSegLogic.AtlasSegLogic()

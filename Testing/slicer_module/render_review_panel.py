@@ -326,16 +326,16 @@ def main(argv) -> int:
     work.mkdir(parents=True)
 
     app = slicer_harness.setup()
-    import AtlasSegLogic
+    from AtlasSegModule import AtlasSegLogic
     from review_scene import makeEditor, makeReviewScene
 
     logic = AtlasSegLogic.AtlasSegLogic()
     scene = makeReviewScene(logic, work / "out")
     installSlicerGuiParts(app, makeEditor(app, scene.segmentationNode, scene.volume, "liver"))
     installQtShims()
-    from AtlasSegExportPanel import ExportPanel
-    from AtlasSegReportPanel import ReportPanel
-    from AtlasSegReviewPanel import ReviewPanel
+    from AtlasSegModule.AtlasSegExportPanel import ExportPanel
+    from AtlasSegModule.AtlasSegReportPanel import ReportPanel
+    from AtlasSegModule.AtlasSegReviewPanel import ReviewPanel
 
     container = QtWidgets.QWidget()
     layout = QtWidgets.QVBoxLayout(container)

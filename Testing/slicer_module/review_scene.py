@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegBridge as bridge
 from fake_engine import ball, classTable, writeOutputFolder
 
 GEOMETRY = bridge.VolumeGeometry(size=(64, 56, 40), spacing=(1.5, 1.5, 2.0), origin=(40.0, 30.0, -20.0),

@@ -5,7 +5,7 @@ import SimpleITK as sitk
 
 import slicer
 
-import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegBridge as bridge
 
 
 def _rotation(ax, ay, az):

@@ -1,7 +1,7 @@
 """Dependency handling: Slicer's own packages are never installed or replaced (AtlasSegDependencies)."""
 import pytest
 
-import AtlasSegDependencies as deps
+from AtlasSegModule import AtlasSegDependencies as deps
 
 
 def test_requirements_file_lists_what_the_engine_needs_and_nothing_slicer_ships():

@@ -10,10 +10,10 @@ import SimpleITK as sitk
 
 import slicer
 
-import AtlasSegBridge as bridge
-import AtlasSegLogic
-from AtlasSegLogic import DEMO_MODEL_ID, RunOptions
-from AtlasSegRunner import RunState
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegLogic
+from AtlasSegModule.AtlasSegLogic import DEMO_MODEL_ID, RunOptions
+from AtlasSegModule.AtlasSegRunner import RunState
 from slicer_harness import REPO_ROOT
 from slicer_marks import requires_engine
 

@@ -11,9 +11,9 @@ import slicerio
 
 import slicer
 
-import AtlasSegBridge as bridge
-import AtlasSegExport
-import AtlasSegLogic
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegExport
+from AtlasSegModule import AtlasSegLogic
 from AtlasSegLib import export as libexport
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.io import read_image

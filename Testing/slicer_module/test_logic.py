@@ -7,9 +7,9 @@ import SimpleITK as sitk
 
 import slicer
 
-import AtlasSegBridge as bridge
-import AtlasSegLogic
-from AtlasSegLogic import (DeviceInfo, RunOptions, applyBlocker, describeVolume, engineCommand, formatDuration,
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegLogic
+from AtlasSegModule.AtlasSegLogic import (DeviceInfo, RunOptions, applyBlocker, describeVolume, engineCommand, formatDuration,
                            orientationCode, progressText, qualityHint)
 
 EYE = tuple(map(tuple, np.eye(3)))

@@ -39,9 +39,9 @@ slicer_harness.installScriptedLoadableModuleStub()
 for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleTest"):
     # Widget and module base classes come with Slicer's Qt application; the import only needs the names.
     setattr(sys.modules["slicer.ScriptedLoadableModule"], name, type(name, (), {{}}))
-import AtlasSeg, AtlasSegExportPanel, AtlasSegReportPanel, AtlasSegReviewPanel
-import SegmentEditorRemoveFalsePositive
-assert SegmentEditorRemoveFalsePositive.registerEffects() is False  # no Slicer application here
+import AtlasSeg
+from AtlasSegModule import AtlasSegExportPanel, AtlasSegReportPanel, AtlasSegReviewPanel, effects
+assert effects.registerEffects() is False  # no Slicer application here
 print("ok")
 """
 

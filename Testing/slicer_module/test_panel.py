@@ -14,7 +14,7 @@ from slicer_harness import MODULE_DIR, REPO_ROOT
 
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "AtlasSeg.ui"
 WIDGET_FILE = MODULE_DIR / "AtlasSeg.py"
-LOGIC_FILE = MODULE_DIR / "AtlasSegLogic.py"
+LOGIC_FILE = MODULE_DIR / "AtlasSegModule" / "AtlasSegLogic.py"
 CLICKABLE = {"QPushButton", "QToolButton", "QCheckBox", "QRadioButton", "QComboBox", "qMRMLNodeComboBox",
              "ctkSearchBox"}
 
@@ -112,7 +112,7 @@ def test_icon_is_128_pixels_square():
 
 @pytest.mark.parametrize("module", ["AtlasSegLogic", "AtlasSegBridge", "AtlasSegRunner", "AtlasSegDependencies"])
 def test_logic_side_imports_without_qt(module):
-    __import__(module)
+    __import__(f"AtlasSegModule.{module}")
     assert "qt" not in sys.modules and "ctk" not in sys.modules
 
 

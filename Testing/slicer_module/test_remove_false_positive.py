@@ -9,7 +9,7 @@ import slicer
 from review_scene import (FP_HIGH_BOX_KJI, LIVER_ISLAND_KJI, TRUE_TUMOR_BOX_KJI, makeEditor, makeReviewScene,
                           segmentArray)
 from slicer_marks import requires_opengl
-from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import (SEARCH_RADIUS_3D_VOXELS,
+from AtlasSegModule.RemoveFalsePositiveLogic import (SEARCH_RADIUS_3D_VOXELS,
                                                                        RemoveFalsePositiveLogic, layerImage,
                                                                        pickSurfacePoint, segmentIdsTopmostFirst)
 
@@ -103,7 +103,7 @@ def test_shift_click_keeps_only_the_clicked_component(scene):
     scene, editor = scene
     session_logic = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo)
     # Two tumor components: lower the threshold first (the 0.35 false positive appears at 0.3).
-    from AtlasSegReview import SensitivityController
+    from AtlasSegModule.AtlasSegReview import SensitivityController
 
     controller = SensitivityController(scene.segmentationNode, "liver_tumor", saveStateForUndo=editor.SaveStateForUndo)
     controller.preview(0.3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import AtlasSegRender
+from AtlasSegModule import AtlasSegRender
 from slicer_marks import requires_opengl
 
 from AtlasSegLib.outputs import rethreshold

@@ -6,8 +6,8 @@ import pytest
 
 import slicer
 
-import AtlasSegBridge as bridge
-import AtlasSegLogic
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegLogic
 from fake_engine import ball, classTable, writeOutputFolder
 
 GEOMETRY = bridge.VolumeGeometry(

@@ -6,8 +6,8 @@ import numpy as np
 import slicer_harness
 from review_scene import FP_HIGH_BOX_KJI, makeEditor, makeReviewScene
 from slicer_marks import requires_opengl
-from AtlasSegReview import ReviewSession
-from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
+from AtlasSegModule.AtlasSegReview import ReviewSession
+from AtlasSegModule.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
 
 SCREENSHOTS = slicer_harness.REPO_ROOT / "Resources" / "Screenshots"
 

@@ -6,7 +6,7 @@ import pytest
 
 import slicer
 
-import AtlasSegReview
+from AtlasSegModule import AtlasSegReview
 from AtlasSegLib import review
 from review_scene import (FP_HIGH_BOX_KJI, FP_MAX_BOX_KJI, LIVER_ISLAND_KJI, SHAPE, TRUE_TUMOR_BOX_KJI,
                           libraryMask, makeEditor, makeReviewScene, segmentArray)
@@ -271,7 +271,7 @@ def test_preview_never_overwrites_another_segment_of_the_shared_tumor_layer(scen
 
 
 def test_effect_clicks_on_a_candidate_are_recorded_as_removed(scene):
-    from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
+    from AtlasSegModule.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
 
     scene, editor = scene
     session = _session(scene, editor)

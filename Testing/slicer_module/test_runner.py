@@ -7,9 +7,9 @@ import pytest
 
 import slicer
 
-import AtlasSegBridge as bridge
-import AtlasSegLogic
-from AtlasSegRunner import BackgroundTask, EngineRunner, RunState, _parseEvent
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegLogic
+from AtlasSegModule.AtlasSegRunner import BackgroundTask, EngineRunner, RunState, _parseEvent
 from fake_engine import protocolScript, pythonCommand
 
 

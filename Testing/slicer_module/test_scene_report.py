@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-import AtlasSegExport
-import AtlasSegReview
+from AtlasSegModule import AtlasSegExport
+from AtlasSegModule import AtlasSegReview
 from AtlasSegLib.errors import InputError
 from review_scene import libraryMask, makeEditor, makeReviewScene, segmentArray
 

@@ -2,7 +2,7 @@
 import numpy as np
 import SimpleITK as sitk
 
-import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegBridge as bridge
 from slicer_marks import requires_opengl
 from fake_engine import classTable, writeOutputFolder
 from render_overlay import renderAxialOverlay

@@ -1,12 +1,19 @@
-"""The AtlasSeg Segment Editor effect "Remove false positive".
+"""Registering the AtlasSeg Segment Editor effect "Remove false positive".
 
 ``registerEffects()`` is called by the AtlasSeg module on ``startupCompleted``. The effect class
-(``SegmentEditorEffect.py``) needs the Slicer application; ``RemoveFalsePositiveLogic`` does not.
+(``SegmentEditorRemoveFalsePositiveLib/SegmentEditorEffect.py``) needs the Slicer application;
+``AtlasSegModule.RemoveFalsePositiveLogic`` does not.
+
+The effect file sits in a ``...Lib`` folder that nothing imports as a package, as in Slicer's template
+(``Utilities/Templates/Modules/ScriptedSegmentEditorEffect``): ``qSlicerSegmentEditorScriptedEffect::
+setPythonSource`` names the effect's Python module after the file's *folder* and, from Slicer 5.10, replaces
+``sys.modules[<folder>]`` with it, so a package of that name would be gone after registration.
 """
 import logging
 import os
 
-EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "SegmentEditorEffect.py")
+EFFECT_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "SegmentEditorRemoveFalsePositiveLib", "SegmentEditorEffect.py")
 EFFECT_NAME = "Remove false positive"
 
 

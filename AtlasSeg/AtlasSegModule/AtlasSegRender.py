@@ -3,7 +3,7 @@ offscreen by Slicer's own 3D displayable managers (the renderer of Slicer's 3D v
 
 Runs in Slicer and in plain Python with ``slicer-core`` (PyPI), without Qt or an X server (Mesa EGL):
 
-    python AtlasSeg/AtlasSegRender.py OUTDIR          # writes OUTDIR/pictures/3d.png, then rebuilds the report
+    python AtlasSeg/AtlasSegModule/AtlasSegRender.py OUTDIR          # writes OUTDIR/pictures/3d.png, then rebuilds the report
 
 ``AtlasSegLib`` never imports vtk or slicer, so ``atlasseg report`` cannot draw this picture; it includes
 ``pictures/3d.png`` when this script made it after the masks' last change.
@@ -13,7 +13,6 @@ Organs are drawn half transparent so tumors inside them stay visible.
 """
 import argparse
 import json
-import importlib.util
 import os
 import sys
 import tempfile
@@ -25,13 +24,10 @@ import vtk
 
 import slicer
 
-MODULE_DIR = Path(__file__).resolve().parent
-if importlib.util.find_spec("AtlasSegLib") is None:  # a source checkout: the library sits beside this folder
-    sys.path.insert(0, str(MODULE_DIR.parent))
-if str(MODULE_DIR) not in sys.path:
-    sys.path.insert(0, str(MODULE_DIR))
+if __name__ == "__main__":  # run as a script: make the AtlasSegModule package (one folder up) importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import AtlasSegBridge as bridge  # noqa: E402
+from AtlasSegModule import AtlasSegBridge as bridge  # noqa: E402
 
 PICTURE = Path("pictures") / "3d.png"
 DEFAULT_SIZE = (560, 640)  # width, height: an abdomen seen from the front is taller than wide

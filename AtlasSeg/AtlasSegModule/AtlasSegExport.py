@@ -27,9 +27,9 @@ import vtk
 
 import slicer
 
-import AtlasSegBridge as bridge
-import AtlasSegLogic
-import AtlasSegReview
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegLogic
+from AtlasSegModule import AtlasSegReview
 
 from AtlasSegLib import export as libexport
 from AtlasSegLib import review
@@ -202,7 +202,7 @@ def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: boo
         report["input"]["path"] = str(folder / "ct.mha")
         atomic_write_text(json.dumps(report, indent=1), reportPath)
         if picture3D:
-            import AtlasSegRender
+            from AtlasSegModule import AtlasSegRender
 
             AtlasSegRender.renderOutputFolder(staging)
         result = build_report(staging, ct=staging / "ct.mha", progress=progress)

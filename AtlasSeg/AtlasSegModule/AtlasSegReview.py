@@ -32,7 +32,7 @@ import vtk
 
 import slicer
 
-from SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic import (
+from AtlasSegModule.RemoveFalsePositiveLogic import (
     REPRESENTATION, Hit, RemoveFalsePositiveLogic, boundingSlices, imageKjiToWorld, layerArray, layerImage,
     notifyLayerModified)
 
@@ -42,7 +42,7 @@ from AtlasSegLib.geometry import Grid
 from AtlasSegLib.io import atomic_write_text
 from AtlasSegLib.postprocess import dilate_mm
 
-import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegBridge as bridge
 
 REVIEW_ATTRIBUTE = "AtlasSeg.Review"
 PROBABILITY_ROLE = "AtlasSegProbability"  # as AtlasSegLogic.PROBABILITY_ROLE

@@ -11,7 +11,6 @@ real Slicer classes from ``slicer-core``. Responsibilities:
   segmentation is overwritten.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -29,8 +28,9 @@ import SimpleITK as sitk
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-import AtlasSegBridge as bridge
-from AtlasSegRunner import EngineRunner, RunState, pythonExecutable
+from AtlasSegModule import LIBRARY_PARENT_DIR, MODULE_DIR  # noqa: F401  (importing the package puts AtlasSegLib on sys.path)
+from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState, pythonExecutable
 
 # Slicer >= 5.4 has typed parameter nodes; slicer-core (headless tests) does not. (This file has no
 # "from __future__ import annotations": parameterNodeWrapper reads the field annotations as real types.)
@@ -43,30 +43,6 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
-MODULE_DIR = Path(__file__).resolve().parent
-
-
-def ensureLibraryImportable() -> Path:
-    """Make ``import AtlasSegLib`` work and return the folder that holds the ``AtlasSegLib`` package.
-
-    Installed extensions copy ``AtlasSegLib`` next to this module (already on ``sys.path``); in a source
-    checkout it sits one level up, beside the ``AtlasSeg`` folder.
-    """
-    spec = importlib.util.find_spec("AtlasSegLib")
-    if spec is None or not spec.origin:
-        for candidate in (MODULE_DIR, MODULE_DIR.parent):
-            if (candidate / "AtlasSegLib" / "__init__.py").is_file():
-                sys.path.insert(0, str(candidate))
-                importlib.invalidate_caches()
-                spec = importlib.util.find_spec("AtlasSegLib")
-                break
-    if spec is None or not spec.origin:
-        raise ImportError(f"the AtlasSegLib package is neither installed nor next to {MODULE_DIR}; "
-                          "reinstall the AtlasSeg extension")
-    return Path(spec.origin).resolve().parent.parent
-
-
-LIBRARY_PARENT_DIR = ensureLibraryImportable()
 
 DEMO_MODEL_ID = "atlasseg-demo"
 DEMO_PHANTOM_SEED = 2024  # as `atlasseg demo`; the demo model was trained on seeds 0..31

@@ -19,10 +19,7 @@ layers make cheap clicks — see ``AtlasSegReview.compactTumorLayers``.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -31,13 +28,7 @@ from vtk.util import numpy_support
 
 import slicer
 
-if importlib.util.find_spec("AtlasSegLib") is None:  # source checkout: AtlasSegLib sits beside the AtlasSeg folder
-    for _candidate in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parents[2]):
-        if (_candidate / "AtlasSegLib" / "__init__.py").is_file():
-            sys.path.insert(0, str(_candidate))
-            break
-
-from AtlasSegLib import review  # noqa: E402
+from AtlasSegLib import review  # importable: the package __init__ put it on sys.path
 
 REPRESENTATION = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
 

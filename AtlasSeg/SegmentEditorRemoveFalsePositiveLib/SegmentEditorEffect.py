@@ -3,7 +3,8 @@ from the segment under the cursor (whichever visible segment is drawn there, top
 only that component. Each click is one undo step. The work is done by ``RemoveFalsePositiveLogic`` (Qt-free,
 tested headless); this file only turns clicks into world points and shows the result in the status bar.
 
-Registered at startup by ``SegmentEditorRemoveFalsePositive.registerEffects()``. Needs Slicer's
+Registered at startup by ``AtlasSegModule.effects.registerEffects()``. Slicer loads this file as a module named
+after its folder (``SegmentEditorRemoveFalsePositiveLib``), so nothing may import that folder as a package. Needs Slicer's
 ``SegmentEditorEffects`` package, which exists only inside the Slicer application.
 """
 import os
@@ -20,7 +21,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 def _logic():
     """The effect's logic module, imported on first use: it needs AtlasSeg's Python packages (cc3d, …), which
     may not be installed yet when Slicer starts and registers the effect."""
-    from SegmentEditorRemoveFalsePositive import RemoveFalsePositiveLogic
+    from AtlasSegModule import RemoveFalsePositiveLogic
 
     return RemoveFalsePositiveLogic
 
@@ -85,9 +86,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         elif viewWidget.className() == "qMRMLThreeDWidget":
             ras = _logic().pickSurfacePoint(self.scriptedEffect.renderer(viewWidget), xy[0], xy[1])
             if ras is None:
-                slicer.util.showStatusMessage("Remove false positive: nothing here (no surface under the cursor).",
-                                              3000)
-                return True
+                # Not consumed: a press that hits no surface starts the 3D view's rotation as usual.
+                return False
             searchRadius = _logic().SEARCH_RADIUS_3D_VOXELS
         else:
             return False

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-REQUIREMENTS_FILE = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 REQUESTER = "AtlasSeg"
 TORCH_REQUIREMENT = ">=2.1"
 

@@ -18,13 +18,13 @@ import slicer
 def _reviewLogic():
     """``AtlasSegReview``, imported on first use: it needs packages the module installs on first run (cc3d, …),
     and the panel must appear before they are there."""
-    import AtlasSegReview
+    from AtlasSegModule import AtlasSegReview
 
     return AtlasSegReview
 
 
 def _removeLogic():
-    from SegmentEditorRemoveFalsePositive import RemoveFalsePositiveLogic
+    from AtlasSegModule import RemoveFalsePositiveLogic
 
     return RemoveFalsePositiveLogic
 

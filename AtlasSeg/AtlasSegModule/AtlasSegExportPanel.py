@@ -10,14 +10,14 @@ import ctk
 import qt
 import slicer
 
-from AtlasSegLogic import EXPORT_FORMATS
+from AtlasSegModule.AtlasSegLogic import EXPORT_FORMATS
 from AtlasSegLib.errors import AtlasSegError
 
 
 def _exportLogic():
     """``AtlasSegExport``, imported on first use: it needs packages the module installs on first run (cc3d,
     highdicom, …), and the panel must appear before they are there."""
-    import AtlasSegExport
+    from AtlasSegModule import AtlasSegExport
 
     return AtlasSegExport
 

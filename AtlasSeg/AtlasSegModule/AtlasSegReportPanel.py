@@ -21,7 +21,6 @@ except ImportError:  # Slicer < 5.4 has no translation support
     def _(text):
         return text
 
-import AtlasSegLogic  # noqa: F401  (first: it puts AtlasSegLib on sys.path in a source checkout)
 
 
 def _reportLib():
@@ -106,7 +105,7 @@ class ReportPanel:
                 self.folderLabel.text = _("Drawing the 3D view…")
                 slicer.app.processEvents()
                 try:
-                    import AtlasSegRender
+                    from AtlasSegModule import AtlasSegRender
 
                     AtlasSegRender.renderOutputFolder(folder)
                 except Exception as exc:  # noqa: BLE001 - the report is useful without its 3D picture
@@ -137,7 +136,7 @@ class ReportPanel:
                                                      _("New or empty folder for the report"), start)
         if not folder:
             return
-        import AtlasSegExport
+        from AtlasSegModule import AtlasSegExport
 
         with slicer.util.tryWithErrorDisplay(_("The report could not be made."), waitCursor=True):
             self.folderLabel.text = _("Writing the segmentation and drawing the report…")
