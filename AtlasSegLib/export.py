@@ -16,7 +16,10 @@ Formats (``export(outdir, fmt, ...)``):
   ``combined_labels.nii.gz`` and ``labels.json`` (label values, colours, codes).
 
 DICOM exports need the CT as a DICOM series: the run's own input when it was a DICOM folder, or
-``reference_dicom``. The series must lie on the masks' grid; differences are named in the error.
+``reference_dicom``. The series must lie on the masks' grid; differences are named in the error. An irregular
+series (gantry tilt, uneven spacing, missing slices) was segmented on the regular grid ``io.read_image`` resampled
+it onto; its exports still reference the acquired slices: each mask is carried onto every source slice (nearest
+grid voxel to each of its pixels) and frames/contours are placed by that slice's own position.
 Every file is written to a temporary name first and renamed when complete.
 """
 from __future__ import annotations
@@ -38,7 +41,7 @@ from . import __version__
 from .card import complete_class
 from .errors import InputError
 from .geometry import Grid
-from .io import StagingDir
+from .io import SliceStack, StagingDir, slice_stack
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +143,15 @@ def _fmt(values) -> str:
 # --------------------------------------------------------------------------------- DICOM reference
 @dataclass
 class ReferenceSeries:
-    """The CT series a DICOM export refers to: headers only (no pixel data is decoded), sorted as the volume's k."""
+    """The CT series a DICOM export refers to: headers only (no pixel data is decoded), sorted along the slice
+    normal. ``grid`` is the grid a run on this series has its masks on: the series' own (regular series) or the
+    regular grid ``io.read_image`` resamples an irregular one onto (``regularized``); ``stack`` has each slice's
+    own position."""
 
     folder: str
     datasets: list = field(repr=False)
     grid: Grid = None
+    stack: Optional[SliceStack] = field(default=None, repr=False)
 
     def first(self, keyword: str, default=None):
         return self.datasets[0].get(keyword, default)
@@ -152,6 +159,59 @@ class ReferenceSeries:
     @property
     def sop_instance_uids(self) -> list:
         return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+    @property
+    def regularized(self) -> bool:
+        return self.stack is not None and not self.stack.is_regular
+
+    @property
+    def slice_shape(self) -> tuple:
+        """(slices, rows, columns) of the source series."""
+        return (len(self.datasets), int(self.datasets[0].Rows), int(self.datasets[0].Columns))
+
+    def on_slices(self, mask_kji: np.ndarray) -> np.ndarray:
+        """A (k, j, i) mask on ``grid`` as masks on the source slices (slices, rows, columns): unchanged for a
+        regular series; for a regularized one, each source pixel takes the grid voxel nearest to its own position
+        (the grid's planes are parallel to the slices and share their pixel spacing, so this is a whole-pixel
+        shift per slice)."""
+        if not self.regularized:
+            return mask_kji
+        out = np.zeros(self.slice_shape, mask_kji.dtype)
+        rows, cols = self.slice_shape[1:]
+        size = self.grid.size
+        for k, position in enumerate(self.stack.positions):
+            i0, j0, z = (int(v) for v in np.rint(self.grid.physical_to_index(position)))
+            if not 0 <= z < size[2]:
+                continue
+            ia, ib = max(0, i0), min(size[0], i0 + cols)
+            ja, jb = max(0, j0), min(size[1], j0 + rows)
+            if ia < ib and ja < jb:
+                out[k, ja - j0:jb - j0, ia - i0:ib - i0] = mask_kji[z, ja:jb, ia:ib]
+        return out
+
+    def slice_to_physical(self, k: int, ij: np.ndarray) -> np.ndarray:
+        """LPS positions of continuous pixel coordinates (n, 2) = (column i, row j) on source slice ``k``."""
+        dx, dy = self.stack.pixel_spacing
+        ij = np.asarray(ij, float)
+        return (self.stack.positions[k] + np.outer(ij[:, 0] * dx, self.stack.row)
+                + np.outer(ij[:, 1] * dy, self.stack.col))
+
+    def physical_to_slice(self, points: np.ndarray, *, what: str):
+        """(k, (n, 2) pixel coordinates on source slice k) of planar points lying on a source slice.
+
+        Raises InputError (naming ``what``) when they lie between slices (more than a quarter step off)."""
+        stack = self.stack
+        points = np.asarray(points, float).reshape(-1, 3)
+        heights = (points - stack.positions[0]) @ stack.normal
+        h = float(np.median(heights))
+        k = int(np.argmin(np.abs(stack.heights - h)))
+        quarter = 0.25 * float(np.median(stack.gaps))
+        if abs(stack.heights[k] - h) > quarter or np.ptp(heights) > quarter:
+            raise InputError(f"{what} lies between slices of the DICOM series ({h:.2f} mm along the slice normal, "
+                             f"nearest slice at {stack.heights[k]:.2f} mm); it belongs to another series")
+        relative = points - stack.positions[k]
+        dx, dy = stack.pixel_spacing
+        return k, np.column_stack([relative @ stack.row / dx, relative @ stack.col / dy])
 
 
 def read_reference_series(source, *, series_uid: Optional[str] = None) -> ReferenceSeries:
@@ -188,15 +248,20 @@ def read_reference_series(source, *, series_uid: Optional[str] = None) -> Refere
     if len(datasets) < 2:
         raise InputError(f"{folder} holds no 3D DICOM image series (fewer than 2 slices with positions); "
                          f"{NEEDS_REFERENCE}")
+    spacing_rc = [float(v) for v in datasets[0].PixelSpacing]
+    # The same analysis io.read_image makes: duplicates and mixed orientations are refused, tilt/uneven spacing
+    # give the regularized grid the run was made on.
+    stack = slice_stack([[float(v) for v in ds.ImagePositionPatient] for ds in datasets],
+                        [[float(v) for v in ds.ImageOrientationPatient] for ds in datasets],
+                        (spacing_rc[1], spacing_rc[0]), (int(datasets[0].Columns), int(datasets[0].Rows)),
+                        f"the DICOM series in {folder}")
+    datasets = [datasets[k] for k in stack.order]
+    if not stack.is_regular and stack.refusal():
+        raise InputError(f"the DICOM series in {folder} cannot be placed on a regular grid: {stack.refusal()}")
     orientation = np.asarray(datasets[0].ImageOrientationPatient, float)
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
-    datasets.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
-    positions = np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), normal) for ds in datasets])
-    steps = np.diff(positions)
-    if np.any(steps <= 1e-4) or np.ptp(steps) > max(0.01, 0.01 * float(np.median(steps))):
-        raise InputError(f"the DICOM series in {folder} has duplicate or unevenly spaced slices "
-                         f"(steps {_fmt(np.unique(np.round(steps, 3)))} mm); a DICOM export needs a regular series")
+    steps = np.diff(stack.heights)
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
                if not str(datasets[0].get(k, "") or "").strip()]
     missing += [k for k in ("SOPInstanceUID", "SOPClassUID")
@@ -205,13 +270,15 @@ def read_reference_series(source, *, series_uid: Optional[str] = None) -> Refere
         raise InputError(f"the DICOM series in {folder} has no {', '.join(missing)} (anonymised without UIDs?); a "
                          "DICOM SEG/RTSTRUCT references the CT by these UIDs, so a viewer or planning system could not "
                          "match it. Use the original series (or one with consistent UIDs) as --reference-dicom")
-    spacing_rc = [float(v) for v in datasets[0].PixelSpacing]
-    direction = np.column_stack([row, col, normal])
-    grid = Grid((int(datasets[0].Columns), int(datasets[0].Rows), len(datasets)),
-                (spacing_rc[1], spacing_rc[0], float(np.median(steps))),
-                tuple(float(v) for v in datasets[0].ImagePositionPatient),
-                tuple(float(v) for v in direction.reshape(-1)))
-    return ReferenceSeries(folder=folder, datasets=datasets, grid=grid)
+    if stack.is_regular:
+        direction = np.column_stack([row, col, normal])
+        grid = Grid((int(datasets[0].Columns), int(datasets[0].Rows), len(datasets)),
+                    (spacing_rc[1], spacing_rc[0], float(np.median(steps))),
+                    tuple(float(v) for v in datasets[0].ImagePositionPatient),
+                    tuple(float(v) for v in direction.reshape(-1)))
+    else:
+        grid = stack.regular_grid()
+    return ReferenceSeries(folder=folder, datasets=datasets, grid=grid, stack=stack)
 
 
 def reference_for(run: RunFolder, reference_dicom=None) -> ReferenceSeries:
@@ -226,6 +293,11 @@ def reference_for(run: RunFolder, reference_dicom=None) -> ReferenceSeries:
         reference_dicom = source_info["path"]
     ref = read_reference_series(reference_dicom, series_uid=source_info.get("series_uid"))
     problems = grid_differences(run.grid, ref.grid)
+    if problems and ref.regularized and not source_info.get("regularized"):
+        raise InputError(f"the DICOM series in {ref.folder} is irregular ({ref.stack.describe()}) and the run in "
+                         f"{run.path} was not made on the regular grid this version resamples it onto (segmentation "
+                         f"vs that grid: {'; '.join(problems)}): its masks may lie millimetres off the acquired slices. "
+                         "Segment the series again, then export")
     if problems:
         raise InputError(f"the DICOM series in {ref.folder} does not lie on the segmentation's grid "
                          f"(segmentation vs series: {'; '.join(problems)}); pass the series the run was made from "
@@ -279,11 +351,11 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
                                                    family=codes.cid7162.ArtificialIntelligence, source="AtlasSeg")
     # Segment-major memory (one contiguous block per segment, handed to highdicom as a (slices, rows, columns,
     # segments) view): highdicom reads one segment at a time, and filling it needs no strided copy.
-    grid = run.grid
-    pixels = np.zeros((len(run.structures), grid.size[2], grid.size[1], grid.size[0]), bool)
-    descriptions, skipped, used = [], [], np.zeros(grid.size[2], bool)
+    shape = ref.slice_shape  # frames are made on the source slices, whatever grid the masks are on
+    pixels = np.zeros((len(run.structures),) + shape, bool)
+    descriptions, skipped, used = [], [], np.zeros(shape[0], bool)
     for structure in run.structures:
-        mask = run.mask(structure)
+        mask = ref.on_slices(run.mask(structure))
         if not mask.any():
             skipped.append(structure.name)
             continue
@@ -302,7 +374,7 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
                 hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)]
         descriptions.append(description)
         np.not_equal(mask, 0, out=pixels[number - 1])
-        used |= pixels[number - 1].reshape(grid.size[2], -1).any(axis=1)
+        used |= pixels[number - 1].reshape(shape[0], -1).any(axis=1)
         del mask
     if not descriptions:
         raise InputError(f"every structure of {run.path} is empty; there is nothing to export")
@@ -365,7 +437,7 @@ def read_dicom_seg(path, ref: ReferenceSeries) -> list:
     except Exception as exc:  # noqa: BLE001 - pydicom/highdicom raise several types for bad files
         raise InputError(f"cannot read {path} as a DICOM SEG: {exc}") from None
     numbers = [int(n) for n in seg.get_segment_numbers()]
-    masks = _place_seg_frames(seg, ref.grid, numbers, path)
+    masks = _place_seg_frames(seg, ref, numbers, path)
     out = []
     for index, number in enumerate(numbers):
         desc = seg.get_segment_description(number)
@@ -386,9 +458,12 @@ def read_dicom_seg(path, ref: ReferenceSeries) -> list:
     return out
 
 
-def _place_seg_frames(seg, grid: Grid, numbers: list, path) -> dict:
-    """Segment number -> uint8 (k, j, i) mask from a SEG's frames, placed on ``grid`` by position."""
-    rows, cols, slices = grid.size[1], grid.size[0], grid.size[2]
+def _place_seg_frames(seg, ref: ReferenceSeries, numbers: list, path) -> dict:
+    """Segment number -> uint8 (k, j, i) mask from a SEG's frames, placed on ``ref``'s source slices by position
+    (for a regular series these are its grid's slices)."""
+    grid = ref.grid
+    slices, rows, cols = ref.slice_shape
+    stack = ref.stack
     if (int(seg.Rows), int(seg.Columns)) != (rows, cols):
         raise InputError(f"{path} has {seg.Rows}x{seg.Columns} frames, the DICOM series {rows}x{cols}; "
                          "the SEG was made on another series")
@@ -410,14 +485,17 @@ def _place_seg_frames(seg, grid: Grid, numbers: list, path) -> dict:
                 np.asarray(grid.direction).reshape(3, 3)[:, :2].T.reshape(-1), atol=1e-3):
             raise InputError(f"{path}: frame {index + 1} is not oriented as the DICOM series")
         if measures is not None and not np.allclose([float(v) for v in measures.PixelSpacing],
-                                                    [grid.spacing[1], grid.spacing[0]], atol=GRID_TOLERANCE_MM):
+                                                    [stack.pixel_spacing[1], stack.pixel_spacing[0]],
+                                                    atol=GRID_TOLERANCE_MM):
             raise InputError(f"{path}: frame {index + 1} has pixel spacing {list(measures.PixelSpacing)}, the series "
-                             f"{[grid.spacing[1], grid.spacing[0]]}")
+                             f"{[stack.pixel_spacing[1], stack.pixel_spacing[0]]}")
         position = np.asarray(group("PlanePositionSequence").ImagePositionPatient, float)
-        ijk = grid.physical_to_index(position)
-        k = int(round(ijk[2]))
-        tolerance = GRID_TOLERANCE_MM / min(grid.spacing)
-        if np.abs(ijk[:2]).max() > tolerance or abs(ijk[2] - k) > 0.01 or not 0 <= k < slices:
+        # Along the normal, 1 % of a step (as the grid check allows); in-plane, the export's tolerance.
+        k = int(np.argmin(np.abs((position - stack.positions[0]) @ stack.normal - stack.heights)))
+        offset = position - stack.positions[k]
+        along = float(offset @ stack.normal)
+        if abs(along) > max(GRID_TOLERANCE_MM, 0.01 * float(np.median(stack.gaps))) or \
+                np.linalg.norm(offset - along * stack.normal) > GRID_TOLERANCE_MM:
             raise InputError(f"{path}: frame {index + 1} at {_fmt(position)} mm is not on a slice of the DICOM series")
         if number in masks:
             masks[number][k] |= (frames[index] != 0).astype(np.uint8)
@@ -567,12 +645,11 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries) -> dict:
 
     rois, contours_seq, observations, skipped, total = [], [], [], [], 0
     for structure in run.structures:
-        mask = run.mask(structure)
+        mask = ref.on_slices(run.mask(structure))
         contours = []
         for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
             for ring in mask_contours(mask[k]):
-                ijk = np.column_stack([ring, np.full(len(ring), float(k))])
-                points = ref.grid.index_to_physical(ijk)
+                points = ref.slice_to_physical(int(k), ring)  # on the acquired slice, at its own position
                 contour = Dataset()
                 contour.ContourImageSequence = Sequence([image_ref(int(k))])
                 contour.ContourGeometricType = "CLOSED_PLANAR"
@@ -635,11 +712,12 @@ def _raw_ds(tag: int, values) -> "object":
     return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True)
 
 
-def read_rtstruct(path, grid: Grid) -> list:
+def read_rtstruct(path, grid) -> list:
     """The ROIs of an RT Structure Set as masks on ``grid``: ``[{"number", "name", "color", "mask"}]``.
 
-    Contours are filled with the even-odd rule on the slice they lie on; a contour between slices (more than a
-    quarter slice off) is refused with its position."""
+    ``grid`` is a ``Grid``, or a ``ReferenceSeries`` to get the masks on its source slices (placed by each slice's
+    own position, as an irregular series needs). Contours are filled with the even-odd rule on the slice they lie
+    on; a contour between slices (more than a quarter slice off) is refused with its position."""
     import pydicom
 
     try:
@@ -649,13 +727,18 @@ def read_rtstruct(path, grid: Grid) -> list:
     if ds.get("Modality") != "RTSTRUCT" or "ROIContourSequence" not in ds:
         raise InputError(f"{path} is not an RT Structure Set (modality {ds.get('Modality')})")
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.get("StructureSetROISequence", [])}
-    rows, cols, slices = grid.size[1], grid.size[0], grid.size[2]
+    ref = grid if isinstance(grid, ReferenceSeries) else None
+    slices, rows, cols = ref.slice_shape if ref is not None else (grid.size[2], grid.size[1], grid.size[0])
     out = []
     for item in ds.ROIContourSequence:
         number = int(item.ReferencedROINumber)
         per_slice = {}
         for contour in item.get("ContourSequence", []):
             points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            if ref is not None:
+                k, ij = ref.physical_to_slice(points, what=f"{path}: a contour of ROI {names.get(number, number)}")
+                per_slice.setdefault(k, []).append(ij)
+                continue
             ijk = grid.physical_to_index(points)
             k = float(np.median(ijk[:, 2]))
             if abs(k - round(k)) > 0.25 or np.ptp(ijk[:, 2]) > 0.25:
