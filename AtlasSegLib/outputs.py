@@ -130,7 +130,7 @@ class OutputWriter:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "input": {"path": self.source.path, "format": self.source.format, "series_uid": self.source.series_uid,
                       "study_uid": self.source.study_uid, "grid": self.grid.as_dict(),
-                      "pixel_type": self.image.GetPixelIDTypeAsString()},
+                      "pixel_type": self.image.GetPixelIDTypeAsString(), "regularized": self.source.regularized},
             "model": {"id": self.card.id, "title": self.card.title, "version": self.card.version,
                       "license": self.card.license, "citation": self.card.raw.get("citation")},
             "settings": settings,
@@ -139,6 +139,8 @@ class OutputWriter:
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
         report["summary"] = tumor_summary(report)
+        for text in self.source.warnings:  # e.g. an irregular DICOM series resampled onto a regular grid
+            report.setdefault("warnings", []).append(text)
         (self.folder / "report.json").write_text(json.dumps(report, indent=1))
         if self.overview is not None:
             self.reporter.update("write", 0.7, "overview picture")
