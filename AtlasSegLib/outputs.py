@@ -1,4 +1,8 @@
-"""Writing a run's outputs in the AbdomenAtlas layout, and changing tumor thresholds afterwards.
+"""Writing a run's outputs in the AbdomenAtlas layout, and the run-folder helpers that edits of a finished run
+share (``load_run``, ``update_entry``, ``commit_edit``).
+
+The run-folder layer: it imports neither ``review`` nor ``report``; the edits that need them (a new tumor
+threshold, review actions) live in ``runedit``.
 
 OUTDIR/
   segmentations/<name>.nii.gz      uint8 0/1 on the input grid (one per structure)
@@ -120,7 +124,10 @@ class OutputWriter:
         entry["tumor"] = info
         self.tumors[cls.name] = info
 
-    def finish(self, *, settings: dict, timings: dict) -> dict:
+    def finish(self, *, settings: dict, timings: dict, warnings=()) -> dict:
+        """Write the combined labels, card.json, report.json and the overview. ``warnings`` (sentences) become
+        report.json's top-level "warnings" list, always present (empty when none); anything else that warns
+        appends to it with ``report.setdefault("warnings", []).append(text)``."""
         self.reporter.update("write", 0.3, "combined labels")
         sitk.WriteImage(_mask_image(self.combined, self.image), str(self.folder / "combined_labels.nii.gz"),
                         useCompression=True)
@@ -128,7 +135,8 @@ class OutputWriter:
         report = {
             "atlasseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {"path": self.source.path, "format": self.source.format, "series_uid": self.source.series_uid,
+            "warnings": list(warnings),
+            "input": {"path": input_path(self.source.path), "format": self.source.format, "series_uid": self.source.series_uid,
                       "study_uid": self.source.study_uid, "grid": self.grid.as_dict(),
                       "pixel_type": self.image.GetPixelIDTypeAsString(), "regularized": self.source.regularized},
             "model": {"id": self.card.id, "title": self.card.title, "version": self.card.version,
@@ -146,6 +154,15 @@ class OutputWriter:
             self.reporter.update("write", 0.7, "overview picture")
             self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
         return report
+
+
+def input_path(path):
+    """The input as report.json stores it: absolute when it names a file or folder, so that 'atlasseg report'
+    and 'atlasseg export' find the CT from any working directory (a relative path would be read against
+    theirs). Other sources (e.g. the demo's phantom) are kept as they are."""
+    if not path or not Path(path).exists():
+        return path
+    return str(Path(path).absolute())
 
 
 def tumor_summary(report: dict) -> dict:
@@ -172,48 +189,6 @@ def load_run(outdir) -> tuple:
     return report, card
 
 
-def rethreshold(outdir, thresholds: dict) -> dict:
-    """Rewrite the tumor masks of a finished run at new thresholds (p kept if ≥ value) from the kept
-    probability maps, then the combined labels, the report and the overview. No model is run.
-
-    Each file is replaced atomically; a bad name or value changes nothing."""
-    outdir = Path(outdir)
-    report, card = load_run(outdir)
-    by_name = {c.name: c for c in card.classes}
-    for name, t in thresholds.items():
-        if name not in report.get("tumors", {}):
-            raise InputError(f"{name} is not a tumor structure of this run; tumors: "
-                             f"{', '.join(report.get('tumors', {})) or 'none'}")
-        if not 0.0 < float(t) < 1.0:
-            raise InputError(f"threshold for {name} must be between 0 and 1 (exclusive), got {t}")
-        if not report["tumors"][name].get("probability_file"):
-            raise InputError(f"{name} has no kept probability map in {outdir} "
-                             f"({report['tumors'][name].get('note') or 'nothing to threshold'})")
-    ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
-    grid = Grid.of(ref)
-    from .review import ProbabilityMap, drop_removed, load_review
-
-    review_state = load_review(outdir)
-    for name, t in thresholds.items():
-        meta_path = outdir / PROB_DIR / f"{name}.json"
-        meta = json.loads(meta_path.read_text())
-        box = (tuple(meta["box_start_ijk"]), tuple(meta["box_size_ijk"]))
-        pmap = ProbabilityMap.from_output(outdir, name)  # the map with its gate, built as the run built it
-        q_box = pmap.q
-        mask = pmap.mask(float(t))
-        # False positives a reviewer removed stay removed at the new threshold (their seed voxel is kept).
-        drop_removed(mask, review_state, name, box[0])
-        full = np.zeros(tuple(grid.size[::-1]), np.uint8)
-        full[_box_slices(box)] = mask
-        atomic_write_image(_mask_image(full, ref), outdir / SEG_DIR / f"{name}.nii.gz")
-        report["tumors"][name]["threshold"] = float(t)
-        update_entry(report, name, mask, grid.sub(*box), box[0], q_box=q_box)
-        meta["threshold"] = float(t)
-        atomic_write_text(json.dumps(meta, indent=1), meta_path)
-    return commit_edit(outdir, report, card, ref, {"action": "threshold",
-                                                   "values": {k: float(v) for k, v in thresholds.items()}})
-
-
 def update_entry(report: dict, name: str, mask_box: np.ndarray, box_grid: Grid, start_ijk, *, q_box=None) -> None:
     """After ``name``'s mask changed (inside the box at ``start_ijk``; nothing outside): its voxel count and
     volume in report.json, and for a tumor its components."""
@@ -230,18 +205,14 @@ def update_entry(report: dict, name: str, mask_box: np.ndarray, box_grid: Grid, 
 def commit_edit(outdir: Path, report: dict, card: ModelCard, ref: sitk.Image, history: dict, *,
                 masks_changed: bool = True) -> dict:
     """After masks of a finished run changed (their files already replaced): the combined labels, the summary,
-    a history entry and report.json; an existing report is rebuilt, since it would show the old masks (or,
-    with ``masks_changed`` False, old review decisions)."""
+    a history entry and report.json. The report pages are not rebuilt here (this layer imports neither
+    ``review`` nor ``report``): ``runedit.finish_edit`` does that."""
     if masks_changed:
         _rewrite_combined(outdir, card, ref)
     report["summary"] = tumor_summary(report)
     report.setdefault("history", []).append(
         {**history, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
-    if "report" in report or (outdir / "report.html").is_file():
-        from .report import build_report
-
-        report = build_report(outdir).report
     return report
 
 

@@ -49,7 +49,7 @@ from .io import read_image
 from .outputs import SEG_DIR, load_run
 from .overview import WINDOW_HU, Overview, _font
 from .progress import Reporter
-from .review import component_at, operating_points, review_rows
+from .review import component_at, operating_points, review_rows, status_text
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, progress=None, cance
                         region = tuple(slice(int(o), int(o) + s) for o, s in zip(offset, comp.shape))
                         out["mean_hu"] = int(round(float(ct_kji[region][comp].mean())))
             tumor_rows.append(out)
-            if out["status"] != "removed":
+            if out["status"] != "removed" and row.get("present", True):  # not a kept one a threshold dropped
                 current.append(out)
         points = operating_points(operating, name)
         largest = max(current, key=lambda r: r["volume_ml"] or 0.0) if current else None
@@ -522,6 +522,7 @@ def _tumor_row(name: str, row: dict) -> dict:
         "component": None if row.get("id") is None else int(row["id"]),  # None: removed, no longer numbered
         "organ": row.get("organ"),
         "status": row.get("status", "unreviewed"),
+        "status_text": status_text(row),
         "volume_ml": _clean(row.get("volume_ml"), 2),
         "longest_axial_diameter_cm": cm(row.get("longest_axial_diameter_mm")),
         "perpendicular_diameter_cm": cm(row.get("perpendicular_diameter_mm")),
@@ -590,6 +591,8 @@ figure{margin:0}
 figcaption{font-size:12px;color:#45505e;max-width:420px;margin-top:3px}
 img{display:block;border:1px solid #c8d0da}
 .notes{background:#fff7e0;border-left:4px solid #e0a800;padding:6px 12px;margin:10px 0}
+.warnings{background:#fdecea;border-left:4px solid #b3261e;color:#5f1410;padding:6px 12px;margin:10px 0}
+.warnings ul{margin:4px 0 2px;padding-left:20px}
 .warning{color:#8a1f11;font-weight:600}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px;margin:4px 0}
 dt{font-weight:600;color:#45505e}dd{margin:0}
@@ -623,6 +626,12 @@ def report_html(report: dict, pngs: dict) -> str:
 <div class="sub">{_e(model.get('title'))} {_e(model.get('version'))} &middot; report {_e(sec['created'])} &middot;
 research use only, not for diagnosis</div></header>
 <main>"""]
+    warnings = report.get("warnings") or []
+    if warnings:
+        # First on the page: a wrong model, a scan without an abdomen or an implausible label outweighs any number.
+        parts.append(f'<div class="warnings" id="warnings"><strong>{len(warnings)} warning'
+                     f'{"s" if len(warnings) != 1 else ""}: check before using these results</strong><ul>'
+                     + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>")
     if sec["notes"]:
         parts.append('<div class="notes">' + "<br>".join(_e(n) for n in sec["notes"]) + "</div>")
 
@@ -714,7 +723,7 @@ def _components_table(rows: list) -> str:
            "<th>Max p</th><th>Mean p</th><th>Mean HU</th><th>Review</th><th>Centroid R, A, S (mm)</th></tr>"]
     for r in rows:
         status = r["status"]
-        label = {"unreviewed": "to review"}.get(status, status)
+        label = r.get("status_text") or {"unreviewed": "to review"}.get(status, status)
         ras = ", ".join(_fmt(v, 1) for v in r["centroid_ras_mm"])
         cls = ' class="removed-row"' if status == "removed" else ""
         out.append(f"<tr{cls}><td>{_e(r['structure'])}</td><td class=num>{'&ndash;' if r['component'] is None else r['component']}</td><td>{_e(r['organ'])}</td>"
@@ -738,7 +747,8 @@ def table_rows(report: dict) -> list:
         name = f"{r['structure']} (removed)" if r["component"] is None else f"{r['structure']} #{r['component']}"
         rows.append([name, r["organ"] or "", _fmt(r["volume_ml"], 2),
                      f"{_fmt(r['longest_axial_diameter_cm'])} x {_fmt(r['perpendicular_diameter_cm'])}",
-                     _fmt(r["max_probability"], 2), {"unreviewed": "to review"}.get(r["status"], r["status"])])
+                     _fmt(r["max_probability"], 2),
+                     r.get("status_text") or {"unreviewed": "to review"}.get(r["status"], r["status"])])
     for r in sec["organs"]:
         rows.append([r["structure"], r["kind"] or "", _fmt(r["volume_ml"], 1), "", "",
                      "" if r["mean_hu"] is None else f"{r['mean_hu']} HU"])

@@ -343,9 +343,10 @@ class ReviewState:
     def set_threshold(self, tumor: str, threshold: float) -> None:
         self.tumors.setdefault(tumor, {"threshold": None, "decisions": []})["threshold"] = float(threshold)
 
-    def decide(self, tumor: str, candidate, status: str) -> None:
+    def decide(self, tumor: str, candidate, status: str, *, key: Optional[int] = None) -> None:
         """Record ``status`` ("kept", "removed" or "unreviewed" to forget earlier decisions) for a candidate
-        (a ``Candidate`` or its ``as_dict()``)."""
+        (a ``Candidate`` or its ``as_dict()``); ``key``: its stable id (``stable_ids``), shown for it after it
+        left the mask."""
         if status not in STATUSES:
             raise InputError(f"review status must be one of {', '.join(STATUSES)}, not {status!r}")
         comp = candidate.as_dict() if hasattr(candidate, "as_dict") else dict(candidate)
@@ -354,7 +355,52 @@ class ReviewState:
         # Latest decision wins in status_of; dropping an earlier one with the same seed keeps the list short.
         entry["decisions"] = [d for d in entry["decisions"] if d["seed_ijk"] != seed]
         if status != "unreviewed":
-            entry["decisions"].append({"seed_ijk": seed, "status": status, "component": comp, "at": _now()})
+            decision = {"seed_ijk": seed, "status": status, "component": comp, "at": _now()}
+            if key is not None:
+                decision["id"] = int(key)
+            entry["decisions"].append(decision)
+
+    def forget_inside(self, tumor: str, labels_box: np.ndarray, start_ijk, label: int) -> None:
+        """Drop the decisions whose seed lies in component ``label``: before a new decision on that component,
+        so an earlier one (its seed elsewhere in the same lesion) cannot outlive it once the lesion is gone."""
+        entry = self.tumors.get(tumor)
+        if entry:
+            drop = [d for d, value in self.under_seeds(tumor, labels_box, start_ijk) if value == label]
+            entry["decisions"] = [d for d in entry["decisions"] if not any(d is x for x in drop)]
+
+    def stable_ids(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list, *,
+                   register: bool = False) -> dict:
+        """``{label: id}``: candidate ids that stay the same for the whole run. Each id, once given, is kept
+        in the review state with a seed voxel; a candidate holding that seed keeps the id after removals,
+        keeps and threshold changes (two merged ones: the lower id). Candidates without one get the next
+        unused numbers in size order (the numbers a fresh run lists, 1 = largest). An id is never given
+        again, not even after its candidate was removed. ``register``: remember the new ids (an edit does;
+        a listing only shows them, the same ones the next edit will remember)."""
+        entry = self.tumors.get(tumor) or {}
+        registry = entry.get("ids") or []
+        ids = {}
+        for known in sorted(registry, key=lambda r: r["id"]):
+            kji = seed_kji(known["seed_ijk"], start_ijk, labels_box.shape)
+            value = int(labels_box[kji]) if kji is not None else 0
+            if value and value not in ids:
+                ids[value] = int(known["id"])
+        given = [int(d["id"]) for d in self.decisions(tumor) if d.get("id") is not None]
+        nxt = max([int(r["id"]) for r in registry] + given, default=0) + 1
+        new = []
+        for cand in candidates:
+            if cand.label not in ids:
+                ids[cand.label] = nxt
+                new.append({"id": nxt, "seed_ijk": [int(v) for v in cand.seed_ijk]})
+                nxt += 1
+        if register and new:
+            self.tumors.setdefault(tumor, {"threshold": None, "decisions": []}).setdefault("ids", []).extend(new)
+        return ids
+
+    def id_of_seed(self, tumor: str, seed_ijk) -> Optional[int]:
+        """The stable id remembered for a seed voxel, if any."""
+        seed = [int(v) for v in seed_ijk]
+        return next((int(r["id"]) for r in (self.tumors.get(tumor) or {}).get("ids") or () if r["seed_ijk"] == seed),
+                    None)
 
     def under_seeds(self, tumor: str, array_box: np.ndarray, start_ijk) -> list:
         """``(decision, value of array_box at its seed voxel)`` for every decision, in order; the value is 0 when
@@ -380,23 +426,34 @@ class ReviewState:
         return {value for d, value in self.under_seeds(tumor, labels_box, start_ijk)
                 if value and d["status"] == "removed"}
 
-    def rows(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list) -> list:
+    def rows(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list, *, ids: Optional[dict] = None,
+             absent_kept: bool = False) -> list:
         """Review rows: every current candidate with its status, then each removed component no longer in
-        the mask (from its decision)."""
+        the mask (from its decision). ``ids``: ``{label: id}`` from ``stable_ids`` (default: the size ranks
+        of the components present now). ``absent_kept``: also list each kept component that is no longer in
+        the mask (a higher threshold dropped it) with ``"below_threshold": True``: a kept lesion is never
+        silently lost from the list."""
         rows = []
         for cand in candidates:
             row = cand.as_dict()
+            if ids is not None:
+                row["id"] = ids[cand.label]
             row["status"] = self.status_of(tumor, labels_box, start_ijk, cand.label)
             row["present"] = True
             rows.append(row)
         for d, value in self.under_seeds(tumor, labels_box, start_ijk):
-            if not value and d["status"] == "removed":
+            if value:
+                continue
+            if d["status"] == "removed" or (absent_kept and d["status"] == "kept"):
                 row = dict(d["component"])
-                row["status"] = "removed"
+                row["status"] = d["status"]
                 row["present"] = False
-                # No number: ids rank the components present now, and the one it had at removal time may
-                # belong to another candidate by now.
-                row["id"] = None
+                if d["status"] == "kept":
+                    row["below_threshold"] = True
+                # Without stable ids no number: ranks number the components present now, and the one it had
+                # at decision time may belong to another candidate by now.
+                row["id"] = (d.get("id") if d.get("id") is not None else self.id_of_seed(tumor, d["seed_ijk"])) \
+                    if ids is not None else None
                 rows.append(row)
         return rows
 
@@ -415,7 +472,10 @@ def counts(rows: list) -> dict:
 
 def counter_text(rows: list) -> str:
     c = counts(rows)
-    return f"{c['candidates']} candidates, {c['removed']} removed, {c['kept']} kept, {c['to_review']} to review"
+    n_below = sum(1 for r in rows if r.get("status") == "kept" and r.get("below_threshold"))
+    below = f" ({n_below} below threshold)" if n_below else ""
+    return (f"{c['candidates']} candidates, {c['removed']} removed, {c['kept']} kept{below}, "
+            f"{c['to_review']} to review")
 
 
 def load_review(outdir) -> ReviewState:
@@ -460,8 +520,17 @@ def review_rows(outdir, *, masks: Optional[dict] = None) -> dict:
             lab = ranked_components(full != 0)
             start = (0, 0, 0)
             cands = candidates_of(lab, Grid.of(image), start)
-        out[name] = state.rows(name, lab.labels, start, cands)
+        ids = state.stable_ids(name, lab.labels, start, cands)
+        out[name] = state.rows(name, lab.labels, start, cands, ids=ids, absent_kept=True)
     return out
+
+
+def status_text(row: dict) -> str:
+    """A row's review status in words, the same in the CLI and the report: "to review", "kept", "removed",
+    "kept, below threshold"."""
+    if row.get("status") == "kept" and row.get("below_threshold"):
+        return "kept, below threshold"
+    return {"unreviewed": "to review"}.get(row.get("status"), row.get("status"))
 
 
 def drop_removed(mask_box: np.ndarray, state: ReviewState, tumor: str, start_ijk) -> int:
@@ -473,128 +542,3 @@ def drop_removed(mask_box: np.ndarray, state: ReviewState, tumor: str, start_ijk
         edit = remove_at(mask_box, kji) if kji is not None else None
         dropped += edit.changed_voxels if edit else 0
     return dropped
-
-
-# ------------------------------------------------------------------------------------ output-folder edits
-def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
-             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None) -> dict:
-    """Review a finished run from the command line: remove or keep candidates (ids as ``review_rows`` lists
-    them), or remove components by size, probability or rank; rewrites the structure's mask, the combined
-    labels, report.json and review.json (each atomically). Returns ``{"removed": n, "kept": n,
-    "changed_voxels": n}``."""
-    from .outputs import SEG_DIR, commit_edit, load_run, update_entry
-    from .io import atomic_write_image
-
-    # Checked before anything is read or changed: a probability of 1.5 would otherwise remove every candidate.
-    if remove_below_probability_p is not None and not 0.0 < remove_below_probability_p <= 1.0:
-        raise InputError(f"--remove-below-probability must be a probability in (0, 1], got {remove_below_probability_p}")
-    if remove_smaller_ml is not None and not remove_smaller_ml > 0.0:
-        raise InputError(f"--remove-smaller-than must be a volume in ml above 0, got {remove_smaller_ml}")
-    if keep_largest_n is not None and keep_largest_n < 1:
-        raise InputError(f"--keep-largest must be at least 1, got {keep_largest_n}")
-    outdir = Path(outdir)
-    report, card = load_run(outdir)
-    entries = {e["name"]: e for e in report["structures"]}
-    if structure not in entries:
-        raise InputError(f"{structure} is not a structure of this run; structures: {', '.join(entries)}")
-    tumor = structure in (report.get("tumors") or {})
-    if (remove_ids or keep_ids or remove_below_probability_p is not None) and not tumor:
-        raise InputError(f"candidate review works on tumor structures; {structure} is an organ "
-                         "(use --keep-largest or --remove-smaller-than for organs)")
-    seg_path = outdir / SEG_DIR / f"{structure}.nii.gz"
-    image = sitk.ReadImage(str(seg_path))
-    full = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
-    grid = Grid.of(image)
-    state = load_review(outdir)
-    pm = None
-    if tumor and report["tumors"][structure].get("probability_file"):
-        pm = ProbabilityMap.from_output(outdir, structure)
-        box = pm.box_slices
-        start = pm.start_ijk
-        q = pm.q
-        lab, cands = pm.candidates(full[box])
-    else:
-        box = tuple(slice(0, n) for n in full.shape)
-        start = (0, 0, 0)
-        q = None
-        lab = ranked_components(full != 0)
-        cands = candidates_of(lab, grid, start)
-    by_id = {c.id: c for c in cands}
-    for i in (*remove_ids, *keep_ids):
-        if i not in by_id:
-            raise InputError(f"{structure} has no candidate {i}; candidates are 1..{len(cands)} "
-                             "(list them with 'atlasseg review OUTDIR')")
-    region = full[box]  # a view: edits land in ``full``
-    changed = 0
-    removed = 0
-    for i in remove_ids:
-        cand = by_id[i]
-        edit = remove_at(region, (np.asarray(cand.seed_ijk) - np.asarray(start))[::-1])
-        changed += edit.changed_voxels if edit else 0
-        removed += 1
-        state.decide(structure, cand, "removed")
-    for i in keep_ids:
-        state.decide(structure, by_id[i], "kept")
-    batch = []
-    if remove_smaller_ml is not None:
-        batch.append(remove_smaller_than(region, grid.voxel_volume_mm3, remove_smaller_ml))
-    if remove_below_probability_p is not None:
-        if q is None:
-            raise InputError(f"{structure} keeps no probability map: cannot remove by probability")
-        batch.append(remove_below_probability(region, q, remove_below_probability_p))
-    if keep_largest_n is not None:
-        batch.append(keep_largest(region, keep_largest_n))
-    seeds_to_cand = {c.seed_ijk: c for c in cands}
-    for edit in filter(None, batch):
-        changed += edit.changed_voxels
-        for seed_kji in edit.removed:
-            seed_ijk = tuple(int(v) for v in np.asarray(start) + np.asarray(seed_kji)[::-1])
-            cand = seeds_to_cand.get(seed_ijk) or _candidate_holding(cands, lab, start, seed_ijk)
-            removed += 1
-            if tumor and cand is not None:
-                state.decide(structure, cand, "removed")
-    if changed:
-        out = sitk.GetImageFromArray(full)
-        out.CopyInformation(image)
-        atomic_write_image(out, seg_path)
-        update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q)
-    if tumor:
-        save_review(outdir, state)  # before the report is rebuilt: it lists the statuses
-    commit_edit(outdir, report, card, image, {"action": "review", "structure": structure, "removed": removed,
-                                              "kept": len(keep_ids), "changed_voxels": changed},
-                masks_changed=bool(changed))
-    return {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed}
-
-
-def _candidate_holding(cands, lab: Labelling, start_ijk, seed_ijk):
-    kji = seed_kji(seed_ijk, start_ijk, lab.labels.shape)
-    value = lab.labels[kji] if kji is not None else 0
-    return next((c for c in cands if c.label == value), None) if value else None
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-def cmd_review(args) -> int:
-    actions = (args.remove or args.keep or args.remove_smaller_than is not None
-               or args.remove_below_probability is not None or args.keep_largest is not None)
-    if actions:
-        if not args.structure:
-            raise InputError("name the structure to edit with --structure (e.g. --structure liver_tumor)")
-        result = edit_run(args.outdir, args.structure, remove_ids=tuple(args.remove), keep_ids=tuple(args.keep),
-                          remove_smaller_ml=args.remove_smaller_than,
-                          remove_below_probability_p=args.remove_below_probability,
-                          keep_largest_n=args.keep_largest)
-        print(f"{args.structure}: {result['removed']} removed, {result['kept']} kept "
-              f"({result['changed_voxels']} voxels changed)")
-    rows = review_rows(args.outdir)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    for tumor, tumor_rows in rows.items():
-        print(f"{tumor}: {counter_text(tumor_rows)}")
-        print(f"  {'id':>3}  {'organ':<14} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  status")
-        for row in tumor_rows:
-            rid = row["id"] if row.get("id") is not None else "-"
-            print(f"  {rid:>3}  {str(row.get('organ') or '-'):<14} {row['volume_ml']:>8.2f} "
-                  f"{row['longest_axial_diameter_mm'] / 10:>8.1f} {row['perpendicular_diameter_mm'] / 10:>8.1f} "
-                  f"{row['max_probability']:>6.2f}  {row['status']}")
-    return 0

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from AtlasSegLib.card import load_card
 from AtlasSegLib.cli import main
 from AtlasSegLib.errors import Cancelled
-from AtlasSegLib.outputs import rethreshold
+from AtlasSegLib.runedit import rethreshold
 from AtlasSegLib.pipeline import SegmentOptions, segment
 from AtlasSegLib.postprocess import threshold_level
 from models_for_tests import small_segresnet

@@ -1,0 +1,298 @@
+"""Edits of a finished run folder: a new tumor threshold (``atlasseg threshold``) and review actions
+(``atlasseg review``), each followed by what depends on the masks: the combined labels, report.json,
+review.json and, when the run has one, the report pages.
+
+Layers, lowest first: ``outputs`` (the run folder's files) <- ``review`` (candidates and decisions) <-
+``report`` (pages and pictures) <- ``runedit`` (this module). No layer imports one above it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .geometry import Grid
+from .io import atomic_write_image, atomic_write_text
+from .outputs import PROB_DIR, SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
+from .postprocess import ranked_components
+from .review import (ProbabilityMap, ReviewState, candidates_of, counter_text, drop_removed, keep_largest, load_review,
+                     remove_at, remove_below_probability, remove_smaller_than, review_rows, save_review, seed_kji,
+                     status_text)
+
+log = logging.getLogger(__name__)
+
+BELOW_THRESHOLD_WARNING = "{name}: kept candidate"  # how the warnings this module adds begin (per tumor)
+
+
+def finish_edit(outdir: Path, report: dict, card, ref: sitk.Image, history: dict, *, masks_changed: bool = True) -> dict:
+    """``outputs.commit_edit`` (combined labels, summary, history, report.json), then the report pages rebuilt
+    when the run has them: they would show the old masks (or, with ``masks_changed`` False, old decisions)."""
+    report = commit_edit(outdir, report, card, ref, history, masks_changed=masks_changed)
+    if "report" in report or (outdir / "report.html").is_file():
+        from .report import build_report  # heavy (pictures): only when there is a report to rebuild
+
+        report = build_report(outdir).report
+    return report
+
+
+# ------------------------------------------------------------------------------------------- thresholds
+def rethreshold(outdir, thresholds: dict) -> dict:
+    """Rewrite the tumor masks of a finished run at new thresholds (p kept if ≥ value) from the kept
+    probability maps, then the combined labels, the report and the overview. No model is run.
+
+    Components a reviewer removed stay removed; a kept one the new threshold drops is named in report.json's
+    "warnings" (and 'atlasseg review' lists it as "kept, below threshold"). Candidate ids stay as they were
+    (``ReviewState.stable_ids``). Each file is replaced atomically; a bad name or value changes nothing."""
+    outdir = Path(outdir)
+    report, card = load_run(outdir)
+    by_name = {c.name: c for c in card.classes}
+    for name, t in thresholds.items():
+        if name not in report.get("tumors", {}):
+            raise InputError(f"{name} is not a tumor structure of this run; tumors: "
+                             f"{', '.join(report.get('tumors', {})) or 'none'}")
+        if not 0.0 < float(t) < 1.0:
+            raise InputError(f"threshold for {name} must be between 0 and 1 (exclusive), got {t}")
+        if not report["tumors"][name].get("probability_file"):
+            raise InputError(f"{name} has no kept probability map in {outdir} "
+                             f"({report['tumors'][name].get('note') or 'nothing to threshold'})")
+    ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
+    grid = Grid.of(ref)
+    state = load_review(outdir)
+    warnings = [w for w in report.get("warnings") or []
+                if not any(w.startswith(BELOW_THRESHOLD_WARNING.format(name=n) + " ") for n in thresholds)]
+    for name, t in thresholds.items():
+        meta_path = outdir / PROB_DIR / f"{name}.json"
+        meta = json.loads(meta_path.read_text())
+        box = (tuple(meta["box_start_ijk"]), tuple(meta["box_size_ijk"]))
+        pmap = ProbabilityMap.from_output(outdir, name)  # the map with its gate, built as the run built it
+        seg_path = outdir / SEG_DIR / f"{name}.nii.gz"
+        # The ids the reviewer saw before this change are remembered first, so they survive it.
+        before = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path)))[pmap.box_slices]
+        _register_ids(state, name, pmap, before)
+        mask = pmap.mask(float(t))
+        # False positives a reviewer removed stay removed at the new threshold (their seed voxel is kept).
+        drop_removed(mask, state, name, box[0])
+        full = np.zeros(tuple(grid.size[::-1]), np.uint8)
+        full[_box_slices(box)] = mask
+        atomic_write_image(_mask_image(full, ref), seg_path)
+        report["tumors"][name]["threshold"] = float(t)
+        update_entry(report, name, mask, grid.sub(*box), box[0], q_box=pmap.q)
+        meta["threshold"] = float(t)
+        atomic_write_text(json.dumps(meta, indent=1), meta_path)
+        _register_ids(state, name, pmap, mask)
+        for text in _kept_below(state, name, mask, box[0], float(t)):
+            log.warning("%s", text)
+            warnings.append(text)
+    if warnings or "warnings" in report:
+        report["warnings"] = warnings
+    if state.tumors:
+        save_review(outdir, state)
+    return finish_edit(outdir, report, card, ref, {"action": "threshold",
+                                                   "values": {k: float(v) for k, v in thresholds.items()}})
+
+
+def _register_ids(state: ReviewState, name: str, pmap: ProbabilityMap, mask_box: np.ndarray) -> None:
+    lab, cands = pmap.candidates(mask_box)
+    state.stable_ids(name, lab.labels, pmap.start_ijk, cands, register=True)
+
+
+def _kept_below(state: ReviewState, name: str, mask_box: np.ndarray, start_ijk, threshold: float) -> list:
+    """A warning per kept component whose seed is no longer in the mask (a threshold dropped a lesion the
+    reviewer confirmed)."""
+    out = []
+    for d, value in state.under_seeds(name, mask_box, start_ijk):
+        if d["status"] != "kept" or value:
+            continue
+        comp = d.get("component") or {}
+        key = d.get("id") if d.get("id") is not None else state.id_of_seed(name, d["seed_ijk"])
+        p = comp.get("max_probability")
+        back = f"; a threshold of {p:.2f} or lower brings it back" if isinstance(p, (int, float)) else ""
+        out.append(f"{BELOW_THRESHOLD_WARNING.format(name=name)} {key if key is not None else ''}".rstrip()
+                   + f" (seed ijk {list(d['seed_ijk'])}, {comp.get('volume_ml', 0):.2f} ml) is below the threshold "
+                   f"{threshold:g} and no longer in the mask{back}; 'atlasseg review' lists it as "
+                   "'kept, below threshold'")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- review
+def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
+             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None) -> dict:
+    """Review a finished run from the command line: remove or keep tumor candidates (by their stable ids, as
+    ``review_rows`` lists them), remove tumor components by size or probability, or keep an organ's largest
+    components; rewrites the structure's mask, the combined labels, report.json and review.json (each
+    atomically). Kept candidates (earlier or in this call) are never removed by the size or probability rules.
+
+    Contradictory or impossible requests (an id both removed and kept, --keep-largest on a tumor, an unknown
+    id) are refused before anything changes. Returns ``{"removed": n, "kept": n, "changed_voxels": n,
+    "spared": n}``."""
+    # Checked before anything is read or changed: a probability of 1.5 would otherwise remove every candidate.
+    if remove_below_probability_p is not None and not 0.0 < remove_below_probability_p <= 1.0:
+        raise InputError(f"--remove-below-probability must be a probability in (0, 1], got {remove_below_probability_p}")
+    if remove_smaller_ml is not None and not remove_smaller_ml > 0.0:
+        raise InputError(f"--remove-smaller-than must be a volume in ml above 0, got {remove_smaller_ml}")
+    if keep_largest_n is not None and keep_largest_n < 1:
+        raise InputError(f"--keep-largest must be at least 1, got {keep_largest_n}")
+    both = sorted(set(remove_ids) & set(keep_ids))
+    if both:
+        raise InputError(f"candidate{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
+                         "removed and kept; give each id to --remove or to --keep")
+    outdir = Path(outdir)
+    report, card = load_run(outdir)
+    entries = {e["name"]: e for e in report["structures"]}
+    if structure not in entries:
+        raise InputError(f"{structure} is not a structure of this run; structures: {', '.join(entries)}")
+    tumor = structure in (report.get("tumors") or {})
+    if (remove_ids or keep_ids or remove_below_probability_p is not None) and not tumor:
+        raise InputError(f"candidate review works on tumor structures; {structure} is an organ "
+                         "(use --keep-largest or --remove-smaller-than for organs)")
+    if keep_largest_n is not None and tumor:
+        raise InputError(f"--keep-largest is for organs (it drops stray islands); every component of {structure} "
+                         "is a lesion candidate: remove false positives with --remove ID, --remove-smaller-than ML "
+                         "or --remove-below-probability P")
+    seg_path = outdir / SEG_DIR / f"{structure}.nii.gz"
+    image = sitk.ReadImage(str(seg_path))
+    full = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
+    grid = Grid.of(image)
+    state = load_review(outdir)
+    pm = None
+    if tumor and report["tumors"][structure].get("probability_file"):
+        pm = ProbabilityMap.from_output(outdir, structure)
+        box = pm.box_slices
+        start = pm.start_ijk
+        q = pm.q
+        lab, cands = pm.candidates(full[box])
+    else:
+        box = tuple(slice(0, n) for n in full.shape)
+        start = (0, 0, 0)
+        q = None
+        lab = ranked_components(full != 0)
+        cands = candidates_of(lab, grid, start)
+    if remove_below_probability_p is not None and q is None:
+        raise InputError(f"{structure} keeps no probability map: cannot remove by probability")
+    ids = state.stable_ids(structure, lab.labels, start, cands, register=True) if tumor else {c.label: c.id for c in cands}
+    by_id = {ids[c.label]: c for c in cands}
+    for i in (*remove_ids, *keep_ids):
+        if i not in by_id:
+            gone = next((d for d in state.decisions(structure) if d.get("id") == i), None) if tumor else None
+            why = f"candidate {i} is no longer in the mask ({gone['status']})" if gone else f"no candidate {i}"
+            raise InputError(f"{structure} has {why}; candidates now: {', '.join(map(str, sorted(by_id))) or 'none'} "
+                             "(list them with 'atlasseg review OUTDIR')")
+    region = full[box]  # a view: edits land in ``full``
+    work = region.copy()  # every change is made here first; ``region`` changes only once all of them worked
+    removed = 0
+    for i in remove_ids:
+        cand = by_id[i]
+        remove_at(work, (np.asarray(cand.seed_ijk) - np.asarray(start))[::-1])
+        removed += 1
+    # Kept candidates (decided earlier or now) are out of reach of the rules below.
+    keep_labels = {by_id[i].label for i in keep_ids}
+    if tumor:
+        keep_labels |= {c.label for c in cands if c.label not in {by_id[i].label for i in remove_ids}
+                        and state.status_of(structure, lab.labels, start, c.label) == "kept"}
+    protected = np.isin(lab.labels, sorted(keep_labels)) if keep_labels else None
+    if protected is not None:
+        work[protected] = 0
+    batch = []
+    if remove_smaller_ml is not None:
+        batch.append(remove_smaller_than(work, grid.voxel_volume_mm3, remove_smaller_ml))
+    if remove_below_probability_p is not None:
+        batch.append(remove_below_probability(work, q, remove_below_probability_p))
+    if keep_largest_n is not None:
+        batch.append(keep_largest(work, keep_largest_n))
+    batch_removed = []
+    for edit in filter(None, batch):
+        for kji in edit.removed:
+            seed_ijk = tuple(int(v) for v in np.asarray(start) + np.asarray(kji)[::-1])
+            batch_removed.append(_candidate_holding(cands, lab, start, seed_ijk))
+            removed += 1
+    spared = 0
+    if protected is not None:
+        # Spared: kept candidates a rule would have removed (run the rules on them alone to know).
+        alone = np.where(protected, region, 0).astype(np.uint8)
+        for rule in ([lambda m: remove_smaller_than(m, grid.voxel_volume_mm3, remove_smaller_ml)]
+                     if remove_smaller_ml is not None else []) + \
+                    ([lambda m: remove_below_probability(m, q, remove_below_probability_p)]
+                     if remove_below_probability_p is not None else []):
+            hit = rule(alone)
+            spared += len(hit.removed) if hit else 0
+        work[protected] = region[protected]
+    changed = int(np.count_nonzero(work != region))
+    if tumor:
+        for i in remove_ids:
+            _decide(state, structure, lab, start, by_id[i], "removed", ids)
+        for cand in batch_removed:
+            if cand is not None:
+                _decide(state, structure, lab, start, cand, "removed", ids)
+        for i in keep_ids:
+            _decide(state, structure, lab, start, by_id[i], "kept", ids)
+    if changed:
+        region[...] = work
+        out = sitk.GetImageFromArray(full)
+        out.CopyInformation(image)
+        atomic_write_image(out, seg_path)
+        update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q)
+    if tumor:
+        save_review(outdir, state)  # before the report is rebuilt: it lists the statuses
+    result = {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed, "spared": spared}
+    finish_edit(outdir, report, card, image, {"action": "review", "structure": structure, **result},
+                masks_changed=bool(changed))
+    return result
+
+
+def _decide(state: ReviewState, tumor: str, lab, start, cand, status: str, ids: dict) -> None:
+    state.forget_inside(tumor, lab.labels, start, cand.label)
+    row = cand.as_dict()
+    row["id"] = ids[cand.label]
+    state.decide(tumor, row, status, key=ids[cand.label])
+
+
+def _candidate_holding(cands, lab, start_ijk, seed_ijk):
+    kji = seed_kji(seed_ijk, start_ijk, lab.labels.shape)
+    value = lab.labels[kji] if kji is not None else 0
+    return next((c for c in cands if c.label == value), None) if value else None
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def cmd_review(args) -> int:
+    actions = (args.remove or args.keep or args.remove_smaller_than is not None
+               or args.remove_below_probability is not None or args.keep_largest is not None)
+    if actions:
+        if not args.structure:
+            raise InputError("name the structure to edit with --structure (e.g. --structure liver_tumor)")
+        result = edit_run(args.outdir, args.structure, remove_ids=tuple(args.remove), keep_ids=tuple(args.keep),
+                          remove_smaller_ml=args.remove_smaller_than,
+                          remove_below_probability_p=args.remove_below_probability,
+                          keep_largest_n=args.keep_largest)
+        spared = f"; {result['spared']} kept candidate(s) spared by the rules" if result["spared"] else ""
+        print(f"{args.structure}: {result['removed']} removed, {result['kept']} kept "
+              f"({result['changed_voxels']} voxels changed{spared})")
+    rows = review_rows(args.outdir)
+    # The run's plausibility warnings (report.json "warnings") come first: they may make every candidate moot.
+    try:
+        warnings = json.loads((Path(args.outdir) / "report.json").read_text()).get("warnings") or []
+    except (OSError, ValueError):
+        warnings = []
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        for text in warnings:  # stdout stays pure JSON
+            print(f"atlasseg: warning: {text}", file=sys.stderr)
+        return 0
+    for text in warnings:
+        print(f"warning: {text}")
+    for tumor, tumor_rows in rows.items():
+        print(f"{tumor}: {counter_text(tumor_rows)}")
+        print(f"  {'id':>3}  {'organ':<14} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  "
+              f"{'seed i,j,k':<14} status")
+        for row in tumor_rows:
+            rid = row["id"] if row.get("id") is not None else "-"
+            seed = ",".join(str(v) for v in row.get("seed_ijk") or ())
+            print(f"  {rid:>3}  {str(row.get('organ') or '-'):<14} {row['volume_ml']:>8.2f} "
+                  f"{row['longest_axial_diameter_mm'] / 10:>8.1f} {row['perpendicular_diameter_mm'] / 10:>8.1f} "
+                  f"{row['max_probability']:>6.2f}  {seed:<14} {status_text(row)}")
+    return 0
