@@ -1,18 +1,20 @@
 """The ``atlasseg`` command line.
 
-Exit codes: 0 success, 2 bad input (the message says what to change), 1 internal error, 130 cancelled.
+Exit codes: see "exit codes" in EXAMPLES (also in ``atlasseg --help`` and the README).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
-from .errors import AtlasSegError, Cancelled, InputError
+from .errors import AtlasSegError, Cancelled, InputError, Terminated
 
 log = logging.getLogger("atlasseg")
 
@@ -30,6 +32,15 @@ EXAMPLES = """examples:
   atlasseg batch AbdomenAtlas/ -o results --model suprem-segresnet --fast
   atlasseg models list
   atlasseg export out --format rtstruct --reference-dicom ct_dicom/   # also dicom-seg, seg-nrrd, abdomenatlas
+
+exit codes:
+  0    success
+  1    internal error (a bug: please report it with the -v output)
+  2    bad input: the message says what was wrong and what to do; nothing was changed
+  3    download failed (no network, server error, checksum mismatch): 'models fetch'; see 'models import'
+  130  interrupted (Ctrl-C) or cancelled
+  141  the reader of the output went away (e.g. '| head'); output was cut short, nothing else happened
+  143  terminated (SIGTERM); cleaned up like Ctrl-C
 """
 
 
@@ -49,23 +60,28 @@ class _ProgressSink:
         self.json_lines = json_lines
         self.bar = None
         self.stage = None
-        if bar:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=100, file=sys.stderr, unit="%", bar_format="{desc:<28}{percentage:3.0f}%|{bar}| {elapsed}")
+        # The bar is drawn on the first progress report, not before: commands that report none (threshold,
+        # review, export) must not leave an empty 0 % bar between their lines.
+        self.want_bar = bar
 
     def __call__(self, stage: str, fraction: float, message: str = "") -> None:
         if self.json_lines:
             print(json.dumps({"event": "progress", "stage": stage, "fraction": round(fraction, 4), "message": message}),
                   flush=True)
+        if self.want_bar and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, file=sys.stderr, unit="%", bar_format="{desc:<28}{percentage:3.0f}%|{bar}| {elapsed}")
         if self.bar is not None:
             self.bar.set_description_str(f"{stage}: {message}"[:28])
             self.bar.n = round(100 * fraction, 1)
             self.bar.refresh()
 
     def close(self):
+        self.want_bar = False  # nothing after the end draws a new bar
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
     def event(self, **payload):
         if self.json_lines:
@@ -93,16 +109,24 @@ def _add_review_parser(sub) -> None:
     r = sub.add_parser(
         "review", help="list tumor candidates of a finished run; remove false positives, keep true ones",
         description="Without actions: print every tumor candidate (id, organ, volume, diameters, max probability, "
-        "review status). With actions: edit one structure's mask and record the decisions in review.json "
-        "(they survive later 'atlasseg threshold' changes and go into the report).")
+        "a seed voxel inside it, review status: to review, kept, removed, or 'kept, below threshold' for a kept one "
+        "a higher threshold dropped). With actions: edit one structure's mask and record the decisions in "
+        "review.json (they survive later 'atlasseg threshold' changes and go into the report). "
+        "Candidate ids are stable for the run: removing, keeping or a new threshold never renumbers the others "
+        "(after '--remove 1 2 --keep 4' the kept candidate is still 4); a candidate that appears later gets a "
+        "new number, and an id is never reused. Contradictory actions (one id both removed and kept) are refused "
+        "and change nothing; kept candidates are never removed by --remove-smaller-than or "
+        "--remove-below-probability.")
     r.add_argument("outdir")
     r.add_argument("--structure", help="the structure to edit (required with any action)")
-    r.add_argument("--remove", type=int, nargs="+", default=[], metavar="ID", help="remove these candidates")
+    r.add_argument("--remove", type=int, nargs="+", default=[], metavar="ID", help="remove these candidates (ids as listed)")
     r.add_argument("--keep", type=int, nargs="+", default=[], metavar="ID", help="mark these candidates as kept")
-    r.add_argument("--remove-smaller-than", type=float, metavar="ML", help="remove components below this volume")
+    r.add_argument("--remove-smaller-than", type=float, metavar="ML",
+                   help="remove components below this volume (kept candidates are spared)")
     r.add_argument("--remove-below-probability", type=float, metavar="P",
-                   help="remove components whose highest probability is below P")
-    r.add_argument("--keep-largest", type=int, metavar="N", help="keep the N largest components (organs)")
+                   help="remove components whose highest probability is below P (kept candidates are spared)")
+    r.add_argument("--keep-largest", type=int, metavar="N",
+                   help="keep the N largest components: organs only (stray islands); refused for tumors")
     r.add_argument("--json", action="store_true", help="print the candidate table as JSON")
 
 
@@ -139,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM folder")
     s.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
     m = s.add_mutually_exclusive_group()
-    m.add_argument("--model", help="built-in model id (see 'atlasseg models list'); default atlasseg-demo")
+    m.add_argument("--model", help="built-in model id (see 'atlasseg models list'); default: the best real model "
+                   "whose weights are cached (suprem-unet, suprem-swinunetr, suprem-segresnet), else required")
     m.add_argument("--model-card", help="JSON model card of your own model")
     s.add_argument("--weights", help="checkpoint file (default: the model's cached or shipped weights)")
     s.add_argument("--structures", help="comma-separated subset of structures to produce")
@@ -161,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("input", help="dataset folder")
     b.add_argument("-o", "--output", required=True, help="output root folder")
     mb = b.add_mutually_exclusive_group()
-    mb.add_argument("--model", help="built-in model id; default atlasseg-demo")
+    mb.add_argument("--model", help="built-in model id; default: the best cached real model, as for 'segment'")
     mb.add_argument("--model-card", help="JSON model card of your own model")
     b.add_argument("--weights")
     b.add_argument("--structures")
@@ -207,7 +232,43 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("path", help="print the cache folder")
 
     _add_export_parser(sub)
+    _verbose_everywhere(sub)
     return p
+
+
+def _verbose_everywhere(sub) -> None:
+    """-v also after the command ('atlasseg segment ... -v'), as well as before it. SUPPRESS as default: a
+    subcommand that was given no -v leaves the top-level value alone."""
+    for parser in sub.choices.values():
+        parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="log details to stderr")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _verbose_everywhere(action)
+
+
+# Without --model: the first of these whose weights are cached (multi-organ SuPreM models: U-Net and Swin UNETR carry
+# the 32-class template with tumors, SegResNet the 25 AbdomenAtlas 1.1 organs). Never the demo model, which only
+# knows synthetic phantoms: it must be asked for by name.
+DEFAULT_MODELS = ("suprem-unet", "suprem-swinunetr", "suprem-segresnet")
+
+
+def default_model() -> str:
+    """The model ``segment``/``batch`` use without --model: the first of DEFAULT_MODELS whose weights are cached.
+
+    Raises InputError (exit 2) naming how to get one when none is."""
+    from . import download
+
+    for model_id in DEFAULT_MODELS:
+        if download.is_cached(model_id):
+            return model_id
+    cached = [r.id for r in download.list_models() if r.cached and r.sha256_status != "bundled"]
+    have = (f" Cached real models: {', '.join(cached)} (pass one with --model)." if cached else "")
+    raise InputError("no --model given, and no real model's weights are cached (cache: "
+                     f"{download.cache_dir()}).{have} 'atlasseg models list' shows the models; 'atlasseg models fetch "
+                     "suprem-unet' downloads one, 'atlasseg models import ID FILE' installs a file downloaded by hand; "
+                     "then pass --model ID. (The shipped demo model only segments synthetic phantoms: "
+                     "--model atlasseg-demo.)")
 
 
 def _resolve_model(args):
@@ -215,7 +276,14 @@ def _resolve_model(args):
 
     if args.model_card:
         return load_card(args.model_card), args.weights
-    card = builtin_card(args.model or "atlasseg-demo")
+    model_id = args.model
+    if model_id is None:
+        if args.weights:
+            raise InputError("--weights needs --model ID (or --model-card FILE): which model are the weights for?")
+        model_id = default_model()
+        print(f"atlasseg: no --model given: using {model_id}, the best real model whose weights are cached "
+              "(pass --model to choose another)", file=sys.stderr)
+    card = builtin_card(model_id)
     weights = args.weights
     if weights is None and not card.weights.get("file") and card.architecture["type"] != "torchscript":
         try:
@@ -252,7 +320,14 @@ def cmd_segment(args, sink) -> int:
     sink.event(event="done", outdir=str(Path(args.output).resolve()))
     if not args.progress_json:
         _print_summary(report, time.perf_counter() - t0, args.output)
+    _print_warnings(report.get("warnings") or [])
     return 0
+
+
+def _print_warnings(warnings, prefix: str = "") -> None:
+    """A run's plausibility warnings (report.json "warnings") on stderr, after its results."""
+    for text in warnings:
+        print(f"atlasseg: warning: {prefix}{text}", file=sys.stderr)
 
 
 def _print_summary(report: dict, seconds: float, outdir) -> None:
@@ -279,6 +354,8 @@ def cmd_batch(args, sink) -> int:
     if not args.progress_json:
         for r in rows:
             print(f"{r['case']:<32}{r['status']:<9}{r['seconds']:>8.1f} s  {r['message']}")
+    for r in rows:
+        _print_warnings([w for w in r.get("warnings", "").split(" | ") if w], prefix=f"{r['case']}: ")
         print(f"{len(rows) - len(failed)} of {len(rows)} cases done; summary: "
               f"{Path(args.output).resolve() / 'batch_summary.csv'}")
     return 2 if failed else 0
@@ -303,11 +380,12 @@ def cmd_demo(args, sink) -> int:
             print(f"{name:<16}{row['dice']:>8.3f}{row['truth_ml']:>10.1f}{row['pred_ml']:>10.1f}")
         print(f"overview picture: {Path(args.output).resolve() / 'overview.png'}")
         print(f"report: {Path(html).resolve()}  (review tumors: atlasseg review {args.output})")
+    _print_warnings(result["report"].get("warnings") or [])
     return 0
 
 
 def cmd_threshold(args) -> int:
-    from .outputs import rethreshold
+    from .runedit import rethreshold
 
     values = _parse_pairs(args.set, "--set")
     report = rethreshold(args.outdir, values)
@@ -354,18 +432,90 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _route_library_warnings(verbose: bool) -> None:
+    """Library warnings (pydicom, highdicom, torch: Python ``warnings``; ITK/GDCM: SimpleITK's own logger) go to
+    the log, shown with -v, instead of raw onto stderr between the command's own lines."""
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.getLogger("atlasseg.itk").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    global _ITK_LOGGER
+    if _ITK_LOGGER is None:
+        import SimpleITK as sitk  # every command that gets here reads or writes images with it
+
+        class _ItkToLogging(sitk.LoggerBase):
+            def DisplayText(self, text):
+                logging.getLogger("atlasseg.itk").debug("%s", " ".join(text.split()))
+
+            DisplayGenericOutputText = DisplayDebugText = DisplayText
+
+            def DisplayWarningText(self, text):
+                logging.getLogger("atlasseg.itk").warning("%s", " ".join(text.split()))
+
+            def DisplayErrorText(self, text):
+                logging.getLogger("atlasseg.itk").error("%s", " ".join(text.split()))
+
+        _ITK_LOGGER = _ItkToLogging()
+        _ITK_LOGGER.SetAsGlobalITKLogger()
+
+
+_ITK_LOGGER = None
+
+
+def _on_sigterm(signum, frame):
+    # Later SIGTERMs are ignored while the first one unwinds: cleanup (removing a staging folder) must finish.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _interrupted_message(args, exc: KeyboardInterrupt) -> str:
+    written = getattr(exc, "written", None)
+    if written:
+        return written
+    if args.command in ("segment", "demo"):
+        return "nothing was written (the output folder appears only when a run completes)"
+    if args.command in ("threshold", "review", "report", "export"):
+        return "each file is replaced whole, so none is half-written; run the command again to finish"
+    return "stopped"
+
+
 def main(argv=None) -> int:
+    """The CLI; returns the exit code (listed in ``atlasseg --help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return 2
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away (| head) is handled below
+        return code
+    except BrokenPipeError:
+        # The reader of our output closed it (e.g. 'atlasseg review out | head -1'): stop quietly. Output still
+        # buffered must not be flushed again at exit, so stdout now points at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     progress_json = getattr(args, "progress_json", False)
     quiet = getattr(args, "quiet", False)
     sink = _ProgressSink(json_lines=progress_json, bar=not quiet and not progress_json and sys.stderr.isatty())
     try:
+        if args.command != "models":
+            _route_library_warnings(getattr(args, "verbose", False))
         if args.command == "segment":
             return cmd_segment(args, sink)
         if args.command == "demo":
@@ -377,7 +527,7 @@ def main(argv=None) -> int:
         if args.command == "models":
             return cmd_models(args)
         if args.command == "review":
-            from .review import cmd_review
+            from .runedit import cmd_review
 
             return cmd_review(args)
         if args.command == "report":
@@ -388,15 +538,20 @@ def main(argv=None) -> int:
             from .export import cmd_export
 
             return cmd_export(args)
+    except BrokenPipeError:
+        raise
     except AtlasSegError as exc:
         sink.close()
         sink.event(event="error", message=str(exc), exit_code=exc.exit_code)
         print(f"atlasseg: {'cancelled' if isinstance(exc, Cancelled) else 'error'}: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         sink.close()
-        print("atlasseg: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        code = 143 if isinstance(exc, Terminated) else 130
+        what = "terminated" if code == 143 else "interrupted"
+        sink.event(event="error", message=f"{what}: {_interrupted_message(args, exc)}", exit_code=code)
+        print(f"atlasseg: {what}; {_interrupted_message(args, exc)}", file=sys.stderr)
+        return code
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: report, exit 1
         sink.close()
         log.debug("internal error", exc_info=True)
@@ -404,4 +559,6 @@ def main(argv=None) -> int:
         print(f"atlasseg: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback; please report it)",
               file=sys.stderr)
         return 1
+    finally:
+        sink.close()
     return 2

@@ -71,8 +71,10 @@ class DownloadError(AtlasSegError):
     """Weights could not be downloaded (offline, blocked, timed out, HTTP error, incomplete transfer).
 
     The message names the URL, the expected size and sha256, and the command that installs a file
-    downloaded by other means.
+    downloaded by other means. The CLI exits with code 3 (documented in the README and ``atlasseg --help``).
     """
+
+    exit_code = 3
 
 
 class ChecksumError(DownloadError):

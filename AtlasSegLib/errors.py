@@ -1,4 +1,5 @@
-"""Error types. The CLI maps them to exit codes: InputError → 2, everything else → 1."""
+"""Error types. The CLI maps them to exit codes: InputError → 2, a failed download → 3 (``download.DownloadError``),
+Cancelled → 130, everything else → 1."""
 
 
 class AtlasSegError(Exception):
@@ -18,3 +19,8 @@ class Cancelled(AtlasSegError):
     """The run was cancelled through the cancel callback. Nothing was written."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's signal handler so a terminated run unwinds and cleans up exactly like
+    Ctrl-C (staging folders removed, batch summary written). Exit code 143 (128 + SIGTERM)."""

@@ -32,8 +32,13 @@ def read_state_dict(path, card: ModelCard) -> dict:
         raise InputError(f"weights file {path} does not exist")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, AttributeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle fails with almost any error (KeyError, struct.error…)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError,
+                                AttributeError)):
+            reason = f"damaged: {type(exc).__name__} {reason}"
         raise InputError(f"weights file {path} is not a loadable PyTorch checkpoint ({reason[:200]}); "
                          "give the .pth/.pt file of this model") from None
     state = obj
