@@ -264,14 +264,18 @@ class ReviewPanel:
             self.slidersLayout.addWidget(slider, 2 * row, 1)
             self.slidersLayout.addWidget(value, 2 * row, 2)
             # The presets go on a row of their own under the slider: beside it they squeeze the slider to nothing
-            # in a panel of usual width.
-            presets = qt.QHBoxLayout()
+            # in a panel of usual width. In a widget of their own, not a nested layout: rebuilding the grid for
+            # another segmentation deletes takeAt(i).widget(), which is None for a layout item (the buttons of a
+            # nested layout were left behind).
+            presetsRow = qt.QWidget()
+            presets = qt.QHBoxLayout(presetsRow)
+            presets.setContentsMargins(0, 0, 0, 0)
             for name, threshold in controller.operatingPoints().items():
                 preset = qt.QPushButton(name.replace("_", " "))
                 preset.setToolTip(f"Threshold {threshold:g}")
                 preset.connect("clicked()", lambda t=tumor, s=slider, p=threshold: s.setValue(round(p * SLIDER_STEPS)))
                 presets.addWidget(preset)
-            self.slidersLayout.addLayout(presets, 2 * row + 1, 1, 1, 2)
+            self.slidersLayout.addWidget(presetsRow, 2 * row + 1, 1, 1, 2)
             self.sliders[tumor] = (slider, value)
         self.slidersLayout.setColumnStretch(1, 1)
 

@@ -121,3 +121,15 @@ def test_help_text_cites_the_models_and_datasets():
     for citation in ("How Well Do Supervised 3D Models Transfer", "AbdomenAtlas",
                      "Towards Generalizable Tumor Synthesis"):
         assert citation in text
+
+
+def test_review_sliders_grid_holds_only_widgets_so_a_rebuild_deletes_everything():
+    """The panel clears the sliders grid with ``takeAt(0).widget().deleteLater()``; a nested layout's item has no
+    widget, so its buttons stayed on screen when the panel was rebuilt for a second segmentation."""
+    import ast
+
+    source = (MODULE_DIR / "AtlasSegModule" / "AtlasSegReviewPanel.py").read_text(encoding="utf-8")
+    calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and node.func.attr in ("addLayout", "addItem")
+             and "slidersLayout" in ast.unparse(node.func.value)]
+    assert calls == [], [ast.unparse(c) for c in calls]
