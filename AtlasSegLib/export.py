@@ -25,6 +25,7 @@ Every file is written to a temporary name first and renamed when complete.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import json
 import logging
 import os
@@ -385,6 +386,11 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
     positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
                                           [float(v) for v in ref.datasets[k].ImagePositionPatient])
                  for k in range(first, last + 1)]
+    # An empty (0008,0005) in the CT means the default repertoire; highdicom refuses the empty string itself.
+    # highdicom < 0.28 (Slicer 5.12 ships 0.27) has no specific_character_set argument: set the element after.
+    charset = _character_set(ref.datasets[0])
+    charset_argument = ({"specific_character_set": charset}
+                        if "specific_character_set" in inspect.signature(hd.SOPClass.__init__).parameters else {})
     seg = hd.seg.Segmentation(
         source_images=ref.datasets, pixel_array=pixels, plane_positions=positions,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -393,9 +399,9 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
         manufacturer_model_name=run.model["id"][:64], software_versions=f"atlasseg {__version__}",
         device_serial_number="0", content_label="ATLASSEG",
         content_description=f"{run.model['title'] or run.model['id']} (automatic)"[:64],
-        series_description=f"AtlasSeg {run.model['id']}"[:64], omit_empty_frames=True,
-        # An empty (0008,0005) in the CT means the default repertoire; highdicom refuses the empty string itself.
-        specific_character_set=_character_set(ref.datasets[0]))
+        series_description=f"AtlasSeg {run.model['id']}"[:64], omit_empty_frames=True, **charset_argument)
+    if charset is not None and not charset_argument:
+        seg.SpecificCharacterSet = charset
     del pixels
     if compress:
         seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian

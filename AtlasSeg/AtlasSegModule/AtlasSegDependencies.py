@@ -6,6 +6,10 @@ requests, or a torch from PyPI that does not match their GPU. So:
 * ``Resources/requirements.txt`` lists what AtlasSeg needs besides torch;
 * packages Slicer ships (``PROTECTED``) are never installed or upgraded: they are dropped from the list, and
   pip gets a constraints file pinning their installed versions, so a dependency cannot pull in another one;
+* features that need more than a Slicer version offers (``FEATURES``: DICOM SEG and RTSTRUCT export need
+  Python >= 3.10 and pydicom >= 3, which Slicer 5.8 and 5.10 do not have) are installed in pip calls of their
+  own, only where they can work: elsewhere they are reported unavailable, with the reason, and everything else
+  still installs (one pip call for everything made a single impossible package stop the whole install);
 * torch comes from the PyTorch extension (``PyTorchUtils``), which picks the build for the computer's GPU;
 * nothing is installed without the user's OK (the widget asks, listing ``confirmationText``);
 * after installing, a restart is offered only when a package that was already imported changed.
@@ -29,7 +33,8 @@ REQUESTER = "AtlasSeg"
 TORCH_REQUIREMENT = ">=2.1"
 
 # Shipped with Slicer (or, for torch, installed by the PyTorch extension for the right GPU): never replaced.
-PROTECTED = ("simpleitk", "numpy", "requests", "vtk", "torch", "torchvision", "torchaudio")
+# pydicom: every Slicer ships it (its DICOM module uses it); highdicom: Slicer >= 5.12 ships it.
+PROTECTED = ("simpleitk", "numpy", "requests", "vtk", "torch", "torchvision", "torchaudio", "pydicom", "highdicom")
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -42,6 +47,7 @@ class DependencyError(RuntimeError):
 class InstallOutcome:
     installed: tuple  # requirement strings that were missing and are now installed
     restartRecommended: bool
+    unavailable: dict = None  # feature name -> why this Slicer cannot offer it
 
 
 def canonicalName(requirement: str) -> str:
@@ -145,41 +151,161 @@ def _pipEnsure():
     return None
 
 
-def installRequirements(requirements, requester: str = REQUESTER) -> InstallOutcome:
-    """Install the missing installable requirements into Slicer's Python (blocking; call after confirming).
+def _pipInstall(requirements, requester: str) -> bool:
+    """One pip run for ``requirements`` with Slicer's own packages pinned; returns whether a restart is advised.
 
     Raises:
-        DependencyError: pip failed; the message names the packages and how to retry.
+        whatever pip raised.
     """
     import slicer
 
-    missing = missingRequirements(requirements)
-    if not missing:
-        return InstallOutcome(installed=(), restartRecommended=False)
-    importedBefore = {canonicalName(r) for r in missing if _importName(r) in sys.modules}
+    importedBefore = {canonicalName(r) for r in requirements if _importName(r) in sys.modules}
     with tempfile.TemporaryDirectory(prefix="AtlasSeg-pip-") as folder:
         constraints = Path(folder) / "slicer-constraints.txt"
         constraints.write_text(constraintsText(), encoding="utf-8")
         pipEnsure = _pipEnsure()
-        try:
-            if pipEnsure is not None:
-                from packaging.requirements import Requirement
+        if pipEnsure is not None:
+            from packaging.requirements import Requirement
 
-                # pip_ensure asks about a restart itself when an imported package changed.
-                pipEnsure([Requirement(r) for r in missing], constraints=str(constraints),
-                          skip_packages=list(PROTECTED), prompt_install=False, prompt_restart=True,
-                          requester=requester)
-                restart = False
-            else:
-                slicer.util.pip_install(["-c", str(constraints), *missing])
-                restart = bool(importedBefore)
+            # pip_ensure asks about a restart itself when an imported package changed.
+            pipEnsure([Requirement(r) for r in requirements], constraints=str(constraints),
+                      skip_packages=list(PROTECTED), prompt_install=False, prompt_restart=True,
+                      requester=requester)
+            return False
+        slicer.util.pip_install(["-c", str(constraints), *requirements])
+        return bool(importedBefore)
+
+
+def installRequirements(requirements, requester: str = REQUESTER) -> InstallOutcome:
+    """Install the missing installable requirements into Slicer's Python (blocking; call after confirming),
+    then, in pip runs of their own, what the features this Slicer can offer need.
+
+    Raises:
+        DependencyError: pip failed on the core requirements; the message names the packages and how to retry.
+        A feature whose install fails is only reported (``InstallOutcome.unavailable``).
+    """
+    missing = missingRequirements(requirements)
+    restart = False
+    if missing:
+        try:
+            restart = _pipInstall(missing, requester)
         except Exception as exc:  # pip's CalledProcessError, network errors: all end the same way for the user
             raise DependencyError(f"Installing {', '.join(missing)} failed: {exc}\n\n{retryHint(missing)}") from exc
-    importlib.invalidate_caches()
-    still = missingRequirements(missing)
-    if still:
-        raise DependencyError(f"pip finished but {', '.join(still)} is still missing or too old.\n\n{retryHint(still)}")
-    return InstallOutcome(installed=tuple(missing), restartRecommended=restart)
+        importlib.invalidate_caches()
+        still = missingRequirements(missing)
+        if still:
+            raise DependencyError(f"pip finished but {', '.join(still)} is still missing or too old.\n\n"
+                                  f"{retryHint(still)}")
+    installed = list(missing)
+    unavailable = {}
+    for status in featureStatuses():
+        if not status.available:
+            unavailable[status.name] = status.reason
+            continue
+        if not status.toInstall:
+            continue
+        try:
+            restart = _pipInstall(list(status.toInstall), requester) or restart
+        except Exception as exc:  # noqa: BLE001 - one feature failing must not undo the rest
+            unavailable[status.name] = f"installing {', '.join(status.toInstall)} failed: {exc}"
+            continue
+        importlib.invalidate_caches()
+        installed += [r for r in status.toInstall if r not in installed]
+    return InstallOutcome(installed=tuple(installed), restartRecommended=restart, unavailable=unavailable)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A feature with needs of its own. ``requirements`` are installed when absent; a protected one that is
+    absent, or any one installed at a version outside the range, makes the feature unavailable (AtlasSeg never
+    replaces an installed package for one feature)."""
+
+    name: str
+    requirements: tuple
+    python: str = ""  # a version specifier for the running Python, e.g. ">=3.10"
+
+
+# The versions are the oldest the exports were tested with (highdicom 0.27.0 is what Slicer 5.12 ships).
+FEATURES = (
+    Feature("DICOM SEG export", ("pydicom>=3.0", "highdicom>=0.27"), python=">=3.10"),
+    Feature("DICOM RTSTRUCT export", ("pydicom>=3.0", "contourpy>=1.2"), python=">=3.10"),
+)
+FEATURE_OF_FORMAT = {"dicom-seg": "DICOM SEG export", "rtstruct": "DICOM RTSTRUCT export"}
+
+
+@dataclass(frozen=True)
+class FeatureStatus:
+    name: str
+    available: bool  # works now, or will once ``toInstall`` is installed
+    toInstall: tuple = ()
+    reason: str = ""  # why not available
+
+
+def pythonVersionText(versionInfo=None) -> str:
+    info = versionInfo or sys.version_info
+    return f"{info[0]}.{info[1]}.{info[2]}"
+
+
+def featureStatus(feature: Feature, versionOf: Callable[[str], Optional[str]] = installedVersion,
+                  pythonVersion: Optional[str] = None) -> FeatureStatus:
+    """Whether ``feature`` can work in this Python (given what is installed), and what to install for it."""
+    pythonVersion = pythonVersion or pythonVersionText()
+    if feature.python and not _pythonMatches(feature.python, pythonVersion):
+            return FeatureStatus(feature.name, False, reason=(
+                f"{feature.name} needs Python {feature.python}; this Slicer has Python {pythonVersion} (use Slicer "
+                "5.12 or later)"))
+    toInstall = []
+    for requirement in feature.requirements:
+        name = canonicalName(requirement)
+        version = versionOf(name)
+        if isSatisfied(requirement, version):
+            continue
+        if version is not None or name in PROTECTED:
+            found = f"this Slicer has {name} {version}" if version else f"{name} is not installed"
+            return FeatureStatus(feature.name, False, reason=(
+                f"{feature.name} needs {requirement}; {found}, which AtlasSeg does not replace (Slicer and "
+                "other extensions rely on it). Use Slicer 5.12 or later for this feature"))
+        toInstall.append(requirement)
+    return FeatureStatus(feature.name, True, toInstall=tuple(toInstall))
+
+
+def _pythonMatches(specifier: str, pythonVersion: str) -> bool:
+    try:
+        from packaging.specifiers import SpecifierSet
+    except ImportError:  # only ">=X.Y" is used in FEATURES
+        wanted = tuple(int(v) for v in specifier.lstrip(">=").split("."))
+        return tuple(int(v) for v in pythonVersion.split(".")[:len(wanted)]) >= wanted
+    return SpecifierSet(specifier).contains(pythonVersion, prereleases=True)
+
+
+def featureStatuses(versionOf: Callable[[str], Optional[str]] = installedVersion,
+                    pythonVersion: Optional[str] = None) -> list:
+    return [featureStatus(f, versionOf, pythonVersion) for f in FEATURES]
+
+
+def unavailableFeatures(versionOf: Callable[[str], Optional[str]] = installedVersion,
+                        pythonVersion: Optional[str] = None) -> dict:
+    """``{feature name: reason}`` for the features this Slicer cannot offer."""
+    return {s.name: s.reason for s in featureStatuses(versionOf, pythonVersion) if not s.available}
+
+
+def requireFeature(name: str) -> None:
+    """Raise ``DependencyError`` with the reason when feature ``name`` cannot work in this Slicer."""
+    for status in featureStatuses():
+        if status.name == name and not status.available:
+            raise DependencyError(status.reason + ".")
+        if status.name == name and status.toInstall:
+            raise DependencyError(f"{name} needs {', '.join(status.toInstall)}: click 'Install' in AtlasSeg's "
+                                  "panel (or Apply), then try again.")
+
+
+def missingForInstall(requirements, versionOf: Callable[[str], Optional[str]] = installedVersion,
+                      pythonVersion: Optional[str] = None) -> list:
+    """Everything one install would add: the missing core requirements and the installable features' ones."""
+    missing = missingRequirements(requirements, versionOf)
+    for status in featureStatuses(versionOf, pythonVersion):
+        missing += [r for r in status.toInstall if r not in missing]
+    return missing
 
 
 def torchMissing() -> bool:

@@ -28,6 +28,7 @@ import vtk
 import slicer
 
 from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegDependencies as deps
 from AtlasSegModule import AtlasSegLogic
 from AtlasSegModule import AtlasSegReview
 
@@ -236,6 +237,11 @@ def exportSegmentation(segmentationNode, fmt: str, destination, *, referenceVolu
     """
     if segmentationNode is None:
         raise InputError("select a segmentation to export")
+    if fmt in deps.FEATURE_OF_FORMAT:
+        try:
+            deps.requireFeature(deps.FEATURE_OF_FORMAT[fmt])
+        except deps.DependencyError as exc:  # e.g. Slicer 5.8/5.10: no pydicom 3; say so before any work
+            raise InputError(str(exc)) from None
     referenceVolume = referenceVolume or referenceVolumeOf(segmentationNode)
     if referenceVolume is None:
         raise InputError(f"segmentation '{segmentationNode.GetName()}' has no reference volume; set its reference "

@@ -59,3 +59,51 @@ def test_retry_hint_says_how_to_install_by_hand():
 def test_everything_installed_in_the_test_environment_is_found():
     """The test venv has every runtime dependency, so nothing would be installed there."""
     assert deps.missingRequirements(deps.readRequirements()) == []
+
+
+# Python and the Python packages each supported Slicer ships, from its SuperBuild (Slicer tags v5.8.1, v5.10.0,
+# branch 5.12: SuperBuild/External_python.cmake and the python-*-requirements.txt pins). SimpleITK is built by
+# Slicer itself: present in every version (its exact version does not matter here).
+SLICER_5_8 = ("3.9.10", {"pydicom": "2.4.4", "numpy": "1.26.4", "requests": "2.32.3", "simpleitk": "2.4.0"})
+SLICER_5_10 = ("3.12.10", {"pydicom": "2.4.4", "numpy": "2.0.2", "requests": "2.32.3", "simpleitk": "2.4.0"})
+SLICER_5_12 = ("3.12.10", {"pydicom": "3.0.2", "highdicom": "0.27.0", "numpy": "2.4.6", "requests": "2.34.2",
+                           "simpleitk": "2.4.0"})
+
+
+@pytest.mark.parametrize("slicer", [SLICER_5_8, SLICER_5_10, SLICER_5_12], ids=["5.8", "5.10", "5.12"])
+def test_first_install_never_touches_a_package_slicer_ships(slicer):
+    python, shipped = slicer
+    plan = deps.missingForInstall(deps.readRequirements(), versionOf=shipped.get, pythonVersion=python)
+    assert "monai>=1.4,<1.7" in plan and "connected-components-3d>=3.12" in plan  # the engine installs everywhere
+    assert not {deps.canonicalName(r) for r in plan} & set(shipped)
+    assert not {deps.canonicalName(r) for r in plan} & {"pydicom", "highdicom"}
+
+
+@pytest.mark.parametrize("slicer, why", [(SLICER_5_8, "needs Python >=3.10; this Slicer has Python 3.9.10"),
+                                         (SLICER_5_10, "this Slicer has pydicom 2.4.4, which AtlasSeg does not replace")],
+                         ids=["5.8", "5.10"])
+def test_dicom_exports_are_unavailable_with_the_reason_where_slicer_cannot_run_them(slicer, why):
+    python, shipped = slicer
+    unavailable = deps.unavailableFeatures(versionOf=shipped.get, pythonVersion=python)
+    assert set(unavailable) == {"DICOM SEG export", "DICOM RTSTRUCT export"}
+    assert all(why in reason and "Slicer 5.12" in reason for reason in unavailable.values())
+
+
+def test_on_slicer_5_12_dicom_exports_use_the_shipped_highdicom_and_install_only_contourpy():
+    python, shipped = SLICER_5_12
+    statuses = {s.name: s for s in deps.featureStatuses(versionOf=shipped.get, pythonVersion=python)}
+    assert statuses["DICOM SEG export"].available and statuses["DICOM SEG export"].toInstall == ()
+    assert statuses["DICOM RTSTRUCT export"].toInstall == ("contourpy>=1.2",)
+
+
+def test_a_too_old_non_slicer_package_makes_the_feature_unavailable_instead_of_being_replaced():
+    versions = {"pydicom": "3.0.2", "highdicom": "0.20.0"}
+    status = deps.featureStatus(deps.FEATURES[0], versionOf=versions.get, pythonVersion="3.12.10")
+    assert not status.available and "highdicom 0.20.0" in status.reason
+
+
+def test_feature_requirements_are_not_in_the_core_requirements_file():
+    """They must never share the core pip run: one impossible package there stopped everything installing."""
+    core = {deps.canonicalName(r) for r in deps.readRequirements()}
+    for feature in deps.FEATURES:
+        assert not core & {deps.canonicalName(r) for r in feature.requirements}, feature.name
