@@ -682,7 +682,17 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elapsed=formatDuration(elapsedSeconds), n=found, name=segmentationNode.GetName())
         if results.emptyStructures:
             text += " " + _("Not found: {names}.").format(names=", ".join(results.emptyStructures))
+        # The engine's warnings (demo model on a real CT, implausible volumes or HU, organ cut by the scan's edge,
+        # regularized DICOM…) go where the result is announced, never only into a file.
+        if results.warnings:
+            text += " " + _("{n} warning(s): check before use (see the log).").format(n=len(results.warnings))
+            self.ui.runStatusLabel.setStyleSheet("color: #b35900; font-weight: bold")
+        else:
+            self.ui.runStatusLabel.setStyleSheet("")
         self.ui.runStatusLabel.text = text
+        self.ui.runStatusLabel.toolTip = "\n".join(results.warnings)
+        for warning in results.warnings:
+            self._appendLog(f"WARNING: {warning}")
         for name, volume in sorted(results.volumesMl.items()):
             self._appendLog(f"{name}: {volume:.1f} ml")
         # Tumor probability maps came with the result: open the sensitivity and review section on it.

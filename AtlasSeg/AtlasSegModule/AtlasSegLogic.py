@@ -211,6 +211,7 @@ class LoadedResults:
     probabilityNodes: dict  # tumor name -> vtkMRMLScalarVolumeNode
     emptyStructures: tuple  # produced by the engine but without a single voxel
     volumesMl: dict  # structure name -> volume in ml
+    warnings: tuple = ()  # report.json "warnings": demo model on a real CT, implausible labels, regularized input…
 
 
 @dataclass
@@ -241,6 +242,17 @@ class _OverwriteSnapshot:
 
 
 # ------------------------------------------------------------------------------------- pure functions
+def readRunWarnings(outputDir) -> tuple:
+    """The engine's warnings of a run (``report.json`` ``"warnings"``), shown in the panel after the run."""
+    path = Path(outputDir) / "report.json"
+    try:
+        warnings = json.loads(path.read_text(encoding="utf-8")).get("warnings") or []
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("no warnings read from %s: %s", path, exc)
+        return ()
+    return tuple(str(w) for w in warnings)
+
+
 def engineCommand(python: str, inputPath, outputDir, options: RunOptions) -> list:
     """The engine command line for one run (see ``python -m AtlasSegLib segment --help``)."""
     command = [python, "-m", "AtlasSegLib", "segment", str(inputPath), "-o", str(outputDir)]
@@ -642,7 +654,8 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
                                                     if overwriting else None)
         self._placeInSubjectHierarchy(inputVolume, [segmentationNode, *probabilityNodes.values()])
         return LoadedResults(segmentationNode=segmentationNode, segmentIds=tuple(segmentIds),
-                             probabilityNodes=probabilityNodes, emptyStructures=empty, volumesMl=volumesMl)
+                             probabilityNodes=probabilityNodes, emptyStructures=empty, volumesMl=volumesMl,
+                             warnings=readRunWarnings(outputDir))
 
     @staticmethod
     def _readLabels(path: Path, geometry: bridge.VolumeGeometry) -> np.ndarray:

@@ -295,3 +295,13 @@ def test_a_folder_without_card_json_is_refused(logic, scene):
     (outdir / "card.json").unlink()
     with pytest.raises(ValueError, match="card.json is missing"):
         logic.loadResults(outdir, volume)
+
+
+def test_run_warnings_from_report_json_come_with_the_results(logic, scene):
+    """The panel shows report.json's "warnings" after a run (demo model on a real CT, implausible labels…)."""
+    volume, outdir, _ = scene
+    assert logic.loadResults(outdir, volume).warnings == ()
+    report = json.loads((outdir / "report.json").read_text())
+    report["warnings"] = ["liver: volume 5000 ml is far outside the adult range", "demo model on a real CT"]
+    (outdir / "report.json").write_text(json.dumps(report))
+    assert logic.loadResults(outdir, volume).warnings == tuple(report["warnings"])
