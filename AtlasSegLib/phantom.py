@@ -28,6 +28,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .plausibility import mark_phantom
+
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas", "aorta", "vertebrae")
 TUMOR = "liver_tumor"
 STRUCTURES = ORGANS + (TUMOR,)
@@ -85,6 +87,8 @@ def make_phantom(seed: int = 0, *, tumors: bool = True, size=(192, 160, 96), spa
     ct += noise_rng.uniform(10.0, 15.0) * noise_rng.standard_normal(ct.shape, dtype=np.float32)
     image = sitk.GetImageFromArray(np.clip(np.rint(ct), -1024, 3071).astype(np.int16))
     canvas.stamp(image)
+    # Marked as a phantom (kept when saved as NIfTI/NRRD/MHA): the demo model warns on anything that is not one.
+    mark_phantom(image, seed)
 
     masks = {name: canvas.owner == i for name, i in _ID.items()}
     if tumor is not None:

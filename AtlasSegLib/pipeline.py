@@ -28,6 +28,7 @@ from .inference import infer, pick_device
 from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
+from .plausibility import body_profile, check_coverage, check_model_fit, check_structures
 from .postprocess import (dilate_mm, largest_component, largest_per_side, quantize, tumor_mask)
 from .progress import Reporter
 
@@ -135,6 +136,9 @@ class Segmenter:
         reporter.update("read", 1.0, "checking the image")
         kji = sitk.GetArrayViewFromImage(image)
         check_ct_values(kji, source.path, force=opts.force)
+        # Plausibility (warnings, never changes): is this the model for this image, is there an abdomen in it.
+        profile = body_profile(image)
+        warnings = check_model_fit(card.id, image) + check_coverage(profile)
         need = estimate_memory_bytes(image, card, fast=opts.fast)
         avail = psutil.virtual_memory().available
         if need > avail:
@@ -157,14 +161,16 @@ class Segmenter:
         with staging as tmpdir:
             writer = OutputWriter(tmpdir, image, source, card, reporter=reporter, overview=opts.overview)
             t = time.perf_counter()
-            self._emit_structures(logits, prep, image, writer, reporter)
+            masks = self._emit_structures(logits, prep, image, writer, reporter)
             del logits
+            warnings += self._flag_structures(writer.structures, masks, image, kji, profile)
+            del masks
             timings["invert_postprocess_write"] = time.perf_counter() - t
             for name, src in (extra_files or {}).items():
                 (Path(tmpdir) / name).parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(src, str(Path(tmpdir) / name), useCompression=True)
             timings["total"] = time.perf_counter() - t0
-            report = writer.finish(settings=self._settings(prep), timings=timings)
+            report = writer.finish(settings=self._settings(prep), timings=timings, warnings=warnings)
             reporter.update("write", 1.0, "done")
             staging.commit()
         return report
@@ -181,8 +187,19 @@ class Segmenter:
             "torch": torch.__version__,
         }
 
+    def _flag_structures(self, entries: list, masks: dict, image: sitk.Image, kji, profile) -> list:
+        """Plausibility flags of the written structures: set as each entry's "flags", returned as warnings."""
+        gates = {c.name: list(c.gate) for c in self.card.classes if c.is_tumor and c.gate}
+        flags = check_structures(entries, masks, Grid.of(image), kji, gates=gates, midline_x_mm=profile.midline_x_mm)
+        warnings = []
+        for entry in entries:
+            entry["flags"] = flags.get(entry["name"], [])
+            warnings += [f"{entry['name']}: {text}" for text in entry["flags"]]
+        return warnings
+
     def _emit_structures(self, logits: torch.Tensor, prep: Prepared, image: sitk.Image, writer: "OutputWriter",
-                         reporter: Reporter) -> None:
+                         reporter: Reporter) -> dict:
+        """Write every structure; returns name -> (box, mask on that box) of the non-empty ones."""
         card = self.card
         inf = card.inference
         post = card.postprocessing
@@ -193,6 +210,7 @@ class Segmenter:
             argmax = torch.argmax(logits, dim=0).numpy().astype(np.uint8)
         classes = sorted(card.classes, key=lambda c: c.is_tumor)  # organs first: tumors are gated by them
         organ_boxes = {}
+        tumors = {}
         midline = float(target.index_to_physical(np.asarray(target.size) / 2.0 - 0.5)[0])
         for n, cls in enumerate(classes):
             reporter.update("postprocess", n / len(classes), cls.name)
@@ -216,7 +234,10 @@ class Segmenter:
                     organ_boxes[cls.name] = (box, mask)
                 writer.add_structure(cls, box, mask)
             else:
-                self._emit_tumor(cls, prob, prep, target, organ_boxes, writer)
+                tumor = self._emit_tumor(cls, prob, prep, target, organ_boxes, writer)
+                if tumor is not None:
+                    tumors[cls.name] = tumor
+        return {**organ_boxes, **tumors}
 
     @staticmethod
     def _to_input_grid(array_ijk: np.ndarray, grid: Grid, target: Grid, *, nonzero=None):
@@ -238,7 +259,7 @@ class Segmenter:
         out = resample(src, target.sub(*box), interpolator=sitk.sitkNearestNeighbor)
         return box, sitk.GetArrayFromImage(out)
 
-    def _emit_tumor(self, cls, prob, prep: Prepared, target: Grid, organ_boxes: dict, writer) -> None:
+    def _emit_tumor(self, cls, prob, prep: Prepared, target: Grid, organ_boxes: dict, writer):
         card = self.card
         post = card.postprocessing
         threshold = float(self.options.thresholds.get(cls.name, card.inference["threshold"]))
@@ -271,6 +292,7 @@ class Segmenter:
         mask = tumor_mask(q_box, gate_mask, threshold=threshold, voxel_mm3=target.voxel_volume_mm3, min_mm3=min_mm3)
         writer.add_tumor(cls, box, mask, q_box, threshold=threshold, gate=gate_info, min_mm3=min_mm3,
                          dilation_mm=post["tumor_gate_dilation_mm"] if gate_info else None)
+        return (box, mask) if mask.any() else None
 
 
 def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
