@@ -56,7 +56,8 @@ def test_progress_json_lines_end_with_done(small_ct, tmp_path):
 
 def test_progress_json_reports_errors_with_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "AtlasSegLib", "segment", str(tmp_path / "missing.nii.gz"), "-o",
-                        str(tmp_path / "o"), "--progress-json"], cwd=REPO, capture_output=True, text=True)
+                        str(tmp_path / "o"), "--model", "atlasseg-demo", "--progress-json"], cwd=REPO,
+                       capture_output=True, text=True)
     assert r.returncode == 2
     last = json.loads(r.stdout.splitlines()[-1])
     assert last["event"] == "error" and last["exit_code"] == 2 and "does not exist" in last["message"]
