@@ -385,7 +385,7 @@ def cmd_demo(args, sink) -> int:
 
 
 def cmd_threshold(args) -> int:
-    from .runedit import rethreshold
+    from .runedit import below_threshold_warnings, rethreshold
 
     values = _parse_pairs(args.set, "--set")
     report = rethreshold(args.outdir, values)
@@ -393,6 +393,8 @@ def cmd_threshold(args) -> int:
         info = report["tumors"][name]
         print(f"{name}: threshold {info['threshold']}, {info['count']} component(s), "
               f"{sum(c['volume_ml'] for c in info['components']):.2f} ml")
+    for text in below_threshold_warnings(report, values):
+        print(f"atlasseg: warning: {text}", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,6 @@ Layers, lowest first: ``outputs`` (the run folder's files) <- ``review`` (candid
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -25,9 +24,14 @@ from .review import (ProbabilityMap, ReviewState, candidates_of, counter_text, d
                      remove_at, remove_below_probability, remove_smaller_than, review_rows, save_review, seed_kji,
                      status_text)
 
-log = logging.getLogger(__name__)
 
 BELOW_THRESHOLD_WARNING = "{name}: kept candidate"  # how the warnings this module adds begin (per tumor)
+
+
+def below_threshold_warnings(report: dict, names) -> list:
+    """The "kept, below threshold" warnings report.json holds for these tumors."""
+    return [w for w in report.get("warnings") or ()
+            if any(w.startswith(BELOW_THRESHOLD_WARNING.format(name=n) + " ") for n in names)]
 
 
 def finish_edit(outdir: Path, report: dict, card, ref: sitk.Image, history: dict, *, masks_changed: bool = True) -> dict:
@@ -64,8 +68,8 @@ def rethreshold(outdir, thresholds: dict) -> dict:
     ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
     grid = Grid.of(ref)
     state = load_review(outdir)
-    warnings = [w for w in report.get("warnings") or []
-                if not any(w.startswith(BELOW_THRESHOLD_WARNING.format(name=n) + " ") for n in thresholds)]
+    stale = below_threshold_warnings(report, thresholds)
+    warnings = [w for w in report.get("warnings") or [] if w not in stale]
     for name, t in thresholds.items():
         meta_path = outdir / PROB_DIR / f"{name}.json"
         meta = json.loads(meta_path.read_text())
@@ -86,9 +90,7 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         meta["threshold"] = float(t)
         atomic_write_text(json.dumps(meta, indent=1), meta_path)
         _register_ids(state, name, pmap, mask)
-        for text in _kept_below(state, name, mask, box[0], float(t)):
-            log.warning("%s", text)
-            warnings.append(text)
+        warnings += _kept_below(state, name, mask, box[0], float(t))
     if warnings or "warnings" in report:
         report["warnings"] = warnings
     if state.tumors:

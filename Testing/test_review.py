@@ -319,3 +319,164 @@ def test_cli_review_refuses_out_of_range_batch_values_and_changes_nothing(demo_r
     assert re.search(message, capsys.readouterr().err)
     assert (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes() == before
     assert not (demo_run / "review.json").exists()
+
+
+def _rows(out, name="liver_tumor"):
+    return review.review_rows(out)[name]
+
+
+def test_contradictory_review_actions_are_refused_and_change_nothing(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    before = (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes()
+    report_before = (demo_run / "report.json").read_bytes()
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--remove", "1", "--keep", "1"]) == 2
+    assert "both removed and kept" in capsys.readouterr().err
+    assert (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes() == before
+    assert (demo_run / "report.json").read_bytes() == report_before
+    assert not (demo_run / "review.json").exists()
+
+
+def test_keep_largest_on_a_tumor_is_refused_with_a_message(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    before = (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes()
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--keep-largest", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep-largest is for organs" in err and "--remove" in err
+    assert (demo_run / "segmentations" / "liver_tumor.nii.gz").read_bytes() == before
+
+
+def _add_candidates(run, sizes=(6, 5, 4, 3), value=204):
+    """Add cubes (p = value / 255, default 0.8) of these edge lengths (voxels) to the run's kept liver tumor probability map,
+    inside the liver and apart from each other and from the tumors there: more candidates of distinct sizes,
+    which the next 'atlasseg threshold' turns into mask components like any other."""
+    path = run / "probabilities" / "liver_tumor.nii.gz"
+    image = sitk.ReadImage(str(path))
+    q = sitk.GetArrayFromImage(image)
+    pm = review.ProbabilityMap.from_output(run, "liver_tumor")
+    free = (pm.organs["liver"] > 0) & (q < 25)
+    taken = np.zeros(q.shape, bool)
+    for n in sizes:
+        placed = False
+        for k, j, i in zip(*np.nonzero(free)):
+            lo = np.array([k, j, i]) - 2
+            hi = np.array([k, j, i]) + n + 2
+            if (lo < 0).any() or (hi > q.shape).any():
+                continue
+            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            if free[sl].all() and not taken[sl].any():
+                inner = tuple(slice(a + 2, b - 2) for a, b in zip(lo, hi))
+                q[inner] = value
+                taken[sl] = True
+                placed = True
+                break
+        assert placed, f"no room for a {n}-voxel cube in the liver"
+    out = sitk.GetImageFromArray(q)
+    out.CopyInformation(image)
+    sitk.WriteImage(out, str(path), useCompression=True)
+
+
+def test_candidate_ids_stay_the_same_after_removals_keeps_and_thresholds(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    _add_candidates(demo_run)
+    assert main(["threshold", str(demo_run), "--set", "liver_tumor=0.5"]) == 0
+    first = {r["id"]: r for r in _rows(demo_run)}
+    assert len(first) >= 5, "the demo's tumors and the added ones: at least five liver tumor candidates"
+    assert sorted(first) == list(range(1, len(first) + 1))  # a fresh listing numbers by size
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--remove", "1", "2", "--keep", "4"]) == 0
+    after = {r["id"]: r for r in _rows(demo_run)}
+    assert set(after) == set(first)  # removed ones keep their number too
+    assert after[4]["status"] == "kept" and after[4]["seed_ijk"] == first[4]["seed_ijk"]
+    assert after[1]["status"] == after[2]["status"] == "removed" and not after[1]["present"]
+    assert after[3]["status"] == "unreviewed" and after[3]["seed_ijk"] == first[3]["seed_ijk"]
+    # The next action by the same numbers hits the same lesions.
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--remove", "3"]) == 0
+    mask = _mask(demo_run / "segmentations" / "liver_tumor.nii.gz")
+    i, j, k = first[3]["seed_ijk"]
+    assert mask[k, j, i] == 0
+    i, j, k = first[4]["seed_ijk"]
+    assert mask[k, j, i] == 1
+    # A new threshold does not renumber: candidate 4 (kept) is still 4; removed numbers are not given again.
+    assert main(["threshold", str(demo_run), "--set", "liver_tumor=0.2"]) == 0
+    rows = _rows(demo_run)
+    kept = [r for r in rows if r["status"] == "kept"]
+    assert [r["id"] for r in kept] == [4]
+    assert len({r["id"] for r in rows}) == len(rows)
+    capsys.readouterr()
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--keep", "1"]) == 2
+    assert "candidate 1 is no longer in the mask (removed)" in capsys.readouterr().err
+
+
+def test_kept_candidate_below_a_higher_threshold_is_listed_and_warned(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    _add_candidates(demo_run, sizes=(5,), value=140)  # a weak candidate, p 0.55
+    assert main(["threshold", str(demo_run), "--set", "liver_tumor=0.5"]) == 0
+    rows = _rows(demo_run)
+    weakest = min((r for r in rows), key=lambda r: r["max_probability"])
+    assert weakest["max_probability"] < 0.6
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--keep", str(weakest["id"])]) == 0
+    above = 0.7
+    capsys.readouterr()
+    assert main(["threshold", str(demo_run), "--set", f"liver_tumor={above}"]) == 0
+    assert "kept candidate" in capsys.readouterr().err  # said at once, on stderr
+    listed = [r for r in _rows(demo_run) if r["id"] == weakest["id"]]
+    assert len(listed) == 1 and listed[0]["status"] == "kept" and listed[0]["below_threshold"]
+    assert listed[0]["present"] is False
+    report = json.loads((demo_run / "report.json").read_text())
+    assert any(w.startswith(f"liver_tumor: kept candidate {weakest['id']} ") for w in report["warnings"])
+    capsys.readouterr()
+    assert main(["review", str(demo_run)]) == 0
+    out = capsys.readouterr().out
+    assert "kept, below threshold" in out and "(1 below threshold)" in out
+    assert "unreviewed" not in out  # one word in the CLI and the report: "to review"
+    # Back down: the lesion is in the mask again, still kept, same id, and the warning is gone.
+    assert main(["threshold", str(demo_run), "--set", "liver_tumor=0.5"]) == 0
+    listed = [r for r in _rows(demo_run) if r["id"] == weakest["id"]]
+    assert len(listed) == 1 and listed[0]["status"] == "kept" and listed[0]["present"]
+    report = json.loads((demo_run / "report.json").read_text())
+    assert not any("kept candidate" in w for w in report.get("warnings", []))
+
+
+def test_batch_rules_never_remove_a_kept_candidate(demo_run, capsys):
+    from AtlasSegLib.cli import main
+
+    rows = _rows(demo_run)
+    smallest = min(rows, key=lambda r: r["volume_ml"])
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--keep", str(smallest["id"])]) == 0
+    capsys.readouterr()
+    huge = max(r["volume_ml"] for r in rows) + 1.0
+    assert main(["review", str(demo_run), "--structure", "liver_tumor", "--remove-smaller-than", str(huge)]) == 0
+    assert "1 kept candidate(s) spared" in capsys.readouterr().out
+    after = _rows(demo_run)
+    present = [r for r in after if r["present"]]
+    assert [r["id"] for r in present] == [smallest["id"]] and present[0]["status"] == "kept"
+
+
+def test_the_run_folder_layer_imports_neither_review_nor_report():
+    """outputs <- review <- report <- runedit: no module imports one above it, not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    import AtlasSegLib
+
+    root = Path(AtlasSegLib.__file__).parent
+    order = ["outputs", "review", "report", "runedit"]
+
+    def imported(name):
+        found = set()
+        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("AtlasSegLib."):
+                found.add(node.module.split(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("AtlasSegLib.")}
+        return found
+
+    for lower, name in enumerate(order):
+        above = set(order[lower + 1:]) & imported(name)
+        assert not above, f"{name} imports {above}"
+    assert not {"review", "report"} & imported("outputs")
