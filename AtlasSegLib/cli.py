@@ -317,10 +317,13 @@ def cmd_segment(args, sink) -> int:
     t0 = time.perf_counter()
     report = segment(args.input, args.output, card=card, weights=weights, options=opts, progress=sink)
     sink.close()
-    sink.event(event="done", outdir=str(Path(args.output).resolve()))
+    warnings = report.get("warnings") or []
+    # With --progress-json the warnings travel in the "done" event (the protocol's last line), not as raw lines
+    # after it: a program reading the protocol gets them with the result.
+    sink.event(event="done", outdir=str(Path(args.output).resolve()), warnings=warnings)
     if not args.progress_json:
         _print_summary(report, time.perf_counter() - t0, args.output)
-    _print_warnings(report.get("warnings") or [])
+        _print_warnings(warnings)
     return 0
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 from AtlasSegModule import AtlasSegRender
 from slicer_marks import requires_opengl
 
-from AtlasSegLib.outputs import rethreshold
+from AtlasSegLib.runedit import rethreshold
 from AtlasSegLib.report import build_report
 from report_cases import real_ct_output
 from testdata import ct_data_dir
