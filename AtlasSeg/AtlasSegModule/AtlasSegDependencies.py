@@ -176,41 +176,60 @@ def _pipInstall(requirements, requester: str) -> bool:
         return bool(importedBefore)
 
 
+@dataclass(frozen=True)
+class PipRun:
+    """One pip invocation of an install: the core requirements (``feature`` empty) or one feature's."""
+
+    feature: str
+    requirements: tuple
+
+
+def installPlan(requirements, versionOf: Callable[[str], Optional[str]] = installedVersion,
+                pythonVersion: Optional[str] = None) -> tuple:
+    """``(runs, unavailable)``: the pip runs a first install makes, in order — the missing core requirements
+    first, then one run per feature this Slicer can offer — and ``{feature: reason}`` for those it cannot.
+
+    Separate runs, because in one pip call a single requirement this Python cannot install (highdicom on
+    Slicer 5.8's Python 3.9) made pip install nothing at all.
+    """
+    runs = []
+    core = missingRequirements(requirements, versionOf)
+    if core:
+        runs.append(PipRun("", tuple(core)))
+    unavailable = {}
+    for status in featureStatuses(versionOf, pythonVersion):
+        if not status.available:
+            unavailable[status.name] = status.reason
+        elif status.toInstall:
+            runs.append(PipRun(status.name, tuple(r for r in status.toInstall if r not in core)))
+    return [run for run in runs if run.requirements], unavailable
+
+
 def installRequirements(requirements, requester: str = REQUESTER) -> InstallOutcome:
-    """Install the missing installable requirements into Slicer's Python (blocking; call after confirming),
-    then, in pip runs of their own, what the features this Slicer can offer need.
+    """Install what ``installPlan`` says into Slicer's Python (blocking; call after confirming).
 
     Raises:
         DependencyError: pip failed on the core requirements; the message names the packages and how to retry.
         A feature whose install fails is only reported (``InstallOutcome.unavailable``).
     """
-    missing = missingRequirements(requirements)
+    runs, unavailable = installPlan(requirements)
     restart = False
-    if missing:
+    installed = []
+    for run in runs:
+        wanted = list(run.requirements)
         try:
-            restart = _pipInstall(missing, requester)
+            restart = _pipInstall(wanted, requester) or restart
         except Exception as exc:  # pip's CalledProcessError, network errors: all end the same way for the user
-            raise DependencyError(f"Installing {', '.join(missing)} failed: {exc}\n\n{retryHint(missing)}") from exc
+            if run.feature:  # one feature failing must not undo the rest
+                unavailable[run.feature] = f"installing {', '.join(wanted)} failed: {exc}"
+                continue
+            raise DependencyError(f"Installing {', '.join(wanted)} failed: {exc}\n\n{retryHint(wanted)}") from exc
         importlib.invalidate_caches()
-        still = missingRequirements(missing)
-        if still:
+        still = missingRequirements(wanted)
+        if still and not run.feature:
             raise DependencyError(f"pip finished but {', '.join(still)} is still missing or too old.\n\n"
                                   f"{retryHint(still)}")
-    installed = list(missing)
-    unavailable = {}
-    for status in featureStatuses():
-        if not status.available:
-            unavailable[status.name] = status.reason
-            continue
-        if not status.toInstall:
-            continue
-        try:
-            restart = _pipInstall(list(status.toInstall), requester) or restart
-        except Exception as exc:  # noqa: BLE001 - one feature failing must not undo the rest
-            unavailable[status.name] = f"installing {', '.join(status.toInstall)} failed: {exc}"
-            continue
-        importlib.invalidate_caches()
-        installed += [r for r in status.toInstall if r not in installed]
+        installed += [r for r in wanted if r not in still]
     return InstallOutcome(installed=tuple(installed), restartRecommended=restart, unavailable=unavailable)
 
 

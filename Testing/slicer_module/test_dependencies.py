@@ -107,3 +107,17 @@ def test_feature_requirements_are_not_in_the_core_requirements_file():
     core = {deps.canonicalName(r) for r in deps.readRequirements()}
     for feature in deps.FEATURES:
         assert not core & {deps.canonicalName(r) for r in feature.requirements}, feature.name
+
+
+@pytest.mark.parametrize("slicer", [SLICER_5_8, SLICER_5_10, SLICER_5_12], ids=["5.8", "5.10", "5.12"])
+def test_install_runs_core_packages_alone_and_each_feature_in_a_pip_run_of_its_own(slicer):
+    python, shipped = slicer
+    runs, unavailable = deps.installPlan(deps.readRequirements(), versionOf=shipped.get, pythonVersion=python)
+    assert runs[0].feature == "" and "monai>=1.4,<1.7" in runs[0].requirements
+    featureNames = {deps.canonicalName(r) for f in deps.FEATURES for r in f.requirements}
+    assert not {deps.canonicalName(r) for r in runs[0].requirements} & featureNames
+    assert all(run.feature for run in runs[1:])
+    planned = {run.feature for run in runs[1:]}
+    assert not planned & set(unavailable)  # nothing is installed for a feature this Slicer cannot run
+    if python.startswith("3.9"):
+        assert planned == set()
