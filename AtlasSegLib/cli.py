@@ -132,6 +132,8 @@ def _add_review_parser(sub) -> None:
 
 def _add_export_parser(sub) -> None:
     # Here, not in export.py: building the parser must not import numpy/SimpleITK/pydicom (startup time).
+    from . import roinames  # plain Python
+
     e = sub.add_parser("export", help="export a finished run as DICOM SEG, RTSTRUCT, .seg.nrrd or AbdomenAtlas case",
                        description="Export the structures of an AtlasSeg output folder. DICOM SEG and RTSTRUCT "
                        "reference the CT's DICOM series: the run's input when it was a DICOM folder, otherwise "
@@ -142,6 +144,15 @@ def _add_export_parser(sub) -> None:
     e.add_argument("--reference-dicom", metavar="DIR", help="the CT's DICOM series (for dicom-seg and rtstruct)")
     e.add_argument("--ct", help="the CT file or DICOM folder (abdomenatlas) when the run's input has moved")
     e.add_argument("--no-compress", action="store_true", help="write the DICOM SEG uncompressed")
+    e.add_argument("--names", default="model", choices=roinames.NAME_SCHEMES,
+                   help="ROI/segment names: model (liver, kidney_left) or tg263 (AAPM TG-263: Liver, Kidney_L, "
+                   "tumors GTV_Liver); for dicom-seg, rtstruct, seg-nrrd")
+    e.add_argument("--name-map", metavar="FILE",
+                   help="your own ROI names, applied over --names: JSON {\"liver\": \"Liver\"} or CSV lines "
+                   "structure,name")
+    e.add_argument("--tumor-roi-type", default="none", choices=roinames.TUMOR_ROI_TYPES,
+                   help="rtstruct: RT ROI Interpreted Type of tumor ROIs; none (default): left for the planner to "
+                   "set, as automatic candidates are unreviewed")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
