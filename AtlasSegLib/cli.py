@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("outdir", help="output folder of an 'atlasseg segment' or 'atlasseg demo' run")
     r.add_argument("--ct", help="the CT the run segmented, when its input path has moved")
     r.add_argument("--no-pictures", action="store_true", help="tables and page only (fast; no CT needed)")
+    r.add_argument("--anonymize", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave the patient's name and ID, study date, series description, UIDs and file names out "
+                   "of the report (default: as the folder's previous report; --no-anonymize puts them back)")
 
     _add_review_parser(sub)
 

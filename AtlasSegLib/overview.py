@@ -20,6 +20,9 @@ WINDOW_HU = (-150.0, 250.0)
 # Opacity of a structure's tint where its projection is thickest (half of it at the thinnest covered pixel):
 # enough to tell the colours apart, little enough to see the bones and gas through them.
 TINT_OPACITY = 0.7
+MIN_HEIGHT_PX = 300  # a short scan's projection is drawn at least this tall (physical aspect kept) …
+MAX_WIDTH_PX = 1000  # … unless it would be wider than this
+SHORT_SCAN_MM = 150.0  # shorter head to foot: the picture says to check the structures on slices
 
 
 def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
@@ -73,21 +76,29 @@ class Overview:
             covered = np.asarray(coverage, dtype=np.float32) >= 0.5
             alpha = np.where(covered, TINT_OPACITY * np.maximum(strength, 0.5), 0.0)[..., None]
             rgb = rgb * (1 - alpha) + np.asarray(color, np.float32)[None, None, :] * alpha
-        # At least 512 pixels along the longer side: a short scan (a few cm of z) stays readable.
-        scale = max(1, math.ceil(512 / max(rgb.shape[:2])))
+        # At least 512 pixels along the longer side and MIN_HEIGHT_PX tall (a short scan, a few cm of z, is
+        # otherwise a thin strip), at most MAX_WIDTH_PX wide; the physical aspect ratio is kept.
+        height, width = rgb.shape[:2]
+        scale = max(1, math.ceil(512 / max(height, width)))
+        if height * scale < MIN_HEIGHT_PX:
+            scale = max(scale, min(MIN_HEIGHT_PX / height, MAX_WIDTH_PX / width))
         img = Image.fromarray(rgb.astype(np.uint8), "RGB")
         if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.BILINEAR)
-        return self._decorate(img, title)
+            img = img.resize((int(round(width * scale)), int(round(height * scale))), Image.BILINEAR)
+        return self._decorate(img, title, short_scan_note(self.grid))
 
-    def _decorate(self, img: Image.Image, title: str) -> Image.Image:
+    def _decorate(self, img: Image.Image, title: str, note: str = "") -> Image.Image:
         font = _font(16)
         small = _font(13)
         legend_w = 210
-        canvas = Image.new("RGB", (img.width + legend_w, max(img.height + 30, 40 + 20 * len(self.layers))), "black")
+        below = 24 if note else 0
+        canvas = Image.new("RGB", (img.width + legend_w, max(img.height + 30 + below, 40 + 20 * len(self.layers))),
+                           "black")
         canvas.paste(img, (0, 30))
         d = ImageDraw.Draw(canvas)
         d.text((6, 6), title, fill="white", font=font)
+        if note:
+            d.text((6, img.height + 34), note, fill=(255, 210, 80), font=small)
         d.text((6, 36), "R", fill="yellow", font=font)
         d.text((img.width - 18, 36), "L", fill="yellow", font=font)
         y = 36
@@ -96,6 +107,17 @@ class Overview:
             d.text((img.width + 30, y), name, fill="white", font=small)
             y += 20
         return canvas
+
+
+def short_scan_note(grid: Grid) -> str:
+    """A warning for scans shorter than SHORT_SCAN_MM head to foot: their frontal projection piles every organ
+    of a few cm onto one strip, so it cannot show whether each one is right (empty for longer scans)."""
+    g = oriented(grid, "LAS")
+    length = g.size[2] * g.spacing[2]
+    if length >= SHORT_SCAN_MM:
+        return ""
+    return (f"short scan ({length / 10:.1f} cm, {g.size[2]} slices): structures overlap in this projection; "
+            "check them on axial and coronal slices")
 
 
 def _font(size: int):

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from AtlasSegLib.card import builtin_card
 from AtlasSegLib.geometry import Grid, resample
-from AtlasSegLib.io import SourceInfo
+from AtlasSegLib.io import SourceInfo, read_image
 from AtlasSegLib.outputs import OutputWriter
 from AtlasSegLib.postprocess import dilate_mm, quantize, tumor_mask
 
@@ -77,10 +77,19 @@ def real_ct_output(ctdata: Path, folder: Path, *, threshold: float = 0.5, size_i
     lesioned.CopyInformation(ct)
     ct_path = folder / "ct_with_lesions.nii.gz"
     sitk.WriteImage(lesioned, str(ct_path), useCompression=True)
+    return _write_run(folder / "out", lesioned, SourceInfo(path=str(ct_path), format="nifti"), seg, prob,
+                      threshold=threshold)
 
+
+def _write_run(out: Path, ct: sitk.Image, source: SourceInfo, seg: np.ndarray, prob: np.ndarray, *,
+               threshold: float = 0.5) -> Path:
+    """The engine's output folder for TotalSegmentator labels ``seg`` (organs) and a liver-tumor probability map."""
+    grid = Grid.of(ct)
+    spacing_kji = np.asarray(grid.spacing[::-1])
+    liver = (seg == TOTALSEG["liver"]).astype(np.uint8)
     names = list(TOTALSEG) + ["liver_tumor"]
     card = builtin_card("suprem-segresnet").select(names)
-    writer = OutputWriter(folder / "out", lesioned, SourceInfo(path=str(ct_path), format="nifti"), card)
+    writer = OutputWriter(out, ct, source, card)
     full = ((0, 0, 0), tuple(grid.size))
     for cls in sorted(card.classes, key=lambda c: c.is_tumor):
         if not cls.is_tumor:
@@ -102,4 +111,37 @@ def real_ct_output(ctdata: Path, folder: Path, *, threshold: float = 0.5, size_i
     writer.finish(settings={"device": "cpu", "fast": False, "postprocess": True, "structures": None,
                             "note": "organ masks: TotalSegmentator predictions; tumor map: synthetic"},
                   timings={})
-    return folder / "out"
+    return out
+
+
+DICOM_SERIES = ("totalseg_dicom_upper_abdomen", "example_ct_dicom")
+
+
+def dicom_ct_output(ctdata: Path, folder: Path, *, patient: tuple = None) -> Path:
+    """An output folder whose input is the real DICOM series (``totalseg_dicom_upper_abdomen``, 20 JPEG 2000 slices
+    whose InstanceNumbers run 267… from the head down), read by ``read_image``: organs from its TotalSegmentator
+    labels placed by physical position, one synthetic liver lesion (peak p 0.97, ~2 cm) deep in the liver.
+
+    ``patient`` ("NAME^GIVEN", "ID") writes a copy of the series with that PatientName/PatientID (header only,
+    pixel data untouched) into ``folder/<NAME>_series`` and segments that copy. Returns ``folder/out``."""
+    import pydicom
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series = ctdata.joinpath(*DICOM_SERIES)
+    if patient is not None:
+        copy = folder / f"{patient[0].split('^')[0]}_series"
+        copy.mkdir(exist_ok=True)
+        for path in sorted(series.iterdir()):
+            ds = pydicom.dcmread(str(path))
+            ds.PatientName, ds.PatientID = patient
+            ds.save_as(str(copy / path.name))
+        series = copy
+    ct, source = read_image(series)
+    seg = sitk.GetArrayFromImage(resample(sitk.ReadImage(str(ctdata / DICOM_SERIES[0] / "example_seg_dicom.nii.gz")),
+                                          Grid.of(ct), interpolator=sitk.sitkNearestNeighbor))
+    liver = (seg == TOTALSEG["liver"]).astype(np.uint8)
+    spacing_kji = np.asarray(Grid.of(ct).spacing[::-1])
+    centre = lesion_centres(liver, spacing_kji)[0]
+    prob = (0.97 * _blob(seg.shape, centre, spacing_kji, 8.0)).astype(np.float32)
+    return _write_run(folder / "out", ct, source, seg, prob)

@@ -75,7 +75,8 @@ def test_report_keeps_the_run_keys_and_gives_tumor_sizes_in_cm(case):
     assert organ["mean_hu"] == int(round(float(ct[liver].mean())))
     assert result.pictures["overview"] == case / "pictures" / "overview.png"
     assert {p.name for p in (case / "pictures").iterdir()} == {"overview.png", "liver_tumor_1.png",
-                                                               "liver_tumor_2.png"}
+                                                               "liver_tumor_2.png", "structures_axial.png",
+                                                               "structures_coronal.png"}
 
 
 def test_report_csv_has_a_row_per_structure_component_and_tumor_type(case):
@@ -98,9 +99,12 @@ def test_report_html_is_self_contained_with_the_pictures_inlined(case):
     page = (case / "report.html").read_text()
     assert "<script" not in page.lower() and "http://" not in page and "https://" not in page
     sources = [part.split('"', 1)[0] for part in page.split('src="')[1:]]
-    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
-    # The inlined overview is the picture written beside the page.
-    assert base64.b64decode(sources[0].split(",", 1)[1]) == (case / "pictures" / "overview.png").read_bytes()
+    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    # Each inlined picture is the one written beside the page.
+    written = {p.read_bytes() for p in (case / "pictures").iterdir()}
+    assert {base64.b64decode(s.split(",", 1)[1]) for s in sources} == written
+    overview = page.split('alt="frontal projection', 1)[1].split('src="', 1)[1].split('"', 1)[0]
+    assert base64.b64decode(overview.split(",", 1)[1]) == (case / "pictures" / "overview.png").read_bytes()
     for text in ("Tumor type", "liver_tumor", "3.1 &times; 3.1", "to review", "Mean HU", "suprem-segresnet"):
         assert text in page
 
