@@ -38,6 +38,19 @@ def test_demo_command_writes_outputs_and_prints_dice(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["id"] == "atlasseg-demo"
     assert "liver_tumor" in report["tumors"]
+    # The report page shows the phantom's truth: the Dice and volumes printed above, structure by structure.
+    printed_rows = {line.split()[0]: line.split()[1:4] for line in printed.splitlines()
+                    if line.split() and line.split()[0] in ORGANS + ("liver_tumor",)}
+    truth = {r["structure"]: r for r in report["report"]["truth"]}
+    assert set(truth) == set(printed_rows) == set(ORGANS) | {"liver_tumor"}
+    page = (out / "report.html").read_text()
+    table = page.split('id="truth"', 1)[1].split("</table>", 1)[0]
+    for name, (dice, truth_ml, pred_ml) in printed_rows.items():
+        assert (f"{truth[name]['dice']:.3f}", f"{truth[name]['truth_ml']:.1f}",
+                f"{truth[name]['segmented_ml']:.1f}") == (dice, truth_ml, pred_ml)
+        assert f"<td>{name}</td><td class=num>{dice}</td><td class=num>{truth_ml}</td><td class=num>{pred_ml}</td>" \
+            in table
+    assert "synthetic phantom" in page
     # Vertebrae are separate bones: the largest-component clean-up must not keep just one of them.
     import cc3d
     import SimpleITK as sitk

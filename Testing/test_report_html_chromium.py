@@ -63,3 +63,20 @@ def test_report_page_shows_header_tables_and_pictures_in_chromium(ctdata, tmp_pa
     # And the text is there: dark text pixels inside the first table's band, left of its right edge.
     first_table = rgb[th_rows.min(): th_rows.min() + 60, :900]
     assert ((first_table.mean(axis=-1) < 90).sum()) > 200
+
+
+def test_page_without_tumors_shows_every_structure_outlined_on_ct_slices_in_chromium(ctdata, tmp_path):
+    from AtlasSegLib.runedit import rethreshold
+
+    out = real_ct_output(ctdata, tmp_path / "case")
+    rethreshold(out, {"liver_tumor": 0.99})  # no tumor left: the structure pictures must still be there
+    result = build_report(out, anonymize=True)
+    assert result.report["report"]["tumor_summary"]["liver_tumor"]["count"] == 0
+    rgb = screenshot(result.html_path, tmp_path / "report.png", tmp_path)
+    # The axial and coronal slices: CT greys, drawn 1:1 (the pictures fit the page's width).
+    grey = (np.ptp(rgb, axis=-1) < 6) & (rgb.mean(axis=-1) > 60) & (rgb.mean(axis=-1) < 200)
+    assert grey.sum() > 60_000
+    # Each structure's outline in its own colour, far more pixels than the three legends' swatches (~600).
+    colours = {s["name"]: tuple(s["color"]) for s in result.report["structures"]}
+    for name in ("spleen", "aorta", "pancreas"):
+        assert _near(rgb, colours[name], 2).sum() > 800, name

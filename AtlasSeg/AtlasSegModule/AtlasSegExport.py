@@ -34,6 +34,7 @@ from AtlasSegModule import AtlasSegReview
 
 from AtlasSegLib import export as libexport
 from AtlasSegLib import review
+from AtlasSegLib import roinames
 from AtlasSegLib.card import complete_class
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.io import atomic_write_text
@@ -41,6 +42,7 @@ from AtlasSegLib.outputs import write_probability_map
 
 FORMATS = AtlasSegLogic.EXPORT_FORMATS
 KIND_TAG = AtlasSegLogic.ATTRIBUTE + "Kind"
+NAMED_FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd")  # formats whose segment/ROI names the choice sets
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,12 @@ class ExportOutcome:
     notes: dict
 
     def message(self) -> str:
-        skipped = self.notes.get("skipped_empty") or []
-        extra = f"; empty, not exported: {', '.join(skipped)}" if skipped else ""
+        empty = self.notes.get("empty") or []
+        extra = f"; empty (kept as empty segments/ROIs): {', '.join(empty)}" if empty else ""
+        if self.notes.get("no_tg263_name"):
+            extra += f"; no TG-263 name, kept: {', '.join(self.notes['no_tg263_name'])}"
+        if self.notes.get("names_over_16_characters"):
+            extra += f"; names longer than TG-263's 16 characters: {', '.join(self.notes['names_over_16_characters'])}"
         return f"Wrote {self.path} ({self.bytes / 1e6:.2f} MB in {self.seconds:.1f} s){extra}"
 
 
@@ -220,8 +226,31 @@ def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: boo
                                pictures={k: moved(v) for k, v in result.pictures.items()})
 
 
+def exportOptions(fmt: str, roiNames: str = "model", mapFile: Optional[str] = None,
+                  tumorRoiType: str = "none") -> dict:
+    """``exportSegmentation`` keyword arguments for the Export section's choices: "ROI names"
+    (``AtlasSegLogic.EXPORT_ROI_NAMES``: ``model``, ``tg263`` or ``file`` with ``mapFile``) and "Tumor ROI type",
+    each passed on only to the formats that have it (names: ``NAMED_FORMATS``; tumor ROI type: RTSTRUCT).
+
+    Raises InputError when "file" is chosen without a mapping file."""
+    options = {"names": "model", "nameMap": None, "tumorRoiType": "none"}
+    if fmt in NAMED_FORMATS:
+        if roiNames == "file":
+            if not mapFile:
+                raise InputError("choose the ROI name mapping file (JSON or CSV: structure -> name)")
+            options["nameMap"] = mapFile
+        elif roiNames in roinames.NAME_SCHEMES:
+            options["names"] = roiNames
+        else:
+            raise InputError(f"unknown ROI name choice '{roiNames}'")
+    if fmt == "rtstruct":
+        options["tumorRoiType"] = tumorRoiType
+    return options
+
+
 def exportSegmentation(segmentationNode, fmt: str, destination, *, referenceVolume=None, referenceDicom=None,
-                       overwrite: bool = False) -> ExportOutcome:
+                       overwrite: bool = False, names: str = "model", nameMap=None,
+                       tumorRoiType: str = "none") -> ExportOutcome:
     """Export a segmentation node with the library's exporter for ``fmt`` (see ``FORMATS``).
 
     Args:
@@ -231,6 +260,9 @@ def exportSegmentation(segmentationNode, fmt: str, destination, *, referenceVolu
         referenceVolume: the CT; default the segmentation's input / reference-geometry volume.
         referenceDicom: a DICOM folder of that CT for DICOM exports; default the volume's own DICOM files.
         overwrite: replace an existing destination.
+        names, nameMap: ROI/segment names (``model`` or ``tg263``, and a mapping file over them), for DICOM SEG,
+            RTSTRUCT and .seg.nrrd (``AtlasSegLib.roinames``); segments are matched by their names.
+        tumorRoiType: RTSTRUCT only, the RT ROI Interpreted Type of tumor segments (``none``: left to the planner).
 
     Raises:
         InputError: the message says what is missing (e.g. a DICOM reference) and what to do.
@@ -253,7 +285,8 @@ def exportSegmentation(segmentationNode, fmt: str, destination, *, referenceVolu
         runFolder = writeRunFolder(segmentationNode, referenceVolume, workDir / "run")
         try:
             result = libexport.export(runFolder, fmt, Path(destination), reference_dicom=referenceDicom,
-                                      overwrite=overwrite)
+                                      overwrite=overwrite, names=names, name_map=nameMap,
+                                      tumor_roi_type=tumorRoiType)
         except InputError as exc:
             # The library speaks to command-line users; in the panel the option is the reference DICOM folder.
             message = str(exc).replace("pass --reference-dicom DIR", "choose the CT's DICOM folder as reference")

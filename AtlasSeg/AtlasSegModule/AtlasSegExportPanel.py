@@ -10,7 +10,7 @@ import ctk
 import qt
 import slicer
 
-from AtlasSegModule.AtlasSegLogic import EXPORT_FORMATS
+from AtlasSegModule.AtlasSegLogic import EXPORT_FORMATS, EXPORT_ROI_NAMES, EXPORT_TUMOR_ROI_TYPES
 from AtlasSegLib.errors import AtlasSegError
 
 
@@ -22,11 +22,13 @@ def _exportLogic():
     return AtlasSegExport
 
 DICOM_FORMATS = ("dicom-seg", "rtstruct")
+NAMED_FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd")  # = AtlasSegExport.NAMED_FORMATS (not imported: see above)
 
 
 class ExportPanel:
-    """Collapsible "Export" section: segmentation, format, output folder, reference DICOM folder, Export button,
-    "Import AbdomenAtlas case…" button and a status line.
+    """Collapsible "Export" section: segmentation, format, output folder, reference DICOM folder, ROI names (model,
+    TG-263 or a mapping file), tumor ROI type (RTSTRUCT), Export button, "Import AbdomenAtlas case…" button and a
+    status line.
 
     Args:
         parentLayout: the layout the section is added to (the module panel's).
@@ -71,6 +73,29 @@ class ExportPanel:
                                            "the CT was loaded from Slicer's DICOM database.")
         form.addRow("Reference DICOM:", self.referenceDicomEdit)
 
+        self.roiNamesCombo = qt.QComboBox()
+        for key, label in EXPORT_ROI_NAMES:
+            self.roiNamesCombo.addItem(label, key)
+        self.roiNamesCombo.toolTip = ("Names of the ROIs/segments in DICOM SEG, RTSTRUCT and .seg.nrrd: the model's "
+                                      "names, AAPM TG-263 standard names (tumors as GTV_<organ>), or your own "
+                                      "mapping file")
+        form.addRow("ROI names:", self.roiNamesCombo)
+
+        self.nameMapEdit = ctk.ctkPathLineEdit()
+        self.nameMapEdit.filters = ctk.ctkPathLineEdit.Files
+        self.nameMapEdit.nameFilters = ["ROI name mapping (*.json *.csv)"]
+        self.nameMapEdit.settingKey = "AtlasSeg/ExportNameMap"
+        self.nameMapEdit.toolTip = ('Mapping file: JSON {"liver": "Liver", ...} or CSV lines structure,name; '
+                                    "structures it leaves out keep their model names")
+        form.addRow("Name mapping file:", self.nameMapEdit)
+
+        self.tumorRoiTypeCombo = qt.QComboBox()
+        for key, label in EXPORT_TUMOR_ROI_TYPES:
+            self.tumorRoiTypeCombo.addItem(label, key)
+        self.tumorRoiTypeCombo.toolTip = ("RTSTRUCT only: RT ROI Interpreted Type of tumor ROIs. Automatic candidates "
+                                          "are unreviewed, so by default the type is left for the planner to set")
+        form.addRow("Tumor ROI type:", self.tumorRoiTypeCombo)
+
         self.overwriteCheckBox = qt.QCheckBox("Replace an existing file")
         form.addRow("", self.overwriteCheckBox)
 
@@ -91,6 +116,7 @@ class ExportPanel:
         self.exportButton.connect("clicked(bool)", self.onExport)
         self.importButton.connect("clicked(bool)", self.onImport)
         self.formatCombo.connect("currentIndexChanged(int)", self.updateState)
+        self.roiNamesCombo.connect("currentIndexChanged(int)", self.updateState)
         self.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateState)
         self.collapsibleButton.connect("contentsCollapsed(bool)", self.onCollapsed)
         self.updateState()
@@ -109,7 +135,12 @@ class ExportPanel:
         self.updateState()
 
     def updateState(self, *_):
-        self.referenceDicomEdit.enabled = self.currentFormat() in DICOM_FORMATS
+        fmt = self.currentFormat()
+        self.referenceDicomEdit.enabled = fmt in DICOM_FORMATS
+        self.roiNamesCombo.enabled = fmt in NAMED_FORMATS
+        namesChoice = self.roiNamesCombo.itemData(self.roiNamesCombo.currentIndex)
+        self.nameMapEdit.enabled = fmt in NAMED_FORMATS and namesChoice == "file"
+        self.tumorRoiTypeCombo.enabled = fmt == "rtstruct"
         self.exportButton.enabled = self.segmentationSelector.currentNode() is not None
 
     def _showStatus(self, text: str, error: bool = False):
@@ -129,9 +160,12 @@ class ExportPanel:
         slicer.app.processEvents()
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
+            options = _exportLogic().exportOptions(
+                fmt, self.roiNamesCombo.itemData(self.roiNamesCombo.currentIndex), self.nameMapEdit.currentPath or None,
+                self.tumorRoiTypeCombo.itemData(self.tumorRoiTypeCombo.currentIndex))
             outcome = _exportLogic().exportSegmentation(
                 segmentationNode, fmt, destination, referenceDicom=self.referenceDicomEdit.currentPath or None,
-                overwrite=self.overwriteCheckBox.checked)
+                overwrite=self.overwriteCheckBox.checked, **options)
         except (AtlasSegError, ValueError) as exc:
             self._showStatus(f"Export failed: {exc}", error=True)
             return

@@ -96,6 +96,12 @@ EXPORT_FORMATS = (
     ("seg-nrrd", "Slicer segmentation (.seg.nrrd)"),
     ("abdomenatlas", "AbdomenAtlas case folder (NIfTI)"),
 )
+# The Export section's "ROI names" choices (the library's name schemes, or the user's mapping file over the model
+# names) and RTSTRUCT tumor ROI types; AtlasSegLib.roinames is plain Python, importable before any install.
+from AtlasSegLib.roinames import NAME_SCHEME_LABELS, TUMOR_ROI_TYPE_LABELS  # noqa: E402
+
+EXPORT_ROI_NAMES = NAME_SCHEME_LABELS + (("file", "Mapping file (JSON/CSV)…"),)
+EXPORT_TUMOR_ROI_TYPES = TUMOR_ROI_TYPE_LABELS
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,62 @@ def test_seg_nrrd_written_by_the_library_loads_into_slicer_with_layers_terminolo
         assert segment.GetTerminology() == AtlasSegLogic.terminologyEntry(labels[name])
         np.testing.assert_allclose(segment.GetColor(), np.array(labels[name]["color"]) / 255.0, atol=1e-5)
         np.testing.assert_array_equal(bridge.arrayFromSegment(node, name, volume), mask, err_msg=name)
+
+
+def test_panel_choices_are_the_librarys_name_schemes_and_tumor_roi_types():
+    from AtlasSegLib import roinames
+
+    assert [k for k, _ in AtlasSegLogic.EXPORT_ROI_NAMES] == list(roinames.NAME_SCHEMES) + ["file"]
+    assert [k for k, _ in AtlasSegLogic.EXPORT_TUMOR_ROI_TYPES] == list(roinames.TUMOR_ROI_TYPES)
+
+
+def test_export_options_pass_each_choice_only_to_the_formats_that_have_it():
+    assert AtlasSegExport.exportOptions("rtstruct", "tg263", "/ignored.json", "GTV") == {
+        "names": "tg263", "nameMap": None, "tumorRoiType": "GTV"}
+    assert AtlasSegExport.exportOptions("seg-nrrd", "file", "/maps/roi.csv", "GTV") == {
+        "names": "model", "nameMap": "/maps/roi.csv", "tumorRoiType": "none"}
+    assert AtlasSegExport.exportOptions("abdomenatlas", "tg263", None, "GTV") == {
+        "names": "model", "nameMap": None, "tumorRoiType": "none"}
+    with pytest.raises(InputError, match="choose the ROI name mapping file"):
+        AtlasSegExport.exportOptions("dicom-seg", "file", None)
+
+
+def test_segmentation_exports_with_tg263_names_distinct_side_colours_and_a_mapping_file(logic, atlasCase, tmp_path):
+    case, masks = atlasCase
+    node = AtlasSegExport.importAbdomenAtlasCase(logic, case).results.segmentationNode
+    options = AtlasSegExport.exportOptions("seg-nrrd", "tg263")
+    outcome = AtlasSegExport.exportSegmentation(node, "seg-nrrd", tmp_path / "tg263.seg.nrrd", **options)
+    segments = {s["id"]: s for s in slicerio.read_segmentation(str(outcome.path))["segments"]}
+    assert {k: s["name"] for k, s in segments.items()} == {
+        "spleen": "Spleen", "kidney_right": "Kidney_R", "kidney_left": "Kidney_L", "liver": "Liver",
+        "stomach": "Stomach", "liver_tumor": "GTV_Liver"}
+    assert segments["kidney_right"]["color"] != segments["kidney_left"]["color"]
+    # The user's file over the model names; a structure the segmentation does not have is named in the error.
+    (tmp_path / "map.csv").write_text("structure,name\nliver_tumor,GTVp_Liver\n")
+    options = AtlasSegExport.exportOptions("seg-nrrd", "file", str(tmp_path / "map.csv"))
+    outcome = AtlasSegExport.exportSegmentation(node, "seg-nrrd", tmp_path / "map.seg.nrrd", **options)
+    names = {s["id"]: s["name"] for s in slicerio.read_segmentation(str(outcome.path))["segments"]}
+    assert names["liver_tumor"] == "GTVp_Liver" and names["kidney_left"] == "kidney_left"
+    (tmp_path / "bad.csv").write_text("tumour,GTV\n")
+    with pytest.raises(InputError, match="unknown structure.*tumour"):
+        AtlasSegExport.exportSegmentation(node, "seg-nrrd", tmp_path / "bad.seg.nrrd",
+                                          **AtlasSegExport.exportOptions("seg-nrrd", "file", str(tmp_path / "bad.csv")))
+    assert not (tmp_path / "bad.seg.nrrd").exists()
+
+
+def test_rtstruct_from_the_scene_has_the_tumor_roi_type_chosen_in_the_panel(logic, tmp_path):
+    import pydicom
+
+    series = ct_data_dir() / "ibsi_sts008_sarcoma_tumor" / "CT" / "image"
+    tumor = (sitk.GetArrayFromImage(sitk.ReadImage(
+        str(ct_data_dir() / "ibsi_sts008_sarcoma_tumor" / "nifti" / "CT_mask.nii.gz"))) > 0).astype(np.uint8)
+    run = make_run(tmp_path / "run", series, {"liver_tumor": tumor})
+    image, _ = read_image(series)
+    node = logic.loadResults(run, bridge.volumeNodeFromSitk(image, "STS_008 CT")).segmentationNode
+    for choice, expected in (("none", ""), ("GTV", "GTV")):
+        options = AtlasSegExport.exportOptions("rtstruct", "tg263", None, choice)
+        rt = AtlasSegExport.exportSegmentation(node, "rtstruct", tmp_path / f"{choice}.dcm", referenceDicom=series,
+                                               **options)
+        ds = pydicom.dcmread(rt.path)
+        assert [str(r.ROIName) for r in ds.StructureSetROISequence] == ["GTV_Liver"]
+        assert ds.RTROIObservationsSequence[0].RTROIInterpretedType == expected
