@@ -87,9 +87,9 @@ class Grid:
         if tuple(self.size) != tuple(other.size):
             problems.append(f"size {list(self.size)} vs {list(other.size)}")
         if not np.allclose(self.spacing, other.spacing, rtol=0, atol=tolerance_mm):
-            problems.append(f"spacing {_fmt(self.spacing)} vs {_fmt(other.spacing)} mm")
+            problems.append(f"spacing {_fmt_differing(self.spacing, other.spacing, tolerance_mm, 'ijk')} mm")
         if not np.allclose(self.origin, other.origin, rtol=0, atol=tolerance_mm):
-            problems.append(f"origin {_fmt(self.origin)} vs {_fmt(other.origin)} mm (LPS)")
+            problems.append(f"origin {_fmt_differing(self.origin, other.origin, tolerance_mm, 'xyz')} mm (LPS)")
         extent = np.asarray(self.size, float) * np.asarray(self.spacing)
         a, b = np.asarray(self.direction).reshape(3, 3), np.asarray(other.direction).reshape(3, 3)
         shift = float(np.abs((a - b) * extent).max())
@@ -101,6 +101,22 @@ class Grid:
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def _fmt_differing(a, b, tolerance: float, axes: str) -> str:
+    """The components of ``a`` and ``b`` that differ by more than ``tolerance``, with as many decimals as it takes
+    to see the difference: "z -804.5 vs -804.52 (differs by 0.02)" rather than "(…, -804.5) vs (…, -804.5)"."""
+    import math
+
+    parts = []
+    for axis, x, y in zip(axes, a, b):
+        delta = abs(float(x) - float(y))
+        if delta <= tolerance:
+            continue
+        decimals = min(9, max(1, 1 - math.floor(math.log10(delta))))
+        fmt = lambda v: f"{float(v):.{decimals}f}".rstrip("0").rstrip(".")  # noqa: E731
+        parts.append(f"{axis} {fmt(x)} vs {fmt(y)} (differs by {fmt(delta)})")
+    return ", ".join(parts)
 
 
 def orientation_transform(grid: Grid, orientation: str) -> np.ndarray:

@@ -6,7 +6,7 @@ threshold, review actions) live in ``runedit``.
 
 OUTDIR/
   segmentations/<name>.nii.gz      uint8 0/1 on the input grid (one per structure)
-  combined_labels.nii.gz           uint8 label values from the card (tumors drawn over their organs)
+  combined_labels.nii.gz           uint8 label values from the card (smaller structures drawn over larger ones)
   probabilities/<tumor>.nii.gz     uint8 p × 255 on a box of the input grid (same spacing/directions)
   probabilities/<tumor>.json       that box, the gate and the threshold in use
   card.json, report.json, overview.png
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,8 @@ from .io import SourceInfo, atomic_write_image, atomic_write_text
 from .overview import Overview
 from .postprocess import components
 from .progress import Reporter
+
+log = logging.getLogger(__name__)
 
 SEG_DIR = "segmentations"
 PROB_DIR = "probabilities"
@@ -83,6 +86,7 @@ class OutputWriter:
         self.reporter = reporter or Reporter()
         self.ct = sitk.GetArrayViewFromImage(image)
         self.combined = np.zeros(self.ct.shape, np.uint8)
+        self._drawn = []  # (voxels, is_tumor, label, name, box slices, packed mask, box shape): drawn in finish()
         self.structures = []
         self.tumors = {}
         # The projections cost a pass over the CT and each mask: only pay for them when the picture is wanted.
@@ -101,7 +105,9 @@ class OutputWriter:
                         useCompression=True)
         if box is not None:
             sl = _box_slices(box)
-            self.combined[sl][mask > 0] = cls.label
+            inside = np.asarray(mask) > 0
+            self._drawn.append((int(np.count_nonzero(inside)), cls.is_tumor, cls.label, cls.name, sl,
+                                np.packbits(inside, axis=None), inside.shape))
             if self.overview is not None:
                 self.overview.add(cls.name, cls.color, full)
         entry = _structure_entry(cls, full, self.grid, self.ct, box)
@@ -129,6 +135,10 @@ class OutputWriter:
         report.json's top-level "warnings" list, always present (empty when none); anything else that warns
         appends to it with ``report.setdefault("warnings", []).append(text)``."""
         self.reporter.update("write", 0.3, "combined labels")
+        hidden = paint_labels(self.combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(shape)))
+                                               .reshape(shape).view(bool))
+                                              for _, _, label, name, sl, packed, shape in _paint_order(self._drawn)))
+        warnings = list(warnings) + [hidden_warning(name) for name in hidden]
         sitk.WriteImage(_mask_image(self.combined, self.image), str(self.folder / "combined_labels.nii.gz"),
                         useCompression=True)
         (self.folder / "card.json").write_text(json.dumps(self.card.to_json(), indent=1))
@@ -218,8 +228,50 @@ def commit_edit(outdir: Path, report: dict, card: ModelCard, ref: sitk.Image, hi
 
 def _rewrite_combined(outdir: Path, card: ModelCard, ref: sitk.Image) -> None:
     combined = np.zeros(tuple(ref.GetSize()[::-1]), np.uint8)
-    for cls in sorted(card.classes, key=lambda c: c.is_tumor):
+    masks = []
+    for cls in card.classes:
         path = outdir / SEG_DIR / f"{cls.name}.nii.gz"
         if path.is_file():
-            combined[sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0] = cls.label
+            mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+            masks.append((int(np.count_nonzero(mask)), cls.is_tumor, cls.label, cls.name, *_packed_box(mask)))
+    hidden = paint_labels(combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(shape)))
+                                      .reshape(shape).view(bool))
+                                     for _, _, label, name, sl, packed, shape in _paint_order(masks)))
+    for name in hidden:
+        log.warning(hidden_warning(name))
     atomic_write_image(_mask_image(combined, ref), outdir / "combined_labels.nii.gz")
+
+
+def _packed_box(mask: np.ndarray) -> tuple:
+    """(slices of the bounding box, bit-packed mask inside it, its shape): a mask kept for drawing later."""
+    if not mask.any():
+        return (slice(0, 0),) * 3, np.zeros(0, np.uint8), (0, 0, 0)
+    sl = []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        sl.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    box = mask[tuple(sl)]
+    return tuple(sl), np.packbits(box, axis=None), box.shape
+
+
+def _paint_order(items: list) -> list:
+    """Largest structures first, smallest last (ties: organs before tumors, then by label), so a small structure
+    lying in or over a larger one stays visible in the combined labels; items start with (voxels, is_tumor, label)."""
+    return sorted(items, key=lambda item: (-item[0], item[1], item[2]))
+
+
+def paint_labels(combined: np.ndarray, masks) -> list:
+    """Draw ``masks`` (``(label, name, slices, bool mask)``, in drawing order) into ``combined``; labels outside
+    1..255 are left out. Returns the names of non-empty structures none of whose voxels is left showing."""
+    drawn = []
+    for label, name, sl, mask in masks:
+        if 0 < label < 256 and mask.any():
+            combined[sl][mask] = label
+            drawn.append((label, name))
+    present = set(np.unique(combined).tolist())
+    return [name for label, name in drawn if label not in present]
+
+
+def hidden_warning(name: str) -> str:
+    return (f"{name} does not show in combined_labels.nii.gz: each of its voxels also belongs to a smaller structure "
+            f"drawn over it (segmentations/{name}.nii.gz is complete)")
