@@ -24,6 +24,7 @@ STRUCTURES_PATH = PACKAGE_DIR / "data" / "structures.json"
 
 DEFAULT_TUMOR_MIN_MM3 = 50.0
 _ANATOMY = {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"}
+_ALTERED = {"scheme": "SCT", "code": "49755003", "meaning": "Morphologically Altered Structure"}
 
 
 @lru_cache(maxsize=1)
@@ -181,8 +182,10 @@ def complete_class(entry: dict) -> dict:
         out.setdefault(key, copy.deepcopy(value))
     kind = out.setdefault("kind", "tumor" if entry["name"].endswith(("_tumor", "_lesion", "_cyst")) else "organ")
     out.setdefault("color", [128, 174, 128])
-    out.setdefault("category", _ANATOMY)
-    out.setdefault("type", {"scheme": "AtlasSeg", "code": entry["name"],
+    # A class without a known code: tumors are morphologically altered structures, the rest anatomical structures;
+    # the type is a code of AtlasSeg's private scheme (declared as such in DICOM exports) naming the class.
+    out.setdefault("category", _ALTERED if kind == "tumor" else _ANATOMY)
+    out.setdefault("type", {"scheme": "99ATLASSEG", "code": entry["name"],
                             "meaning": entry["name"].replace("_", " ").capitalize()})
     if kind == "tumor":
         out.setdefault("min_component_mm3", DEFAULT_TUMOR_MIN_MM3)

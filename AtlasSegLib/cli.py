@@ -143,7 +143,13 @@ def _add_export_parser(sub) -> None:
     e.add_argument("-o", "--output", help="file to write (a folder for abdomenatlas); default OUTDIR/export/...")
     e.add_argument("--reference-dicom", metavar="DIR", help="the CT's DICOM series (for dicom-seg and rtstruct)")
     e.add_argument("--ct", help="the CT file or DICOM folder (abdomenatlas) when the run's input has moved")
-    e.add_argument("--no-compress", action="store_true", help="write the DICOM SEG uncompressed")
+    e.add_argument("--compress", action="store_true",
+                   help="write the DICOM SEG with the Deflated transfer syntax (lossless, smaller; dciodvfy and some "
+                   "PACS/planning systems cannot read it). Default: Explicit VR Little Endian")
+    e.add_argument("--no-compress", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1
+    e.add_argument("--holes", default="keyhole", choices=("keyhole", "separate"),
+                   help="RTSTRUCT holes: keyhole (default: each hole joined to its outline by a zero-width cut, the "
+                   "mask whether the planning system ORs contours or uses even-odd) or separate (inner contours)")
     e.add_argument("--names", default="model", choices=roinames.NAME_SCHEMES,
                    help="ROI/segment names: model (liver, kidney_left) or tg263 (AAPM TG-263: Liver, Kidney_L, "
                    "tumors GTV_Liver); for dicom-seg, rtstruct, seg-nrrd")

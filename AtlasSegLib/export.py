@@ -4,12 +4,19 @@ Formats (``export(outdir, fmt, ...)``):
 
 * ``dicom-seg``: DICOM Segmentation (highdicom), one binary segment per structure with its SNOMED category/type
   (and anatomic region for tumors), CIELab colour and the model as algorithm (AUTOMATIC); frames reference the
-  source CT instances; empty frames are omitted and the file is deflate-compressed (lossless, plain zlib: the
-  only compressed transfer syntax highdicom allows for BINARY segmentations is JPEG 2000, which needs an extra
-  codec to write and is not read by every viewer).
+  source CT instances; empty frames are omitted. Explicit VR Little Endian, which every reader takes; on request
+  (``compress``) Deflated (lossless, plain zlib: the only compressed transfer syntax highdicom allows for BINARY
+  segmentations besides JPEG 2000, which needs an extra codec to write; dciodvfy and a number of PACS/TPS cannot
+  read Deflated).
 * ``rtstruct``: DICOM RT Structure Set for radiotherapy planning systems: one ROI per structure with its
-  colour, CLOSED_PLANAR contours per axial slice (outer boundaries and holes as separate contours, read with the
-  even-odd rule as planning systems do), each referencing its CT slice.
+  colour, CLOSED_PLANAR contours per axial slice, each referencing its CT slice. Holes are joined to their outer
+  boundary by a zero-width cut (keyhole), so the mask comes back whether a reader ORs the contours of a slice or
+  applies the even-odd rule; ``holes="separate"`` writes them as inner contours (even-odd readers only).
+
+Every structure is written, empty ones too (a segment without frames, an ROI without contours, an empty
+.seg.nrrd segment): a run without any finding exports as valid objects. Codes without a standard scheme use
+AtlasSeg's private scheme ``99ATLASSEG``, declared in the DICOM objects. Values copied from the source CT that
+break their VR are made valid, with a logged warning.
 * ``seg-nrrd``: 3D Slicer's ``.seg.nrrd`` (slicerio) with names, colours, label values/layers and the
   ``TerminologyEntry`` tags Slicer uses.
 * ``abdomenatlas``: an AbdomenAtlas case folder: ``ct.nii.gz``, ``segmentations/<name>.nii.gz`` (uint8 0/1),
@@ -45,7 +52,8 @@ from . import roinames
 from .card import complete_class
 from .errors import InputError
 from .geometry import Grid
-from .io import SliceStack, StagingDir, slice_stack
+from .io import SliceStack, StagingDir, _default_mode, slice_stack
+from .outputs import _packed_box, _paint_order, hidden_warning, paint_labels
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatom
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
+# AtlasSeg's private coding scheme: codes for classes without a SNOMED CT code (bring-your-own-model classes);
+# the code value is the class name. Declared in every DICOM object that uses it.
+PRIVATE_SCHEME = "99ATLASSEG"
+PRIVATE_SCHEME_NAME = "AtlasSeg class names"
 NEEDS_REFERENCE = ("DICOM SEG/RTSTRUCT export needs the CT as a DICOM series: pass --reference-dicom DIR "
                    "(the folder holding the CT's .dcm files, on the same grid as the segmentation)")
 
@@ -320,18 +332,47 @@ def _code(entry: Optional[dict]):
 
     if not entry or not entry.get("code"):
         return None
-    scheme = str(entry.get("scheme") or "")
-    # DICOM private coding schemes start with "99" (our fallback codes for structures without a SNOMED code).
+    return Code(str(entry["code"]), scheme_designator(entry.get("scheme")), str(entry.get("meaning") or entry["code"]))
+
+
+def scheme_designator(scheme) -> str:
+    """The coding scheme designator written for a class code, the same in every export: standard schemes as they
+    are; AtlasSeg's own codes (bring-your-own-model classes without a SNOMED code; older cards wrote "AtlasSeg")
+    and any other local scheme as a DICOM private scheme, whose designator starts with "99"."""
+    scheme = str(scheme or "")
+    if scheme.upper() in ("ATLASSEG", PRIVATE_SCHEME):
+        return PRIVATE_SCHEME
     if scheme and scheme not in ("SCT", "DCM", "FMA", "UMLS", "LN") and not scheme.startswith("99"):
-        scheme = "99" + scheme.upper()
-    return Code(str(entry["code"]), scheme, str(entry.get("meaning") or entry["code"]))
+        return "99" + scheme.upper()
+    return scheme
+
+
+def _coding_schemes(entries) -> "object":
+    """The Coding Scheme Identification Sequence (SOP Common) declaring the private schemes ``entries`` use."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    used = sorted({scheme_designator((e.get(k) or {}).get("scheme")) for e in entries
+                   for k in ("category", "type", "type_modifier", "region") if e.get(k)})
+    items = []
+    for designator in used:
+        if not designator.startswith("99"):
+            continue
+        item = Dataset()
+        item.CodingSchemeDesignator = designator
+        item.CodingSchemeName = (PRIVATE_SCHEME_NAME if designator == PRIVATE_SCHEME
+                                 else f"local codes ({designator[2:]})")[:64]
+        if designator == PRIVATE_SCHEME:
+            item.CodingSchemeResponsibleOrganization = "AtlasSeg"
+        items.append(item)
+    return Sequence(items)
 
 
 def terminology_entry(entry: dict) -> str:
     """Slicer's ``TerminologyEntry`` string for a class entry (the format AtlasSegLogic.terminologyEntry writes)."""
     def part(key):
         code = entry.get(key) or {}
-        return f"{code.get('scheme', '')}^{code.get('code', '')}^{code.get('meaning', '')}" if code else "^^"
+        return f"{scheme_designator(code.get('scheme'))}^{code.get('code', '')}^{code.get('meaning', '')}" if code else "^^"
 
     return "~".join([TERMINOLOGY_CONTEXT, part("category"), part("type"), part("type_modifier"), ANATOMIC_CONTEXT,
                      part("region"), "^^"])
@@ -350,8 +391,13 @@ def entry_from_terminology(text: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ DICOM SEG
-def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: bool = True) -> dict:
-    """Write ``run``'s non-empty structures as one DICOM SEG referencing ``ref``. Returns notes."""
+def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: bool = False) -> dict:
+    """Write every structure of ``run`` as a segment of one DICOM SEG referencing ``ref``. Returns notes.
+
+    An empty structure is a segment without frames (the model looked and found nothing); when every structure is
+    empty the SEG holds one empty frame per segment on the first slice (a SEG needs at least one frame).
+    Explicit VR Little Endian unless ``compress`` (Deflated Explicit VR Little Endian: lossless, smaller, but
+    dciodvfy and a number of PACS and planning systems cannot read it)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -362,12 +408,11 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
     # segments) view): highdicom reads one segment at a time, and filling it needs no strided copy.
     shape = ref.slice_shape  # frames are made on the source slices, whatever grid the masks are on
     pixels = np.zeros((len(run.structures),) + shape, bool)
-    descriptions, skipped, used = [], [], np.zeros(shape[0], bool)
+    descriptions, empty, used = [], [], np.zeros(shape[0], bool)
     for structure in run.structures:
         mask = ref.on_slices(run.mask(structure))
         if not mask.any():
-            skipped.append(structure.name)
-            continue
+            empty.append(structure.name)
         entry = structure.entry
         number = len(descriptions) + 1
         description = hd.seg.SegmentDescription(
@@ -386,10 +431,10 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
         used |= pixels[number - 1].reshape(shape[0], -1).any(axis=1)
         del mask
     if not descriptions:
-        raise InputError(f"every structure of {run.path} is empty; there is nothing to export")
+        raise InputError(f"the run in {run.path} has no structures; a DICOM SEG needs at least one segment")
     # Only the slices some structure touches are handed over (their frames would be omitted as empty anyway);
-    # highdicom matches each plane to its source slice by position.
-    first, last = np.flatnonzero(used)[[0, -1]]
+    # highdicom matches each plane to its source slice by position. Nothing anywhere: the first slice.
+    first, last = np.flatnonzero(used)[[0, -1]] if used.any() else (0, 0)
     pixels = np.moveaxis(pixels[:len(descriptions), first:last + 1], 0, -1)
     positions = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
                                           [float(v) for v in ref.datasets[k].ImagePositionPatient])
@@ -411,11 +456,16 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
     if charset is not None and not charset_argument:
         seg.SpecificCharacterSet = charset
     del pixels
+    seg.ContentCreatorName = ""  # Type 2: automatic, no person created the content
+    schemes = _coding_schemes([s.entry for s in run.structures])
+    if len(schemes):
+        seg.CodingSchemeIdentificationSequence = schemes
+    changed = make_values_valid(seg, f"DICOM SEG {dest}")
     if compress:
         seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     _atomic_dicom(seg, dest)
-    return {"segments": len(descriptions), "frames": int(seg.NumberOfFrames), "skipped_empty": skipped,
-            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name)}
+    return {"segments": len(descriptions), "frames": int(seg.NumberOfFrames), "empty": empty,
+            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name), "values_made_valid": changed}
 
 
 def _character_set(ds):
@@ -425,6 +475,82 @@ def _character_set(ds):
     return None if not values else (values[0] if len(values) == 1 else values)
 
 
+# Maximum length in characters of the text VRs (PS3.5 table 6.2-1; PN per component group).
+_VR_MAX = {"AE": 16, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "PN": 64, "SH": 16, "TM": 14, "LT": 10240,
+           "ST": 1024}
+
+
+def _valid_value(vr: str, value: str) -> str:
+    """``value`` made valid for ``vr``: control characters dropped (ESC kept for ISO 2022 character sets; line
+    breaks kept in LT/ST), a backslash (the value separator) replaced in single texts, CS upper case with other
+    characters as "_", DA/TM/DS/IS reduced to their valid form (empty when nothing valid is left), then cut to
+    the VR's maximum length."""
+    import re
+
+    from pydicom.valuerep import VALIDATORS
+
+    if vr in ("DA", "TM", "DS", "IS") and VALIDATORS[vr](vr, value)[0]:
+        return value
+    keep = "\x1b\n\r\t\f" if vr in ("LT", "ST") else "\x1b"
+    value = "".join(c for c in value if c >= " " or c in keep)
+    if vr in ("LT", "ST"):
+        value = value.replace("\\", "/")
+    if vr == "CS":
+        value = re.sub(r"[^A-Z0-9 _]", "_", value.upper())
+    elif vr == "AE":
+        value = re.sub(r"[^\x20-\x7e]", "", value)
+    elif vr == "DA":
+        value = re.sub(r"[^0-9]", "", value)
+        value = value[:8] if len(value) >= 8 else ""
+    elif vr == "TM":
+        match = re.match(r"\s*(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)", value)
+        value = match.group(1) if match else ""
+    elif vr in ("DS", "IS"):
+        from pydicom.valuerep import format_number_as_ds
+
+        try:
+            value = format_number_as_ds(float(value)) if vr == "DS" else str(int(round(float(value))))
+        except (TypeError, ValueError, OverflowError):
+            value = ""
+    limit = _VR_MAX[vr]
+    if vr == "PN":
+        return "=".join(group[:limit] for group in value.split("=")[:3])
+    return value[:limit].rstrip() if len(value) > limit else value
+
+
+def make_values_valid(ds, what: str) -> list:
+    """Make the text values of ``ds``'s top-level elements valid for their VR (the patient/study values copied
+    from the source CT are written as they came; a 17-character Study ID in SH, say, would make the object
+    invalid). Each change is logged as a warning. Returns ``["Keyword: 'old' -> 'new'"]``."""
+    from pydicom.multival import MultiValue
+
+    changes = []
+    for element in ds:
+        if element.VR not in _VR_MAX or element.value is None or element.VR == "UI":
+            continue
+        values = list(element.value) if isinstance(element.value, (list, MultiValue)) else [element.value]
+        texts = [str(v) for v in values]
+        if element.VR in ("LT", "ST"):
+            fixed = [_valid_value(element.VR, "\\".join(texts))] if texts else []
+        else:
+            fixed = [_valid_value(element.VR, t.replace("\\", "/")) for t in texts]
+        if fixed != texts:
+            name = element.keyword or str(element.tag)
+            old = "\\".join(texts)
+            new = "\\".join(fixed)
+            element.value = fixed if len(fixed) > 1 else (fixed[0] if fixed else "")
+            changes.append(f"{name}: {old!r} -> {new!r}")
+            log.warning("%s: %s %r from the source is not a valid %s (%s); written as %r", what, name, old,
+                        element.VR, _vr_rule(element.VR), new)
+    return changes
+
+
+def _vr_rule(vr: str) -> str:
+    return {"CS": "upper case letters, digits, space, _; at most 16", "DA": "YYYYMMDD", "TM": "HHMMSS.FFFFFF",
+            "PN": "at most 64 characters per component group"}.get(vr, f"at most {_VR_MAX[vr]} characters, no "
+                                                                        "control characters")
+
+
 def _atomic_dicom(ds, dest) -> None:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -432,6 +558,7 @@ def _atomic_dicom(ds, dest) -> None:
     os.close(fd)
     try:
         ds.save_as(tmp, enforce_file_format=True)
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600: as readable as the run's other files
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -523,12 +650,18 @@ def _code_dict(code) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- RTSTRUCT
-def mask_contours(mask_2d: np.ndarray) -> list:
-    """Closed polygons (``(n, 2)`` arrays of (i, j) pixel coordinates) around a 2D mask: every outer boundary and
-    every hole, traced at the half-way level between in and out (marching squares, contourpy).
+HOLES = ("keyhole", "separate")
 
-    Filled with the even-odd rule at pixel centres, the polygons give back the mask (up to pixels touching only
-    at a corner)."""
+
+def mask_contours(mask_2d: np.ndarray, holes: str = "separate") -> list:
+    """Closed polygons (``(n, 2)`` arrays of (i, j) pixel coordinates) around a 2D mask, traced at the half-way
+    level between in and out (marching squares, contourpy).
+
+    ``holes="separate"``: every outer boundary and every hole is its own polygon; filled together with the
+    even-odd rule at pixel centres they give back the mask (up to pixels touching only at a corner), but a reader
+    that ORs the polygons fills the holes. ``holes="keyhole"``: one polygon per outer boundary, each of its holes
+    joined to it by a zero-width cut, so every polygon encloses exactly its part of the mask: even-odd, nonzero
+    winding and OR of the polygons all give the same mask."""
     import contourpy
 
     rows = np.flatnonzero(mask_2d.any(axis=1))
@@ -543,12 +676,65 @@ def mask_contours(mask_2d: np.ndarray) -> list:
     shift = np.array([c0 - 1.0, r0 - 1.0])
     out = []
     for points, offset in zip(polygons, offsets):
+        rings = []  # the outer boundary first, then its holes (FillType.OuterOffset)
         for start, stop in zip(offset[:-1], offset[1:]):
             ring = points[start:stop - 1] + shift  # drop the repeated closing point, back to slice coordinates
             ring = _drop_collinear(ring)
             if len(ring) >= 3:
-                out.append(ring)
+                rings.append(ring)
+        if holes == "keyhole" and len(rings) > 1:
+            rings = [_bridge_holes(rings[0], rings[1:])]
+        out.extend(rings)
     return out
+
+
+def _bridge_holes(outer: np.ndarray, holes: list) -> np.ndarray:
+    """One closed polygon from an outer ring and its holes, each hole joined by a zero-width cut (a keyhole).
+
+    The cut runs straight up (towards smaller j) from a hole's topmost crossing with a vertical line a quarter pixel
+    right of its topmost vertex, to the first boundary above: the outer ring or another hole (then the two holes
+    travel on together). Vertices lie on pixel-edge midpoints (one coordinate whole, the other half), so that line
+    meets no vertex, no vertical edge and no pixel centre; between its ends it runs inside the mask."""
+    rings = [np.asarray(outer, float)] + [np.asarray(h, float) for h in holes]
+    pending = list(range(1, len(rings)))
+    while pending:
+        r = pending.pop()
+        ring = rings[r]
+        x = float(ring[np.argmin(ring[:, 1]), 0]) + 0.25
+        start, y0 = _vertical_crossing(ring, x)
+        best = None
+        for t in [0] + pending:
+            edge, y = _vertical_crossing(rings[t], x, above=y0)
+            if edge is not None and (best is None or y > best[2]):
+                best = (t, edge, y)
+        if start is None or best is None:  # cannot happen for a hole inside its outer ring
+            raise RuntimeError(f"no boundary above a hole at x={x}")
+        t, edge, y = best
+        v, p = np.array([[x, y0]]), np.array([[x, y]])
+        loop = np.vstack([v, ring[start + 1:], ring[:start + 1], v])  # around the hole, back to where it began
+        target = rings[t]
+        rings[t] = np.vstack([target[:edge + 1], p, loop, p, target[edge + 1:]])
+        rings[r] = None
+    return rings[0]
+
+
+def _vertical_crossing(ring: np.ndarray, x: float, above: Optional[float] = None):
+    """(edge index, j) where ``ring`` crosses the vertical line ``x``: its topmost crossing, or (``above``) the
+    nearest crossing above j = ``above``; (None, None) when there is none. Edges count half-open in x, so a
+    crossing at a shared vertex counts once and vertical edges (earlier cuts) never."""
+    a, b = ring, np.roll(ring, -1, axis=0)
+    hit = np.flatnonzero((a[:, 0] <= x) != (b[:, 0] <= x))
+    if not len(hit):
+        return None, None
+    y = a[hit, 1] + (x - a[hit, 0]) / (b[hit, 0] - a[hit, 0]) * (b[hit, 1] - a[hit, 1])
+    if above is None:
+        k = int(np.argmin(y))
+    else:
+        ok = np.flatnonzero(y < above)
+        if not len(ok):
+            return None, None
+        k = int(ok[np.argmax(y[ok])])
+    return int(hit[k]), float(y[k])
 
 
 def _drop_collinear(ring: np.ndarray) -> np.ndarray:
@@ -596,8 +782,14 @@ def fill_polygons(polygons, shape) -> np.ndarray:
     return np.cumsum(diff, axis=1)[:, :cols] > 0
 
 
-def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type: str = "none") -> dict:
-    """Write ``run``'s non-empty structures as an RT Structure Set referencing ``ref``. Returns notes.
+def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type: str = "none",
+                   holes: str = "keyhole") -> dict:
+    """Write every structure of ``run`` as an ROI of an RT Structure Set referencing ``ref``. Returns notes.
+
+    An empty structure is an ROI without contours (the Contour Sequence is optional), so a run without any finding
+    is a valid structure set too. ``holes``: how a slice's holes are written (``mask_contours``): ``keyhole`` (one
+    polygon per part, holes joined by a zero-width cut: the mask whether the reader ORs contours or applies the
+    even-odd rule) or ``separate`` (holes as their own contours: only even-odd readers leave them open).
 
     ``tumor_roi_type``: RT ROI Interpreted Type of tumor classes (``roinames.interpreted_type``)."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -626,10 +818,12 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
         else:
             setattr(ds, keyword, "")
     ds.Modality = "RTSTRUCT"
+    ds.OperatorsName = ""  # Type 2 (RT Series): no person operated anything
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 9902
     ds.SeriesDescription = f"AtlasSeg {run.model['id']}"[:64]
     ds.FrameOfReferenceUID = first.FrameOfReferenceUID
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "") or ""  # Type 2 (Frame of Reference)
     ds.Manufacturer = "AtlasSeg"
     ds.ManufacturerModelName = run.model["id"][:64]
     ds.SoftwareVersions = f"atlasseg {__version__}"
@@ -659,12 +853,14 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
     frame_item.RTReferencedStudySequence = Sequence([study_item])
     ds.ReferencedFrameOfReferenceSequence = Sequence([frame_item])
 
-    rois, contours_seq, observations, skipped, total = [], [], [], [], 0
+    if holes not in HOLES:
+        raise InputError(f"unknown hole form '{holes}'; choose one of {', '.join(HOLES)}")
+    rois, contours_seq, observations, empty, total = [], [], [], [], 0
     for structure in run.structures:
         mask = ref.on_slices(run.mask(structure))
         contours = []
         for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-            for ring in mask_contours(mask[k]):
+            for ring in mask_contours(mask[k], holes):
                 points = ref.slice_to_physical(int(k), ring)  # on the acquired slice, at its own position
                 contour = Dataset()
                 contour.ContourImageSequence = Sequence([image_ref(int(k))])
@@ -674,8 +870,7 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
                 contours.append(contour)
         del mask
         if not contours:
-            skipped.append(structure.name)
-            continue
+            empty.append(structure.name)
         number = len(rois) + 1
         total += len(contours)
         roi = Dataset()
@@ -688,7 +883,8 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
         item = Dataset()
         item.ROIDisplayColor = [int(v) for v in structure.color]
         item.ReferencedROINumber = number
-        item.ContourSequence = Sequence(contours)
+        if contours:
+            item.ContourSequence = Sequence(contours)
         contours_seq.append(item)
         observation = Dataset()
         observation.ObservationNumber = number
@@ -701,17 +897,24 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
         code = _code(structure.entry.get("type"))
         if code is not None:
             coded = Dataset()
-            coded.CodeValue, coded.CodingSchemeDesignator, coded.CodeMeaning = code.value, code.scheme_designator, \
-                code.meaning[:64]
+            coded.CodingSchemeDesignator, coded.CodeMeaning = code.scheme_designator, code.meaning[:64]
+            if len(code.value) <= 16:
+                coded.CodeValue = code.value
+            else:  # a private code naming a long class name: Long Code Value (UC) instead of Code Value (SH)
+                coded.LongCodeValue = code.value
             observation.RTROIIdentificationCodeSequence = Sequence([coded])
         observations.append(observation)
     if not rois:
-        raise InputError(f"every structure of {run.path} is empty; there is nothing to export")
+        raise InputError(f"the run in {run.path} has no structures; an RT Structure Set needs at least one ROI")
     ds.StructureSetROISequence = Sequence(rois)
     ds.ROIContourSequence = Sequence(contours_seq)
     ds.RTROIObservationsSequence = Sequence(observations)
+    schemes = _coding_schemes([s.entry for s in run.structures])
+    if len(schemes):
+        ds.CodingSchemeIdentificationSequence = schemes
+    changed = make_values_valid(ds, f"RTSTRUCT {dest}")
     _atomic_dicom(ds, dest)
-    return {"rois": len(rois), "contours": total, "skipped_empty": skipped}
+    return {"rois": len(rois), "contours": total, "empty": empty, "holes": holes, "values_made_valid": changed}
 
 
 CONTOUR_DATA = 0x30060050
@@ -776,7 +979,8 @@ def read_rtstruct(path, grid) -> list:
 def _slicer_terminology(entry: dict) -> dict:
     def codes(key):
         code = entry.get(key)
-        return [str(code.get("scheme", "")), str(code.get("code", "")), str(code.get("meaning", ""))] if code else None
+        return [scheme_designator(code.get("scheme")), str(code.get("code", "")), str(code.get("meaning", ""))] \
+            if code else None
 
     out = {"contextName": TERMINOLOGY_CONTEXT, "category": codes("category"), "type": codes("type"),
            "anatomicContextName": ANATOMIC_CONTEXT}
@@ -839,6 +1043,7 @@ def write_seg_nrrd(run: RunFolder, dest) -> dict:
     os.close(fd)
     try:
         slicerio.write_segmentation(tmp, segmentation, compression_level=6)
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600: as readable as the run's other files
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -872,22 +1077,27 @@ def write_abdomenatlas(run: RunFolder, dest, *, ct=None, overwrite: bool = False
         del image
         (stage / "segmentations").mkdir()
         combined = np.zeros(tuple(run.grid.size[::-1]), np.uint8)
-        labels = []
-        # Tumors are drawn last so they stay visible over their organs in the combined labels.
+        labels, drawn = [], []
         for structure in sorted(run.structures, key=lambda s: (s.is_tumor, s.label)):
             mask = run.mask(structure)
             image = run.grid.image_from_kji(mask)
             sitk.WriteImage(image, str(stage / "segmentations" / f"{structure.name}.nii.gz"), useCompression=True)
-            if 0 < structure.label < 256:
-                combined[mask > 0] = structure.label
+            drawn.append((int(np.count_nonzero(mask)), structure.is_tumor, structure.label, structure.name,
+                          *_packed_box(mask > 0)))
             labels.append({"name": structure.name, "label": structure.label, "kind": structure.kind,
                            "color": list(structure.color),
                            **{k: structure.entry[k] for k in ("category", "type", "type_modifier", "region")
                               if structure.entry.get(k)}})
+        # Smaller structures are drawn over larger ones (tumors over their organs; a small vessel stays visible).
+        hidden = paint_labels(combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(shape)))
+                                          .reshape(shape).view(bool))
+                                         for _, _, label, name, sl, packed, shape in _paint_order(drawn)))
+        for name in hidden:
+            log.warning(hidden_warning(name))
         sitk.WriteImage(run.grid.image_from_kji(combined), str(stage / "combined_labels.nii.gz"), useCompression=True)
         (stage / "labels.json").write_text(json.dumps({"model": run.model, "labels": labels}, indent=1))
         staging.commit()
-    return {"structures": len(labels)}
+    return {"structures": len(labels), "hidden_in_combined": hidden}
 
 
 @dataclass
@@ -965,7 +1175,8 @@ def case_name(run: RunFolder) -> str:
 
 
 def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwrite: bool = False,
-           compress: bool = True, names: str = "model", name_map=None, tumor_roi_type: str = "none") -> ExportResult:
+           compress: bool = False, names: str = "model", name_map=None, tumor_roi_type: str = "none",
+           holes: str = "keyhole") -> ExportResult:
     """Export a finished run.
 
     Args:
@@ -976,10 +1187,13 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
             input when it was a DICOM series.
         ct: the CT for ``abdomenatlas`` when the run's input path is gone.
         overwrite: replace an existing ``dest``.
-        compress: deflate the DICOM SEG (lossless).
+        compress: write the DICOM SEG with the Deflated transfer syntax (lossless, smaller; not read by dciodvfy
+            and a number of PACS and planning systems). Default: Explicit VR Little Endian, which every reader takes.
         names: ROI/segment names, ``model`` or ``tg263``; ``name_map``: a mapping file (JSON/CSV) or dict applied
             over them (``roinames``). Not for ``abdomenatlas`` (its files are named by the AbdomenAtlas names).
         tumor_roi_type: RTSTRUCT RT ROI Interpreted Type of tumor classes (``roinames.TUMOR_ROI_TYPES``).
+        holes: RTSTRUCT form of holes (``HOLES``): ``keyhole`` (default; the mask whether a planning system ORs the
+            contours of a slice or applies the even-odd rule) or ``separate`` (inner contours, even-odd readers only).
 
     Raises:
         InputError: unknown format, not an output folder, no/mismatching DICOM reference, ``dest`` exists, an
@@ -987,6 +1201,8 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if holes not in HOLES:
+        raise InputError(f"unknown hole form '{holes}'; choose one of {', '.join(HOLES)}")
     t0 = time.perf_counter()
     run = load_run_folder(outdir)
     naming = _apply_roi_names(run, fmt, names, name_map, tumor_roi_type)
@@ -996,7 +1212,7 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
     if fmt in ("dicom-seg", "rtstruct"):
         ref = reference_for(run, reference_dicom)
         notes = write_dicom_seg(run, dest, ref, compress=compress) if fmt == "dicom-seg" \
-            else write_rtstruct(run, dest, ref, tumor_roi_type=tumor_roi_type)
+            else write_rtstruct(run, dest, ref, tumor_roi_type=tumor_roi_type, holes=holes)
     elif fmt == "seg-nrrd":
         notes = write_seg_nrrd(run, dest)
     else:
@@ -1032,7 +1248,7 @@ def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_t
 # ---------------------------------------------------------------------------------------------- CLI
 def cmd_export(args) -> int:
     result = export(args.outdir, args.format, args.output, reference_dicom=args.reference_dicom, ct=args.ct,
-                    overwrite=args.overwrite, compress=not args.no_compress, names=args.names,
-                    name_map=args.name_map, tumor_roi_type=args.tumor_roi_type)
+                    overwrite=args.overwrite, compress=args.compress and not args.no_compress, names=args.names,
+                    name_map=args.name_map, tumor_roi_type=args.tumor_roi_type, holes=args.holes)
     print(result.summary())
     return 0
