@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # torch first and explicitly: a plain "torch" requirement would pull a multi-GB CUDA build on machines without it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench bench-review clean chromium
+.PHONY: demo test bench bench-review clean chromium dicom-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/atlasseg demo -o demo_output --overwrite
 
-test: $(VENV)/.installed-test chromium
+test: $(VENV)/.installed-test chromium dicom-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The report test draws report.html in headless Chromium. Installed when missing and allowed (root with apt-get);
@@ -34,6 +34,18 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
 	    || echo "chromium could not be installed: the report's browser test will be skipped"; \
 	else echo "chromium is not installed (needs root with apt-get): the report's browser test will be skipped"; fi
+
+# The export tests check DICOM SEG/RTSTRUCT with the tools a hospital or reviewer uses: dciodvfy (dicom3tools) and
+# plastimatch, Debian packages, installed when missing and allowed (root with apt-get); elsewhere, or if the install
+# fails, the tests that need them are skipped and say why. dcmqi (segimage2itkimage) comes with the test extra.
+dicom-tools:
+	@missing=""; command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	command -v plastimatch >/dev/null 2>&1 || missing="$$missing plastimatch"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+	    || echo "$$missing could not be installed: the export tests that need them will be skipped"; \
+	else echo "$$missing not installed (needs root with apt-get): the export tests that need them will be skipped"; fi
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python Testing/bench_pipeline.py
