@@ -351,7 +351,8 @@ MAX_AXIAL_LEVELS = 6
 MIN_AXIAL_LEVELS = 3  # when fewer cover every structure, levels spread over the structures' extent are added
 WELL_SHOWN = 0.5  # a structure is "well shown" on a slice holding this share of its largest area
 AXIAL_PANEL_PX = 300
-CORONAL_PX = (640, 560)  # the coronal slice fits this box (width, height), physical aspect ratio kept
+CORONAL_PX = (640, 560)  # the coronal slice fits this box (width, height), physical aspect ratio kept …
+CORONAL_MIN_HEIGHT_PX, CORONAL_MAX_WIDTH_PX = 200, 1000  # … up to this wide when that leaves it under this tall
 VIEW_MARGIN_MM = 20.0  # around the structures' common box
 LEGEND_W = 200
 
@@ -564,6 +565,8 @@ def coronal_structures_picture(ct_las: np.ndarray, lgrid: Grid, layers: list, j:
     sx, sz = lgrid.spacing[0], lgrid.spacing[2]
     width_mm, height_mm = (i1 - i0) * sx, (k1 - k0) * sz
     scale = min(CORONAL_PX[0] / width_mm, CORONAL_PX[1] / height_mm)
+    if height_mm * scale < CORONAL_MIN_HEIGHT_PX:  # a short scan: wider rather than a thin strip
+        scale = min(CORONAL_MIN_HEIGHT_PX / height_mm, CORONAL_MAX_WIDTH_PX / width_mm)
     size = (max(1, int(round(width_mm * scale))), max(1, int(round(height_mm * scale))))
     grey = np.ascontiguousarray(_window_uint8(ct_las[i0:i1, j, k0:k1]).T[::-1])
     masks, shown = [], []
@@ -1189,7 +1192,8 @@ def _header_html(sec: dict, report: dict) -> str:
         rows.append(("Case", "anonymized: patient name and ID, study date, series description, UIDs and file names "
                              "left out"))
     elif h.get("input_format") == "phantom":
-        rows.append(("Case", f"synthetic phantom {h.get('input_name') or ''}".strip()))
+        seed = re.search(r"seed=(\d+)", h.get("input_name") or "")
+        rows.append(("Case", "synthetic phantom" + (f", seed {seed.group(1)}" if seed else "")))
     else:
         name = h.get("patient_name")
         pid = h.get("patient_id")
@@ -1240,6 +1244,22 @@ research use only, not for diagnosis</div></header>
     if sec["notes"]:
         parts.append('<div class="notes">' + "<br>".join(_e(n) for n in sec["notes"]) + "</div>")
 
+    # A known truth (the demo) first: it says how far every number below can be trusted.
+    truth = sec.get("truth") or []
+    if truth:
+        parts.append('<h2 id="truth">Truth and Dice</h2><p>Each mask against the known truth in '
+                     f"<code>{TRUTH_DIR}/</code>" + (" (the synthetic phantom's labels)" if inp.get("format") == "phantom"
+                                                     else "") + ": Dice = 2 |A &cap; B| / (|A| + |B|).</p>"
+                     "<table><tr><th>Structure</th><th>Dice</th><th>Truth (ml)</th><th>Segmented (ml)</th>"
+                     "<th>Difference (ml)</th></tr>")
+        for r in truth:
+            diff = None if r.get("truth_ml") is None else r["segmented_ml"] - r["truth_ml"]
+            parts.append(f"<tr><td>{_e(r['structure'])}</td><td class=num>{_fmt(r.get('dice'), 3)}</td>"
+                         f"<td class=num>{_fmt(r.get('truth_ml'), 1)}</td>"
+                         f"<td class=num>{_fmt(r.get('segmented_ml'), 1)}</td>"
+                         f"<td class=num>{'–' if diff is None else f'{diff:+.1f}'}</td></tr>")
+        parts.append("</table>")
+
     parts.append("<h2>Tumors</h2>")
     if sec["tumor_summary"]:
         parts.append("<table><tr><th>Tumor type</th><th>Count</th><th>Largest (ml)</th><th>Largest diameter (cm)</th>"
@@ -1267,7 +1287,7 @@ research use only, not for diagnosis</div></header>
             if key not in pngs:
                 continue
             where = (info.get("slice") or {}).get("text")
-            parts.append(f'<figure><img alt="axial slice of {_e(info["structure"])} #{info["component"]}" '
+            parts.append(f'<figure><img decoding="sync" alt="axial slice of {_e(info["structure"])} #{info["component"]}" '
                          f'src="{_data_uri(pngs[key])}"><figcaption>{_e(info["structure"])} #{info["component"]}: '
                          f"axial slice at S {info['slice_s_mm']:.1f} mm{f' ({_e(where)})' if where else ''} "
                          "through its centroid; outline of the component; the diameters are the longest axial one "
@@ -1281,25 +1301,25 @@ research use only, not for diagnosis</div></header>
         parts.append('<h2>Structures on the images</h2><div class="pictures">')
         if "structures_axial" in pngs:
             levels = structures.get("axial_levels") or []
-            parts.append(f'<figure><img class="wide" alt="axial slices with every structure outlined" '
+            parts.append(f'<figure><img decoding="sync" class="wide" alt="axial slices with every structure outlined" '
                          f'src="{_data_uri(pngs["structures_axial"])}"><figcaption>Axial slices ('
                          f"{len(levels)}) chosen so that every structure is seen at half its largest area or more "
                          "in one of them; each structure outlined in its colour and named (legend on the right). "
                          "Radiological view: anterior up, patient's right on the left; HU -150...250."
                          "</figcaption></figure>")
         if "structures_coronal" in pngs:
-            parts.append(f'<figure><img class="wide" alt="coronal slice with the structures outlined" '
+            parts.append(f'<figure><img decoding="sync" class="wide" alt="coronal slice with the structures outlined" '
                          f'src="{_data_uri(pngs["structures_coronal"])}"><figcaption>Coronal slice at A '
                          f"{_fmt(structures.get('coronal_a_mm'), 0)} mm, through the most structures "
                          f"({len(structures.get('coronal_structures') or [])}); yellow ticks: the axial slices' "
                          "levels. Head up, patient's right on the left, true proportions.</figcaption></figure>")
         if overview:
-            parts.append(f'<figure><img class="wide" alt="frontal projection with the structures tinted" '
+            parts.append(f'<figure><img decoding="sync" class="wide" alt="frontal projection with the structures tinted" '
                          f'src="{_data_uri(overview)}">'
                          "<figcaption>Frontal projection (sum along anterior-posterior, HU -150...250, 1 mm pixels); "
                          "each structure tinted in its colour. Patient's right on the left.</figcaption></figure>")
         if three_d:
-            parts.append(f'<figure><img alt="3D view of the segmentation from the front" style="max-width:460px" '
+            parts.append(f'<figure><img decoding="sync" alt="3D view of the segmentation from the front" style="max-width:460px" '
                          f'src="{_data_uri(three_d)}"><figcaption>3D surfaces, anterior view (Slicer renderer).'
                          "</figcaption></figure>")
         parts.append("</div>")
@@ -1310,21 +1330,6 @@ research use only, not for diagnosis</div></header>
         parts.append(f"<tr><td>{_e(r['structure'])}</td><td>{_e(r['kind'])}</td>"
                      f"<td class=num>{_fmt(r['volume_ml'], 1)}</td><td class=num>{_fmt(r['mean_hu'], 0)}</td></tr>")
     parts.append("</table>")
-
-    truth = sec.get("truth") or []
-    if truth:
-        parts.append('<h2 id="truth">Truth and Dice</h2><p>Each mask against the known truth in '
-                     f"<code>{TRUTH_DIR}/</code>" + (" (the synthetic phantom's labels)" if inp.get("format") == "phantom"
-                                                     else "") + ": Dice = 2 |A &cap; B| / (|A| + |B|).</p>"
-                     "<table><tr><th>Structure</th><th>Dice</th><th>Truth (ml)</th><th>Segmented (ml)</th>"
-                     "<th>Difference (ml)</th></tr>")
-        for r in truth:
-            diff = None if r.get("truth_ml") is None else r["segmented_ml"] - r["truth_ml"]
-            parts.append(f"<tr><td>{_e(r['structure'])}</td><td class=num>{_fmt(r.get('dice'), 3)}</td>"
-                         f"<td class=num>{_fmt(r.get('truth_ml'), 1)}</td>"
-                         f"<td class=num>{_fmt(r.get('segmented_ml'), 1)}</td>"
-                         f"<td class=num>{'–' if diff is None else f'{diff:+.1f}'}</td></tr>")
-        parts.append("</table>")
 
     parts.append("<h2>Model and settings</h2><dl>")
     grid = inp.get("grid") or {}
