@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", help="checkpoint file (default: the model's cached or shipped weights)")
     s.add_argument("--structures", help="comma-separated subset of structures to produce")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
+                   help="what runs the network: auto = OpenVINO on the CPU when installed, torch on a GPU")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 on CPUs with BF16 support (OpenVINO), fp16 autocast on a GPU, else fp32")
     s.add_argument("--fast", action="store_true", help="coarser model spacing where the card allows (CPU friendly)")
     s.add_argument("--series", help="DICOM series UID when the folder holds several")
     s.add_argument("--threshold", action="append", metavar="NAME=P", help="tumor threshold, e.g. liver_tumor=0.3")
@@ -208,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--weights")
     b.add_argument("--structures")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--backend", default="auto", choices=["auto", "torch", "openvino"],
+                   help="what runs the network: auto = OpenVINO on the CPU when installed, torch on a GPU")
+    b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 on CPUs with BF16 support (OpenVINO), fp16 autocast on a GPU, else fp32")
     b.add_argument("--fast", action="store_true")
     b.add_argument("--threshold", action="append", metavar="NAME=P")
     b.add_argument("--overwrite", action="store_true", help="re-run cases whose output exists (default: skip them)")
@@ -322,7 +330,7 @@ def _options(args):
     from .pipeline import SegmentOptions
 
     return SegmentOptions(
-        device=args.device, fast=args.fast,
+        device=args.device, fast=args.fast, backend=args.backend, precision=args.precision,
         structures=tuple(s.strip() for s in args.structures.split(",") if s.strip()) if args.structures else None,
         postprocess=not getattr(args, "no_postprocess", False),
         thresholds=_parse_pairs(args.threshold, "--threshold"), force=getattr(args, "force", False),

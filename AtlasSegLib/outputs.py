@@ -130,7 +130,7 @@ class OutputWriter:
         entry["tumor"] = info
         self.tumors[cls.name] = info
 
-    def finish(self, *, settings: dict, timings: dict, warnings=()) -> dict:
+    def finish(self, *, settings: dict, timings: dict, warnings=(), model_info=None) -> dict:
         """Write the combined labels, card.json, report.json and the overview. ``warnings`` (sentences) become
         report.json's top-level "warnings" list, always present (empty when none); anything else that warns
         appends to it with ``report.setdefault("warnings", []).append(text)``."""
@@ -150,7 +150,7 @@ class OutputWriter:
                       "study_uid": self.source.study_uid, "grid": self.grid.as_dict(),
                       "pixel_type": self.image.GetPixelIDTypeAsString(), "regularized": self.source.regularized},
             "model": {"id": self.card.id, "title": self.card.title, "version": self.card.version,
-                      "license": self.card.license, "citation": self.card.raw.get("citation")},
+                      "license": self.card.license, "citation": self.card.raw.get("citation"), **(model_info or {})},
             "settings": settings,
             "structures": self.structures,
             "tumors": self.tumors,

@@ -24,6 +24,7 @@ import torch
 from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid, covering_box, oriented, resample, respaced
+from .backends import make_runner
 from .inference import infer, pick_device
 from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
@@ -41,6 +42,9 @@ class SegmentOptions:
 
     device: str = "auto"
     fast: bool = False
+    backend: str = "auto"  # auto | torch | openvino (see backends.py)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    roi_cascade: bool = True  # with ``structures``: a coarse pass finds their box, the full model runs only there
     structures: Optional[tuple] = None
     postprocess: bool = True
     thresholds: dict = field(default_factory=dict)
@@ -58,6 +62,11 @@ class Prepared:
     grid: Grid  # geometry of ``array`` (the cropped model grid)
     model_grid: Grid  # the uncropped model grid
     crop_start: tuple
+
+
+CASCADE_MARGIN_MM = 15.0
+"""Margin around the coarse pass's box of the selected structures (coarse masks at 3 mm can be a voxel or two
+short; the box is then covered by whole windows, which reach further)."""
 
 
 def model_grid(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Grid:
@@ -123,6 +132,8 @@ class Segmenter:
         if options.structures:
             self.card = _with_gates(self.card, options.structures)
         self.device = pick_device(options.device)
+        self.runner = make_runner(model.net, self.card.inference["roi_size"], self.device, options.backend,
+                                  options.precision)
 
     def run(self, image: sitk.Image, source: SourceInfo, outdir, *, reporter: Optional[Reporter] = None,
             extra_files: Optional[dict] = None) -> dict:
@@ -154,7 +165,13 @@ class Segmenter:
         reporter.update("preprocess", 1.0, f"model grid {prep.grid.size}")
 
         t = time.perf_counter()
-        logits = infer(self.model.net, prep.array, card.inference, device=self.device, reporter=reporter)
+        box, self._windows = None, {}
+        if opts.structures and opts.roi_cascade and not opts.fast and card.preprocessing.get("fast_spacing_mm"):
+            box = self._coarse_box(image, prep, reporter)
+        stats = {}
+        logits = infer(self.runner, prep.array, card.inference, device=self.device, reporter=reporter, box=box,
+                       stats=stats)
+        self._windows.update(stats)
         prep.array = None  # the network input is no longer needed; free it before the per-structure stage
         timings["inference"] = time.perf_counter() - t
 
@@ -170,15 +187,53 @@ class Segmenter:
                 (Path(tmpdir) / name).parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(src, str(Path(tmpdir) / name), useCompression=True)
             timings["total"] = time.perf_counter() - t0
-            report = writer.finish(settings=self._settings(prep), timings=timings, warnings=warnings)
+            report = writer.finish(settings=self._settings(prep), timings=timings, warnings=warnings,
+                                   model_info=self.runner.info())
             reporter.update("write", 1.0, "done")
             staging.commit()
         return report
 
+    def _coarse_box(self, image: sitk.Image, prep: Prepared, reporter: Reporter):
+        """Region-of-interest cascade (as TotalSegmentator's roi_subset): run the model at its fast spacing, take
+        the box of the selected structures (with the organs their tumors are gated to) plus ``CASCADE_MARGIN_MM``
+        and return it in ``prep.array`` indices, or None (full run) when the coarse pass finds none of them."""
+        card = self.card
+        coarse = prepare(image, card, fast=True)
+        stats = {}
+        reporter.update("inference", 0.0, "coarse pass for the region of interest")
+        logits = infer(self.runner, coarse.array, card.inference, device=self.device, reporter=reporter, stats=stats)
+        channels = sorted({c.channel for c in card.classes})
+        if card.inference["activation"] == "softmax":
+            found = np.isin(torch.argmax(logits, dim=0).numpy(), channels)
+        else:
+            found = (logits[channels] >= 0.0).any(dim=0).numpy()  # sigmoid(0) = 0.5
+        del logits
+        self._windows = {"coarse_windows": stats["windows_run"]}
+        if not found.any():
+            log.info("the coarse pass found none of %s: running the full model everywhere",
+                     ", ".join(c.name for c in card.classes))
+            self._windows["roi_box_ijk"] = None
+            return None
+        lo, hi = [], []
+        for axis in range(3):
+            idx = np.nonzero(found.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+            lo.append(int(idx[0]))
+            hi.append(int(idx[-1]) + 1)
+        margin = int(np.ceil(CASCADE_MARGIN_MM / min(prep.grid.spacing)))
+        cover = covering_box(prep.grid, coarse.grid, lo, hi, margin=margin)
+        if cover is None:
+            return None
+        start, size = cover
+        box = [(a, a + n) for a, n in zip(start, size)]
+        self._windows["roi_box_ijk"] = box
+        return box
+
     def _settings(self, prep: Prepared) -> dict:
         o = self.options
         return {
-            "device": self.device.type, "fast": o.fast, "postprocess": o.postprocess,
+            "windows": dict(getattr(self, "_windows", {})),
+            "device": self.device.type, "backend": self.runner.backend, "precision": self.runner.precision,
+            "fast": o.fast, "postprocess": o.postprocess,
             "structures": list(o.structures) if o.structures else None,
             "model_grid": prep.model_grid.as_dict(), "crop_start_ijk": list(prep.crop_start),
             "crop_size_ijk": list(prep.grid.size),

@@ -1,0 +1,293 @@
+"""Inference backends: what runs the network on each sliding-window batch (torch or OpenVINO) and in which precision.
+
+MONAI's ``sliding_window_inference`` (window placement, gaussian blending, padding) is the same for every
+backend; a backend only replaces the predictor called per window batch (``Runner.__call__``).
+
+Choice (``choose``):
+
+=========  ==========  ====================================================================================
+backend    device      precision ``auto``
+=========  ==========  ====================================================================================
+auto       CUDA        torch with fp16 autocast
+auto       CPU         OpenVINO when installed (bf16 where the CPU reports BF16 in its
+                       ``OPTIMIZATION_CAPABILITIES``, else fp32); torch fp32 when OpenVINO is not installed
+torch      any         fp16 autocast on CUDA, fp32 on CPU (bf16 autocast on request)
+openvino   CPU only    as for auto on CPU
+=========  ==========  ====================================================================================
+
+OpenVINO models are converted once per set of weights (``ov.convert_model`` of the loaded torch module, fp32 IR,
+dynamic batch) and cached under ``<cache_dir()>/openvino/<key>/`` where the key hashes the weights (every
+tensor of the state dict), the network class, the window size and the OpenVINO version. A new conversion is
+*checked* before use: the fp32 compiled model and the torch module run on the same deterministic window and the
+largest logit difference must be ≤ ``CHECK_RTOL`` × max(1, largest |logit|); the result is stored beside the
+model (``check.json``) so the check, like the conversion, runs once. A model that fails to convert or fails the
+check is run by torch, with the reason recorded (``Runner.note``, report.json ``model.backend_note``).
+Writing is atomic: a conversion goes to a temporary folder that is renamed into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CHECK_RTOL = 1e-3
+"""Converted fp32 OpenVINO logits may differ from torch fp32 by at most this × max(1, max |logit|)."""
+_OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def openvino_version() -> Optional[str]:
+    """The installed OpenVINO's version, or None when it cannot be imported."""
+    try:
+        import openvino as ov
+    except Exception:  # noqa: BLE001 - a broken install (missing shared library) is as good as none
+        return None
+    return ov.__version__
+
+
+def cpu_capabilities() -> tuple:
+    """OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (e.g. ('FP32', 'BF16', 'INT8')); () without OpenVINO."""
+    try:
+        import openvino as ov
+
+        return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001
+        return ()
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str  # "torch" or "openvino"
+    precision: str  # "fp32", "bf16" or "fp16"
+    note: Optional[str] = None  # why the choice differs from what was asked (e.g. OpenVINO not installed)
+
+
+def choose(backend: str, precision: str, device: torch.device) -> Choice:
+    """Resolve ``--backend``/``--precision`` for ``device``. Raises InputError for a combination that cannot run."""
+    if backend not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{precision}'")
+    note = None
+    if device.type == "cuda":
+        if backend == "openvino":
+            raise InputError("--backend openvino runs on the CPU only; use --device cpu, or --backend torch/auto "
+                             "on the GPU")
+        return Choice("torch", "fp16" if precision == "auto" else precision)
+    if backend in ("auto", "openvino") and openvino_version() is None:
+        if backend == "openvino":
+            raise InputError("--backend openvino was asked for, but OpenVINO is not installed: "
+                             "pip install openvino (or use --backend torch)")
+        backend, note = "torch", "OpenVINO is not installed (pip install openvino): torch runs the network"
+    if backend == "torch":
+        if precision == "fp16":
+            raise InputError("--precision fp16 on the CPU needs --backend openvino on a CPU with FP16 support; "
+                             "torch on the CPU runs fp32 or bf16")
+        return Choice("torch", "fp32" if precision == "auto" else precision, note)
+    caps = cpu_capabilities()
+    if precision == "auto":
+        precision = "bf16" if "BF16" in caps else "fp32"
+    elif precision != "fp32" and precision.upper() not in caps:
+        raise InputError(f"--precision {precision}: this CPU has no {precision.upper()} support in OpenVINO "
+                         f"(capabilities: {', '.join(caps) or 'none reported'}); use --precision fp32 or auto")
+    return Choice("openvino", precision, None)
+
+
+# --------------------------------------------------------------------------------------------------- runners
+class Runner:
+    """Callable predictor for MONAI's sliding window: (B, 1, *roi) float32 tensor -> (B, C, *roi) float32."""
+
+    backend = "torch"
+    precision = "fp32"
+    note: Optional[str] = None
+    device = torch.device("cpu")
+
+    def begin(self, shape) -> None:
+        """Called before a sliding-window pass over an array of ``shape`` (I, J, K); nothing to do for a network."""
+
+    def predict(self, x: torch.Tensor, coords) -> torch.Tensor:
+        """The prediction for windows ``x`` at ``coords`` (MONAI's per-window slices); the network ignores where."""
+        return self(x)
+
+    def info(self) -> dict:
+        d = {"backend": self.backend, "precision": self.precision}
+        if self.note:
+            d["backend_note"] = self.note
+        return d
+
+
+class TorchRunner(Runner):
+    def __init__(self, net: torch.nn.Module, device: torch.device, precision: str = "fp32", note=None):
+        self.net = net
+        self.device = device
+        self.precision = precision
+        self.note = note
+        net.to(device)
+
+    def to_cpu(self) -> "TorchRunner":
+        """The same network on the CPU, fp32 (the CUDA out-of-memory fallback)."""
+        return TorchRunner(self.net, torch.device("cpu"), "fp32" if self.precision == "fp16" else self.precision,
+                           self.note)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp32":
+            return self.net(x)
+        with torch.autocast(self.device.type, dtype=_TORCH_DTYPE[self.precision]):
+            return self.net(x).float()
+
+
+class OpenVINORunner(Runner):
+    backend = "openvino"
+
+    def __init__(self, xml: Path, precision: str, *, note=None):
+        import openvino as ov
+
+        self.precision = precision
+        self.note = note
+        self.xml = Path(xml)
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(self.xml))
+        self._compiled = {}  # batch size -> compiled model (static shapes are faster on the CPU plugin)
+
+    def _compiled_for(self, batch: int):
+        if batch not in self._compiled:
+            model = self._model.clone()
+            shape = list(model.input(0).get_partial_shape())
+            shape[0] = batch
+            model.reshape({0: [batch] + [int(str(s)) for s in shape[1:]]})
+            config = {"INFERENCE_PRECISION_HINT": _OV_HINT[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+            self._compiled[batch] = self._core.compile_model(model, "CPU", config)
+        return self._compiled[batch]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        compiled = self._compiled_for(int(x.shape[0]))
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        out = compiled(arr)[0]
+        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))
+
+
+# ----------------------------------------------------------------------------------------- conversion cache
+def weights_key(net: torch.nn.Module, roi) -> str:
+    """Hash of the network's weights (every state-dict tensor, by name), class, window size and OpenVINO version."""
+    h = hashlib.sha256()
+    h.update(f"{type(net).__module__}.{type(net).__qualname__}|{tuple(int(r) for r in roi)}|"
+             f"{openvino_version()}|{torch.__version__.split('+')[0]}".encode())
+    for name, t in sorted(net.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def ov_cache_dir() -> Path:
+    from .download import cache_dir
+
+    return cache_dir() / "openvino"
+
+
+def _check_input(roi, seed: int = 1234) -> torch.Tensor:
+    """A deterministic CT-like window: smoothed noise in [0, 1] (so normalisation layers see texture)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((1, 1) + tuple(int(r) for r in roi), generator=g)
+    x = torch.nn.functional.avg_pool3d(x, 5, stride=1, padding=2)
+    x = (x - x.min()) / (x.max() - x.min())
+    return x
+
+
+def _convert(net: torch.nn.Module, roi, folder: Path) -> dict:
+    """Convert ``net`` into ``folder``/model.xml (fp32 weights) and check it against torch; returns the check."""
+    import openvino as ov
+
+    x = _check_input(roi)
+    t0 = time.perf_counter()
+    net = net.cpu().eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter (TracerWarning); the check below is what counts
+        model = ov.convert_model(net, example_input=x, input=[ov.PartialShape([-1, 1] + [int(r) for r in roi])])
+    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+    t_convert = time.perf_counter() - t0
+    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = np.asarray(compiled(x.numpy())[0], dtype=np.float32)
+    with torch.inference_mode():
+        ref = net(x).float().numpy()
+    if got.shape != ref.shape:
+        return {"ok": False, "reason": f"converted output shape {got.shape} differs from torch {ref.shape}"}
+    diff = float(np.abs(got - ref).max())
+    scale = max(1.0, float(np.abs(ref).max()))
+    ok = bool(np.isfinite(diff) and diff <= CHECK_RTOL * scale)
+    check = {"ok": ok, "max_abs_diff": diff, "max_abs_logit": float(np.abs(ref).max()), "rtol": CHECK_RTOL,
+             "convert_s": round(t_convert, 2), "openvino": openvino_version(), "torch": torch.__version__}
+    if not ok:
+        check["reason"] = (f"OpenVINO fp32 logits differ from torch by {diff:.3g} (allowed {CHECK_RTOL * scale:.3g})")
+    return check
+
+
+def converted(net: torch.nn.Module, roi) -> tuple:
+    """(path of the cached OpenVINO model or None, check dict). Converts and checks on first use only."""
+    key = weights_key(net, roi)
+    root = ov_cache_dir()
+    final = root / key
+    check_file = final / "check.json"
+    if check_file.is_file():
+        try:
+            check = json.loads(check_file.read_text())
+            if check.get("ok") is False or (final / "model.xml").is_file():
+                return (final / "model.xml" if check.get("ok") else None), check
+        except (OSError, ValueError):
+            pass  # a damaged entry: convert again
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        log.info("converting the network to OpenVINO (once for these weights)")
+        try:
+            check = _convert(net, roi, tmp)
+        except Exception as exc:  # noqa: BLE001 - any conversion failure means: run it with torch
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            check = {"ok": False, "reason": f"OpenVINO conversion failed: {type(exc).__name__}: {first[:300]}",
+                     "openvino": openvino_version()}
+            for f in tmp.iterdir():
+                f.unlink()
+        (tmp / "check.json").write_text(json.dumps(check, indent=1))
+        try:
+            os.replace(tmp, final)  # atomic; fails if another process put its conversion there first
+        except OSError:
+            if (final / "check.json").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return converted(net, roi)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return (final / "model.xml" if check["ok"] else None), check
+
+
+def make_runner(net: torch.nn.Module, roi, device: torch.device, backend: str = "auto",
+                precision: str = "auto") -> Runner:
+    """The predictor that runs ``net`` on windows of size ``roi`` as asked (see the module docstring)."""
+    choice = choose(backend, precision, device)
+    if choice.backend == "torch":
+        return TorchRunner(net, device, choice.precision, choice.note)
+    xml, check = converted(net, roi)
+    if xml is None:
+        reason = check.get("reason", "conversion check failed")
+        log.warning("%s; torch runs the network instead", reason)
+        return TorchRunner(net, device, "fp32", f"{reason}; torch fp32 runs the network")
+    return OpenVINORunner(xml, choice.precision)

@@ -1,0 +1,230 @@
+"""Inference backends (AtlasSegLib/backends.py): the OpenVINO backend gives the masks torch fp32 gives.
+
+Agreement, stated tolerances:
+- masks: Dice ≥ 0.99 per structure against torch fp32 (demo model on a phantom and on the real CT);
+- tumor probabilities (stored as uint8 p × 255): within 2/255 for fp32, 0.05 for bf16/fp16;
+- SuPreM parity window: OpenVINO logits within 1e-3 (fp32) of the published implementation's, the oracle's own
+  tolerance; 0.1 for bf16/fp16.
+Only the precisions this CPU supports are run (OpenVINO's OPTIMIZATION_CAPABILITIES); fp32 always.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from AtlasSegLib import backends
+from AtlasSegLib.card import builtin_card
+from AtlasSegLib.errors import InputError
+from AtlasSegLib.io import SourceInfo, read_image
+from AtlasSegLib.networks import load_model
+from AtlasSegLib.pipeline import SegmentOptions, Segmenter
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino; 'make test' installs it)")
+
+CPU_PRECISIONS = ["fp32"] + [p for p in ("bf16", "fp16") if p.upper() in backends.cpu_capabilities()]
+PROB_TOL = {"fp32": 2 / 255, "bf16": 0.05, "fp16": 0.05}
+LOGIT_TOL = {"fp32": 1e-3, "bf16": 0.1, "fp16": 0.1}
+
+
+def _dice(a, b) -> float:
+    a, b = a > 0, b > 0
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def _run(model, image, source, out: Path, backend: str, precision: str) -> dict:
+    opts = SegmentOptions(device="cpu", backend=backend, precision=precision, overview=False)
+    return Segmenter(model, opts).run(image, source, out)
+
+
+def _compare_runs(ref: Path, new: Path, prob_tol: float) -> dict:
+    """Dice per structure (masks) and max |Δp| of the tumor probability maps between two output folders."""
+    dice = {}
+    for f in sorted((ref / "segmentations").glob("*.nii.gz")):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(new / "segmentations" / f.name)))
+        dice[f.name[:-7]] = _dice(a, b)
+    rep_a = json.loads((ref / "report.json").read_text())
+    rep_b = json.loads((new / "report.json").read_text())
+    for name, info in rep_a["tumors"].items():
+        pa, pb = info.get("probability_file"), rep_b["tumors"][name].get("probability_file")
+        if not pa:
+            continue
+        assert pb, f"{name}: torch wrote a probability map, the other backend none"
+        qa = sitk.GetArrayFromImage(sitk.ReadImage(str(ref / pa))).astype(float) / 255
+        qb = sitk.GetArrayFromImage(sitk.ReadImage(str(new / pb))).astype(float) / 255
+        if qa.shape == qb.shape:
+            diff = float(np.abs(qa - qb).max())
+            assert diff <= prob_tol, f"{name}: tumor probability differs by {diff:.3f} > {prob_tol:.3f}"
+    return dice
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_model(builtin_card("atlasseg-demo"))
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from AtlasSegLib.phantom import make_phantom
+
+    return make_phantom(7, tumors=True)
+
+
+@pytest.mark.parametrize("precision", CPU_PRECISIONS)
+def test_openvino_masks_match_torch_fp32_on_phantom(demo_model, phantom, tmp_path, precision):
+    source = SourceInfo(path="phantom(seed=7)", format="phantom")
+    ref = _run(demo_model, phantom.image, source, tmp_path / "torch", "torch", "fp32")
+    new = _run(demo_model, phantom.image, source, tmp_path / "ov", "openvino", precision)
+    assert ref["model"]["backend"] == "torch" and ref["model"]["precision"] == "fp32"
+    assert new["model"]["backend"] == "openvino" and new["model"]["precision"] == precision
+    dice = _compare_runs(tmp_path / "torch", tmp_path / "ov", PROB_TOL[precision])
+    assert len(dice) == 8
+    assert sum(1 for n in dice if (tmp_path / "torch" / "segmentations" / f"{n}.nii.gz").stat().st_size) == 8
+    low = {n: d for n, d in dice.items() if d < 0.99}
+    assert not low, f"Dice < 0.99 against torch fp32: {low}"
+
+
+@pytest.mark.parametrize("precision", CPU_PRECISIONS)
+def test_openvino_masks_match_torch_fp32_on_real_ct(demo_model, small_ct, tmp_path, precision):
+    image, source = read_image(str(small_ct))
+    _run(demo_model, image, source, tmp_path / "torch", "torch", "fp32")
+    _run(demo_model, image, source, tmp_path / "ov", "openvino", precision)
+    dice = _compare_runs(tmp_path / "torch", tmp_path / "ov", PROB_TOL[precision])
+    nonempty = [n for n in dice if sitk.GetArrayViewFromImage(
+        sitk.ReadImage(str(tmp_path / "torch" / "segmentations" / f"{n}.nii.gz"))).any()]
+    assert len(nonempty) >= 4, "the demo model should find several structures on the real abdomen"
+    low = {n: d for n, d in dice.items() if d < 0.99}
+    assert not low, f"Dice < 0.99 against torch fp32: {low}"
+
+
+def test_auto_backend_on_cpu_is_openvino_with_precision_from_cpu_capabilities():
+    choice = backends.choose("auto", "auto", torch.device("cpu"))
+    assert choice.backend == "openvino"
+    assert choice.precision == ("bf16" if "BF16" in backends.cpu_capabilities() else "fp32")
+
+
+def test_backend_choice_refuses_what_cannot_run():
+    with pytest.raises(InputError, match="CPU only"):
+        backends.choose("openvino", "auto", torch.device("cuda"))
+    with pytest.raises(InputError, match="fp16 on the CPU"):
+        backends.choose("torch", "fp16", torch.device("cpu"))
+    with pytest.raises(InputError, match="--backend must be"):
+        backends.choose("onnx", "auto", torch.device("cpu"))
+    assert backends.choose("auto", "auto", torch.device("cuda")) == backends.Choice("torch", "fp16")
+    missing = [p for p in ("bf16", "fp16") if p.upper() not in backends.cpu_capabilities()]
+    for p in missing:
+        with pytest.raises(InputError, match="no .* support"):
+            backends.choose("openvino", p, torch.device("cpu"))
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class _Noisy(_Tiny):
+    """Converts fine, but its output is not a function of its input: the conversion check must catch it."""
+
+    def forward(self, x):
+        return self.conv(x) + torch.rand_like(x)
+
+
+def test_conversion_is_cached_by_weights_and_not_repeated(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    torch.manual_seed(0)
+    net = _Tiny().eval()
+    xml, check = backends.converted(net, (16, 16, 16))
+    assert check["ok"] and check["max_abs_diff"] <= 1e-4
+    assert xml.parent.parent == tmp_path / "home" / "openvino"
+    stamp = xml.stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(backends, "_convert", lambda *a: calls.append(a))
+    xml2, _ = backends.converted(net, (16, 16, 16))
+    assert xml2 == xml and xml.stat().st_mtime_ns == stamp and not calls
+    # Other weights: another cache entry. No temporary folders left behind.
+    with torch.no_grad():
+        net.conv.weight.add_(1.0)
+    assert backends.weights_key(net, (16, 16, 16)) != xml.parent.name
+    assert [p.name for p in (tmp_path / "home" / "openvino").iterdir() if p.name.startswith(".")] == []
+
+
+def test_network_failing_the_conversion_check_runs_with_torch_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    runner = backends.make_runner(_Noisy().eval(), (16, 16, 16), torch.device("cpu"), "openvino", "auto")
+    assert isinstance(runner, backends.TorchRunner)
+    assert runner.info()["backend"] == "torch"
+    assert "differ from torch" in runner.info()["backend_note"]
+    # The failed check is remembered: the next run does not convert again.
+    entry = next((tmp_path / "home" / "openvino").iterdir())
+    assert json.loads((entry / "check.json").read_text())["ok"] is False
+
+
+def test_openvino_runner_matches_torch_on_a_batch_of_two_windows(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    torch.manual_seed(1)
+    net = _Tiny().eval()
+    runner = backends.make_runner(net, (16, 16, 16), torch.device("cpu"), "openvino", "fp32")
+    assert isinstance(runner, backends.OpenVINORunner)
+    x = torch.rand(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        ref = net(x)
+    for batch in (x, x[:1]):  # MONAI's last window batch may be smaller than sw_batch_size
+        got = runner(batch)
+        assert got.shape == ref[: len(batch)].shape
+        assert float((got - ref[: len(batch)]).abs().max()) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["unet", "swinunetr"])
+def test_suprem_parity_window_logits_with_openvino(arch, tmp_path_factory, monkeypatch):
+    from test_suprem_networks import ARCHS, load_released_layout, parity_error, shared_dir
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("ATLASSEG_HOME", os.environ.get("ATLASSEG_HOME") or str(tmp_path_factory.mktemp("home")))
+    path = tmp_path_factory.mktemp("parity") / f"{arch}.pth"
+    subprocess.run([sys.executable, str(shared_dir() / "tools" / "suprem_parity.py"), "build", arch, str(path)],
+                   check=True, capture_output=True, timeout=300)
+    net = load_released_layout(arch, path)
+    x = np.load(shared_dir() / "docs" / "suprem_parity" / "input_96.npy")
+    for precision in CPU_PRECISIONS:
+        runner = backends.make_runner(net, (96, 96, 96), torch.device("cpu"), "openvino", precision)
+        assert isinstance(runner, backends.OpenVINORunner), runner.info()
+        logits = runner(torch.from_numpy(x)[None, None].float())[0].numpy()
+        err = parity_error(arch, logits)
+        assert err <= LOGIT_TOL[precision], f"{arch} OpenVINO {precision}: max abs error {err:.3g}"
+
+
+def test_structure_subset_cascade_runs_fewer_windows_and_gives_the_full_runs_mask(demo_model, phantom, tmp_path):
+    """--structures spleen: a coarse pass (5 mm) finds the spleen's box, the full model runs only the windows of
+    the full run that overlap it (plus a margin); the spleen mask equals the full run's."""
+    from AtlasSegLib.card import card_from_dict
+
+    raw = json.loads(json.dumps(demo_model.card.raw))
+    raw["preprocessing"]["fast_spacing_mm"] = [5.0, 5.0, 5.0]
+    raw["inference"]["roi_size"] = [48, 48, 48]  # more, smaller windows than the card's 80³: a box can skip some
+    model = type(demo_model)(demo_model.net, card_from_dict(raw), None)
+    source = SourceInfo(path="phantom(seed=7)", format="phantom")
+    full = Segmenter(model, SegmentOptions(device="cpu", backend="torch", overview=False)).run(
+        phantom.image, source, tmp_path / "full")
+    sub = Segmenter(model, SegmentOptions(device="cpu", backend="torch", structures=("spleen",), overview=False)).run(
+        phantom.image, source, tmp_path / "sub")
+    w = sub["settings"]["windows"]
+    assert w["roi_box_ijk"] is not None and w["coarse_windows"] >= 1
+    assert w["windows_run"] < w["windows"] == full["settings"]["windows"]["windows_run"], w
+    a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "full" / "segmentations" / "spleen.nii.gz")))
+    b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sub" / "segmentations" / "spleen.nii.gz")))
+    assert a.sum() > 1000
+    assert np.array_equal(a, b)
+    assert [e["name"] for e in sub["structures"]] == ["spleen"]
