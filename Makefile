@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # torch first and explicitly: a plain "torch" requirement would pull a multi-GB CUDA build on machines without it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench bench-review clean chromium dicom-tools
+.PHONY: demo test bench bench-quick bench-review clean chromium dicom-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ dicom-tools:
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python Testing/bench_pipeline.py
+
+# torch fp32 against the backend 'auto' picks (OpenVINO on the CPU), a few minutes; ends in one RESULT line.
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/python Testing/bench_quick.py
 
 # Sensitivity slider and one-click removal vs Slicer's Islands-effect path, 512x512x300 real CT.
 bench-review: $(VENV)/.installed-test

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTO_MIN_WINDOWS = 32
+"""``--backend auto`` converts a network to OpenVINO only for runs of at least this many windows (a first
+conversion costs tens of windows' time: ~10 s for the demo model, minutes for the SuPreM U-Net on two cores);
+smaller runs use torch unless the conversion is already cached."""
 CHECK_RTOL = 1e-3
 """Converted fp32 OpenVINO logits may differ from torch fp32 by at most this × max(1, max |logit|)."""
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -114,6 +118,7 @@ def choose(backend: str, precision: str, device: torch.device) -> Choice:
 class Runner:
     """Callable predictor for MONAI's sliding window: (B, 1, *roi) float32 tensor -> (B, C, *roi) float32."""
 
+    provisional = False  # chosen for one small run only: a larger run may choose again
     backend = "torch"
     precision = "fp32"
     note: Optional[str] = None
@@ -279,12 +284,25 @@ def converted(net: torch.nn.Module, roi) -> tuple:
     return (final / "model.xml" if check["ok"] else None), check
 
 
+def is_converted(net: torch.nn.Module, roi) -> bool:
+    """Whether this network's conversion (or its failed check) is already in the cache."""
+    return (ov_cache_dir() / weights_key(net, roi) / "check.json").is_file()
+
+
 def make_runner(net: torch.nn.Module, roi, device: torch.device, backend: str = "auto",
-                precision: str = "auto") -> Runner:
-    """The predictor that runs ``net`` on windows of size ``roi`` as asked (see the module docstring)."""
+                precision: str = "auto", *, windows: Optional[int] = None) -> Runner:
+    """The predictor that runs ``net`` on windows of size ``roi`` as asked (see the module docstring).
+
+    ``windows``: how many windows the run has; with ``backend="auto"`` a run of fewer than ``AUTO_MIN_WINDOWS``
+    does not pay for a first conversion (torch runs it; the runner is marked ``provisional``)."""
     choice = choose(backend, precision, device)
     if choice.backend == "torch":
         return TorchRunner(net, device, choice.precision, choice.note)
+    if backend == "auto" and windows is not None and windows < AUTO_MIN_WINDOWS and not is_converted(net, roi):
+        runner = TorchRunner(net, device, "fp32", f"{windows} windows: a first OpenVINO conversion would take longer "
+                             "than it saves; torch fp32 runs them (--backend openvino to convert anyway)")
+        runner.provisional = True
+        return runner
     xml, check = converted(net, roi)
     if xml is None:
         reason = check.get("reason", "conversion check failed")

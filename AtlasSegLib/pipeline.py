@@ -24,8 +24,8 @@ import torch
 from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid, covering_box, oriented, resample, respaced
-from .backends import make_runner
-from .inference import infer, pick_device
+from .backends import choose, make_runner
+from .inference import count_windows, infer, pick_device
 from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
@@ -132,8 +132,8 @@ class Segmenter:
         if options.structures:
             self.card = _with_gates(self.card, options.structures)
         self.device = pick_device(options.device)
-        self.runner = make_runner(model.net, self.card.inference["roi_size"], self.device, options.backend,
-                                  options.precision)
+        choose(options.backend, options.precision, self.device)  # refuse what cannot run before reading anything
+        self.runner = None  # made in run(), when the number of windows is known (see backends.make_runner)
 
     def run(self, image: sitk.Image, source: SourceInfo, outdir, *, reporter: Optional[Reporter] = None,
             extra_files: Optional[dict] = None) -> dict:
@@ -165,6 +165,11 @@ class Segmenter:
         reporter.update("preprocess", 1.0, f"model grid {prep.grid.size}")
 
         t = time.perf_counter()
+        if self.runner is None or self.runner.provisional:
+            inf = card.inference
+            windows = count_windows(prep.array.shape, inf["roi_size"], float(inf["overlap"]))
+            self.runner = make_runner(self.model.net, inf["roi_size"], self.device, opts.backend, opts.precision,
+                                      windows=windows)
         box, self._windows = None, {}
         if opts.structures and opts.roi_cascade and not opts.fast and card.preprocessing.get("fast_spacing_mm"):
             box = self._coarse_box(image, prep, reporter)

@@ -228,3 +228,47 @@ def test_structure_subset_cascade_runs_fewer_windows_and_gives_the_full_runs_mas
     assert a.sum() > 1000
     assert np.array_equal(a, b)
     assert [e["name"] for e in sub["structures"]] == ["spleen"]
+
+
+def test_cli_backend_and_precision_reach_report_json(small_ct, tmp_path, capsys):
+    from AtlasSegLib.cli import main
+
+    code = main(["segment", str(small_ct), "-o", str(tmp_path / "t"), "--model", "atlasseg-demo", "--device", "cpu",
+                 "--backend", "torch", "--precision", "fp32", "--quiet"])
+    assert code == 0
+    model = json.loads((tmp_path / "t" / "report.json").read_text())["model"]
+    assert (model["backend"], model["precision"]) == ("torch", "fp32")
+    code = main(["segment", str(small_ct), "-o", str(tmp_path / "o"), "--model", "atlasseg-demo", "--device", "cpu",
+                 "--backend", "openvino", "--quiet"])
+    assert code == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert (report["model"]["backend"], report["settings"]["backend"]) == ("openvino", "openvino")
+    assert report["model"]["precision"] == backends.choose("auto", "auto", torch.device("cpu")).precision
+
+
+def test_auto_converts_only_for_runs_large_enough_to_repay_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    torch.manual_seed(2)
+    net = _Tiny().eval()
+    cpu = torch.device("cpu")
+    small = backends.make_runner(net, (16, 16, 16), cpu, "auto", "auto", windows=backends.AUTO_MIN_WINDOWS - 1)
+    assert small.backend == "torch" and small.provisional and "windows" in small.info()["backend_note"]
+    assert not (tmp_path / "home" / "openvino").exists()  # nothing was converted for the small run
+    large = backends.make_runner(net, (16, 16, 16), cpu, "auto", "auto", windows=backends.AUTO_MIN_WINDOWS)
+    assert large.backend == "openvino" and not large.provisional
+    # Once converted, small runs use the cached conversion too.
+    again = backends.make_runner(net, (16, 16, 16), cpu, "auto", "auto", windows=1)
+    assert again.backend == "openvino"
+
+
+def test_cli_refuses_a_precision_the_cpu_lacks(small_ct, tmp_path, capsys):
+    from AtlasSegLib.cli import main
+
+    lacking = [p for p in ("bf16", "fp16") if p.upper() not in backends.cpu_capabilities()]
+    if not lacking:
+        pytest.skip("this CPU supports both bf16 and fp16 in OpenVINO: nothing to refuse")
+    code = main(["segment", str(small_ct), "-o", str(tmp_path / "x"), "--model", "atlasseg-demo", "--device", "cpu",
+                 "--backend", "openvino", "--precision", lacking[0], "--quiet"])
+    assert code == 2
+    assert f"no {lacking[0].upper()} support" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
