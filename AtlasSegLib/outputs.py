@@ -109,7 +109,7 @@ class OutputWriter:
             self._drawn.append((int(np.count_nonzero(inside)), cls.is_tumor, cls.label, cls.name, sl,
                                 np.packbits(inside, axis=None), inside.shape))
             if self.overview is not None:
-                self.overview.add(cls.name, cls.color, full)
+                self.overview.add(cls.name, cls.color, mask, box[0])
         entry = _structure_entry(cls, full, self.grid, self.ct, box)
         self.structures.append(entry)
         return entry

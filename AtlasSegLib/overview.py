@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-from .geometry import Grid, oriented, reorient_array
+from .geometry import Grid, orientation_transform, oriented, reorient_array
 
 WINDOW_HU = (-150.0, 250.0)
 # Opacity of a structure's tint where its projection is thickest (half of it at the thinnest covered pixel):
@@ -39,6 +39,22 @@ def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
     return out
 
 
+def project_box(mask_box_kji: np.ndarray, start_ijk, grid: Grid) -> np.ndarray:
+    """``project`` of a mask that is zero outside a box: ``mask_box_kji`` is the box's content and ``start_ijk``
+    its first voxel on ``grid``. Reads the box only (a full-grid pass per structure was the slow part)."""
+    ornt = orientation_transform(grid, "LAS")
+    ap = next(a for a in range(3) if int(ornt[a, 0]) == 1)  # the index axis that becomes anterior-posterior
+    rest = [a for a in range(3) if a != ap]
+    part = mask_box_kji.transpose(2, 1, 0).sum(axis=ap, dtype=np.float32)
+    out = np.zeros((grid.size[rest[0]], grid.size[rest[1]]), np.float32)
+    s0, s1 = int(start_ijk[rest[0]]), int(start_ijk[rest[1]])
+    out[s0:s0 + part.shape[0], s1:s1 + part.shape[1]] = part
+    for n, a in enumerate(rest):
+        if ornt[a, 1] < 0:
+            out = np.flip(out, n)
+    return out.T if int(ornt[rest[0], 0]) > int(ornt[rest[1], 0]) else out
+
+
 def _to_display(proj_ik: np.ndarray, grid: Grid, *, resample=Image.BILINEAR) -> Image.Image:
     """(i, k) projection → PIL image with 1 mm pixels, head up, patient's right on the left."""
     g = oriented(grid, "LAS")
@@ -59,8 +75,9 @@ class Overview:
         self.ct = _to_display(ct, self.grid)
         self.layers = []  # (name, colour, mask projection as PIL "F")
 
-    def add(self, name: str, color, mask_kji: np.ndarray) -> None:
-        proj = project(mask_kji, self.grid)
+    def add(self, name: str, color, mask_kji: np.ndarray, start_ijk=None) -> None:
+        """``mask_kji`` on the whole grid, or (with ``start_ijk``) the content of a box starting there."""
+        proj = project(mask_kji, self.grid) if start_ijk is None else project_box(mask_kji, start_ijk, self.grid)
         if proj.max() <= 0:
             return
         # Coverage is resampled on its own: the bilinear 1 mm resampling of the normalised sum would fade the
