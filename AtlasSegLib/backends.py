@@ -168,6 +168,12 @@ class OpenVINORunner(Runner):
         self.note = note
         self.xml = Path(xml)
         self._core = ov.Core()
+        try:  # OpenVINO's own cache of compiled blobs: later runs skip most of compile_model
+            compiled_dir = ov_cache_dir() / "compiled"
+            compiled_dir.mkdir(parents=True, exist_ok=True)
+            self._core.set_property({"CACHE_DIR": str(compiled_dir)})
+        except (OSError, RuntimeError) as exc:
+            log.debug("no OpenVINO compiled-model cache: %s", exc)
         self._model = self._core.read_model(str(self.xml))
         self._compiled = {}  # batch size -> compiled model (static shapes are faster on the CPU plugin)
 
