@@ -470,28 +470,9 @@ def _route_library_warnings(verbose: bool) -> None:
     the log, shown with -v, instead of raw onto stderr between the command's own lines."""
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
-    logging.getLogger("atlasseg.itk").setLevel(logging.DEBUG if verbose else logging.ERROR)
-    global _ITK_LOGGER
-    if _ITK_LOGGER is None:
-        import SimpleITK as sitk  # every command that gets here reads or writes images with it
+    from .io import route_itk_messages_to_logging
 
-        class _ItkToLogging(sitk.LoggerBase):
-            def DisplayText(self, text):
-                logging.getLogger("atlasseg.itk").debug("%s", " ".join(text.split()))
-
-            DisplayGenericOutputText = DisplayDebugText = DisplayText
-
-            def DisplayWarningText(self, text):
-                logging.getLogger("atlasseg.itk").warning("%s", " ".join(text.split()))
-
-            def DisplayErrorText(self, text):
-                logging.getLogger("atlasseg.itk").error("%s", " ".join(text.split()))
-
-        _ITK_LOGGER = _ItkToLogging()
-        _ITK_LOGGER.SetAsGlobalITKLogger()
-
-
-_ITK_LOGGER = None
+    route_itk_messages_to_logging()  # ITK's text at INFO (shown with -v), its errors at WARNING
 
 
 def _on_sigterm(signum, frame):

@@ -55,6 +55,7 @@ def read_image(path, *, series_uid: Optional[str] = None) -> tuple:
         InputError: the path is missing, unreadable, not a 3D scalar image, or the DICOM folder is empty or
             ambiguous.
     """
+    route_itk_messages_to_logging()
     path = Path(path)
     if not path.exists():
         raise InputError(f"input {path} does not exist; give a CT file (.nii.gz, .nrrd, .mha) or a DICOM folder")
@@ -133,6 +134,32 @@ def _dicom_series(folder: Path) -> dict:
                 files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
                 found[uid] = (d, tuple(files))
     return found
+
+
+_ITK_LOGGER = None
+
+
+def route_itk_messages_to_logging() -> None:
+    """Send what ITK prints through its output window (warnings such as "Non uniform sampling or missing slices
+    detected", debug text, errors) to the ``AtlasSegLib.itk`` logger instead of raw onto stderr: its text at INFO
+    (AtlasSeg checks the geometry itself and says what it means in its own words), its errors at WARNING.
+    Idempotent; installs one process-wide ITK logger."""
+    global _ITK_LOGGER
+    if _ITK_LOGGER is not None:
+        return
+    itk_log = logging.getLogger("AtlasSegLib.itk")
+
+    class _ItkToLogging(sitk.LoggerBase):
+        def DisplayText(self, text):
+            itk_log.info("%s", " ".join(text.split()))
+
+        DisplayGenericOutputText = DisplayDebugText = DisplayWarningText = DisplayText
+
+        def DisplayErrorText(self, text):
+            itk_log.warning("%s", " ".join(text.split()))
+
+    _ITK_LOGGER = _ItkToLogging()
+    _ITK_LOGGER.SetAsGlobalITKLogger()
 
 
 @contextmanager

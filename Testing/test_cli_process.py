@@ -222,7 +222,7 @@ warnings.warn("a library user warning", UserWarning)
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
     loud = subprocess.run([sys.executable, "-c", code, "1"], cwd=REPO, env=_env(), capture_output=True, text=True)
-    assert "atlasseg.itk" in loud.stderr and "Non uniform sampling" in loud.stderr
+    assert "AtlasSegLib.itk" in loud.stderr and "Non uniform sampling" in loud.stderr
     assert "py.warnings" in loud.stderr and "a library user warning" in loud.stderr
     assert not any(line.startswith("WARNING: In ") for line in loud.stderr.splitlines())  # never ITK's raw text
 

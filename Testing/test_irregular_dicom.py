@@ -125,7 +125,7 @@ def test_regular_series_is_read_as_itk_reads_it(ctdata):
 def test_tilt_is_recorded_with_its_angle_and_no_raw_itk_warning_reaches_stderr(tmp_path, ctdata, capfd, caplog):
     series = rewrite_series(ctdata.joinpath(*SARCOMA), tmp_path / "series", tilt_deg=15.0, drop=(30,))
     capfd.readouterr()
-    with caplog.at_level(logging.INFO, logger="AtlasSegLib.io"):
+    with caplog.at_level(logging.INFO, logger="AtlasSegLib"):  # .io (our words) and .itk (ITK's)
         image, info = read_image(series)
     err = capfd.readouterr().err
     assert "Non uniform sampling" not in err and "WARNING: In" not in err, err
