@@ -51,8 +51,10 @@ AUTO_MIN_WINDOWS = 32
 """``--backend auto`` converts a network to OpenVINO only for runs of at least this many windows (a first
 conversion costs tens of windows' time: ~10 s for the demo model, minutes for the SuPreM U-Net on two cores);
 smaller runs use torch unless the conversion is already cached."""
-CHECK_RTOL = 1e-3
-"""Converted fp32 OpenVINO logits may differ from torch fp32 by at most this × max(1, max |logit|)."""
+CHECK_RTOL = 5e-3
+"""Converted fp32 OpenVINO logits may differ from torch fp32 by at most this × max(1, max |logit|). OpenVINO sums
+in another order: measured 0.3–2e-3 relative on the registry networks (SuPreM U-Net 0.014 on logits up to 6.5 on
+the parity window); a wrong conversion (e.g. batch norm with running statistics) is off by ~100 %."""
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -239,7 +241,8 @@ def _convert(net: torch.nn.Module, roi, folder: Path) -> dict:
     with torch.inference_mode():
         ref = net(x).float().numpy()
     if got.shape != ref.shape:
-        return {"ok": False, "reason": f"converted output shape {got.shape} differs from torch {ref.shape}"}
+        return {"ok": False, "reason": f"converted output shape {got.shape} differs from torch {ref.shape}",
+                "rtol": CHECK_RTOL}
     diff = float(np.abs(got - ref).max())
     scale = max(1.0, float(np.abs(ref).max()))
     ok = bool(np.isfinite(diff) and diff <= CHECK_RTOL * scale)
@@ -250,19 +253,27 @@ def _convert(net: torch.nn.Module, roi, folder: Path) -> dict:
     return check
 
 
+def _cached_entry(final: Path):
+    """(model.xml or None, check) of a usable cache entry, or None when there is none (or a stale/damaged one)."""
+    try:
+        check = json.loads((final / "check.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if check.get("ok") is False and check.get("rtol") == CHECK_RTOL:
+        return None, check  # failed before with today's tolerance: torch, without converting again
+    if check.get("ok") and (final / "model.xml").is_file() and (final / "model.bin").is_file():
+        return final / "model.xml", check
+    return None
+
+
 def converted(net: torch.nn.Module, roi) -> tuple:
     """(path of the cached OpenVINO model or None, check dict). Converts and checks on first use only."""
     key = weights_key(net, roi)
     root = ov_cache_dir()
     final = root / key
-    check_file = final / "check.json"
-    if check_file.is_file():
-        try:
-            check = json.loads(check_file.read_text())
-            if check.get("ok") is False or (final / "model.xml").is_file():
-                return (final / "model.xml" if check.get("ok") else None), check
-        except (OSError, ValueError):
-            pass  # a damaged entry: convert again
+    entry = _cached_entry(final)
+    if entry is not None:
+        return entry
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
@@ -272,16 +283,16 @@ def converted(net: torch.nn.Module, roi) -> tuple:
         except Exception as exc:  # noqa: BLE001 - any conversion failure means: run it with torch
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             check = {"ok": False, "reason": f"OpenVINO conversion failed: {type(exc).__name__}: {first[:300]}",
-                     "openvino": openvino_version()}
+                     "openvino": openvino_version(), "rtol": CHECK_RTOL}
             for f in tmp.iterdir():
                 f.unlink()
         (tmp / "check.json").write_text(json.dumps(check, indent=1))
         try:
-            os.replace(tmp, final)  # atomic; fails if another process put its conversion there first
+            os.replace(tmp, final)  # atomic; fails when the folder exists (another process, or a stale entry)
         except OSError:
-            if (final / "check.json").is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return converted(net, roi)
+            entry = _cached_entry(final)
+            if entry is not None:  # another process finished first: use its conversion
+                return entry
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
     finally:
