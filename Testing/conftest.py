@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,21 @@ def write_card(tmp_path: Path, card: dict, name: str = "card.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(card))
     return path
+
+
+_SESSION_HOME = None
+
+
+def pytest_configure(config):
+    """Tests never read or write the user's AtlasSeg cache (downloaded weights, OpenVINO conversions, which are
+    large and would also change which backend ``auto`` picks from one run to the next): one fresh cache per test
+    session, inherited by the engine subprocesses. Tests that need a cache of their own still set
+    ``ATLASSEG_HOME`` themselves."""
+    global _SESSION_HOME
+    _SESSION_HOME = tempfile.mkdtemp(prefix="atlasseg-test-home-")
+    os.environ["ATLASSEG_HOME"] = _SESSION_HOME
+
+
+def pytest_unconfigure(config):
+    if _SESSION_HOME:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
