@@ -20,7 +20,6 @@ from AtlasSegLib import export as ex
 from AtlasSegLib.card import builtin_card, card_from_dict
 from AtlasSegLib.geometry import Grid, resample
 from AtlasSegLib.io import read_image
-from AtlasSegLib.outputs import OutputWriter
 from test_export_dicom import copy_series_with_uids
 from test_export_outside_tools import DCIODVFY, dciodvfy_errors
 from testdata import make_run
@@ -45,17 +44,7 @@ def custom_run(outdir, series, masks: dict):
     raw.update(id="my-model", title="My model", weights={"file": "my.pt"})
     raw["architecture"]["kwargs"]["out_channels"] = len(masks)
     raw["classes"] = [{"channel": i, "name": name} for i, name in enumerate(masks)]
-    card = card_from_dict(raw)
-    image, source = read_image(series)
-    writer = OutputWriter(outdir, image, source, card, overview=False)
-    box = ((0, 0, 0), image.GetSize())
-    for cls in card.classes:
-        if cls.is_tumor:
-            writer.add_tumor(cls, box, masks[cls.name], None, threshold=0.5)
-        else:
-            writer.add_structure(cls, box, masks[cls.name])
-    writer.finish(settings={}, timings={})
-    return outdir
+    return make_run(outdir, series, masks, card=card_from_dict(raw))
 
 
 # ----------------------------------------------------------------------------------------- empty structures

@@ -12,15 +12,16 @@ def ct_data_dir() -> Path:
     return Path(os.environ.get("ATLASSEG_TEST_DATA", REPO.parent / "shared" / "ctdata"))
 
 
-def make_run(outdir: Path, ct_input, masks: dict, card_id: str = "suprem-segresnet") -> Path:
+def make_run(outdir: Path, ct_input, masks: dict, card_id: str = "suprem-segresnet", *, card=None) -> Path:
     """An AtlasSeg output folder for ``masks`` (name -> k, j, i uint8 on the input grid), written by the pipeline's
-    own OutputWriter (no model run), so exports and reports read exactly what a real run leaves."""
+    own OutputWriter (no model run), so exports and reports read exactly what a real run leaves. ``card``: a
+    ModelCard to use instead of the built-in ``card_id`` (e.g. a bring-your-own model's)."""
     from AtlasSegLib.card import builtin_card
     from AtlasSegLib.io import read_image
     from AtlasSegLib.outputs import OutputWriter
 
     image, source = read_image(ct_input)
-    card = builtin_card(card_id).select(list(masks))
+    card = card if card is not None else builtin_card(card_id).select(list(masks))
     writer = OutputWriter(outdir, image, source, card, overview=False)
     box = ((0, 0, 0), image.GetSize())
     for cls in card.classes:
