@@ -186,10 +186,12 @@ def _writeTumors(segmentationNode, folder: Path, tumorStructures: list) -> dict:
     return tumors
 
 
-def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: bool = True, progress=None):
+def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: bool = True, progress=None,
+               anonymize: bool = False):
     """Write the segmentation as it is in the scene (after review) into ``folder`` and make its report there:
     report.html/.csv/.json and pictures, the 3D view drawn by Slicer's renderer. Returns the library's
-    ``ReportResult``. ``folder`` must be new or empty: a report is never mixed with other files."""
+    ``ReportResult``. ``folder`` must be new or empty: a report is never mixed with other files. ``anonymize``:
+    no patient name, ID, dates, UIDs or file names in the page, CSV and pictures (``build_report``)."""
     from AtlasSegLib.report import build_report
 
     folder = Path(folder)
@@ -212,7 +214,7 @@ def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: boo
             from AtlasSegModule import AtlasSegRender
 
             AtlasSegRender.renderOutputFolder(staging)
-        result = build_report(staging, ct=staging / "ct.mha", progress=progress)
+        result = build_report(staging, ct=staging / "ct.mha", progress=progress, anonymize=anonymize)
         staging.chmod(0o755)
         if folder.exists():
             folder.rmdir()  # checked empty above

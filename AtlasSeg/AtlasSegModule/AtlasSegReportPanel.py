@@ -65,6 +65,12 @@ class ReportPanel:
                                 "probability, review status), then every structure's volume and mean HU."))
         layout.addWidget(self.table)
 
+        self.anonymizeCheckBox = qt.QCheckBox(_("Anonymize (no patient name, ID, dates or file names)"))
+        self.anonymizeCheckBox.toolTip = _("For a report that leaves the hospital: the page, table and pictures "
+                                           "name no patient, study date, UID or file. (report.json keeps the input "
+                                           "path for AtlasSeg's own tools: send the HTML, CSV and pictures.)")
+        layout.addWidget(self.anonymizeCheckBox)
+
         # Two rows: three buttons side by side would make the panel wider than Slicer's usual module panel.
         buttons = qt.QGridLayout()
         self.sceneButton = qt.QPushButton(_("Report of the segmentation…"))
@@ -112,7 +118,7 @@ class ReportPanel:
                     logging.warning("AtlasSeg: no 3D picture for the report: %s", exc)
                 self.folderLabel.text = _("Writing the report…")
                 slicer.app.processEvents()
-                result = _reportLib().build_report(folder)
+                result = _reportLib().build_report(folder, anonymize=self.anonymizeCheckBox.checked)
             except Exception:
                 self.folderLabel.text = previous
                 raise
@@ -141,7 +147,8 @@ class ReportPanel:
         with slicer.util.tryWithErrorDisplay(_("The report could not be made."), waitCursor=True):
             self.folderLabel.text = _("Writing the segmentation and drawing the report…")
             slicer.app.processEvents()
-            result = AtlasSegExport.makeReport(segmentationNode, folder, progress=self._progress)
+            result = AtlasSegExport.makeReport(segmentationNode, folder, progress=self._progress,
+                                               anonymize=self.anonymizeCheckBox.checked)
             self.outputDir = Path(folder)
             self._show(result.report, result.html_path)
 

@@ -60,3 +60,14 @@ def test_report_refuses_a_folder_with_other_files(reviewed, tmp_path):
     with pytest.raises(InputError, match="not empty"):
         AtlasSegExport.makeReport(scene.segmentationNode, folder, picture3D=False)
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_anonymized_scene_report_names_no_case_or_file(reviewed, tmp_path):
+    """The Report section's Anonymize box: a report that can leave the hospital."""
+    scene = reviewed[0]
+    plain = AtlasSegExport.makeReport(scene.segmentationNode, tmp_path / "plain", picture3D=False)
+    anonymous = AtlasSegExport.makeReport(scene.segmentationNode, tmp_path / "anonymous", picture3D=False,
+                                          anonymize=True)
+    assert "<dd>anonymized:" not in plain.html_path.read_text()
+    html = anonymous.html_path.read_text()
+    assert "<dd>anonymized:" in html and "ct.mha" not in html
