@@ -43,8 +43,9 @@ except ImportError:  # Slicer < 5.4 has no translation support
 
 from AtlasSegModule import AtlasSegBridge as bridge
 from AtlasSegModule import AtlasSegDependencies as deps
-from AtlasSegModule.AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions, applyBlocker,
-                           describeVolume, formatDuration, modelDetailsHtml, progressText, qualityHint)
+from AtlasSegModule.AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions,
+                                          applyBlocker, describeVolume, formatDuration, modelDetailsHtml,
+                                          progressText, qualityHint)
 from AtlasSegModule.AtlasSegExportPanel import ExportPanel
 from AtlasSegModule.AtlasSegReportPanel import ReportPanel
 from AtlasSegModule.AtlasSegReviewPanel import ReviewPanel

@@ -9,8 +9,8 @@ import slicer
 
 from AtlasSegModule import AtlasSegBridge as bridge
 from AtlasSegModule import AtlasSegLogic
-from AtlasSegModule.AtlasSegLogic import (DeviceInfo, RunOptions, applyBlocker, describeVolume, engineCommand, formatDuration,
-                           orientationCode, progressText, qualityHint)
+from AtlasSegModule.AtlasSegLogic import (DeviceInfo, RunOptions, applyBlocker, describeVolume, engineCommand,
+                                          formatDuration, orientationCode, progressText, qualityHint)
 
 EYE = tuple(map(tuple, np.eye(3)))
 

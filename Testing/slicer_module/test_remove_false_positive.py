@@ -9,9 +9,8 @@ import slicer
 from review_scene import (FP_HIGH_BOX_KJI, LIVER_ISLAND_KJI, TRUE_TUMOR_BOX_KJI, makeEditor, makeReviewScene,
                           segmentArray)
 from slicer_marks import requires_opengl
-from AtlasSegModule.RemoveFalsePositiveLogic import (SEARCH_RADIUS_3D_VOXELS,
-                                                                       RemoveFalsePositiveLogic, layerImage,
-                                                                       pickSurfacePoint, segmentIdsTopmostFirst)
+from AtlasSegModule.RemoveFalsePositiveLogic import (SEARCH_RADIUS_3D_VOXELS, RemoveFalsePositiveLogic, layerImage,
+                                                     pickSurfacePoint, segmentIdsTopmostFirst)
 
 ALL = ("liver", "spleen", "liver_tumor")
 
