@@ -49,21 +49,33 @@ def copy_series_with_uids(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def abdomen_run(tmp_path_factory, ctdata):
-    root = tmp_path_factory.mktemp("dicom_export")
+def abdomen_series_and_labels(root: Path, ctdata: Path) -> tuple:
+    """``(series, grid, labels)``: the upper-abdomen series copied with UIDs into ``root/series``, its grid, and the
+    TotalSegmentator labels resampled onto it. The labels are stored with the y axis flipped: matching them by
+    physical position is the point."""
     series = copy_series_with_uids(ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom", root / "series")
     image, _ = read_image(series)
     grid = Grid.of(image)
-    # The labels are stored with the y axis flipped: matching them by physical position is the point.
     labels = sitk.GetArrayFromImage(resample(sitk.ReadImage(
         str(ctdata / "totalseg_dicom_upper_abdomen" / "example_seg_dicom.nii.gz")), grid,
         interpolator=sitk.sitkNearestNeighbor))
-    masks = {name: (labels == value).astype(np.uint8) for name, value in TOTALSEG_IDS.items()}
-    k, j, i = (int(np.median(a)) for a in np.nonzero(masks["liver"]))
-    zz, yy, xx = np.indices(labels.shape)
+    return series, grid, labels
+
+
+def hollow_tumor_in(liver: np.ndarray, grid) -> np.ndarray:
+    """A shell (8–18 mm from the liver's median voxel): its middle slices have holes."""
+    k, j, i = (int(np.median(a)) for a in np.nonzero(liver))
+    zz, yy, xx = np.indices(liver.shape)
     r = np.sqrt(((xx - i) * grid.spacing[0]) ** 2 + ((yy - j) * grid.spacing[1]) ** 2 + ((zz - k) * grid.spacing[2]) ** 2)
-    masks["liver_tumor"] = ((r < 18) & (r > 8)).astype(np.uint8)  # a shell: its middle slices have holes
+    return ((r < 18) & (r > 8)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def abdomen_run(tmp_path_factory, ctdata):
+    root = tmp_path_factory.mktemp("dicom_export")
+    series, grid, labels = abdomen_series_and_labels(root, ctdata)
+    masks = {name: (labels == value).astype(np.uint8) for name, value in TOTALSEG_IDS.items()}
+    masks["liver_tumor"] = hollow_tumor_in(masks["liver"], grid)
     run = make_run(root / "run", series, masks)
     return {"run": run, "series": series, "masks": masks, "root": root}
 

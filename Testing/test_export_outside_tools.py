@@ -26,9 +26,8 @@ import pytest
 import SimpleITK as sitk
 
 from AtlasSegLib import export as ex
-from AtlasSegLib.geometry import Grid, resample
-from AtlasSegLib.io import read_image
-from test_export_dicom import copy_series_with_uids, dice
+from AtlasSegLib.geometry import resample
+from test_export_dicom import abdomen_series_and_labels, dice, hollow_tumor_in
 from testdata import make_run
 
 DCIODVFY = shutil.which("dciodvfy")
@@ -57,20 +56,12 @@ def abdomen(tmp_path_factory, ctdata):
     """The upper-abdomen series (UIDs added) with structures that have holes on their slices: the vertebrae (the
     spinal canal), a hollow liver tumor (a shell) and the real liver; kidney_left stays empty (not in this scan)."""
     root = tmp_path_factory.mktemp("outside_tools")
-    series = copy_series_with_uids(ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom", root / "series")
-    image, _ = read_image(series)
-    grid = Grid.of(image)
-    labels = sitk.GetArrayFromImage(resample(sitk.ReadImage(
-        str(ctdata / "totalseg_dicom_upper_abdomen" / "example_seg_dicom.nii.gz")), grid,
-        interpolator=sitk.sitkNearestNeighbor))
+    series, grid, labels = abdomen_series_and_labels(root, ctdata)
     # TotalSegmentator v2 ids: spleen 1, liver 5, pancreas 7, aorta 52, vertebrae 26-50.
     masks = {"liver": labels == 5, "spleen": labels == 1, "pancreas": labels == 7, "aorta": labels == 52,
              "vertebrae": (labels >= 26) & (labels <= 50), "kidney_left": np.zeros(labels.shape, bool)}
-    k, j, i = (int(np.median(a)) for a in np.nonzero(masks["liver"]))
-    zz, yy, xx = np.indices(labels.shape)
-    r = np.sqrt(((xx - i) * grid.spacing[0]) ** 2 + ((yy - j) * grid.spacing[1]) ** 2 + ((zz - k) * grid.spacing[2]) ** 2)
-    masks["liver_tumor"] = (r < 18) & (r > 8)
     masks = {name: m.astype(np.uint8) for name, m in masks.items()}
+    masks["liver_tumor"] = hollow_tumor_in(masks["liver"], grid)
     run = make_run(root / "run", series, masks, card_id="atlasseg-demo")
     return {"root": root, "series": series, "run": run, "masks": masks, "grid": grid}
 

@@ -87,13 +87,18 @@ class ModuleParent:
     def __init__(self, path: Path):
         self.path = str(path)
         self.name = path.stem
-        self.title = ""
-        self.categories = []
-        self.dependencies = []
-        self.contributors = []
-        self.helpText = ""
-        self.acknowledgementText = ""
         self.icon = None
+        reset_module_fields(self)
+
+
+def reset_module_fields(parent) -> None:
+    """The module fields a fresh ``parent`` has, and Slicer's ``ScriptedLoadableModule.__init__`` resets."""
+    parent.title = ""
+    parent.categories = []
+    parent.dependencies = []
+    parent.contributors = []
+    parent.helpText = ""
+    parent.acknowledgementText = ""
 
 
 @dataclass
@@ -320,12 +325,7 @@ def install_application_stand_ins(version: str, base_app=None) -> _Application:
         def __init__(self, parent):
             self.parent = parent
             self.moduleName = self.__class__.__name__
-            parent.title = ""
-            parent.categories = []
-            parent.dependencies = []
-            parent.contributors = []
-            parent.helpText = ""
-            parent.acknowledgementText = ""
+            reset_module_fields(parent)
             if not hasattr(slicer, "selfTests"):
                 slicer.selfTests = {}
             slicer.selfTests[self.moduleName] = getattr(self, "runTest", None)
