@@ -130,6 +130,35 @@ def _add_review_parser(sub) -> None:
     r.add_argument("--json", action="store_true", help="print the candidate table as JSON")
 
 
+def _add_synthesize_parser(sub) -> None:
+    # Here, not in synthesize.py: building the parser must not import numpy/scipy/SimpleITK (startup time).
+    y = sub.add_parser(
+        "synthesize", help="insert synthetic tumors into a real CT (truth mask included) for teaching and testing",
+        description="Insert N synthetic tumors into the organ of a CT, after the recipe of SyntheticTumors (Hu et "
+        "al., CVPR 2023): locations inside the organ away from its edge and its vessels, elastically deformed "
+        "ellipsoids with a soft edge, a texture of filtered noise, attenuation relative to the organ's own mean HU. "
+        "Writes OUTPUT/ct.nii.gz (the input's grid and pixel type), OUTPUT/segmentations/<organ>_tumor.nii.gz (the "
+        "truth) and OUTPUT/tumors.json (per tumor: centre, diameter, size class, contrast, volume). Only voxels in "
+        "and near the organ change; the same --seed gives the same CT.")
+    y.add_argument("input", help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM folder")
+    y.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
+    y.add_argument("--organ", required=True, choices=["liver", "pancreas", "kidney"],
+                   help="where the tumors go (kidney: the left and right kidney masks together)")
+    src = y.add_mutually_exclusive_group()
+    src.add_argument("--organ-mask", metavar="MASK", help="the organ's mask on the CT's grid (any nonzero voxel, or "
+                     "--label values)")
+    src.add_argument("--run", metavar="RUN", help="take the organ's mask from this 'atlasseg segment' output folder")
+    y.add_argument("--label", metavar="IDS", help="with --organ-mask: the label value(s) of the organ in a "
+                   "multi-label mask, e.g. 5 or 2,3")
+    y.add_argument("--count", type=int, default=1, help="number of tumors (default 1)")
+    y.add_argument("--diameter", default="10-30", metavar="MIN-MAX",
+                   help="nominal diameter in mm, one number or a range drawn per tumor (default 10-30)")
+    y.add_argument("--contrast", metavar="HU", help="tumor mean minus organ mean in HU, one number or a range "
+                   "(write negative ranges as --contrast=-60--20); default: the organ's range in synthesis.json")
+    y.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same CT")
+    y.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
 def _add_export_parser(sub) -> None:
     # Here, not in export.py: building the parser must not import numpy/SimpleITK/pydicom (startup time).
     from . import roinames  # plain Python
@@ -259,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     msub.add_parser("path", help="print the cache folder")
 
+    _add_synthesize_parser(sub)
     _add_export_parser(sub)
     _verbose_everywhere(sub)
     return p
@@ -552,6 +582,10 @@ def _run(args) -> int:
             from .export import cmd_export
 
             return cmd_export(args)
+        if args.command == "synthesize":
+            from .synthesize import cmd_synthesize
+
+            return cmd_synthesize(args)
     except BrokenPipeError:
         raise
     except AtlasSegError as exc:
