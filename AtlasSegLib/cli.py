@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
     d.add_argument("--seed", type=int, default=2024, help="phantom seed")
     d.add_argument("--no-tumors", action="store_true", help="phantom without liver tumors")
+    d.add_argument("--tumor-count", type=int, metavar="N", help="liver tumors to insert, 0-10 (default: 1-4 at random)")
+    d.add_argument("--tumor-diameter", metavar="MIN-MAX",
+                   help="tumor diameters in mm, e.g. 10-20 or 15 (default: the 8/16/32 mm size classes)")
+    d.add_argument("--tumor-contrast", type=float, metavar="HU",
+                   help="mean HU of the tumors relative to the liver, -300..300, e.g. -60 (default: -65..-145 at random)")
+    d.add_argument("--structures", "--organs", dest="structures", metavar="LIST",
+                   help="comma-separated structures to segment and show, e.g. liver,liver_tumor (default: all)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     common(d)
@@ -423,10 +430,21 @@ def cmd_batch(args, sink) -> int:
 
 
 def cmd_demo(args, sink) -> int:
+    from .phantom import check_structures, check_tumor_options
+
+    # Checked before the demo's model code (torch) is imported: a mistyped option is refused at once.
+    diameter = _parse_range_mm(args.tumor_diameter, "--tumor-diameter")
+    structures = args.structures.split(",") if args.structures is not None else None
+    check_tumor_options(args.tumor_count, diameter, args.tumor_contrast)
+    check_structures(structures)
+    if args.no_tumors and (args.tumor_count, diameter, args.tumor_contrast) != (None, None, None):
+        raise InputError("tumor controls (count, diameter, contrast) were given together with --no-tumors: "
+                         "leave out one or the other")
     from .demo import run_demo
 
     result = run_demo(args.output, seed=args.seed, tumors=not args.no_tumors, device=args.device,
-                      overwrite=args.overwrite, progress=sink)
+                      overwrite=args.overwrite, progress=sink, tumor_count=args.tumor_count,
+                      tumor_diameter_mm=diameter, tumor_contrast_hu=args.tumor_contrast, structures=structures)
     from .report import build_report
 
     # The demo shows the whole product: the tumor candidates, their sizes in cm and the pictures, in one page.
@@ -439,10 +457,27 @@ def cmd_demo(args, sink) -> int:
         print(f"{'structure':<16}{'Dice':>8}{'truth ml':>10}{'pred ml':>10}")
         for name, row in result["dice"].items():
             print(f"{name:<16}{row['dice']:>8.3f}{row['truth_ml']:>10.1f}{row['pred_ml']:>10.1f}")
+        if result.get("tumors"):
+            print("tumors inserted (truth): " + "; ".join(
+                f"{t['diameter_mm']:.0f} mm, {t['contrast_hu']:+.0f} HU" for t in result["tumors"]))
         print(f"overview picture: {Path(args.output).resolve() / 'overview.png'}")
         print(f"report: {Path(html).resolve()}  (review tumors: atlasseg review {args.output})")
     _print_warnings(result["report"].get("warnings") or [])
     return 0
+
+
+def _parse_range_mm(text, option: str):
+    """"10-20" -> (10.0, 20.0), "15" -> (15.0, 15.0), None -> None; InputError otherwise."""
+    if text is None:
+        return None
+    parts = text.split("-")
+    try:
+        values = tuple(float(v) for v in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2):
+        raise InputError(f"{option} {text!r}: give MIN-MAX in mm (e.g. 10-20) or one diameter (e.g. 15)")
+    return (values[0], values[-1])
 
 
 def cmd_threshold(args) -> int:

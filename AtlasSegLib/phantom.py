@@ -13,6 +13,10 @@ Liver tumors follow the project's synthesis recipe: centres on axial slices insi
 0.75-1.25 x r (r = 4, 8 or 16 mm); a gaussian-smoothed, thresholded, re-smoothed texture; a 1-2 voxel
 boundary blur; and a hypo-attenuating darkening of 65-145 HU.
 
+Teaching controls (``tumor_count``, ``tumor_diameter_mm``, ``tumor_contrast_hu``) replace the random count, size
+class and darkening; left at None, the phantom is exactly the one the seed always gave. With a requested size the
+centres are also kept at least half a diameter (in mm) inside the liver, so the tumor is not cut by its surface.
+
 Example:
     >>> from AtlasSegLib.phantom import make_phantom
     >>> ph = make_phantom(seed=3)
@@ -28,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .errors import InputError
 from .plausibility import mark_phantom
 
 ORGANS = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas", "aorta", "vertebrae")
@@ -42,6 +47,12 @@ _GAS = -950.0
 _INF = 1e4  # "unbounded" extent of a box, in mm
 _TUMOR_RADII_MM = (4.0, 8.0, 16.0)  # tiny, small, medium
 _TUMOR_RADIUS_P = (0.15, 0.45, 0.40)  # mostly small/medium: tiny ones are barely visible at 2-3 mm
+
+# Limits of the teaching controls: below 3 mm a tumor is a voxel or two of the 2-2.5 mm grid; above 80 mm it no
+# longer fits the liver's band; beyond +-300 HU it is no tumor any CT shows.
+TUMOR_COUNT_RANGE = (0, 10)
+TUMOR_DIAMETER_RANGE_MM = (3.0, 80.0)
+TUMOR_CONTRAST_RANGE_HU = (-300.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -58,10 +69,46 @@ class Phantom:
     image: sitk.Image
     labels: dict = field(repr=False)
     seed: int
+    tumors: tuple = ()  # per inserted tumor: centre_lps_mm, diameter_mm (equivalent sphere), contrast_hu, voxels
+
+
+def check_tumor_options(count=None, diameter_mm=None, contrast_hu=None) -> None:
+    """Raise ``InputError`` (saying what is allowed) for a tumor control out of its range."""
+    lo, hi = TUMOR_COUNT_RANGE
+    if count is not None and not (isinstance(count, (int, np.integer)) and lo <= count <= hi):
+        raise InputError(f"tumor count {count} is out of range: give a whole number from {lo} to {hi}")
+    if diameter_mm is not None:
+        dlo, dhi = TUMOR_DIAMETER_RANGE_MM
+        try:
+            a, b = (float(v) for v in diameter_mm)
+        except (TypeError, ValueError):
+            raise InputError(f"tumor diameter {diameter_mm!r}: give a range MIN-MAX in mm, e.g. 10-20") from None
+        if not (dlo <= a <= b <= dhi):
+            raise InputError(f"tumor diameter {a:g}-{b:g} mm is out of range: give MIN-MAX with "
+                             f"{dlo:g} <= MIN <= MAX <= {dhi:g} mm")
+    if contrast_hu is not None:
+        clo, chi = TUMOR_CONTRAST_RANGE_HU
+        if not (np.isfinite(contrast_hu) and clo <= contrast_hu <= chi):
+            raise InputError(f"tumor contrast {contrast_hu} HU is out of range: give {clo:g} to {chi:g} HU "
+                             "relative to the liver (negative = darker, as most liver tumors)")
+
+
+def check_structures(structures) -> tuple:
+    """The structures to segment and show, in ``STRUCTURES`` order (all when ``structures`` is None);
+    ``InputError`` naming the unknown ones and the choices."""
+    if structures is None:
+        return STRUCTURES
+    wanted = [s.strip() for s in structures if s.strip()]
+    unknown = [s for s in wanted if s not in STRUCTURES]
+    if unknown or not wanted:
+        raise InputError(f"unknown structure(s) for the demo: {', '.join(unknown) or '(none given)'}; choose "
+                         f"from {','.join(STRUCTURES)}")
+    return tuple(s for s in STRUCTURES if s in wanted)
 
 
 def make_phantom(seed: int = 0, *, tumors: bool = True, size=(192, 160, 96), spacing_mm=(2.0, 2.0, 2.5),
-                 direction=None, origin=None) -> Phantom:
+                 direction=None, origin=None, tumor_count=None, tumor_diameter_mm=None,
+                 tumor_contrast_hu=None) -> Phantom:
     """Make a synthetic abdominal CT phantom.
 
     Args:
@@ -71,16 +118,24 @@ def make_phantom(seed: int = 0, *, tumors: bool = True, size=(192, 160, 96), spa
         spacing_mm: Voxel spacing (i, j, k) in mm.
         direction: 3x3 direction cosines (row-major, 9 numbers or a 3x3 array); identity (LPS) if None.
         origin: Physical position of the first voxel centre; if None the grid is centred on the phantom.
+        tumor_count: Number of liver tumors (0-10) instead of 1-4 at random.
+        tumor_diameter_mm: (min, max) equivalent-sphere diameter in mm; each tumor's is drawn uniformly from it
+            (instead of the 8/16/32 mm size classes).
+        tumor_contrast_hu: Mean HU change inside each tumor relative to the liver around it (negative: darker)
+            instead of -65..-145 HU at random.
 
     Returns:
         The phantom. ``labels`` holds every name in ``ORGANS``, plus ``liver_tumor`` when ``tumors`` is True
         (empty if the liver is outside the field of view).
     """
+    check_tumor_options(tumor_count, tumor_diameter_mm, tumor_contrast_hu)
     anatomy_rng, tumor_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
     canvas = _Canvas(size, spacing_mm, direction, origin, anatomy_rng)
     hu = _draw_hu(anatomy_rng)
     _paint_anatomy(canvas, anatomy_rng, hu)
-    tumor = _add_tumors(canvas, tumor_rng) if tumors else None
+    inserted = []
+    tumor = _add_tumors(canvas, tumor_rng, count=tumor_count, diameter_mm=tumor_diameter_mm,
+                        contrast_hu=tumor_contrast_hu, record=inserted) if tumors else None
 
     # Partial volume: soften every edge a little before adding the (white) detector noise.
     ct = ndimage.gaussian_filter(canvas.hu, sigma=0.6)
@@ -98,7 +153,7 @@ def make_phantom(seed: int = 0, *, tumors: bool = True, size=(192, 160, 96), spa
         label = sitk.GetImageFromArray(mask.astype(np.uint8))
         label.CopyInformation(image)
         labels[name] = label
-    return Phantom(image=image, labels=labels, seed=seed)
+    return Phantom(image=image, labels=labels, seed=seed, tumors=tuple(inserted))
 
 
 class _Field:
@@ -489,11 +544,18 @@ def _rotation_z(deg) -> np.ndarray:
 
 # --- liver tumors ---------------------------------------------------------------------------------------
 
-def _add_tumors(c: _Canvas, rng) -> np.ndarray:
-    """Darken 1-4 synthetic tumors into the liver; returns the tumor mask (all False without a liver)."""
+def _add_tumors(c: _Canvas, rng, *, count=None, diameter_mm=None, contrast_hu=None, record=None) -> np.ndarray:
+    """Darken 1-4 synthetic tumors into the liver (or as the teaching controls say); returns the tumor mask
+    (all False without a liver) and appends each tumor's facts to ``record``.
+
+    The random draws of the default phantom come first and in the same order whatever the controls, and a
+    control only replaces its own draw, so no control changes what the others give."""
     tumor = np.zeros(c.shape, bool)
+    record = [] if record is None else record
     liver = c.owner == _ID["liver"]
     if not liver.any():
+        if count:
+            raise InputError("the phantom's liver is outside this grid's field of view: no tumor can be placed")
         return tumor
     # Axial slices: the array axis closest to the patient's superior direction.
     axial = 2 - int(np.argmax(np.abs(c.direction[2])))
@@ -507,12 +569,27 @@ def _add_tumors(c: _Canvas, rng) -> np.ndarray:
     candidates = np.flatnonzero(band & eroded)
     if candidates.size == 0:
         candidates = np.flatnonzero(band)
+    depth_mm = None
+    if diameter_mm is not None:
+        # Depth of each liver voxel below the liver's surface (mm): a tumor of diameter d is centred >= d/2 deep.
+        depth_mm = ndimage.distance_transform_edt(liver, sampling=c.spacing[::-1])[k, j, i]
+        if depth_mm[band].max(initial=0.0) < diameter_mm[0] / 2:
+            raise InputError(f"the phantom's liver is too thin for tumors of {diameter_mm[0]:g} mm: its deepest "
+                             f"point in the tumor band is {depth_mm[band].max(initial=0.0):.0f} mm below the "
+                             "surface; ask for smaller tumors")
 
-    for _ in range(rng.integers(1, 5)):
+    n_drawn = rng.integers(1, 5)
+    for _ in range(n_drawn if count is None else count):
         r = rng.choice(_TUMOR_RADII_MM, p=_TUMOR_RADIUS_P)
         radii = r * rng.uniform(0.75, 1.25, size=3)
         rot = _rotation(rng, 180)
         pick = candidates[rng.integers(candidates.size)]
+        if diameter_mm is not None:
+            # The same ellipsoid shape, rescaled so its equivalent-sphere diameter is the one drawn.
+            d = rng.uniform(*diameter_mm)
+            radii = radii * (d / 2) / np.cbrt(np.prod(radii))
+            deep = np.flatnonzero(band & (depth_mm >= d / 2))
+            pick = deep[rng.integers(deep.size)] if deep.size else candidates[rng.integers(candidates.size)]
         centre = c.origin + c.steps @ np.array([i[pick], j[pick], k[pick]], float)
         blur = rng.uniform(1.0, 2.0)
         extent = 1.4 * radii.max() + 4 * blur * c.spacing.max()  # wobble <= 0.24 radii; blur to 4 sigma
@@ -533,6 +610,17 @@ def _add_tumors(c: _Canvas, rng) -> np.ndarray:
         noise = ndimage.gaussian_filter(rng.standard_normal(mask.shape).astype(np.float32), sigma=1.5)
         texture = ndimage.gaussian_filter((noise > np.quantile(noise, rng.uniform(0.2, 0.5))).astype(np.float32), 1.0)
         soft = ndimage.gaussian_filter(mask.astype(np.float32), sigma=blur) * in_liver
-        c.hu[box] -= rng.uniform(65, 145) * soft * (0.6 + 0.4 * texture)
+        darkening = rng.uniform(65, 145)
+        profile = soft * (0.6 + 0.4 * texture)
+        if contrast_hu is None:
+            c.hu[box] -= darkening * profile
+            mean_change = -darkening * float(profile[mask].mean())
+        else:
+            # Scaled so the mean change over the tumor's voxels is exactly the requested contrast.
+            mean_change = float(contrast_hu)
+            c.hu[box] += mean_change * profile / max(float(profile[mask].mean()), 1e-6)
         tumor[box] |= mask
+        record.append({"centre_lps_mm": [round(float(v), 2) for v in centre],
+                       "diameter_mm": round(float(2 * np.cbrt(np.prod(radii))), 2),
+                       "contrast_hu": round(mean_change, 1), "voxels": int(mask.sum())})
     return tumor

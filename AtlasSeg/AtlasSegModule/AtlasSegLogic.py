@@ -539,14 +539,19 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         return self._deviceInfo
 
     # -------------------------------------------------------------------------------------------- input
-    def loadDemoPhantom(self, seed: int = DEMO_PHANTOM_SEED, name: str = "AtlasSeg phantom"):
+    def loadDemoPhantom(self, seed: int = DEMO_PHANTOM_SEED, name: str = "AtlasSeg phantom", **tumorControls):
         """Add a synthetic abdominal CT phantom as a volume, in a patient/study of its own.
 
         The default seed is the one ``atlasseg demo`` uses, outside the demo model's training phantoms.
+        ``tumorControls`` (``tumor_count``, ``tumor_diameter_mm``, ``tumor_contrast_hu``) go to ``make_phantom``.
         """
         from AtlasSegLib.phantom import make_phantom
 
-        phantom = make_phantom(seed=seed, tumors=True)
+        return self.addPhantomVolume(make_phantom(seed=seed, tumors=True, **tumorControls), name)
+
+    def addPhantomVolume(self, phantom, name: str = "AtlasSeg phantom"):
+        """Add a ``phantom.Phantom``'s CT as a volume in a patient/study of its own, abdomen window."""
+        seed = phantom.seed
         volume = bridge.volumeNodeFromSitk(phantom.image, name)
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         patient = shNode.CreateSubjectItem(shNode.GetSceneItemID(), "AtlasSeg phantom patient")
