@@ -156,6 +156,11 @@ def _add_synthesize_parser(sub) -> None:
     y.add_argument("--contrast", metavar="HU", help="tumor mean minus organ mean in HU, one number or a range "
                    "(write negative ranges as --contrast=-60--20); default: the organ's range in synthesis.json")
     y.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same CT")
+    y.add_argument("--mass-effect", type=float, default=0.0, metavar="MM",
+                   help="push the tissue around each tumor outwards by MM at its edge (the paper's optional mass "
+                   "effect; default 0: off)")
+    y.add_argument("--capsule", type=float, default=0.0, metavar="HU",
+                   help="add HU along each tumor's edge, a brighter rim (the paper's optional capsule; default 0: off)")
     y.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
 

@@ -89,7 +89,7 @@ def _range(value, what: str, unit: str) -> tuple:
 
 def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, organ_name: str = "liver",
                   count: int = 1, diameter_mm=(10.0, 30.0), contrast_hu=None, centers_zyx=None,
-                  seed: int = 0) -> SynthesisResult:
+                  seed: int = 0, mass_effect_mm: float = 0.0, capsule_hu: float = 0.0) -> SynthesisResult:
     """Insert synthetic tumors into a CT array.
 
     Args:
@@ -104,6 +104,9 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
         centers_zyx: one tumor at each of these voxels (e.g. a clicked point). ``organ`` may then be None:
             the contrast is relative to the local soft tissue's mean HU.
         seed: the same seed (and inputs) gives the same CT; another seed gives other tumors.
+        mass_effect_mm: the paper's optional mass effect: how far the tumor pushes the tissue at its edge
+            outwards (fading to nothing at about twice its radius); 0 = off.
+        capsule_hu: the paper's optional capsule: HU added along the tumor's edge (a brighter rim); 0 = off.
 
     Returns:
         A ``SynthesisResult``.
@@ -128,6 +131,10 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
         raise InputError(f"a {diam[0]:g} mm tumor is smaller than this CT's {spacing.max():g} mm voxels and could "
                          f"not be seen; ask for a diameter of at least {spacing.max():g} mm")
     contrast = _range(contrast_hu, "contrast", "HU") or tuple(params["organs"][organ_name]["contrast_hu"])
+    if not 0 <= float(mass_effect_mm) <= 10:
+        raise InputError(f"mass effect must be 0-10 mm, got {mass_effect_mm:g}")
+    if not -200 <= float(capsule_hu) <= 200:
+        raise InputError(f"capsule must be -200..200 HU, got {capsule_hu:g}")
 
     if organ is not None:
         organ = np.asarray(organ)
@@ -161,11 +168,11 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
     truth = np.zeros(ct.shape, dtype=bool)
     margin = diam[1] * 0.75 + 2 * params["location"]["near_organ_mm"] + 10.0
     placer = _Placer(ct, organ, spacing, params, margin) if organ is not None else None
-    tumors, boxes = [], []
+    tumors, boxes, insides = [], [], []
     for k in range(n):
         d = float(rng.uniform(*diam))
         c_hu = float(rng.uniform(*contrast))
-        shape_w = _tumor_shape(rng, d / 2.0, spacing, params)
+        shape_w, axes = _tumor_shape(rng, d / 2.0, spacing, params, mass_effect_mm)
         if centers is not None:
             centre = np.asarray(centers[k])
         else:
@@ -179,17 +186,24 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
         weight[weight < 0.01] = 0.0  # the blur's far tail would change voxels by a fraction of an HU
         reference = placer.organ_mean if placer is not None else _local_mean(ct[box], weight)
         texture = _texture(rng, weight.shape, spacing, params)
+        if capsule_hu:
+            # A thin rim centred on the truth's edge (weight 0.5), about a voxel wide either side of it.
+            texture += capsule_hu * np.exp(-(((weight - 0.5) / 0.3) ** 2)) / np.maximum(weight, 0.05)
+        if mass_effect_mm:
+            allowed = placer.near_weight(box) if placer is not None else np.ones(weight.shape, np.float32)
+            _push(out, box, centre, d / 2.0, mass_effect_mm, spacing, allowed)
         _blend(out, box, weight, reference + c_hu, texture, spacing)
         inside = weight >= 0.5
         if not inside.any():  # a tumor smaller than a voxel's reach: its centre voxel still marks it
             inside[tuple(int(c - b.start) for c, b in zip(centre, box))] = True
         truth[box] |= inside
         boxes.append(box)
+        insides.append(inside)
         tumors.append({"id": k + 1, "center_zyx": [int(c) for c in centre], "diameter_mm": round(d, 1),
-                       "contrast_hu": round(c_hu, 1), "size_class": size_class(d), "reference_hu": round(reference, 1)})
+                       "contrast_hu": round(c_hu, 1), "size_class": size_class(d), "reference_hu": round(reference, 1),
+                       "axes_mm": [round(float(a), 1) for a in 2 * axes]})
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    for t, box in zip(tumors, boxes):
-        own = truth[box]
+    for t, box, own in zip(tumors, boxes, insides):
         t["volume_ml"] = round(float(own.sum()) * voxel_ml, 3)
         t["mean_hu"] = round(float(out[box][own].mean()), 1)
         t["equivalent_diameter_mm"] = round(float(2.0 * (3.0 * own.sum() * np.prod(spacing) / (4.0 * np.pi)) ** (1 / 3)), 1)
@@ -286,8 +300,9 @@ class _Placer:
                          "ask for a smaller --diameter or fewer tumors")
 
 
-def _tumor_shape(rng, radius_mm: float, spacing: np.ndarray, params: dict) -> np.ndarray:
-    """Soft-edged blending weight (float32 in [0, 1]) of one tumor on a box centred on the tumor.
+def _tumor_shape(rng, radius_mm: float, spacing: np.ndarray, params: dict, mass_effect_mm: float = 0.0) -> tuple:
+    """Soft-edged blending weight (float32 in [0, 1]) of one tumor on a box centred on the tumor, and its three
+    semi-axes in mm. With a mass effect the box also holds the pushed tissue around it (twice the radius).
 
     An ellipsoid of random axes (their geometric mean is the nominal radius, so its volume is that of the nominal
     sphere) and random orientation, sampled through a smooth random displacement field (elastic deformation),
@@ -300,6 +315,8 @@ def _tumor_shape(rng, radius_mm: float, spacing: np.ndarray, params: dict) -> np
     amplitude = shape_p["elastic_amplitude_fraction"] * radius_mm
     edge = shape_p["edge_sigma_mm"]
     reach = axes.max() + 2.0 * amplitude + 3.0 * edge + spacing
+    if mass_effect_mm:
+        reach = np.maximum(reach, 2.0 * axes.max() + spacing)
     half = np.ceil(reach / spacing).astype(int)
     size = tuple(2 * half + 1)
     grid = np.stack(np.meshgrid(*[(np.arange(s) - h) * sp for s, h, sp in zip(size, half, spacing)], indexing="ij"))
@@ -313,7 +330,7 @@ def _tumor_shape(rng, radius_mm: float, spacing: np.ndarray, params: dict) -> np
     if not solid.any():
         solid[tuple(half)] = True
     # At least half a voxel of blur: on a 3 mm grid 0.8 mm would leave a hard, stair-stepped edge.
-    return ndimage.gaussian_filter(solid.astype(np.float32), sigma=np.maximum(edge / spacing, 0.5))
+    return ndimage.gaussian_filter(solid.astype(np.float32), sigma=np.maximum(edge / spacing, 0.5)), axes
 
 
 def _texture(rng, shape: tuple, spacing: np.ndarray, params: dict) -> np.ndarray:
@@ -328,6 +345,29 @@ def _texture(rng, shape: tuple, spacing: np.ndarray, params: dict) -> np.ndarray
     fine -= fine.mean()
     fine *= rng.uniform(*tex["std_hu"]) / max(float(fine.std()), 1e-6)
     return fine
+
+
+def _push(out: np.ndarray, box: tuple, centre, radius_mm: float, push_mm: float, spacing: np.ndarray,
+          allowed: np.ndarray) -> None:
+    """Mass effect, in place: the tissue around the tumor moves radially outwards, by ``push_mm`` at the tumor's
+    edge, fading linearly to nothing at twice its radius; only where ``allowed`` (in or near the organ)."""
+    region = out[box].astype(np.float32)
+    offsets = [np.arange(b.start, b.stop) - c for b, c in zip(box, centre)]
+    grid = np.stack(np.meshgrid(*[o * sp for o, sp in zip(offsets, spacing)], indexing="ij"))
+    rho = np.sqrt((grid ** 2).sum(axis=0))
+    fade = np.clip((2.0 * radius_mm - rho) / radius_mm, 0.0, 1.0) * np.minimum(rho / radius_mm, 1.0)
+    # Each voxel shows the tissue that was push_mm nearer the centre before the tumor grew.
+    shift = push_mm * fade / np.maximum(rho, 1e-6)
+    source = np.stack([(g * (1.0 - shift)) / sp + (c - b.start)
+                       for g, sp, c, b in zip(grid, spacing, centre, box)])
+    pushed = ndimage.map_coordinates(region, source, order=1, mode="nearest")
+    moved = (allowed > 0) & (fade > 0)
+    mixed = np.where(moved, pushed, region)
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        mixed = np.clip(np.rint(mixed), info.min, info.max)
+    region_out = out[box]
+    region_out[moved] = mixed[moved].astype(out.dtype)
 
 
 def _blend(out: np.ndarray, box: tuple, weight: np.ndarray, mean_hu: float, texture: np.ndarray,
@@ -455,7 +495,7 @@ def load_organ_mask(image, organ_name: str, *, organ_mask=None, run=None, labels
 
 def synthesize_file(ct_path, outdir, *, organ_name: str = "liver", organ_mask=None, run=None, labels=None,
                     count: int = 1, diameter_mm=(10.0, 30.0), contrast_hu=None, seed: int = 0,
-                    overwrite: bool = False) -> dict:
+                    mass_effect_mm: float = 0.0, capsule_hu: float = 0.0, overwrite: bool = False) -> dict:
     """Write OUTDIR/ct.nii.gz (the input's grid and pixel type, tumors inserted),
     OUTDIR/segmentations/<organ>_tumor.nii.gz (uint8 0/1, the truth) and OUTDIR/tumors.json; all or nothing.
 
@@ -476,7 +516,8 @@ def synthesize_file(ct_path, outdir, *, organ_name: str = "liver", organ_mask=No
     ct = sitk.GetArrayFromImage(image)
     t0 = time.perf_counter()
     result = insert_tumors(ct, organ, image.GetSpacing()[::-1], organ_name=organ_name, count=count,
-                           diameter_mm=diameter_mm, contrast_hu=contrast_hu, seed=seed)
+                           diameter_mm=diameter_mm, contrast_hu=contrast_hu, seed=seed,
+                           mass_effect_mm=mass_effect_mm, capsule_hu=capsule_hu)
     seconds = time.perf_counter() - t0
     out_img = sitk.GetImageFromArray(result.ct)
     out_img.CopyInformation(image)
@@ -500,6 +541,8 @@ def synthesize_file(ct_path, outdir, *, organ_name: str = "liver", organ_mask=No
         "contrast_hu": None if contrast_hu is None else (
             list(contrast_hu) if not np.isscalar(contrast_hu) else [contrast_hu, contrast_hu]),
         "seed": int(seed),
+        "mass_effect_mm": float(mass_effect_mm),
+        "capsule_hu": float(capsule_hu),
         "spacing_zyx_mm": [float(s) for s in spacing_zyx],
         "truth": f"segmentations/{organ_name}_tumor.nii.gz",
         "changed_box_zyx": [[s.start, s.stop] for s in result.changed],
@@ -528,7 +571,7 @@ def cmd_synthesize(args) -> int:
         args.input, args.output, organ_name=args.organ, organ_mask=args.organ_mask, run=args.run, labels=labels,
         count=args.count, diameter_mm=parse_range(args.diameter, "--diameter"),
         contrast_hu=parse_range(args.contrast, "--contrast") if args.contrast is not None else None,
-        seed=args.seed, overwrite=args.overwrite)
+        seed=args.seed, mass_effect_mm=args.mass_effect, capsule_hu=args.capsule, overwrite=args.overwrite)
     out = Path(args.output).resolve()
     print(f"{info['count']} synthetic {args.organ} tumor(s) in {info['seconds']:.2f} s -> {out}")
     print(f"{'id':>3}  {'centre (z, y, x)':<18}{'diameter mm':>12}{'class':>8}{'contrast HU':>13}{'volume ml':>11}")

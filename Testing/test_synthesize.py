@@ -233,10 +233,12 @@ def test_cli_takes_both_kidneys_from_a_run_folder_and_refuses_an_organ_it_lacks(
                                                "kidney_right": (real["labels"] == KIDNEY_RIGHT).astype(np.uint8)})
     out = tmp_path / "out"
     assert cli.main(["synthesize", str(ct_path), "-o", str(out), "--organ", "kidney", "--run", str(run),
-                     "--count", "2", "--diameter", "10-16", "--seed", "1"]) == 0
+                     "--count", "2", "--diameter", "10-16", "--seed", "1", "--mass-effect", "2", "--capsule", "15"]) == 0
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentations" / "kidney_tumor.nii.gz"))) > 0
     kidneys = np.isin(real["labels"], (KIDNEY_LEFT, KIDNEY_RIGHT))
     assert truth.any() and (truth & kidneys).sum() >= 0.95 * truth.sum()
+    info = json.loads((out / "tumors.json").read_text())
+    assert (info["organ"], info["mass_effect_mm"], info["capsule_hu"], info["count"]) == ("kidney", 2.0, 15.0, 2)
 
     # A run without the asked organ is refused with the masks it does have.
     assert cli.main(["synthesize", str(ct_path), "-o", str(tmp_path / "p"), "--organ", "pancreas", "--run",
@@ -259,3 +261,28 @@ def test_cli_refuses_a_mask_off_the_ct_grid_an_absent_organ_and_no_mask(real, tm
     assert cli.main(["synthesize", str(ct_path), "-o", str(tmp_path / "c"), "--organ", "liver"]) == 2
     assert "--organ-mask" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_mass_effect_moves_tissue_around_the_tumor_but_only_near_the_organ(real):
+    liver = real["labels"] == LIVER
+    plain = insert_tumors(real["ct"], liver, real["spacing"], count=1, diameter_mm=24, seed=6)
+    pushed = insert_tumors(real["ct"], liver, real["spacing"], count=1, diameter_mm=24, seed=6, mass_effect_mm=4)
+
+    def changed_around(r):
+        return int(((r.ct != real["ct"]) & ~ndimage.binary_dilation(r.mask, iterations=2)).sum())
+
+    assert changed_around(pushed) > changed_around(plain) + 50
+    near = _near(liver, real["spacing"], recipe()["location"]["near_organ_mm"])
+    assert not ((pushed.ct != real["ct"]) & ~near).any()
+
+
+def test_capsule_brightens_the_tumors_rim(real):
+    liver = real["labels"] == LIVER
+    plain = insert_tumors(real["ct"], liver, real["spacing"], count=1, diameter_mm=24, seed=6)
+    capsule = insert_tumors(real["ct"], liver, real["spacing"], count=1, diameter_mm=24, seed=6, capsule_hu=40)
+    assert np.array_equal(plain.mask, capsule.mask)  # same tumor, only its rim differs
+    rim = plain.mask & ~ndimage.binary_erosion(plain.mask)
+    gain = capsule.ct[rim].astype(float).mean() - plain.ct[rim].astype(float).mean()
+    assert 10 < gain <= 40
+    core = ndimage.binary_erosion(plain.mask, iterations=2)
+    assert abs(capsule.ct[core].astype(float).mean() - plain.ct[core].astype(float).mean()) < 5
