@@ -32,6 +32,7 @@ EXAMPLES = """examples:
   atlasseg batch AbdomenAtlas/ -o results --model suprem-segresnet --fast
   atlasseg models list
   atlasseg export out --format rtstruct --reference-dicom ct_dicom/   # also dicom-seg, seg-nrrd, abdomenatlas
+  atlasseg synthesize ct.nii.gz -o synth --organ liver --run out --count 3 --diameter 10-30   # tumors + truth
 
 exit codes:
   0    success
