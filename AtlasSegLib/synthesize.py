@@ -52,7 +52,8 @@ class SynthesisResult:
         tumors: One dict per tumor: ``id``, ``center_zyx`` (voxel), ``diameter_mm`` (nominal), ``contrast_hu``
             (tumor mean minus reference mean, as asked or drawn), ``size_class``, ``volume_ml`` (of its truth
             voxels), and ``reference_hu`` (the organ's or local tissue's mean), ``mean_hu`` (measured inside its
-            truth after insertion), ``equivalent_diameter_mm`` (of a sphere of its volume), ``axes_mm``.
+            truth after insertion), ``equivalent_diameter_mm`` (of a sphere of its volume), ``axes_mm`` (the
+            ellipsoid's three diameters before the elastic deformation).
         changed: Tuple of slices: the box that holds every changed voxel (empty slices when nothing changed).
     """
 
@@ -166,7 +167,8 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     out = ct.copy()
     truth = np.zeros(ct.shape, dtype=bool)
-    margin = diam[1] * 0.75 + 2 * params["location"]["near_organ_mm"] + 10.0
+    # The organ's box must hold every tumor's box (_tumor_shape's reach; twice the radius with a mass effect).
+    margin = diam[1] * (1.5 if mass_effect_mm else 0.75) + 2 * params["location"]["near_organ_mm"] + 10.0
     placer = _Placer(ct, organ, spacing, params, margin) if organ is not None else None
     tumors, boxes, insides = [], [], []
     for k in range(n):

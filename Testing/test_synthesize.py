@@ -19,7 +19,7 @@ LIVER, KIDNEY_RIGHT, KIDNEY_LEFT, PANCREAS = 5, 2, 3, 7
 
 
 @pytest.fixture(scope="module")
-def real(request):
+def real():
     from testdata import ct_data_dir
 
     folder = ct_data_dir() / "totalseg_abdomen_sm"
@@ -165,6 +165,7 @@ def test_phantom_liver_takes_the_requested_tumors():
     (dict(diameter_mm=(30, 10)), "MIN <= MAX"),
     (dict(diameter_mm=1.0), "smaller than this CT's"),
     (dict(count=0), "count"),
+    (dict(count=50, diameter_mm=30), "fewer tumors"),
     (dict(centers_zyx=[(0, 0, 0)]), "outside the liver"),
     (dict(centers_zyx=[(99, 0, 0)]), "outside the image"),
     (dict(organ_name="spleen"), "not supported"),
