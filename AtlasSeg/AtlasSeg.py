@@ -14,7 +14,9 @@ where it computes, so it is tested headless with real Slicer classes):
   effect itself in ``SegmentEditorRemoveFalsePositiveLib/`` (registered by ``effects``);
 * ``AtlasSegExport``: DICOM SEG / RTSTRUCT / .seg.nrrd / AbdomenAtlas export and import (panel:
   ``AtlasSegExportPanel``);
-* ``AtlasSegRender``: report pictures drawn by Slicer's own 3D view (panel: ``AtlasSegReportPanel``).
+* ``AtlasSegRender``: report pictures drawn by Slicer's own 3D view (panel: ``AtlasSegReportPanel``);
+* ``AtlasSegTeaching``: synthetic tumors inserted at a clicked point (one undo step), the truth beside the
+  result, reveal/hide answers, the demo phantom's controls (panel: ``AtlasSegTeachingPanel``).
 """
 import importlib.util
 import logging
@@ -49,6 +51,7 @@ from AtlasSegModule.AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, Atla
 from AtlasSegModule.AtlasSegExportPanel import ExportPanel
 from AtlasSegModule.AtlasSegReportPanel import ReportPanel
 from AtlasSegModule.AtlasSegReviewPanel import ReviewPanel
+from AtlasSegModule.AtlasSegTeachingPanel import TeachingPanel
 from AtlasSegModule.AtlasSegRunner import BackgroundTask, RunState
 
 DEVICE_CHOICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
@@ -184,6 +187,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.reviewPanel = ReviewPanel(self.layout, self)
         self.reportPanel = ReportPanel(self.layout, self)
         self.exportPanel = ExportPanel(self.layout, self)
+        self.teachingPanel = TeachingPanel(self.layout, self)
         self.layout.addStretch(1)
 
         self._checkDependencies()
@@ -348,10 +352,18 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -------------------------------------------------------------------------------------------- input
     def onLoadPhantom(self):
         with slicer.util.tryWithErrorDisplay(_("The demo phantom could not be created."), waitCursor=True):
-            volume = self.logic.loadDemoPhantom()
+            shown = None
+            if self.teachingPanel.customised():
+                # The Teaching section's phantom controls: tumor count, sizes, contrast, structures shown.
+                volume, shown = self.teachingPanel.loadPhantom()
+            else:
+                volume = self.logic.loadDemoPhantom()
             self._parameterNode.inputVolume = volume
             if DEMO_MODEL_ID in self._models:
                 self._parameterNode.modelId = DEMO_MODEL_ID
+                if shown is not None:
+                    self._parameterNode.excludedStructures = ",".join(
+                        s.name for s in self._models[DEMO_MODEL_ID].structures if s.name not in shown)
             slicer.util.setSliceViewerLayers(background=volume, fit=True)
 
     # -------------------------------------------------------------------------------------------- model
