@@ -287,3 +287,17 @@ def test_capsule_brightens_the_tumors_rim(real):
     assert 10 < gain <= 40
     core = ndimage.binary_erosion(plain.mask, iterations=2)
     assert abs(capsule.ct[core].astype(float).mean() - plain.ct[core].astype(float).mean()) < 5
+
+
+def test_a_phantom_with_synthetic_tumors_is_still_marked_a_phantom(tmp_path):
+    # The demo model warns on anything but its phantoms; measuring it on synthetic tumors must not trigger that.
+    from AtlasSegLib.plausibility import is_phantom
+    from AtlasSegLib.synthesize import synthesize_file
+
+    phantom = make_phantom(seed=5, tumors=False, size=(96, 80, 48), spacing_mm=(4.0, 4.0, 5.0))
+    sitk.WriteImage(phantom.image, str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(phantom.labels["liver"], str(tmp_path / "liver.nii.gz"))
+    info = synthesize_file(tmp_path / "ct.nii.gz", tmp_path / "out", organ_name="liver",
+                           organ_mask=tmp_path / "liver.nii.gz", count=2, diameter_mm=(15, 25), seed=2)
+    assert info["count"] == 2
+    assert is_phantom(sitk.ReadImage(str(tmp_path / "out" / "ct.nii.gz")))
