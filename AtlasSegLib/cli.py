@@ -197,6 +197,27 @@ def _add_export_parser(sub) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def _add_summarize_parser(sub) -> None:
+    # Here, not in summarize.py: building the parser must not import numpy/SimpleITK (startup time).
+    s = sub.add_parser(
+        "summarize", help="dataset review of a batch: summary.csv, gallery.html, review marks, export accepted cases",
+        description="Writes RESULTS/summary.csv (one row per case and structure: volume, mean HU, components, "
+        "tumor count, largest lesion, the run's warnings, volume outlier score, review mark) and RESULTS/gallery.html "
+        "(every case's frontal projection, the cases most likely wrong first, accept/revise marks). The page keeps "
+        "marks in the browser; its 'Download marks' button saves review_marks.json: put it into RESULTS (or pass "
+        "--marks) and this command prints the counts; --export-accepted writes the accepted cases as an "
+        "AbdomenAtlas dataset.")
+    s.add_argument("results", help="output folder of 'atlasseg batch' (or of one 'atlasseg segment' run)")
+    s.add_argument("--marks", metavar="FILE", help="review marks downloaded from gallery.html "
+                   "(default: RESULTS/review_marks.json when it exists)")
+    s.add_argument("--export-accepted", metavar="DIR", help="write the accepted cases to DIR as one AbdomenAtlas "
+                   "dataset (DIR/<case>/ct.nii.gz, segmentations/, combined_labels.nii.gz, labels.json)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --export-accepted folder")
+    s.add_argument("--reports", action="store_true", help="make the missing report.html of each case first, so "
+                   "every gallery link opens a report (1-3 s per case)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="atlasseg", description="AbdomenAtlas CT segmentation (SuPreM, DiffTumor, "
                                 "your own models): organs and tumors on the input grid.",
@@ -302,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.add_parser("path", help="print the cache folder")
 
     _add_synthesize_parser(sub)
+    _add_summarize_parser(sub)
     _add_export_parser(sub)
     _verbose_everywhere(sub)
     return p
@@ -623,6 +645,10 @@ def _run(args) -> int:
             from .export import cmd_export
 
             return cmd_export(args)
+        if args.command == "summarize":
+            from .summarize import cmd_summarize
+
+            return cmd_summarize(args, sink)
         if args.command == "synthesize":
             from .synthesize import cmd_synthesize
 
