@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--anonymize", action=argparse.BooleanOptionalAction, default=None,
                    help="leave the patient's name and ID, study date, series description, UIDs and file names out "
                    "of the report (default: as the folder's previous report; --no-anonymize puts them back)")
+    r.add_argument("--lecture", action="store_true",
+                   help="also write pictures for slides into pictures/lecture/: 1920 px wide (tumor slices 1080 px), "
+                   "text 2.5x larger, each structure named on the image")
 
     _add_review_parser(sub)
 

@@ -72,6 +72,13 @@ MAX_TUMOR_PICTURES = 12
 # around a small lesion is visible and a large one is not cut off.
 MIN_FOV_MM = 100.0
 TUMOR_PICTURE_PX = 360
+# Lecture pictures ('atlasseg report --lecture', pictures/lecture/): for a 1920 x 1080 slide. Wide pictures are
+# 1920 px wide, tumor slices 1080 px square; text is LECTURE_TEXT x the page's (labels 11 -> 28 px, legend
+# 13 -> 33 px, titles 16 -> 40 px): a projected label is then about 1/40 of the screen's height, readable from
+# the back of a lecture hall, where the page's 11-px labels shrink to nothing.
+LECTURE_DIR = f"{PICTURES_DIR}/lecture"
+LECTURE_WIDTH_PX, LECTURE_HEIGHT_PX = 1920, 1080
+LECTURE_TEXT = 2.5
 CSV_COLUMNS = ("section", "case", "model_id", "model_version", "structure", "kind", "component", "organ", "status",
                "volume_ml", "mean_hu", "longest_axial_diameter_cm", "perpendicular_diameter_cm", "max_probability",
                "mean_probability", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "threshold", "count",
@@ -269,7 +276,7 @@ def _text(draw: ImageDraw.ImageDraw, xy, text: str, font, fill="white", anchor="
 
 def tumor_slice_picture(ct_kji: np.ndarray, grid: Grid, comp_offset_kji, comp_kji: np.ndarray, centroid_lps, *,
                         color, title: str, size_text: str, longest_mm: float = 0.0,
-                        px: int = TUMOR_PICTURE_PX) -> tuple:
+                        px: int = TUMOR_PICTURE_PX, text_scale: float = 1.0) -> tuple:
     """An axial CT slice through a tumor component's centroid, in the radiological convention (anterior up,
     patient's right on the image's left), HU window −150…250, with the component's outline in ``color``, a
     scale bar, orientation letters and ``title`` / ``size_text``.
@@ -282,6 +289,8 @@ def tumor_slice_picture(ct_kji: np.ndarray, grid: Grid, comp_offset_kji, comp_kj
 
     Returns:
         ``(PIL RGB image, S position of the slice in mm (RAS))``.
+
+    ``px`` is the picture's longer side; ``text_scale`` enlarges the text, the outline and the scale bar.
     """
     lgrid = oriented(grid, "LAS")
     ct_las = reorient_array(ct_kji, grid, "LAS")  # (i: R→L, j: P→A, k: I→S), a view
@@ -321,25 +330,26 @@ def tumor_slice_picture(ct_kji: np.ndarray, grid: Grid, comp_offset_kji, comp_kj
     picture = Image.fromarray(grey, "L").resize(out_size, Image.BILINEAR, box=box).convert("RGB")
     inside = np.asarray(Image.fromarray(mask, "L").resize(out_size, Image.NEAREST, box=box)) > 127
     edge = inside & ~ndimage.binary_erosion(inside, border_value=0)
-    edge = ndimage.binary_dilation(edge, iterations=1)
+    edge = ndimage.binary_dilation(edge, iterations=max(1, round(text_scale)))
     rgb = np.asarray(picture).copy()
     rgb[edge] = np.asarray(color, np.uint8)
     picture = Image.fromarray(rgb, "RGB")
 
     draw = ImageDraw.Draw(picture)
-    font, small = _font(16), _font(13)
+    t = text_scale
+    font, small = _font(round(16 * t)), _font(round(13 * t))
     w, h = picture.size
-    _text(draw, (6, 5), title, font)
-    _text(draw, (6, 25), size_text, small, fill=tuple(int(v) for v in color))
-    _text(draw, (w / 2, 6), "A", font, fill="yellow", anchor="ma")
-    _text(draw, (w / 2, h - 6), "P", font, fill="yellow", anchor="md")
-    _text(draw, (6, h / 2), "R", font, fill="yellow", anchor="lm")
-    _text(draw, (w - 6, h / 2), "L", font, fill="yellow", anchor="rm")
+    _text(draw, (6 * t, 5 * t), title, font)
+    _text(draw, (6 * t, 25 * t), size_text, small, fill=tuple(int(v) for v in color))
+    _text(draw, (w / 2, 6 * t), "A", font, fill="yellow", anchor="ma")
+    _text(draw, (w / 2, h - 6 * t), "P", font, fill="yellow", anchor="md")
+    _text(draw, (6 * t, h / 2), "R", font, fill="yellow", anchor="lm")
+    _text(draw, (w - 6 * t, h / 2), "L", font, fill="yellow", anchor="rm")
     bar_cm = _scale_bar_cm(width_mm)
     bar_px = bar_cm * 10.0 * scale
-    y = h - 14
-    draw.rectangle([w - 10 - bar_px, y - 2, w - 10, y + 2], fill="white", outline="black")
-    _text(draw, (w - 10 - bar_px / 2, y - 6), f"{bar_cm} cm", small, anchor="md")
+    y = h - 14 * t
+    draw.rectangle([w - 10 * t - bar_px, y - 2 * t, w - 10 * t, y + 2 * t], fill="white", outline="black")
+    _text(draw, (w - 10 * t - bar_px / 2, y - 6 * t), f"{bar_cm} cm", small, anchor="md")
     s_mm = float(lgrid.index_to_physical([centre[0], centre[1], k])[2])  # LPS z = RAS S
     return picture, s_mm
 
@@ -472,9 +482,10 @@ def _window_uint8(hu: np.ndarray) -> np.ndarray:
     return ((hu - WINDOW_HU[0]) / (WINDOW_HU[1] - WINDOW_HU[0]) * 255.0).astype(np.uint8)
 
 
-def _draw_outlines(grey: np.ndarray, masks: list, size: tuple, *, font=None) -> Image.Image:
+def _draw_outlines(grey: np.ndarray, masks: list, size: tuple, *, font=None, line: int = 1) -> Image.Image:
     """``grey`` (rows × cols uint8, display order) resized to ``size`` with each ``(name, colour, mask)``'s outline
-    (mask in display order) in its colour and its name beside it, names never drawn over each other."""
+    (mask in display order, ``line`` px either side of the edge) in its colour and its name beside it, names never
+    drawn over each other (offsets and sizes follow the font's size)."""
     picture = Image.fromarray(grey, "L").resize(size, Image.BILINEAR).convert("RGB")
     rgb = np.asarray(picture).copy()
     labels = []
@@ -483,20 +494,22 @@ def _draw_outlines(grey: np.ndarray, masks: list, size: tuple, *, font=None) -> 
         if not inside.any():
             continue
         edge = inside & ~ndimage.binary_erosion(inside, border_value=0)
-        edge = ndimage.binary_dilation(edge, iterations=1)
+        edge = ndimage.binary_dilation(edge, iterations=line)
         rgb[edge] = np.asarray(color, np.uint8)
         rows, cols = np.nonzero(inside)
         # A small structure's name goes below it, not over the outline a reader has to check.
-        y = float(rows.mean()) if np.ptp(rows) >= 30 else float(rows.max()) + 10.0
+        em = getattr(font, "size", 11) / 11.0  # 1 at the page's label size
+        y = float(rows.mean()) if np.ptp(rows) >= 30 * em else float(rows.max()) + 10.0 * em
         labels.append((name, color, float(cols.mean()), y))
     picture = Image.fromarray(rgb, "RGB")
     if font is not None:
         draw = ImageDraw.Draw(picture)
         taken = []
+        step = getattr(font, "size", 11) + 2  # a line of text: 13 px at the page's label size
         for name, color, x, y in labels:
             w = draw.textlength(name, font=font) + 4
-            for dy in (0, 13, -13, 26, -26):
-                box = (x - w / 2, y + dy - 7, x + w / 2, y + dy + 7)
+            for dy in (0, step, -step, 2 * step, -2 * step):
+                box = (x - w / 2, y + dy - (step + 1) / 2, x + w / 2, y + dy + (step + 1) / 2)
                 if not any(box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken):
                     taken.append(box)
                     _text(draw, (x, y + dy), name, font, fill=tuple(color), anchor="mm")
@@ -505,10 +518,11 @@ def _draw_outlines(grey: np.ndarray, masks: list, size: tuple, *, font=None) -> 
 
 
 def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, layers: list, font) -> None:
+    em = getattr(font, "size", 13) / 13.0  # swatch and line height follow the font
     for layer in layers:
-        draw.rectangle([x, y + 2, x + 14, y + 14], fill=layer.color)
-        draw.text((x + 20, y), layer.name, fill="white", font=font)
-        y += 20
+        draw.rectangle([x, y + 2 * em, x + 14 * em, y + 14 * em], fill=layer.color)
+        draw.text((x + 20 * em, y), layer.name, fill="white", font=font)
+        y += 20 * em
 
 
 def _view_box(layers: list, lgrid: Grid) -> tuple:
@@ -522,22 +536,27 @@ def _view_box(layers: list, lgrid: Grid) -> tuple:
 
 
 def axial_structures_picture(ct_las: np.ndarray, lgrid: Grid, layers: list, levels: list, *,
-                             level_text=None, title: str = "") -> Image.Image:
+                             level_text=None, title: str = "", width: Optional[int] = None,
+                             text_scale: float = 1.0) -> Image.Image:
     """Axial CT slices (LAS indices ``levels``, cranial first) side by side, radiological convention (anterior
     up, patient's right on the left), every structure's outline in its colour and named, a legend and each
-    slice's level (``level_text(k)``, e.g. "image 12 of 30, S 40.0 mm")."""
+    slice's level (``level_text(k)``, e.g. "image 12 of 30, S 40.0 mm"). ``width``: the picture's width in px
+    (panels sized to fill it; default: AXIAL_PANEL_PX panels); ``text_scale`` enlarges text and outlines."""
     (i0, i1), (j0, j1), _ = _view_box(layers, lgrid)
     sx, sy = lgrid.spacing[0], lgrid.spacing[1]
     width_mm, height_mm = (i1 - i0) * sx, (j1 - j0) * sy
-    scale = AXIAL_PANEL_PX / max(width_mm, height_mm)
-    size = (max(1, int(round(width_mm * scale))), max(1, int(round(height_mm * scale))))
     cols = min(len(levels), 3)
     rows = math.ceil(len(levels) / cols)
-    gap, top = 6, 30
-    canvas = Image.new("RGB", (cols * (size[0] + gap) + LEGEND_W, top + rows * (size[1] + gap)), "black")
+    t = text_scale
+    gap, top, legend_w = 6, round(30 * t), round(LEGEND_W * t)
+    scale = AXIAL_PANEL_PX / max(width_mm, height_mm)
+    if width is not None:  # panels as wide as the width leaves after the legend and the gaps
+        scale = ((width - legend_w) / cols - gap) / width_mm
+    size = (max(1, int(round(width_mm * scale))), max(1, int(round(height_mm * scale))))
+    canvas = Image.new("RGB", (width or cols * (size[0] + gap) + legend_w, top + rows * (size[1] + gap)), "black")
     draw = ImageDraw.Draw(canvas)
-    font, small, tiny = _font(16), _font(13), _font(11)
-    draw.text((6, 6), title, fill="white", font=font)
+    font, small, tiny = _font(round(16 * t)), _font(round(13 * t)), _font(round(11 * t))
+    draw.text((6 * t, 6 * t), title, fill="white", font=font)
     for n, k in enumerate(levels):
         grey = np.ascontiguousarray(_window_uint8(ct_las[i0:i1, j0:j1, k]).T[::-1])
         masks = []
@@ -545,27 +564,38 @@ def axial_structures_picture(ct_las: np.ndarray, lgrid: Grid, layers: list, leve
             m = layer.axial(k, ((i0, i1), (j0, j1)))
             if m is not None:
                 masks.append((layer.name, layer.color, np.ascontiguousarray(m.T[::-1])))
-        panel = _draw_outlines(grey, masks, size, font=tiny)
+        panel = _draw_outlines(grey, masks, size, font=tiny, line=max(1, round(t)))
         pd = ImageDraw.Draw(panel)
-        _text(pd, (5, 4), level_text(k) if level_text else f"slice {k}", small)
-        _text(pd, (size[0] / 2, size[1] - 4), "P", small, fill="yellow", anchor="md")
-        _text(pd, (5, size[1] / 2), "R", small, fill="yellow", anchor="lm")
-        _text(pd, (size[0] - 5, size[1] / 2), "L", small, fill="yellow", anchor="rm")
+        label = level_text(k) if level_text else f"slice {k}"
+        fits = small
+        room = size[0] - 10 * t
+        if pd.textlength(label, font=small) > room:  # a long level text in a narrow panel: smaller, not cut
+            fits = _font(max(9, int(getattr(small, "size", 13) * room / pd.textlength(label, font=small))))
+        _text(pd, (5 * t, 4 * t), label, fits)
+        _text(pd, (size[0] / 2, size[1] - 4 * t), "P", small, fill="yellow", anchor="md")
+        _text(pd, (5 * t, size[1] / 2), "R", small, fill="yellow", anchor="lm")
+        _text(pd, (size[0] - 5 * t, size[1] / 2), "L", small, fill="yellow", anchor="rm")
         canvas.paste(panel, ((n % cols) * (size[0] + gap), top + (n // cols) * (size[1] + gap)))
-    _legend(draw, cols * (size[0] + gap) + 6, top + 4, layers, small)
+    _legend(draw, cols * (size[0] + gap) + 6 * t, top + 4 * t, layers, small)
     return canvas
 
 
 def coronal_structures_picture(ct_las: np.ndarray, lgrid: Grid, layers: list, j: int, *,
-                               levels=(), title: str = "") -> Image.Image:
+                               levels=(), title: str = "", width: Optional[int] = None, height: Optional[int] = None,
+                               text_scale: float = 1.0) -> Image.Image:
     """The coronal CT slice at LAS ``j`` (head up, patient's right on the left, physical aspect ratio) with
     every structure's outline and name, a legend of the structures it cuts, a scale bar and the axial
-    ``levels`` marked as ticks at the sides."""
+    ``levels`` marked as ticks at the sides. ``width`` x ``height``: the picture's size in px (the slice as large
+    as fits beside the legend); ``text_scale`` enlarges text and outlines."""
     (i0, i1), _, (k0, k1) = _view_box(layers, lgrid)
     sx, sz = lgrid.spacing[0], lgrid.spacing[2]
     width_mm, height_mm = (i1 - i0) * sx, (k1 - k0) * sz
+    t = text_scale
+    top, legend_w = round(30 * t), round(LEGEND_W * t)
     scale = min(CORONAL_PX[0] / width_mm, CORONAL_PX[1] / height_mm)
-    if height_mm * scale < CORONAL_MIN_HEIGHT_PX:  # a short scan: wider rather than a thin strip
+    if width is not None and height is not None:
+        scale = min((width - legend_w) / width_mm, (height - top) / height_mm)
+    elif height_mm * scale < CORONAL_MIN_HEIGHT_PX:  # a short scan: wider rather than a thin strip
         scale = min(CORONAL_MIN_HEIGHT_PX / height_mm, CORONAL_MAX_WIDTH_PX / width_mm)
     size = (max(1, int(round(width_mm * scale))), max(1, int(round(height_mm * scale))))
     grey = np.ascontiguousarray(_window_uint8(ct_las[i0:i1, j, k0:k1]).T[::-1])
@@ -575,28 +605,28 @@ def coronal_structures_picture(ct_las: np.ndarray, lgrid: Grid, layers: list, j:
         if m is not None:
             masks.append((layer.name, layer.color, np.ascontiguousarray(m.T[::-1])))
             shown.append(layer)
-    small, tiny = _font(13), _font(11)
-    panel = _draw_outlines(grey, masks, size, font=tiny)
+    small, tiny = _font(round(13 * t)), _font(round(11 * t))
+    panel = _draw_outlines(grey, masks, size, font=tiny, line=max(1, round(t)))
     pd = ImageDraw.Draw(panel)
-    _text(pd, (size[0] / 2, 4), "S", small, fill="yellow", anchor="ma")
-    _text(pd, (16, 4), "R", small, fill="yellow", anchor="la")  # beside the level ticks, not on them
-    _text(pd, (size[0] - 16, 4), "L", small, fill="yellow", anchor="ra")
+    _text(pd, (size[0] / 2, 4 * t), "S", small, fill="yellow", anchor="ma")
+    _text(pd, (16 * t, 4 * t), "R", small, fill="yellow", anchor="la")  # beside the level ticks, not on them
+    _text(pd, (size[0] - 16 * t, 4 * t), "L", small, fill="yellow", anchor="ra")
     for k in levels:  # the axial pictures' levels
         y = (k1 - 1 - k + 0.5) * sz * scale
         if 0 <= y < size[1]:
-            pd.line([(0, y), (10, y)], fill="yellow", width=2)
-            pd.line([(size[0] - 11, y), (size[0] - 1, y)], fill="yellow", width=2)
+            pd.line([(0, y), (10 * t, y)], fill="yellow", width=round(2 * t))
+            pd.line([(size[0] - 1 - 10 * t, y), (size[0] - 1, y)], fill="yellow", width=round(2 * t))
     bar_cm = _scale_bar_cm(width_mm)
     bar_px = bar_cm * 10.0 * scale
-    yb = size[1] - 12
-    pd.rectangle([size[0] - 14 - bar_px, yb - 2, size[0] - 14, yb + 2], fill="white", outline="black")
-    _text(pd, (size[0] - 14 - bar_px / 2, yb - 5), f"{bar_cm} cm", tiny, anchor="md")
-    top = 30
-    canvas = Image.new("RGB", (size[0] + LEGEND_W, max(top + size[1], top + 8 + 20 * len(shown))), "black")
+    yb = size[1] - 12 * t
+    pd.rectangle([size[0] - 14 * t - bar_px, yb - 2 * t, size[0] - 14 * t, yb + 2 * t], fill="white", outline="black")
+    _text(pd, (size[0] - 14 * t - bar_px / 2, yb - 5 * t), f"{bar_cm} cm", tiny, anchor="md")
+    canvas = Image.new("RGB", (width or size[0] + legend_w,
+                               height or max(top + size[1], round(top + 8 * t + 20 * t * len(shown)))), "black")
     canvas.paste(panel, (0, top))
     draw = ImageDraw.Draw(canvas)
-    draw.text((6, 6), title, fill="white", font=_font(16))
-    _legend(draw, size[0] + 6, top + 4, shown, small)
+    draw.text((6 * t, 6 * t), title, fill="white", font=_font(round(16 * t)))
+    _legend(draw, size[0] + 6 * t, top + 4 * t, shown, small)
     return canvas
 
 
@@ -706,7 +736,7 @@ def _load_folder(outdir: Path) -> tuple:
 
 
 def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[bool] = None, progress=None,
-                 cancel=None) -> ReportResult:
+                 cancel=None, lecture: bool = False) -> ReportResult:
     """Write report.json (extended), report.csv, report.html and pictures/*.png for an AtlasSeg output folder.
 
     Args:
@@ -719,10 +749,15 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
             input's file name out of report.html, report.csv, the pictures and report.json's "report" section;
             None (default) keeps the choice of the folder's previous report (so 'atlasseg threshold' and review
             rebuilds stay anonymized), False for a first report.
+        lecture: also write the structure and tumor pictures for slides into ``pictures/lecture/``: 1920 px wide
+            (tumor slices 1080 px square), text 2.5 x larger (``LECTURE_TEXT``), each structure named on the image.
+            They are files only: the page keeps its own pictures, which a 1920-px one would not fit.
 
     Raises:
         InputError: ``outdir`` is not an output folder, or ``ct`` is not the CT the run segmented.
     """
+    if lecture and not pictures:
+        raise InputError("lecture pictures are drawn on the CT: leave out --no-pictures to make them")
     t0 = time.perf_counter()
     reporter = Reporter(progress=progress, cancel=cancel, stages={"read": 0.4, "measure": 0.2, "pictures": 0.3,
                                                                   "write": 0.1})
@@ -857,6 +892,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
     # Pictures, made in memory first: nothing on disk changes until every one of them exists.
     t = time.perf_counter()
     pngs = {}
+    lecture_pngs = {}  # pictures/lecture/<key>.png
     picture_info = {}
     structure_pictures = None
     title = f"{_case_name(report, anonymize)} - {(report.get('model') or {}).get('title') or ''}"
@@ -878,6 +914,13 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
         a_mm = float(-lgrid.index_to_physical([0, j, 0])[1])  # LPS y → RAS A
         pngs["structures_coronal"] = _png_bytes(coronal_structures_picture(
             ct_las, lgrid, ordered, j, levels=levels, title=f"coronal slice at A {a_mm:.0f} mm: {title}"))
+        if lecture:
+            lecture_pngs["structures_axial"] = _png_bytes(axial_structures_picture(
+                ct_las, lgrid, ordered, levels, level_text=level_text, title=f"axial slices: {title}",
+                width=LECTURE_WIDTH_PX, text_scale=LECTURE_TEXT))
+            lecture_pngs["structures_coronal"] = _png_bytes(coronal_structures_picture(
+                ct_las, lgrid, ordered, j, levels=levels, title=f"coronal slice at A {a_mm:.0f} mm: {title}",
+                width=LECTURE_WIDTH_PX, height=LECTURE_HEIGHT_PX, text_scale=LECTURE_TEXT))
         structure_pictures = {
             "axial": f"{PICTURES_DIR}/structures_axial.png", "coronal": f"{PICTURES_DIR}/structures_coronal.png",
             "axial_levels": [{"slice": slice_number(lgrid.index_to_physical([0, 0, k]), lgrid, dicom),
@@ -908,6 +951,12 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
                                             longest_mm=(r["longest_axial_diameter_cm"] or 0.0) * 10.0)
             pkey = f"{r['structure']}_{r['component']}"
             pngs[pkey] = _png_bytes(img)
+            if lecture:
+                lecture_pngs[pkey] = _png_bytes(tumor_slice_picture(
+                    ct_kji, grid, offset, comp, r["centroid_lps_mm"], color=colors.get(r["structure"], (255, 255, 0)),
+                    title=f"{r['structure']} #{r['component']}", size_text=size,
+                    longest_mm=(r["longest_axial_diameter_cm"] or 0.0) * 10.0, px=LECTURE_HEIGHT_PX,
+                    text_scale=LECTURE_TEXT)[0])
             r["picture"] = f"{PICTURES_DIR}/{pkey}.png"
             lps = r["centroid_lps_mm"]
             picture_info[pkey] = {"file": r["picture"], "structure": r["structure"], "component": r["component"],
@@ -949,7 +998,8 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
         "pictures": {"overview": f"{PICTURES_DIR}/overview.png" if "overview" in pngs else None,
                      "3d": THREE_D_PICTURE if "3d" in pngs else None,
                      "structures": structure_pictures,
-                     "tumors": picture_info},
+                     "tumors": picture_info,
+                     "lecture": [f"{LECTURE_DIR}/{key}.png" for key in lecture_pngs] or None},
         "notes": [_scrub(n, report, anonymize) for n in notes],
         "warnings": [_scrub(w, report, anonymize) for w in report.get("warnings") or []],
         "anonymized": bool(anonymize),
@@ -978,6 +1028,13 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
     if "overview" in pngs and image is not None:
         # The run's own overview.png follows the masks too (after a threshold change it would be stale).
         _atomic_write_bytes(pngs["overview"], outdir / "overview.png")
+    for key, data in lecture_pngs.items():
+        paths[f"lecture/{key}"] = outdir / LECTURE_DIR / f"{key}.png"
+        _atomic_write_bytes(data, paths[f"lecture/{key}"])
+    if lecture:  # a lecture folder holds this report's pictures only (no component a threshold dropped)
+        for old in (outdir / LECTURE_DIR).glob("*.png"):
+            if old.stem not in lecture_pngs:
+                old.unlink()
     if ct_kji is not None:
         _remove_stale_pictures(pictures_dir, tumors, set(pngs))
     csv_path = outdir / "report.csv"
@@ -1414,7 +1471,8 @@ def load_report(outdir) -> dict:
 def cmd_report(args, sink=None) -> int:
     """``atlasseg report OUTDIR [--ct CT] [--no-pictures] [--anonymize]`` (the parser is in cli.py)."""
     result = build_report(args.outdir, ct=args.ct, pictures=not args.no_pictures,
-                          anonymize=getattr(args, "anonymize", None), progress=sink)
+                          anonymize=getattr(args, "anonymize", None), progress=sink,
+                          lecture=getattr(args, "lecture", False))
     if sink is not None:
         sink.close()
     sec = result.report["report"]
