@@ -197,6 +197,28 @@ def _add_export_parser(sub) -> None:
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
+def _add_evaluate_parser(sub) -> None:
+    # Here, not in evaluate.py: building the parser must not import numpy/SimpleITK/MONAI (startup time).
+    e = sub.add_parser(
+        "evaluate", help="score a run (or a batch) against truth masks: lesion-level FROC, Dice, surface distance",
+        description="Lesion by lesion: a true tumor (26-connected component of the truth) is detected when a "
+        "predicted component overlaps it by at least one voxel (one component may detect several); a predicted "
+        "component overlapping no true tumor is a false positive. The kept probability maps are thresholded "
+        "again from 0.01 to 0.99 (no re-run) for the FROC: sensitivity overall and per size class (tiny < 10 mm "
+        "<= small < 20 <= medium < 40 <= large, longest diameter) against false positives per case. Writes "
+        "froc.csv, froc.png, lesions.csv, cases.csv, structures.csv (Dice, average symmetric and 95%% Hausdorff "
+        "surface distance in mm), operating_points.json (suggested thresholds in the model card's format) and "
+        "evaluation.json.")
+    e.add_argument("run", help="an 'atlasseg segment' output folder, or an 'atlasseg batch' results folder (RUN/<case>/)")
+    e.add_argument("--truth", required=True, metavar="DIR",
+                   help="truth masks on the CT's grid: DIR/<structure>.nii.gz or DIR/segmentations/<structure>.nii.gz "
+                   "(AbdomenAtlas), or a dataset of such case folders (DIR/<case>/...) for a batch")
+    e.add_argument("-o", "--output", metavar="OUT", help="folder for the results (default RUN/evaluation)")
+    e.add_argument("--structures", metavar="A,B", help="evaluate only these structures (default: every structure "
+                   "of the run with a truth file)")
+    e.add_argument("--json", action="store_true", help="print evaluation.json instead of the summary")
+
+
 def _add_summarize_parser(sub) -> None:
     # Here, not in summarize.py: building the parser must not import numpy/SimpleITK (startup time).
     s = sub.add_parser(
@@ -327,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_synthesize_parser(sub)
     _add_summarize_parser(sub)
+    _add_evaluate_parser(sub)
     _add_export_parser(sub)
     _verbose_everywhere(sub)
     return p
@@ -644,6 +667,10 @@ def _run(args) -> int:
             from .report import cmd_report
 
             return cmd_report(args, sink)
+        if args.command == "evaluate":
+            from .evaluate import cmd_evaluate
+
+            return cmd_evaluate(args)
         if args.command == "export":
             from .export import cmd_export
 

@@ -824,7 +824,8 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
             tumor_masks[entry["name"]] = mask
         truth_path = outdir / TRUTH_DIR / f"{entry['name']}.nii.gz"
         if truth_path.is_file():
-            truth_rows.append(_truth_row(entry["name"], inside, truth_path, voxel_ml))
+            truth_rows.append(_truth_row(entry["name"], inside, truth_path, voxel_ml,
+                                         tumor=entry.get("kind") == "tumor"))
         organ_rows.append({"structure": entry["name"], "kind": entry.get("kind"), "volume_ml": round(voxels * voxel_ml, 2),
                            "mean_hu": None if mean_hu is None else int(round(mean_hu)), "voxels": voxels})
     timings["read_masks"] = time.perf_counter() - t
@@ -1091,14 +1092,22 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if denom == 0 else 2.0 * int(np.count_nonzero(a & b)) / denom
 
 
-def _truth_row(name: str, inside: np.ndarray, truth_path: Path, voxel_ml: float) -> dict:
+def _truth_row(name: str, inside: np.ndarray, truth_path: Path, voxel_ml: float, *, tumor: bool = False) -> dict:
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))) != 0  # not a view: the image is temporary
     if truth.shape != inside.shape:
         return {"structure": name, "dice": None, "truth_ml": None, "segmented_ml": None,
                 "note": f"{TRUTH_DIR}/{truth_path.name} is not on the masks' grid"}
-    return {"structure": name, "dice": round(dice(inside, truth), 3),
-            "truth_ml": round(float(np.count_nonzero(truth)) * voxel_ml, 1),
-            "segmented_ml": round(float(np.count_nonzero(inside)) * voxel_ml, 1)}
+    row = {"structure": name, "dice": round(dice(inside, truth), 3),
+           "truth_ml": round(float(np.count_nonzero(truth)) * voxel_ml, 1),
+           "segmented_ml": round(float(np.count_nonzero(inside)) * voxel_ml, 1)}
+    if tumor:
+        # Lesion by lesion, as 'atlasseg evaluate' counts (any overlap detects a true tumor).
+        from .evaluate import lesion_detection
+
+        d = lesion_detection(inside, truth)
+        row["lesions"] = {"truth": d.lesions, "found": len(d.detected), "missed": d.missed,
+                          "false_positives": d.false_positives}
+    return row
 
 
 def truth_scores(outdir, names) -> dict:
@@ -1316,6 +1325,15 @@ research use only, not for diagnosis</div></header>
                          f"<td class=num>{_fmt(r.get('segmented_ml'), 1)}</td>"
                          f"<td class=num>{'–' if diff is None else f'{diff:+.1f}'}</td></tr>")
         parts.append("</table>")
+        for r in truth:
+            les = r.get("lesions")
+            if les:
+                parts.append(f"<p id=\"lesions-{_e(r['structure'])}\"><strong>{_e(r['structure'])}, lesion by lesion"
+                             f":</strong> {les['found']} of {les['truth']} true tumor{'s' if les['truth'] != 1 else ''} "
+                             f"found, {les['missed']} missed, {les['false_positives']} false positive"
+                             f"{'s' if les['false_positives'] != 1 else ''} (a true tumor is found when a segmented "
+                             "component overlaps it; a component overlapping none is a false positive; "
+                             "<code>atlasseg evaluate</code> gives the FROC)</p>")
 
     parts.append("<h2>Tumors</h2>")
     if sec["tumor_summary"]:
