@@ -7,7 +7,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from AtlasSegModule import AtlasSegBridge as bridge
-from AtlasSegModule.AtlasSegTeaching import TeachingLogic, pointToKji
+from AtlasSegModule.AtlasSegTeaching import TeachingLogic, cropAround, pointToKji
 from slicer_marks import requires_opengl
 
 COARSE = {"size": (96, 80, 48), "spacing_mm": (4.0, 4.0, 5.0)}  # the phantom on 8x fewer voxels: fast
@@ -56,17 +56,21 @@ def test_insert_changes_only_voxels_near_the_point_and_undo_restores_them_bit_fo
     assert not changed[tuple(np.meshgrid(*[np.setdiff1d(np.arange(n), np.arange(s.start, s.stop))
                                           for n, s in zip(changed.shape, insertion.box)], indexing="ij"))].any()
 
-    # The truth segment is the synthesizer's own mask for the same inputs and seed (it is deterministic).
+    # The truth segment is the synthesizer's own mask for the same inputs (the box around the point it is
+    # given) and seed: it is deterministic.
     from AtlasSegLib.synthesize import insert_tumors
 
-    expected = insert_tumors(original, scene["liver"].astype(bool), geometry.spacing[::-1], organ_name="liver",
-                             count=1, diameter_mm=(DIAMETER_MM, DIAMETER_MM), contrast_hu=CONTRAST_HU,
-                             centers_zyx=[scene["centre"]], seed=SEED)
+    crop = cropAround(original.shape, scene["centre"], geometry.spacing[::-1], DIAMETER_MM)
+    local = tuple(c - s.start for c, s in zip(scene["centre"], crop))
+    expected = insert_tumors(original[crop], scene["liver"][crop].astype(bool), geometry.spacing[::-1],
+                             organ_name="liver", count=1, diameter_mm=(DIAMETER_MM, DIAMETER_MM),
+                             contrast_hu=CONTRAST_HU, centers_zyx=[local], seed=SEED)
     truth = TeachingLogic.truthNode(volume)
     assert truth is not None and truth.GetSegmentation().GetNumberOfSegments() == 1
     truthMask = bridge.arrayFromSegment(truth, insertion.segmentId, volume)
-    np.testing.assert_array_equal(truthMask, expected.mask.astype(np.uint8))
-    np.testing.assert_array_equal(after, expected.ct)
+    np.testing.assert_array_equal(truthMask[crop], expected.mask.astype(np.uint8))
+    assert truthMask.sum() == expected.mask.sum()
+    np.testing.assert_array_equal(after[crop], expected.ct)
     # Darker than the liver by about the contrast asked for (the edge is soft, so the mean is a little less).
     delta = (after.astype(float) - original)[truthMask > 0].mean()
     assert CONTRAST_HU * 1.25 <= delta <= CONTRAST_HU * 0.5, delta
