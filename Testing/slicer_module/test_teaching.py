@@ -170,3 +170,29 @@ def test_revealed_answers_are_drawn_in_the_slice_view_and_hidden_ones_are_not(sc
     shown = view.render(tmp_path / "shown.png")
     assert yellowPixels(hidden) == 0
     assert yellowPixels(shown) > 20
+
+
+@requires_opengl
+def test_truth_beside_result_draws_each_in_its_own_view(scene, slicer_app, tmp_path):
+    from slicer_harness import SliceView
+
+    volume = scene["volume"]
+    TeachingLogic().insertTumor(volume, scene["ras"], diameterMm=24, contrastHu=-80)
+    truth = TeachingLogic.truthNode(volume)
+    TeachingLogic.setAnswersVisible(volume, True)
+    views = {}
+    for name in ("Red", "Yellow"):
+        views[name] = SliceView(slicer_app, name, "Axial", (320, 280))
+        views[name].show(volume)
+        views[name].setOffset(scene["ras"][2])
+    TeachingLogic.showBeside(truth, scene["result"], [views["Yellow"].sliceNode.GetID()],
+                             [views["Red"].sliceNode.GetID()])
+    liver = np.array([204, 102, 76])  # the result's liver colour (0.8, 0.4, 0.3)
+    yellow = np.array([255, 217, 0])
+
+    def count(rgb, colour):
+        return int((np.abs(rgb.astype(int) - colour).max(axis=-1) <= 30).sum())
+
+    left, right = views["Red"].render(tmp_path / "result.png"), views["Yellow"].render(tmp_path / "truth.png")
+    assert count(left, liver) > 100 and count(left, yellow) == 0
+    assert count(right, yellow) > 20 and count(right, liver) == 0
