@@ -37,6 +37,41 @@ def count_windows(shape, roi, overlap: float) -> int:
     return total
 
 
+def window_starts(n: int, r: int, overlap: float) -> list:
+    """Start indices along one axis of MONAI's window placement for an axis of ``n`` voxels and windows of ``r``
+    (interval int(r × (1 - overlap)), the last window moved back to end at the border)."""
+    if n <= r:
+        return [0]
+    interval = max(int(r * (1 - overlap)), 1)
+    count = int(math.ceil((n - r) / interval)) + 1
+    return [min(i * interval, n - r) for i in range(count)]
+
+
+CONTEXT = 0.25
+"""``cover_crop`` covers the box grown by this fraction of the window on each side: a box voxel is then at least a
+quarter window from the crop's faces, where MONAI's gaussian (sigma 1/8 of the window) still weighs the windows
+kept ≥ e^-2 of a window's centre, and the network sees context around it."""
+
+
+def cover_crop(shape, roi, overlap: float, box) -> list:
+    """Per axis (c0, c1): the span of the fewest windows of the full run's placement that cover ``box`` [(a, b)].
+    MONAI's sliding window over ``array[c0:c1]`` places exactly those windows (the crop starts at one of the full
+    run's window starts and ends where one of them ends). Axes no longer than the window are kept whole."""
+    out = []
+    for n, r, (a, b) in zip(shape, roi, box):
+        n, r = int(n), int(r)
+        if n <= r:
+            out.append((0, n))
+            continue
+        starts = window_starts(n, r, overlap)
+        e = int(round(CONTEXT * r))
+        a, b = max(0, int(a) - e), min(n, int(b) + e)
+        first = max(s for s in starts if s <= a)
+        last = min((s for s in starts if s + r >= b), default=starts[-1])
+        out.append((first, max(first, last) + r))
+    return out
+
+
 SKIPPED_LOGIT = -20.0
 """Logit given to voxels that only windows outside a region of interest cover (sigmoid ≈ 2e-9: background)."""
 
@@ -54,10 +89,14 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
     module (run by torch in fp32). MONAI's sliding window places, pads and blends the windows the same way for
     every backend; the runner is only the predictor called per window batch.
 
-    ``box`` ((i0, i1), (j0, j1), (k0, k1)) in ``array_ijk`` indices: only the windows of the full run that overlap
-    it are run; the others are given ``SKIPPED_LOGIT``. Every window covering a voxel of the box overlaps the box,
-    so inside it the blended logits are exactly those of the full run. ``stats`` (a dict) receives
-    ``windows`` (of the full run) and ``windows_run``."""
+    ``box`` ((i0, i1), (j0, j1), (k0, k1)) in ``array_ijk`` indices: only the fewest windows of the full run's
+    placement that cover the box are run (``cover_crop``): MONAI's sliding window runs on the crop they span,
+    which places exactly those windows; voxels outside the crop get ``SKIPPED_LOGIT``. Inside the box the logits
+    are the full run's blend less the windows that start before or after the crop; those reach box voxels only
+    within half a window of the crop's faces, where the kept windows still cover them, so masks agree with the
+    full run's up to edge voxels (the caller's box has a margin around the structures). (Running every window that overlaps the box gives identical logits but, with 96³ windows at half
+    overlap, almost every window of an abdomen: measured 1.05 × a full run for liver + liver_tumor.)
+    ``stats`` (a dict) receives ``windows`` (of the full run), ``windows_run`` and ``crop_ijk``."""
     from .backends import Runner, TorchRunner
 
     if not isinstance(runner, Runner):
@@ -65,43 +104,22 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
     roi = tuple(inference["roi_size"])
     overlap = float(inference["overlap"])
     total = count_windows(array_ijk.shape, roi, overlap)
-    done = [0]
-    ran = [0]
-    pad = _padding_before(array_ijk.shape, roi)
+    full_shape = array_ijk.shape
+    crop = None
     if box is not None:
-        box = [(int(a) + p, int(b) + p) for (a, b), p in zip(box, pad)]
-
-    def wanted(coords) -> bool:
-        if box is None:
-            return True
-        spatial = coords[-3:]
-        return all(sl.start < b and sl.stop > a for sl, (a, b) in zip(spatial, box))
-
-    n_out = [None]  # output channels, known after the first window that runs
+        crop = cover_crop(full_shape, roi, overlap, box)
+        array_ijk = np.ascontiguousarray(array_ijk[tuple(slice(a, b) for a, b in crop)])
+    to_run = count_windows(array_ijk.shape, roi, overlap)
+    done = [0]
 
     def run(runner) -> torch.Tensor:
         dev = runner.device
 
         def predictor(x, coords):
             reporter.check_cancel()
-            keep = [i for i, c in enumerate(coords) if wanted(c)]
-            if not keep and n_out[0] is None:
-                keep = list(range(len(coords)))  # the channel count is not known yet: run this batch
-            if len(keep) == len(coords):
-                out = runner.predict(x, coords)
-            else:
-                if keep:
-                    part = runner.predict(x[keep], [coords[i] for i in keep])
-                    out = part.new_full((x.shape[0],) + tuple(part.shape[1:]), SKIPPED_LOGIT)
-                    out[keep] = part
-                else:
-                    out = torch.full((x.shape[0], n_out[0]) + tuple(x.shape[2:]), SKIPPED_LOGIT,
-                                     dtype=torch.float32, device=x.device)
-            if n_out[0] is None:
-                n_out[0] = int(out.shape[1])
-            ran[0] += len(keep)
+            out = runner.predict(x, coords)
             done[0] += x.shape[0]
-            reporter.update("inference", done[0] / total, f"window {done[0]}/{total}")
+            reporter.update("inference", done[0] / to_run, f"window {done[0]}/{to_run}")
             return out
 
         runner.begin(array_ijk.shape)
@@ -117,10 +135,17 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
                 x, roi, int(inference["sw_batch_size"]), predictor, overlap=overlap, mode=inference["mode"], sw_device=dev,
                 device=out_dev, with_coord=True)
         if stats is not None:
-            stats.update(windows=total, windows_run=ran[0])
-        return y[0].float().cpu()
+            stats.update(windows=total, windows_run=done[0])
+            if crop is not None:
+                stats["crop_ijk"] = [list(c) for c in crop]
+        y = y[0].float().cpu()
+        if crop is None:
+            return y
+        full = torch.full((y.shape[0],) + tuple(full_shape), SKIPPED_LOGIT, dtype=torch.float32)
+        full[(slice(None),) + tuple(slice(a, b) for a, b in crop)] = y
+        return full
 
-    reporter.update("inference", 0.0, f"{total} windows on {runner.device.type} ({runner.backend} {runner.precision})")
+    reporter.update("inference", 0.0, f"{to_run} windows on {runner.device.type} ({runner.backend} {runner.precision})")
     if runner.device.type != "cuda":
         return run(runner)
     try:
@@ -129,5 +154,5 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
         log.warning("CUDA ran out of memory; running on the CPU instead (slower). Use --fast or a GPU with more "
                     "memory to stay on the GPU.")
         torch.cuda.empty_cache()
-        done[0] = ran[0] = 0
+        done[0] = 0
         return run(runner.to_cpu())

@@ -64,9 +64,10 @@ class Prepared:
     crop_start: tuple
 
 
-CASCADE_MARGIN_MM = 15.0
+CASCADE_MARGIN_MM = 6.0
 """Margin around the coarse pass's box of the selected structures (coarse masks at 3 mm can be a voxel or two
-short; the box is then covered by whole windows, which reach further)."""
+short). The network's context beyond the box comes from ``inference.cover_crop`` (a quarter window each side);
+15 mm here on top of that ran 17 % more windows for liver + liver_tumor without changing a mask."""
 
 
 def model_grid(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Grid:

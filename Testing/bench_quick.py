@@ -17,10 +17,10 @@ Same process, same inputs, runs interleaved, best of N. Ends with exactly one li
   network time is that run's window count × the chosen backend's SegResNet window time measured above.
   nonnet_pct = non-network / (non-network + network) × 100.
 - subset_window_fraction: ``--structures liver,liver_tumor`` on that 512×512×300 CT at full resolution
-  (1.5 mm): (windows of the coarse 3 mm pass + full-resolution windows overlapping the box the cascade runs) /
-  windows of a full run. The coarse pass is the pipeline's own (``Segmenter._coarse_box`` with the label
-  network); the full-resolution windows are counted with MONAI's own window placement and the same overlap
-  rule ``infer`` uses (a full-resolution 42-channel pass of 512×512×300 would need ~10 GB here).
+  (1.5 mm): (windows of the coarse 3 mm pass + full-resolution windows the cascade runs on its box) / windows
+  of a full run. The coarse pass is the pipeline's own (``Segmenter._coarse_box`` with the label network); the
+  full-resolution windows are those of MONAI's placement over the crop ``inference.cover_crop`` gives, as
+  ``infer`` runs them (a full-resolution 42-channel pass of 512×512×300 would need ~10 GB here).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from AtlasSegLib import backends  # noqa: E402
 from AtlasSegLib.card import builtin_card, card_from_dict  # noqa: E402
-from AtlasSegLib.inference import _padding_before, count_windows  # noqa: E402
+from AtlasSegLib.inference import _padding_before, count_windows, cover_crop  # noqa: E402
 from AtlasSegLib.io import SourceInfo, read_image  # noqa: E402
 from AtlasSegLib.networks import LoadedModel, construct, load_model  # noqa: E402
 from AtlasSegLib.pipeline import SegmentOptions, Segmenter, prepare  # noqa: E402
@@ -219,7 +219,7 @@ def label_runs(work: Path, window_s: float) -> tuple:
     roi = sub.card.inference["roi_size"]
     overlap = sub.card.inference["overlap"]
     full = count_windows(prep.array.shape, roi, overlap)
-    fine = windows_overlapping(prep.array.shape, roi, overlap, box)
+    fine = windows_in_cover(prep.array.shape, roi, overlap, box)
     coarse = sub._windows["coarse_windows"]
     frac = (coarse + fine) / full
     log(f"subset liver,liver_tumor: coarse {coarse} + fine {fine} of {full} full-resolution windows "
@@ -233,19 +233,12 @@ def backends_reporter():
     return Reporter()
 
 
-def windows_overlapping(shape, roi, overlap, box) -> int:
-    """Windows of MONAI's placement for ``shape`` that overlap ``box`` (what ``infer`` runs with that box)."""
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
-
-    padded = [max(n, r) for n, r in zip(shape, roi)]
+def windows_in_cover(shape, roi, overlap, box) -> int:
+    """Windows ``infer`` runs for ``box``: MONAI's placement over the crop ``cover_crop`` gives."""
     if box is None:
         return count_windows(shape, roi, overlap)
-    pad = _padding_before(shape, roi)
-    box = [(a + p, b + p) for (a, b), p in zip(box, pad)]
-    scan = _get_scan_interval(padded, roi, 3, (overlap,) * 3)
-    slices = dense_patch_slices(padded, roi, scan)
-    return sum(all(s.start < b and s.stop > a for s, (a, b) in zip(sl, box)) for sl in slices)
+    crop = cover_crop(shape, roi, overlap, box)
+    return count_windows([b - a for a, b in crop], roi, overlap)
 
 
 def main() -> int:

@@ -207,8 +207,9 @@ def test_suprem_parity_window_logits_with_openvino(arch, tmp_path_factory):
 
 
 def test_structure_subset_cascade_runs_fewer_windows_and_gives_the_full_runs_mask(demo_model, phantom, tmp_path):
-    """--structures spleen: a coarse pass (5 mm) finds the spleen's box, the full model runs only the windows of
-    the full run that overlap it (plus a margin); the spleen mask equals the full run's."""
+    """--structures spleen: a coarse pass (5 mm) finds the spleen's box, the full model runs only the fewest
+    windows of the full run's placement that cover it (plus a margin); the spleen mask agrees with the full run's
+    (Dice ≥ 0.99: the blend near the crop's faces lacks the windows outside it)."""
     from AtlasSegLib.card import card_from_dict
 
     raw = json.loads(json.dumps(demo_model.card.raw))
@@ -226,8 +227,29 @@ def test_structure_subset_cascade_runs_fewer_windows_and_gives_the_full_runs_mas
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "full" / "segmentations" / "spleen.nii.gz")))
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sub" / "segmentations" / "spleen.nii.gz")))
     assert a.sum() > 1000
-    assert np.array_equal(a, b)
+    d = _dice(a, b)
+    print(f"spleen Dice subset vs full run {d:.5f}, {int((a != b).sum())} voxels differ; windows {w}")
+    assert d >= 0.999  # measured identical (0 voxels differ) with a quarter-window context
     assert [e["name"] for e in sub["structures"]] == ["spleen"]
+
+
+def test_cover_crop_places_a_subset_of_the_full_runs_windows_covering_the_box():
+    """MONAI's placement over the crop is exactly the full run's windows inside it, and they cover the box grown
+    by the context on every side (clipped to the image)."""
+    from AtlasSegLib.inference import CONTEXT, count_windows, cover_crop, window_starts
+
+    shape, roi, overlap = (269, 257, 60), (96, 96, 96), 0.75
+    for box in ([(87, 240), (63, 238), (0, 60)], [(0, 5), (250, 257), (10, 20)], [(120, 121), (100, 160), (0, 1)]):
+        crop = cover_crop(shape, roi, overlap, box)
+        n = 1
+        for (c0, c1), size, r, (a, b) in zip(crop, shape, roi, box):
+            inside = [c0 + s for s in window_starts(c1 - c0, r, overlap)]
+            full = window_starts(size, r, overlap)
+            assert set(inside) <= set(full) or c1 - c0 == size <= r
+            e = int(round(CONTEXT * r))
+            assert c0 <= max(0, a - e) and c1 >= min(size, b + e)
+            n *= len(inside)
+        assert n == count_windows([b - a for a, b in crop], roi, overlap) < count_windows(shape, roi, overlap)
 
 
 def test_cli_backend_and_precision_reach_report_json(small_ct, tmp_path, capsys):
