@@ -297,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fast", action="store_true")
     b.add_argument("--threshold", action="append", metavar="NAME=P")
     b.add_argument("--overwrite", action="store_true", help="re-run cases whose output exists (default: skip them)")
+    b.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="segment N cases at a time on Ray (pip install 'atlasseg[cluster]'), each worker loading "
+                   "the model once; without --ray-address a local Ray is started on 127.0.0.1 and stopped at the "
+                   "end. Default 1: in this process, without Ray")
+    b.add_argument("--ray-address", metavar="ADDR",
+                   help="join this Ray cluster ('ray start --head' prints the address) instead of a local one; "
+                   "inputs and outputs must be at the same paths on every node (a shared filesystem)")
+    b.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs each Ray worker reserves (e.g. 1, or 0.5 to share one); default 0")
+    b.add_argument("--cpus-per-worker", type=int, metavar="C",
+                   help="CPU cores each Ray worker reserves and uses (default: the cores shared out among workers)")
     common(b)
 
     d = sub.add_parser("demo", help="make a synthetic phantom, segment it with the demo model, print Dice")
@@ -466,20 +477,41 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
 
 
 def cmd_batch(args, sink) -> int:
-    from .batch import run_batch
+    if args.workers < 1:
+        raise InputError(f"--workers must be 1 or more, got {args.workers}")
+    if args.workers > 1 or args.ray_address:
+        from .cluster import DatasetBar, import_ray, run_batch_ray
 
-    card, weights = _resolve_model(args)
-    rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
+        import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
+        card, weights = _resolve_model(args)
+        bar = DatasetBar(sink)
+        try:
+            rows = run_batch_ray(args.input, args.output, card=card, weights=weights, options=_options(args),
+                                 workers=args.workers, ray_address=args.ray_address,
+                                 gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+                                 progress=bar, events=bar.event, verbose=getattr(args, "verbose", False))
+        finally:
+            bar.close()
+    else:
+        from .batch import run_batch
+
+        card, weights = _resolve_model(args)
+        rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
     sink.close()
     sink.event(event="done", outdir=str(Path(args.output).resolve()))
     failed = [r for r in rows if r["status"] == "failed"]
+    skipped = sum(1 for r in rows if r["status"] == "skipped")
+    if skipped:  # a rerun says what it did not redo
+        print(f"atlasseg: {skipped} case(s) skipped: their output exists from an earlier run (their rows are kept in "
+              "the summary; --overwrite re-runs them)", file=sys.stderr)
     if not args.progress_json:
         for r in rows:
-            print(f"{r['case']:<32}{r['status']:<9}{r['seconds']:>8.1f} s  {r['message']}")
+            print(f"{r['case']:<32}{r['status']:<9}{float(r['seconds'] or 0):>8.1f} s  {r['message']}")
     for r in rows:
         _print_warnings([w for w in r.get("warnings", "").split(" | ") if w], prefix=f"{r['case']}: ")
-        print(f"{len(rows) - len(failed)} of {len(rows)} cases done; summary: "
-              f"{Path(args.output).resolve() / 'batch_summary.csv'}")
+    if not args.progress_json:
+        print(f"{len(rows) - len(failed)} of {len(rows)} cases done ({skipped} skipped), {len(failed)} failed; "
+              f"summary: {Path(args.output).resolve() / 'batch_summary.csv'}")
     return 2 if failed else 0
 
 
