@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 DEMO_MODEL_ID = "atlasseg-demo"
 DEMO_PHANTOM_SEED = 2024  # as `atlasseg demo`; the demo model was trained on seeds 0..31
 DEVICES = ("auto", "cpu", "cuda")
+# The engine's --backend / --precision choices (AtlasSegLib.backends.BACKENDS/PRECISIONS; not imported here:
+# that module imports torch, which Slicer may not have yet when the panel is built).
+BACKENDS = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # GPUs with less memory than this run out of memory at full resolution (the users' 8 GB cards, minus overhead).
 SMALL_GPU_GIB = 7.0
 
@@ -71,6 +75,7 @@ if parameterNodeWrapper is not None:
         modelId: id of the selected model card.
         excludedStructures: comma-separated structures the user unticked (all others are produced).
         device: "auto", "cpu" or "cuda".
+        backend, precision: the engine's --backend (auto, torch, openvino) and --precision (auto, fp32, bf16, fp16).
         fast: run at the model's coarse spacing (3 mm) instead of full resolution.
         overwrite: put the result into ``outputSegmentation`` instead of a new segmentation node.
         outputSegmentation: the segmentation to overwrite.
@@ -81,6 +86,8 @@ if parameterNodeWrapper is not None:
         modelId: str = DEMO_MODEL_ID
         excludedStructures: str = ""
         device: Annotated[str, Choice(list(DEVICES))] = "auto"
+        backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
+        precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
         fast: bool = False
         overwrite: bool = False
         outputSegmentation: vtkMRMLSegmentationNode
@@ -117,10 +124,16 @@ class RunOptions:
     structures: tuple = ()
     device: str = "auto"
     fast: bool = False
+    backend: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self):
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not '{self.device}'")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not '{self.backend}'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not '{self.precision}'")
         if not self.modelId and not self.modelCardPath:
             raise ValueError("RunOptions needs a modelId or a modelCardPath")
 
@@ -218,6 +231,7 @@ class LoadedResults:
     emptyStructures: tuple  # produced by the engine but without a single voxel
     volumesMl: dict  # structure name -> volume in ml
     warnings: tuple = ()  # report.json "warnings": demo model on a real CT, implausible labels, regularized input…
+    backend: str = ""  # the backend that ran the network, e.g. "openvino fp32" (readRunBackend)
 
 
 @dataclass
@@ -248,6 +262,22 @@ class _OverwriteSnapshot:
 
 
 # ------------------------------------------------------------------------------------- pure functions
+def readRunBackend(outputDir) -> str:
+    """What ran the network (report.json ``model.backend``/``precision``, with the reason when the engine fell
+    back to torch), e.g. "openvino bf16"; "" when the report does not say."""
+    try:
+        model = json.loads((Path(outputDir) / "report.json").read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("no backend read from %s: %s", outputDir, exc)
+        return ""
+    if not model.get("backend"):
+        return ""
+    text = f"{model['backend']} {model.get('precision', '')}".strip()
+    if model.get("backend_note"):
+        text += f" ({model['backend_note']})"
+    return text
+
+
 def readRunWarnings(outputDir) -> tuple:
     """The engine's warnings of a run (``report.json`` ``"warnings"``), shown in the panel after the run."""
     path = Path(outputDir) / "report.json"
@@ -270,7 +300,7 @@ def engineCommand(python: str, inputPath, outputDir, options: RunOptions) -> lis
         command += ["--weights", str(options.weightsPath)]
     if options.structures:
         command += ["--structures", ",".join(options.structures)]
-    command += ["--device", options.device]
+    command += ["--device", options.device, "--backend", options.backend, "--precision", options.precision]
     if options.fast:
         command.append("--fast")
     command.append("--progress-json")
@@ -666,7 +696,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         self._placeInSubjectHierarchy(inputVolume, [segmentationNode, *probabilityNodes.values()])
         return LoadedResults(segmentationNode=segmentationNode, segmentIds=tuple(segmentIds),
                              probabilityNodes=probabilityNodes, emptyStructures=empty, volumesMl=volumesMl,
-                             warnings=readRunWarnings(outputDir))
+                             warnings=readRunWarnings(outputDir), backend=readRunBackend(outputDir))
 
     @staticmethod
     def _readLabels(path: Path, geometry: bridge.VolumeGeometry) -> np.ndarray:

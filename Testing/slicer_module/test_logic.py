@@ -136,6 +136,35 @@ def test_engine_command_carries_every_option():
     assert "--model-card" in own and "--model" not in own and "--structures" not in own and "--fast" not in own
 
 
+def test_chosen_backend_and_precision_reach_the_engine_command_line():
+    command = engineCommand("/py", "in", "out", RunOptions(modelId="atlasseg-demo", backend="openvino",
+                                                           precision="fp32"))
+    assert command[command.index("--backend") + 1] == "openvino"
+    assert command[command.index("--precision") + 1] == "fp32"
+    default = engineCommand("/py", "in", "out", RunOptions(modelId="atlasseg-demo"))
+    assert default[default.index("--backend") + 1] == "auto" and default[default.index("--precision") + 1] == "auto"
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, openvino"):
+        RunOptions(backend="onnx")
+    # The panel offers exactly the engine's choices, and the engine's parser accepts what the panel sends.
+    from AtlasSegLib import backends
+    from AtlasSegLib.cli import build_parser
+
+    assert (AtlasSegLogic.BACKENDS, AtlasSegLogic.PRECISIONS) == (backends.BACKENDS, backends.PRECISIONS)
+    args = build_parser().parse_args(command[3:])
+    assert (args.backend, args.precision) == ("openvino", "fp32")
+
+
+def test_backend_in_use_is_read_from_the_runs_report(tmp_path):
+    import json
+
+    (tmp_path / "report.json").write_text(json.dumps({"model": {"backend": "torch", "precision": "fp32",
+                                                                "backend_note": "12 windows: torch fp32 runs them"}}))
+    assert AtlasSegLogic.readRunBackend(tmp_path) == "torch fp32 (12 windows: torch fp32 runs them)"
+    (tmp_path / "report.json").write_text(json.dumps({"model": {"backend": "openvino", "precision": "bf16"}}))
+    assert AtlasSegLogic.readRunBackend(tmp_path) == "openvino bf16"
+    assert AtlasSegLogic.readRunBackend(tmp_path / "missing") == ""
+
+
 def test_run_options_refuse_unknown_devices():
     with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda"):
         RunOptions(device="mps")
