@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # torch first and explicitly: a plain "torch" requirement would pull a multi-GB CUDA build on machines without it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench bench-quick bench-review clean chromium dicom-tools
+.PHONY: demo test bench bench-quick bench-batch bench-review clean chromium dicom-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,cluster]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -53,6 +53,10 @@ bench: $(VENV)/.installed-test
 # torch fp32 against the backend 'auto' picks (OpenVINO on the CPU), a few minutes; ends in one RESULT line.
 bench-quick: $(VENV)/.installed-test
 	$(BIN)/python Testing/bench_quick.py
+
+# atlasseg batch: cases/hour in-process vs Ray with 1 and 2 workers on this machine (a few minutes).
+bench-batch: $(VENV)/.installed-test
+	$(BIN)/python Testing/bench_batch.py
 
 # Sensitivity slider and one-click removal vs Slicer's Islands-effect path, 512x512x300 real CT.
 bench-review: $(VENV)/.installed-test
