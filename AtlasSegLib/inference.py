@@ -72,6 +72,33 @@ def cover_crop(shape, roi, overlap: float, box) -> list:
     return out
 
 
+GPU_MAX_BATCH = 16
+"""Most windows per batch on a GPU (throughput stops growing well before; more only delays the progress bar)."""
+
+
+def gpu_window_batch(free_bytes: int, window_bytes: int, *, buffer_bytes: int = 0, headroom: float = 0.8,
+                     max_batch: int = GPU_MAX_BATCH) -> int:
+    """Sliding-window batch for a GPU with ``free_bytes`` free (``torch.cuda.mem_get_info``): as many windows as
+    fit in ``headroom`` of it after the blending buffers kept on the GPU (``buffer_bytes``), each window needing
+    ``window_bytes`` (its measured peak: activations, in the precision it runs); at least 1, at most
+    ``max_batch``. Pure arithmetic, so it is tested with given memory numbers."""
+    if window_bytes <= 0:
+        return 1
+    budget = headroom * free_bytes - buffer_bytes
+    return int(max(1, min(max_batch, budget // window_bytes)))
+
+
+def _window_bytes(runner, roi, dev) -> int:
+    """Peak GPU memory one window takes through ``runner`` (measured once per run, with zeros)."""
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    base = torch.cuda.memory_allocated(dev)
+    with torch.inference_mode():
+        runner(torch.zeros((1, 1) + tuple(int(r) for r in roi), device=dev))
+    torch.cuda.synchronize(dev)
+    return int(torch.cuda.max_memory_allocated(dev) - base)
+
+
 SKIPPED_LOGIT = -20.0
 """Logit given to voxels that only windows outside a region of interest cover (sigmoid ≈ 2e-9: background)."""
 
@@ -126,16 +153,23 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
         x = torch.from_numpy(array_ijk)[None, None]
         # On a GPU the full-volume accumulation buffer stays in host memory when it would not fit comfortably.
         out_dev = dev
+        batch = int(inference["sw_batch_size"])
         if dev.type == "cuda":
             free, _ = torch.cuda.mem_get_info(dev)
             need = 4 * array_ijk.size * (len(roi) + 30)
             out_dev = dev if need < 0.3 * free else torch.device("cpu")
+            # The batch fills the free memory (fp16 windows are half the size): more windows per call.
+            window = _window_bytes(runner, roi, dev)
+            free, _ = torch.cuda.mem_get_info(dev)
+            batch = gpu_window_batch(free, window, buffer_bytes=need if out_dev == dev else 0)
+            log.info("GPU: %.1f GiB free, %.2f GiB per window: %d windows per batch", free / 2**30,
+                     window / 2**30, batch)
         with torch.inference_mode():
             y = sliding_window_inference(
-                x, roi, int(inference["sw_batch_size"]), predictor, overlap=overlap, mode=inference["mode"], sw_device=dev,
+                x, roi, batch, predictor, overlap=overlap, mode=inference["mode"], sw_device=dev,
                 device=out_dev, with_coord=True)
         if stats is not None:
-            stats.update(windows=total, windows_run=done[0])
+            stats.update(windows=total, windows_run=done[0], sw_batch_size=batch)
             if crop is not None:
                 stats["crop_ijk"] = [list(c) for c in crop]
         y = y[0].float().cpu()

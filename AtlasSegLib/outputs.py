@@ -13,9 +13,11 @@ OUTDIR/
 """
 from __future__ import annotations
 
+import collections
 import datetime as _dt
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -42,12 +44,13 @@ def _box_slices(box):
     return (slice(s[2], s[2] + z[2]), slice(s[1], s[1] + z[1]), slice(s[0], s[0] + z[0]))
 
 
-def _structure_entry(cls, full: np.ndarray, grid: Grid, ct_kji, box) -> dict:
-    voxels = int(np.count_nonzero(full[_box_slices(box)])) if box is not None else 0
+def _structure_entry(cls, mask, grid: Grid, ct_kji, box) -> dict:
+    """report.json's entry of a structure from its mask on ``box`` (k, j, i), never the whole input grid."""
+    inside = np.asarray(mask) > 0 if box is not None else None
+    voxels = int(np.count_nonzero(inside)) if box is not None else 0
     mean_hu = None
     if voxels:
-        sl = _box_slices(box)
-        mean_hu = round(float(ct_kji[sl][full[sl] > 0].mean()), 1)
+        mean_hu = round(float(ct_kji[_box_slices(box)][inside].mean()), 1)
     return {"name": cls.name, "label": cls.label, "kind": cls.kind, "color": list(cls.color), "voxels": voxels,
             "volume_ml": round(voxels * grid.voxel_volume_mm3 / 1000.0, 4), "mean_hu": mean_hu,
             "file": f"{SEG_DIR}/{cls.name}.nii.gz"}
@@ -73,8 +76,16 @@ def write_probability_map(folder: Path, name: str, q_box: np.ndarray, box_grid: 
     return f"{PROB_DIR}/{name}.nii.gz"
 
 
+WRITE_THREADS = 2
+"""Mask files are compressed and written by this many threads while the pipeline computes the next structure
+(ITK's NIfTI writer releases the GIL; a 512×512×300 mask costs 0.07–0.3 s to write)."""
+MAX_PENDING = 4
+"""At most this many masks wait for their writer: each holds its box mask (not the whole grid) until written."""
+
+
 class OutputWriter:
-    """Writes structures one at a time (the caller frees each mask after ``add_*``)."""
+    """Writes structures one at a time (the caller must not change a mask after ``add_*``: it is written later,
+    by a writer thread; ``finish`` waits for every write, ``close`` stops the threads after a failure)."""
 
     def __init__(self, folder, image: sitk.Image, source: SourceInfo, card: ModelCard, *,
                  reporter: Optional[Reporter] = None, overview: bool = True):
@@ -92,17 +103,47 @@ class OutputWriter:
         # The projections cost a pass over the CT and each mask: only pay for them when the picture is wanted.
         self.overview = Overview(image) if overview else None
         (self.folder / SEG_DIR).mkdir(parents=True, exist_ok=True)
+        self._geometry = (self.image.GetSize(), self.image.GetOrigin(), self.image.GetSpacing(),
+                          self.image.GetDirection())
+        self._pool = None
+        self._pending = collections.deque()
 
-    def _full(self, box, mask) -> np.ndarray:
-        full = np.zeros(self.ct.shape, np.uint8)
+    def _submit(self, fn, *args) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="atlasseg-write")
+        while len(self._pending) >= MAX_PENDING:
+            self._pending.popleft().result()  # re-raises a failed write here, in the caller
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def _write_mask(self, path: Path, box, mask) -> None:
+        """The whole-grid uint8 mask file: an ITK image of zeros with the box pasted in (no whole-grid numpy
+        array, no second copy of it)."""
+        size, origin, spacing, direction = self._geometry
+        img = sitk.Image(size, sitk.sitkUInt8)  # zero-filled
+        img.SetOrigin(origin)
+        img.SetSpacing(spacing)
+        img.SetDirection(direction)
         if box is not None:
-            full[_box_slices(box)] = mask
-        return full
+            part = sitk.GetImageFromArray(np.asarray(mask).astype(np.uint8, copy=False))
+            img = sitk.Paste(img, part, part.GetSize(), [0, 0, 0], [int(v) for v in box[0]])
+        sitk.WriteImage(img, str(path), useCompression=True)
+
+    def flush(self) -> None:
+        """Wait for every mask written so far (raises the first failed write)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Stop the writer threads (after ``finish``, or when the run failed: pending writes are dropped)."""
+        for f in self._pending:
+            f.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def add_structure(self, cls, box, mask) -> dict:
-        full = self._full(box, mask)
-        sitk.WriteImage(_mask_image(full, self.image), str(self.folder / SEG_DIR / f"{cls.name}.nii.gz"),
-                        useCompression=True)
+        self._submit(self._write_mask, self.folder / SEG_DIR / f"{cls.name}.nii.gz", box, mask)
         if box is not None:
             sl = _box_slices(box)
             inside = np.asarray(mask) > 0
@@ -110,7 +151,7 @@ class OutputWriter:
                                 np.packbits(inside, axis=None), inside.shape))
             if self.overview is not None:
                 self.overview.add(cls.name, cls.color, mask, box[0])
-        entry = _structure_entry(cls, full, self.grid, self.ct, box)
+        entry = _structure_entry(cls, mask, self.grid, self.ct, box)
         self.structures.append(entry)
         return entry
 
@@ -135,6 +176,10 @@ class OutputWriter:
         report.json's top-level "warnings" list, always present (empty when none); anything else that warns
         appends to it with ``report.setdefault("warnings", []).append(text)``."""
         self.reporter.update("write", 0.3, "combined labels")
+        try:
+            self.flush()
+        finally:
+            self.close()
         hidden = paint_labels(self.combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(shape)))
                                                .reshape(shape).view(bool))
                                               for _, _, label, name, sl, packed, shape in _paint_order(self._drawn)))
