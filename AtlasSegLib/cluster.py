@@ -338,6 +338,7 @@ class _Driver:
         self.t0 = None
         self.finished_times = []
         self.last_error = ""
+        self.init_errors = []
         self._last_state, self._last_report = None, 0.0
 
     # -- lifecycle
@@ -356,6 +357,10 @@ class _Driver:
             self._collect_results()
             self._poll_states()
             if not any(not w.gone for w in self.pool):
+                if self.init_errors and not self.attempts:
+                    # No worker could load the model (bad weights, a missing file on a node): that is the error, as
+                    # in the in-process run; no case was attempted, so none is marked failed.
+                    raise InputError(f"the workers could not load the model: {self.init_errors[0]}")
                 for name, path in list(self.queue):
                     self._fail(name, path, "no worker left: every worker died or could not start"
                                + (f" ({self.last_error})" if self.last_error else ""))
@@ -408,9 +413,11 @@ class _Driver:
                 info = self.ray.get(ref)
             except self.ray.exceptions.RayError as exc:  # could not start: the model did not load there
                 w.gone = True
-                self.last_error = f"{w.label}: {_first_line(exc)}"
-                log.warning("worker %s could not start: %s", w.label, exc)
-                self.emit(event="worker", worker=w.label, status="gone", message=_first_line(exc))
+                self.last_error = f"{w.label}: {_init_error(exc)}"
+                if getattr(exc, "actor_init_failed", False):
+                    self.init_errors.append(_init_error(exc))
+                log.info("worker %s could not start: %s", w.label, exc)
+                self.emit(event="worker", worker=w.label, status="gone", message=_init_error(exc))
                 continue
             w.where, w.pid = f"{info['host']}:{info['pid']}", info["pid"]
             self.emit(event="worker", worker=w.label, status="ready", host=info["host"], pid=info["pid"],
@@ -438,6 +445,8 @@ class _Driver:
             time.sleep(0.2)
             return
         done, _ = self.ray.wait(list(busy), num_returns=1, timeout=0.5)
+        if done:  # and every other result already there (many workers: several finish per loop)
+            done, _ = self.ray.wait(list(busy), num_returns=len(busy), timeout=0)
         for ref in done:
             w = busy[ref]
             _, name, path, started = w.task
@@ -491,17 +500,21 @@ class _Driver:
         self._finish(_row(name, path, self.out_root / name, "failed", reason), worker)
 
     def _poll_states(self):
+        """Each busy worker's stage (its ``state()``, answered while it segments), one call in flight per worker,
+        collected without waiting."""
+        asked = {w.state_ref: w for w in self.pool if w.state_ref is not None}
+        if asked:
+            done, _ = self.ray.wait(list(asked), num_returns=len(asked), timeout=0)
+            for ref in done:
+                w = asked[ref]
+                w.state_ref = None
+                try:
+                    state = self.ray.get(ref)
+                except self.ray.exceptions.RayError:
+                    continue  # a worker that died: its task's result says so
+                if w.task is not None and state.get("case") == w.task[1]:
+                    w.state = state
         for w in self.pool:
-            if w.state_ref is not None:
-                done, _ = self.ray.wait([w.state_ref], timeout=0)
-                if done:
-                    try:
-                        state = self.ray.get(w.state_ref)
-                        if w.task is not None and state.get("case") == w.task[1]:
-                            w.state = state
-                    except self.ray.exceptions.RayError:
-                        pass
-                    w.state_ref = None
             if w.state_ref is None and w.task is not None and not w.gone:
                 w.state_ref = w.handle.state.remote()
 
@@ -542,6 +555,14 @@ class _Driver:
         self._last_state, self._last_report = state, time.monotonic()
         message = f"{done} done, {failed} failed of {n}{eta}; " + ", ".join(workers) + (f"; {note}" if note else "")
         self.progress("batch", len(finished) / n if n else 1.0, message)
+
+
+def _init_error(exc) -> str:
+    """What a worker's constructor raised: the AtlasSeg error's message at the end of Ray's traceback text."""
+    for line in reversed(str(exc).splitlines()):
+        if line.startswith("AtlasSegLib.errors.") and ": " in line:
+            return line.split(": ", 1)[1]
+    return _first_line(exc)
 
 
 def _first_line(exc) -> str:

@@ -256,3 +256,17 @@ def test_workers_without_ray_exit_2_with_the_install_hint_before_any_work(datase
     assert r.returncode == 2 and "pip install 'atlasseg[cluster]'" in r.stderr, r.stderr
     assert "--workers 1" in r.stderr  # and the way to run without it
     assert not (tmp_path / "results").exists()  # refused before any work
+
+
+def test_workers_that_cannot_load_the_model_exit_2_with_its_error_and_mark_no_case_failed(
+        dataset, ray_address, tmp_path):
+    weights = tmp_path / "damaged.pt"
+    weights.write_bytes(os.urandom(2000))  # as a truncated download would be
+    out = tmp_path / "results"
+    r = subprocess.run([*CLI, "batch", str(dataset), "-o", str(out), *DEMO, "--weights", str(weights), "--workers", "2",
+                        "--ray-address", ray_address, "--quiet"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 2, r.stderr
+    assert "the workers could not load the model" in r.stderr and "damaged.pt" in r.stderr
+    assert "Traceback" not in r.stderr  # the error, not Ray's account of it
+    assert not (out / "batch_summary.csv").exists() and not any(p.is_dir() for p in out.iterdir())
