@@ -55,6 +55,8 @@ CHECK_RTOL = 5e-3
 """Converted fp32 OpenVINO logits may differ from torch fp32 by at most this × max(1, max |logit|). OpenVINO sums
 in another order: measured 0.3–2e-3 relative on the registry networks (SuPreM U-Net 0.014 on logits up to 6.5 on
 the parity window); a wrong conversion (e.g. batch norm with running statistics) is off by ~100 %."""
+CONVERSION_FORMAT = 1
+"""Part of the cache key: bump when ``_convert`` changes what it writes, so cached conversions are redone."""
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -198,10 +200,11 @@ class OpenVINORunner(Runner):
 
 # ----------------------------------------------------------------------------------------- conversion cache
 def weights_key(net: torch.nn.Module, roi) -> str:
-    """Hash of the network's weights (every state-dict tensor, by name), class, window size and OpenVINO version."""
+    """Hash of the network's weights (every state-dict tensor, by name), class, window size, OpenVINO and torch
+    versions and ``CONVERSION_FORMAT``."""
     h = hashlib.sha256()
     h.update(f"{type(net).__module__}.{type(net).__qualname__}|{tuple(int(r) for r in roi)}|"
-             f"{openvino_version()}|{torch.__version__.split('+')[0]}".encode())
+             f"{openvino_version()}|{torch.__version__.split('+')[0]}|{CONVERSION_FORMAT}".encode())
     for name, t in sorted(net.state_dict().items()):
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{t.dtype}:{t.numel()}".encode())
