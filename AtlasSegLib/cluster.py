@@ -309,7 +309,8 @@ class _Worker:
         self.where = ""  # host:pid once ready
         self.ready_ref = handle.ready.remote()
         self.pid = None
-        self.task = None  # (ref, name, path, started)
+        self.task = None  # (ref, name, path, started: monotonic)
+        self.started_wall = 0.0  # the task's start on the clock file times use
         self.state_ref = None
         self.state = {}
         self.deaths = 0
@@ -336,7 +337,6 @@ class _Driver:
         self.pool = []
         self.attempts = collections.Counter()
         self.t0 = None
-        self.finished_times = []
         self.last_error = ""
         self.init_errors = []
         self._last_state, self._last_report = None, 0.0
@@ -376,9 +376,9 @@ class _Driver:
         stopped = 0
         for w in self.pool:
             if w.task is not None:
-                ref, name, path, _ = w.task
+                _, name, path, _ = w.task
                 row = _row(name, path, self.out_root / name, "interrupted", "stopped here; its output was not written")
-                if (self.out_root / name).exists() and name not in self.rows:
+                if _committed_since(self.out_root / name, w.started_wall):
                     # Its output was committed just before the stop: the result is kept, but the row says so.
                     row.update(status="done", message="finished as the batch was stopped (see its report.json)")
                 self.rows[name] = row
@@ -431,6 +431,7 @@ class _Driver:
             outdir = self.out_root / name
             ref = w.handle.segment.remote(name, str(path), str(outdir))
             w.task = (ref, name, path, time.monotonic())
+            w.started_wall = time.time()
             w.state = {"case": name, "stage": "queued", "fraction": 0.0}
             self.attempts[name] += 1
             self.manifest.start(name, path, worker=f"{w.label} ({w.where})")
@@ -470,7 +471,7 @@ class _Driver:
         remove_stale_staging(self.out_root, [name])
         self.manifest.retry(name, reason)
         outdir = self.out_root / name
-        if outdir.exists() and (outdir / "report.json").is_file():
+        if _committed_since(outdir, w.started_wall):
             # The worker committed the case (one rename) and died before answering: the output is complete.
             row = _row(name, path, outdir, "done", "finished (its worker died right after writing it)")
             self._finish(row, w)
@@ -490,7 +491,6 @@ class _Driver:
     def _finish(self, row, w=None):
         self.rows[row["case"]] = row
         self.manifest.finish(row)
-        self.finished_times.append(time.monotonic())
         self.emit(event="case", case=row["case"], status=row["status"], worker=w.label if w else None,
                   seconds=row["seconds"], message=row["message"])
 
@@ -555,6 +555,15 @@ class _Driver:
         self._last_state, self._last_report = state, time.monotonic()
         message = f"{done} done, {failed} failed of {n}{eta}; " + ", ".join(workers) + (f"; {note}" if note else "")
         self.progress("batch", len(finished) / n if n else 1.0, message)
+
+
+def _committed_since(outdir: Path, since: float) -> bool:
+    """Whether ``outdir`` holds a case committed after ``since`` (its report.json is written last, in the
+    staging folder, before the one rename): not an earlier run's output that --overwrite was replacing."""
+    try:
+        return (outdir / "report.json").stat().st_mtime >= since - 1.0
+    except OSError:
+        return False
 
 
 def _init_error(exc) -> str:
