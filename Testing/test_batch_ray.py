@@ -72,16 +72,18 @@ def ray_address():
     from AtlasSegLib.cluster import import_ray
 
     ray = import_ray()  # loopback only, token auth: as the CLI starts it
-    temp = tempfile.mkdtemp(prefix="atlasseg-ray-test-", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=True,
-             logging_level="WARNING")
-    address = ray.get_runtime_context().gcs_address
-    assert address.startswith("127.0.0.1:"), address
-    yield address
-    ray.shutdown()
     import shutil
 
-    shutil.rmtree(temp, ignore_errors=True)
+    temp = tempfile.mkdtemp(prefix="atlasseg-ray-test-", dir="/tmp")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=True,
+                 logging_level="WARNING")
+        address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:"), address
+        yield address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _masks(case_dir: Path) -> dict:
