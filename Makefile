@@ -47,8 +47,10 @@ dicom-tools:
 	    || echo "$$missing could not be installed: the export tests that need them will be skipped"; \
 	else echo "$$missing not installed (needs root with apt-get): the export tests that need them will be skipped"; fi
 
+# Per model and backend (torch, OpenVINO) on a 512x512x300 CT: one window measured, full runs extrapolated and
+# labelled ESTIMATE, SuPreM SegResNet --fast measured end to end (about an hour on 2 cores; README table).
 bench: $(VENV)/.installed-test
-	$(BIN)/python Testing/bench_pipeline.py
+	$(BIN)/python Testing/bench_models.py --no-plain --pipeline --pipeline-modes fast
 
 # torch fp32 against the backend 'auto' picks (OpenVINO on the CPU), a few minutes; ends in one RESULT line.
 bench-quick: $(VENV)/.installed-test

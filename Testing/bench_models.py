@@ -15,7 +15,11 @@ the modes of --pipeline-modes (full = 1.5 mm, fast = 3 mm; the card's overlap 0.
 hours on two cores: for them the network time is *estimated* as (number of sliding windows on that input) ×
 (measured time of one window), and printed as an estimate.
 
-    python Testing/bench_models.py [--models ID ...] [--threads 2] [--repeats 3] [--pipeline [--pipeline-modes fast]]
+    python Testing/bench_models.py [--models ID ...] [--backends torch openvino] [--threads 2] [--repeats 3]
+                                   [--no-plain] [--pipeline [--pipeline-modes fast]]
+
+Each model runs with each of --backends (OpenVINO: converted once into a temporary cache, conversion time shown;
+its precision is what ``auto`` picks on this CPU).
 
 Weights are seeded random (speed and memory do not depend on their values). Not a test: nothing is asserted.
 """
@@ -95,13 +99,20 @@ def child_window(args) -> dict:
     params = sum(p.numel() for p in net.parameters())
     torch.manual_seed(1)
     x = torch.rand(1, 1, ROI, ROI, ROI)
-    result = {"params": params}
+    result = {"params": params, "backend": "torch", "precision": "fp32"}
+    run = net
+    if args.backend != "torch":  # converted once (timed: a first conversion is part of a first run's cost)
+        from AtlasSegLib import backends
+
+        t = time.perf_counter()
+        run = backends.make_runner(net, (ROI,) * 3, torch.device("cpu"), args.backend, "auto")
+        result.update(run.info(), convert_s=time.perf_counter() - t)
     with torch.inference_mode():
-        y = net(x)  # warm-up
+        y = run(x)  # warm-up
         result["out_channels"] = int(y.shape[1])
         del y
-        result["window_s"] = _timed(lambda: net(x), args.repeats)
-        if args.child in UNIVERSAL and args.variant == "universal":
+        result["window_s"] = _timed(lambda: run(x), args.repeats)
+        if args.child in UNIVERSAL and args.variant == "universal" and args.backend == "torch":
             bottleneck, features = net.backbone(x)
 
             class Cached(torch.nn.Module):
@@ -138,11 +149,13 @@ def child_pipeline(args) -> dict:
     image, source = read_image(args.input)
     read_s = time.perf_counter() - t
     model = load_model(builtin_card(args.child), args.weights)
-    report = Segmenter(model, SegmentOptions(device="cpu", fast=args.fast)).run(image, source, args.out)
+    report = Segmenter(model, SegmentOptions(device="cpu", fast=args.fast, backend=args.backend)).run(
+        image, source, args.out)
     result = dict(report["timings_s"])
     result["read"] = read_s
     result["total"] = read_s + report["timings_s"]["total"]
     result["model_grid"] = report["settings"]["crop_size_ijk"]
+    result["backend"] = f"{report['model']['backend']} {report['model']['precision']}"
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -166,22 +179,26 @@ def _med(values) -> float:
     return statistics.median(values)
 
 
-def window_tables(models, threads: int, repeats: int) -> dict:
+def window_tables(models, threads: int, repeats: int, backends=("torch",), plain: bool = True) -> dict:
     results = {}
     for model_id in models:
         common = ["--repeats", str(repeats), "--child", model_id]
-        results[model_id] = run_child(common + ["--variant", "universal"], threads)
-        if model_id in UNIVERSAL:
+        for backend in backends:
+            key = model_id if backend == "torch" else f"{model_id}@{backend}"
+            results[key] = run_child(common + ["--variant", "universal", "--backend", backend], threads)
+            print(f"  measured {model_id} {backend}", file=sys.stderr, flush=True)
+        if model_id in UNIVERSAL and plain:
             results[model_id + "+plain"] = run_child(common + ["--variant", "plain"], threads)
-        print(f"  measured {model_id}", file=sys.stderr, flush=True)
 
     print(f"\nOne 96³ window, CPU, torch threads {threads}, median of {repeats} after one warm-up "
           "(each model in its own process)\n")
-    hdr = f"{'model':<28}{'params M':>10}{'out ch':>8}{'window s':>10}{'min-max s':>14}{'peak RSS MiB':>14}"
+    hdr = (f"{'model':<28}{'backend':<16}{'params M':>10}{'out ch':>8}{'window s':>10}{'min-max s':>14}"
+           f"{'peak RSS MiB':>14}{'convert s':>11}")
     print(hdr)
     print("-" * len(hdr))
     for model_id in models:
-        for key, label in ((model_id, model_id), (model_id + "+plain", "  same backbone, Conv3d head")):
+        rows = [(model_id if b == "torch" else f"{model_id}@{b}", model_id) for b in backends]
+        for key, label in rows + [(model_id + "+plain", "  same backbone, Conv3d head")]:
             r = results.get(key)
             if r is None:
                 continue
@@ -189,8 +206,9 @@ def window_tables(models, threads: int, repeats: int) -> dict:
                 print(f"{label:<28} failed: {r['error']} {r.get('stderr', '')}")
                 continue
             w = r["window_s"]
-            print(f"{label:<28}{r['params'] / 1e6:>10.2f}{r['out_channels']:>8}{_med(w):>10.2f}"
-                  f"{f'{min(w):.2f}-{max(w):.2f}':>14}{r['peak_rss_mib']:>14.0f}")
+            conv = f"{r['convert_s']:>11.0f}" if "convert_s" in r else f"{'':>11}"
+            print(f"{label:<28}{r['backend'] + ' ' + r['precision']:<16}{r['params'] / 1e6:>10.2f}{r['out_channels']:>8}"
+                  f"{_med(w):>10.2f}{f'{min(w):.2f}-{max(w):.2f}':>14}{r['peak_rss_mib']:>14.0f}{conv}")
 
     uni = [m for m in models if m in UNIVERSAL and "error" not in results[m]
            and "error" not in results.get(m + "+plain", {"error": 1})]
@@ -211,7 +229,7 @@ def window_tables(models, threads: int, repeats: int) -> dict:
     return results
 
 
-def pipeline_tables(windows: dict, models, threads: int, modes) -> None:
+def pipeline_tables(windows: dict, models, threads: int, modes, backends=("torch",)) -> None:
     from monai.networks.nets import SegResNet
 
     from AtlasSegLib.card import builtin_card
@@ -245,35 +263,39 @@ def pipeline_tables(windows: dict, models, threads: int, modes) -> None:
                 grids[spacing] = prepare(image, c, fast=fast).array.shape
             shape = grids[spacing]
             n = count_windows(shape, c.inference["roi_size"], c.inference["overlap"])
-            w = windows.get(model_id, {})
-            est = n * _med(w["window_s"]) if "window_s" in w else None
-            plan.append((model_id, mode, spacing, shape, n, est))
+            for backend in backends:
+                w = windows.get(model_id if backend == "torch" else f"{model_id}@{backend}", {})
+                est = n * _med(w["window_s"]) if "window_s" in w else None
+                label = f"{w['backend']} {w['precision']}" if "backend" in w else backend
+                plan.append((model_id, mode, spacing, shape, n, est, backend, label))
     del image
 
     measured = {}
     for mode in modes:
-        measured[mode] = run_child(["--child", "suprem-segresnet", "--pipeline-run", "--input", str(big), "--weights",
-                                    str(weights), "--out", str(work / f"out_{mode}")]
-                                   + (["--fast"] if mode == "fast" else []), threads)
-        print(f"  pipeline suprem-segresnet {mode} done", file=sys.stderr, flush=True)
+        for backend in backends:
+            measured[mode, backend] = run_child(
+                ["--child", "suprem-segresnet", "--pipeline-run", "--input", str(big), "--weights", str(weights),
+                 "--out", str(work / f"out_{mode}_{backend}"), "--backend", backend]
+                + (["--fast"] if mode == "fast" else []), threads)
+            print(f"  pipeline suprem-segresnet {mode} {backend} done", file=sys.stderr, flush=True)
 
     print(f"\nFull pipeline on a real CT resampled to 512x512x300 (0.8x0.8x1.5 mm), CPU, torch threads {threads}, "
           "card settings (overlap 0.75, gaussian)\n")
-    hdr = (f"{'model':<26}{'mode':<6}{'spacing':>9}{'model grid':>16}{'windows':>9}{'network s':>11}"
+    hdr = (f"{'model':<26}{'backend':<16}{'mode':<6}{'spacing':>9}{'model grid':>16}{'windows':>9}{'network s':>11}"
            f"{'total s':>10}{'peak RSS MiB':>14}  source")
     print(hdr)
     print("-" * len(hdr))
-    for model_id, mode, spacing, shape, n, est in plan:
+    for model_id, mode, spacing, shape, n, est, backend, label in plan:
         grid = "x".join(map(str, shape))
-        r = measured.get(mode) if model_id == "suprem-segresnet" else None
+        r = measured.get((mode, backend)) if model_id == "suprem-segresnet" else None
         if r is not None and "error" not in r:
-            print(f"{model_id:<26}{mode:<6}{spacing[0]:>9.1f}{grid:>16}{n:>9}{r['inference']:>11.0f}{r['total']:>10.0f}"
-                  f"{r['peak_rss_mib']:>14.0f}  measured")
+            print(f"{model_id:<26}{r['backend']:<16}{mode:<6}{spacing[0]:>9.1f}{grid:>16}{n:>9}{r['inference']:>11.0f}"
+                  f"{r['total']:>10.0f}{r['peak_rss_mib']:>14.0f}  measured end to end")
         elif r is not None:
-            print(f"{model_id:<26}{mode:<6} failed: {r['error']} {r.get('stderr', '')}")
+            print(f"{model_id:<26}{backend:<16}{mode:<6} failed: {r['error']} {r.get('stderr', '')}")
         else:
             e = f"{est:>11.0f}" if est is not None else f"{'?':>11}"
-            print(f"{model_id:<26}{mode:<6}{spacing[0]:>9.1f}{grid:>16}{n:>9}{e}{'':>10}{'':>14}  "
+            print(f"{model_id:<26}{label:<16}{mode:<6}{spacing[0]:>9.1f}{grid:>16}{n:>9}{e}{'':>10}{'':>14}  "
                   "ESTIMATE: windows x one-window time (network only)")
 
 
@@ -286,6 +308,10 @@ def main() -> None:
     p.add_argument("--pipeline-modes", default="full,fast",
                    help="comma-separated: full (1.5 mm; about an hour for SegResNet on 2 cores), fast (3 mm)")
     # child-process options
+    p.add_argument("--backends", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino"],
+                   help="inference backends to measure (default both; OpenVINO conversions go to a temporary cache)")
+    p.add_argument("--no-plain", action="store_true", help="skip the universal vs plain head comparison")
+    p.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="universal", choices=["universal", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--pipeline-run", action="store_true", help=argparse.SUPPRESS)
@@ -303,13 +329,16 @@ def main() -> None:
     print(f"atlasseg bench_models: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
           f"load average before start {os.getloadavg()[0]:.1f} (other jobs on the machine make timings noisy)",
           flush=True)
-    windows = window_tables(args.models, args.threads, args.repeats)
+    if "openvino" in args.backends and "ATLASSEG_HOME" not in os.environ:
+        # Conversions of these seeded random weights would otherwise fill the user's cache (1.4 GB for all models).
+        os.environ["ATLASSEG_HOME"] = tempfile.mkdtemp(prefix="atlasseg-bench-home-")
+    windows = window_tables(args.models, args.threads, args.repeats, tuple(args.backends), plain=not args.no_plain)
     if args.pipeline:
         modes = [m.strip() for m in args.pipeline_modes.split(",") if m.strip()]
         bad = [m for m in modes if m not in ("full", "fast")]
         if bad:
             p.error(f"--pipeline-modes: unknown mode(s) {bad}; use full and/or fast")
-        pipeline_tables(windows, args.models, args.threads, modes)
+        pipeline_tables(windows, args.models, args.threads, modes, tuple(args.backends))
 
 
 if __name__ == "__main__":
