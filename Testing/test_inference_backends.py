@@ -203,7 +203,7 @@ def test_openvino_runner_matches_torch_on_a_batch_of_two_windows(tmp_path, monke
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unet", "swinunetr"])
-def test_suprem_parity_window_logits_with_openvino(arch, request, monkeypatch):
+def test_suprem_parity_window_logits_with_openvino(arch, request, monkeypatch, tmp_path_factory):
     """The converted SuPreM U-Net / Swin UNETR give the published implementation's logits on the parity window.
 
     A first conversion of these networks takes minutes on two cores, so the parity weights (deterministic, built
@@ -216,7 +216,10 @@ def test_suprem_parity_window_logits_with_openvino(arch, request, monkeypatch):
     import subprocess
     import sys
 
-    keep = request.config.cache.mkdir("atlasseg-openvino-parity")
+    # CI runs pytest with -p no:cacheprovider (no config.cache): then a folder of this session, converted afresh.
+    cache = getattr(request.config, "cache", None)
+    keep = (cache.mkdir("atlasseg-openvino-parity") if cache is not None
+            else tmp_path_factory.mktemp("atlasseg-openvino-parity"))
     monkeypatch.setattr(backends, "ov_cache_dir", lambda: keep / "openvino")
     path = keep / f"{arch}.pth"
     if not path.is_file():
