@@ -636,9 +636,9 @@ def _interrupted_message(args, exc: KeyboardInterrupt) -> str:
     written = getattr(exc, "written", None)
     if written:
         return written
-    if args.command in ("segment", "demo"):
+    if args.command in ("segment", "demo", "synthesize"):
         return "nothing was written (the output folder appears only when a run completes)"
-    if args.command in ("threshold", "review", "report", "export"):
+    if args.command in ("threshold", "review", "report", "export", "summarize", "evaluate"):
         return "each file is replaced whole, so none is half-written; run the command again to finish"
     return "stopped"
 

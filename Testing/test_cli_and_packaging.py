@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from testdata import REPO
 from models_for_tests import bone_model
 
@@ -92,3 +94,15 @@ def test_batch_segments_every_case_and_reports_failures_without_stopping(small_c
     main(["batch", str(root), "-o", str(tmp_path / "results"), "--model-card", str(card), "--quiet"])
     rows = list(csv.DictReader(open(tmp_path / "results" / "batch_summary.csv")))
     assert {r["case"]: r["status"] for r in rows}["case3"] == "skipped"
+
+
+@pytest.mark.parametrize("command,says", [
+    ("synthesize", "nothing was written"), ("summarize", "none is half-written"), ("evaluate", "none is half-written"),
+])
+def test_an_interrupted_synthesize_summarize_or_evaluate_says_what_was_left(command, says):
+    # synthesize stages its output folder; summarize and evaluate replace each file whole (temp file, rename).
+    import argparse
+
+    from AtlasSegLib.cli import _interrupted_message
+
+    assert says in _interrupted_message(argparse.Namespace(command=command), KeyboardInterrupt())
