@@ -27,8 +27,6 @@ import io as _io
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -41,7 +39,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from .errors import InputError
 from .geometry import LPS_TO_RAS, Grid
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 from .outputs import SEG_DIR, load_run
 from .postprocess import ranked_components
 from .review import ProbabilityMap, operating_points
@@ -667,17 +665,12 @@ def _plot(ev: Evaluation, path: Path) -> None:
                      f"{rows[0]['threshold']:g}", fontsize=11)
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    buf = _io.BytesIO()
     try:
-        fig.savefig(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 # --------------------------------------------------------------------------------------------------- CLI

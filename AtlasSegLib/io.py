@@ -570,18 +570,24 @@ def atomic_write_image(image: sitk.Image, path, *, compress: bool = True) -> Non
         raise
 
 
-def atomic_write_text(text: str, path) -> None:
+def atomic_write_bytes(data: bytes, path) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (readable as a plain
+    open() would make it: mkstemp's private 0600 would keep colleagues and web servers out)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(text: str, path) -> None:
+    atomic_write_bytes(text.encode("utf-8"), path)
 
 
 class StagingDir:

@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +53,7 @@ from scipy import ndimage
 from . import __version__
 from .errors import InputError
 from .geometry import Grid, oriented, reorient_array
-from .io import SourceInfo, read_image
+from .io import SourceInfo, atomic_write_bytes, read_image
 from .outputs import SEG_DIR, load_run
 from .overview import WINDOW_HU, Overview, _font, short_scan_note
 from .progress import Reporter
@@ -700,21 +699,6 @@ def lesion_location(lps, lgrid: Grid, *, ct_las=None, dicom=None, organ: Optiona
 
 
 # ------------------------------------------------------------------------------------------- files
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    """Write through a temporary file in the same folder, then rename. Readable by all (0644): reports are
-    shared, and mkstemp's private 0600 would keep a web server or a colleague's account out."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -1025,13 +1009,13 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
             paths[key] = three_d
             continue
         paths[key] = pictures_dir / f"{key}.png"
-        _atomic_write_bytes(data, paths[key])
+        atomic_write_bytes(data, paths[key])
     if "overview" in pngs and image is not None:
         # The run's own overview.png follows the masks too (after a threshold change it would be stale).
-        _atomic_write_bytes(pngs["overview"], outdir / "overview.png")
+        atomic_write_bytes(pngs["overview"], outdir / "overview.png")
     for key, data in lecture_pngs.items():
         paths[f"lecture/{key}"] = outdir / LECTURE_DIR / f"{key}.png"
-        _atomic_write_bytes(data, paths[f"lecture/{key}"])
+        atomic_write_bytes(data, paths[f"lecture/{key}"])
     if lecture:  # a lecture folder holds this report's pictures only (no component a threshold dropped)
         for old in (outdir / LECTURE_DIR).glob("*.png"):
             if old.stem not in lecture_pngs:
@@ -1039,11 +1023,11 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
     if ct_kji is not None:
         _remove_stale_pictures(pictures_dir, tumors, set(pngs))
     csv_path = outdir / "report.csv"
-    _atomic_write_bytes(csv_text.encode("utf-8"), csv_path)
+    atomic_write_bytes(csv_text.encode("utf-8"), csv_path)
     html_path = outdir / "report.html"
-    _atomic_write_bytes(html_text.encode("utf-8"), html_path)
+    atomic_write_bytes(html_text.encode("utf-8"), html_path)
     json_path = outdir / "report.json"
-    _atomic_write_bytes(json_text.encode("utf-8"), json_path)
+    atomic_write_bytes(json_text.encode("utf-8"), json_path)
     reporter.update("write", 1.0, "done")
     return ReportResult(report, json_path, csv_path, html_path, paths, tuple(notes), time.perf_counter() - t0)
 
