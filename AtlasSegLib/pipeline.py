@@ -30,7 +30,7 @@ from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
 from .plausibility import body_profile, check_coverage, check_model_fit, check_structures
-from .postprocess import (dilate_mm, largest_component, largest_per_side, quantize, tumor_mask)
+from .postprocess import (dilated_gate, largest_component, largest_per_side, quantize, tumor_mask)
 from .progress import Reporter
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,7 @@ class Segmenter:
                                  note=f"no {'/'.join(in_card)} found, so no {cls.name} (gated to the organ)")
                 return
             else:
-                box, gate_mask = _gate_box(present, organ_boxes, target, post["tumor_gate_dilation_mm"])
+                box, organs = _gate_box(present, organ_boxes, target, post["tumor_gate_dilation_mm"])
                 gate_info = present
         if not gated:
             nz = q > 0
@@ -351,6 +351,7 @@ class Segmenter:
             gate_mask = None
         else:
             q_box = nearest_onto(q, prep.grid, target.sub(*box))
+            gate_mask = dilated_gate(organs, q_box, target.spacing[::-1], post["tumor_gate_dilation_mm"])
         min_mm3 = cls.min_component_mm3 if self.options.postprocess else 0.0
         mask = tumor_mask(q_box, gate_mask, threshold=threshold, voxel_mm3=target.voxel_volume_mm3, min_mm3=min_mm3)
         writer.add_tumor(cls, box, mask, q_box, threshold=threshold, gate=gate_info, min_mm3=min_mm3,
@@ -359,44 +360,79 @@ class Segmenter:
 
 
 def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid) -> np.ndarray:
-    """Nearest-neighbour resampling of ``array_ijk`` (on ``grid``) onto ``target``, as (k, j, i).
+    """Nearest-neighbour resampling of ``array_ijk`` (on ``grid``) onto ``target``, as (k, j, i): ITK's result.
 
     The model grid is the input grid's axes flipped/permuted and respaced, so each target index axis maps to one
-    source axis: the source index is round-half-up(a × t + b) per axis, outside the source → 0, as ITK's
-    nearest-neighbour resampler computes it; gathering three index vectors costs a fraction of ITK's per-voxel
-    point mapping (it was the largest non-network cost of a --fast run). Oblique pairs of grids, and axes where
-    a target voxel lies within 1e-6 of halfway between two source voxels (e.g. 1.5 mm slices onto a 3 mm grid,
-    where ITK's rounding follows the last bit of its inverted matrix), use ITK itself: the masks stay ITK's."""
+    source axis and the resampling separates into three 1-D index maps, each rounded as ITK rounds: half up, and
+    on an axis where a voxel lies within 1e-6 of halfway between two source voxels (1.5 mm slices on a 3 mm grid:
+    every other slice), where ITK's choice follows the last bit of its floating-point index, by ITK's resampler
+    itself on a probe one voxel thin across the other axes (``_itk_axis_index``). The voxels are then gathered
+    one axis at a time (``np.take`` copies whole rows; the source is small, the target up to 512×512×300): a
+    fraction of ITK's per-voxel point mapping, which was the largest non-network cost of a --fast run. Oblique
+    pairs of grids use ITK's resampler on the whole box."""
     m = np.linalg.inv(grid.matrix)
     a = m @ target.matrix
-    b = m @ (np.asarray(target.origin) - np.asarray(grid.origin))
     perm = np.argmax(np.abs(a), axis=1)  # source axis r follows target axis perm[r]
     off = np.abs(a).copy()
     off[np.arange(3), perm] = 0.0
-    cont = [a[r, perm[r]] * np.arange(target.size[perm[r]], dtype=float) + b[r] for r in range(3)]
-    if (sorted(perm.tolist()) != [0, 1, 2] or off.max() > 1e-9 * np.abs(a).max()
-            or any((np.abs(c - np.floor(c) - 0.5) < 1e-6).any() for c in cont)):
+    if sorted(perm.tolist()) != [0, 1, 2] or off.max() > 1e-9 * np.abs(a).max():
         src = grid.image_from_ijk(array_ijk)
         return sitk.GetArrayFromImage(resample(src, target, interpolator=sitk.sitkNearestNeighbor))
-    index, valid = [], []
-    for r in range(3):
-        idx = np.floor(cont[r] + 0.5).astype(np.int64)
-        ok = (idx >= 0) & (idx < array_ijk.shape[r])
-        index.append(np.clip(idx, 0, array_ijk.shape[r] - 1))
-        valid.append(ok)
-    out = array_ijk[np.ix_(*index)]  # axes: target axes perm[0], perm[1], perm[2]
-    for r in range(3):
-        if not valid[r].all():
-            sl = [slice(None)] * 3
-            sl[r] = ~valid[r]
-            out[tuple(sl)] = 0
-    order = np.argsort(perm)  # target axis t is out's axis order[t]
-    return np.ascontiguousarray(out.transpose(order[2], order[1], order[0]))
+    axes = [int(np.nonzero(perm == t)[0][0]) for t in (2, 1, 0)]  # source axis of output axis 0 (k), 1 (j), 2 (i)
+    src = array_ijk.transpose(axes)
+    b = m @ (np.asarray(target.origin) - np.asarray(grid.origin))
+    index = []
+    for r in axes:
+        cont = a[r, perm[r]] * np.arange(target.size[perm[r]], dtype=float) + b[r]
+        if (np.abs(cont - np.floor(cont) - 0.5) < 1e-6).any():  # a halfway tie: ITK's own rounding decides
+            index.append(_itk_axis_index(grid, target, r, int(perm[r])))
+        else:  # round half up, as ITK's nearest neighbour does away from ties (one probe costs ~5 ms)
+            idx = np.floor(cont + 0.5).astype(np.int64)
+            index.append(np.where((idx >= 0) & (idx < array_ijk.shape[r]), idx, -1))
+    outside = [idx < 0 for idx in index]
+    if any(o.any() for o in outside):  # a zero plane after each axis stands for "outside the source"
+        src = np.pad(src, [(0, 1 if o.any() else 0) for o in outside])
+        index = [np.where(o, n - 1, idx) for o, n, idx in zip(outside, src.shape, index)]
+    out = src.take(index[2], axis=2).take(index[1], axis=1).take(index[0], axis=0)
+    return np.ascontiguousarray(out)
+
+
+def _itk_axis_index(grid: Grid, target: Grid, r: int, t: int) -> np.ndarray:
+    """For each index along ``target``'s axis ``t``: the index along ``grid``'s axis ``r`` that ITK's
+    nearest-neighbour resampler picks, -1 outside ``grid``. Computed by ITK itself on a probe: the source is
+    ``grid``'s axis ``r`` (values = indices) two voxels thick across the other axes, the target ``target``'s axis
+    ``t`` one voxel thick across the others. On axis-aligned grids an index along one axis does not depend on
+    the others (the direction matrices' zeros are exact), so this is the full resampler's choice, halfway ties
+    included; one thread, so the scanline is split as in a whole-box run (tested against ITK on random grids)."""
+    m = np.linalg.inv(grid.matrix)
+    a = m @ target.matrix
+    b = m @ (np.asarray(target.origin) - np.asarray(grid.origin))
+    src_start, src_size = [0, 0, 0], [2, 2, 2]
+    src_size[r] = grid.size[r]
+    for q in range(3):
+        if q != r:  # target index 0 on the other axes lands in [floor(b), floor(b) + 1]: both probe voxels
+            src_start[q] = int(np.floor(b[q]))
+    tg_size = [1, 1, 1]
+    tg_size[t] = target.size[t]
+    values = np.broadcast_to(np.arange(grid.size[r], dtype=np.int32).reshape([-1 if q == r else 1 for q in range(3)]),
+                             src_size)
+    probe = grid.sub(src_start, src_size).image_from_ijk(values)
+    tg = target.sub((0, 0, 0), tg_size)
+    f = sitk.ResampleImageFilter()
+    f.SetSize(tg.size)
+    f.SetOutputSpacing(tg.spacing)
+    f.SetOutputOrigin(tg.origin)
+    f.SetOutputDirection(tg.direction)
+    f.SetInterpolator(sitk.sitkNearestNeighbor)
+    f.SetDefaultPixelValue(-1)
+    f.SetOutputPixelType(sitk.sitkInt32)
+    f.SetNumberOfThreads(1)
+    return sitk.GetArrayFromImage(f.Execute(probe)).reshape(-1).astype(np.int64)
 
 
 def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
-    """Box (start, size) on the input grid around the gate organs, grown by the dilation, and the dilated
-    union of the organs inside it (k, j, i)."""
+    """Box (start, size) on the input grid around the gate organs, grown by the dilation, and the union of the
+    organs inside it (k, j, i; ``postprocess.dilated_gate`` dilates it where the tumor map is non-zero)."""
     starts = np.array([organ_boxes[n][0][0] for n in names])
     stops = np.array([np.add(organ_boxes[n][0][0], organ_boxes[n][0][1]) for n in names])
     grow = np.ceil(dilation_mm / np.asarray(target.spacing)).astype(int) + 1
@@ -408,7 +444,6 @@ def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
         (s, z), m = organ_boxes[n]
         o = np.asarray(s) - start
         gate[o[2]:o[2] + z[2], o[1]:o[1] + z[1], o[0]:o[0] + z[0]] |= m
-    gate = dilate_mm(gate, target.spacing[::-1], dilation_mm)
     return (tuple(int(v) for v in start), tuple(int(v) for v in size)), gate
 
 

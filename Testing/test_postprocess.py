@@ -104,13 +104,14 @@ def test_components_are_ranked_by_volume_and_report_their_box():
 
 def test_fast_nearest_resampling_gives_itks_masks_on_flipped_permuted_and_respaced_grids():
     """pipeline.nearest_onto (per-axis index gathering) equals ITK's nearest-neighbour resampling voxel for voxel,
-    on whole grids and boxes, for input directions with flips/permutations and model spacings with and without
-    exact half-voxel ties (those fall back to ITK)."""
+    on whole grids and boxes (also boxes reaching outside the model grid), for input directions with
+    flips/permutations and model spacings with and without exact half-voxel ties (every other 1.5 mm slice on a
+    3 mm grid; a model grid shifted by half a voxel), where ITK's rounding follows the last bit of its index."""
     from AtlasSegLib.geometry import Grid, oriented, resample, respaced
     from AtlasSegLib.pipeline import nearest_onto
 
     rng = np.random.default_rng(0)
-    for case in range(40):
+    for case in range(60):
         perm, signs = rng.permutation(3), rng.choice([-1, 1], 3)
         direction = np.zeros((3, 3))
         direction[np.arange(3), perm] = signs
@@ -120,9 +121,38 @@ def test_fast_nearest_resampling_gives_itks_masks_on_flipped_permuted_and_respac
                       tuple(float(v) for v in rng.uniform(-200, 200, 3)), tuple(direction.reshape(-1).tolist()))
         model = respaced(oriented(target, "RAS" if case % 2 else "LPS"),
                          tuple(float(v) for v in rng.choice([0.8, 1.5, 2.0, 3.0], 3)))
-        arr = (rng.random(model.size) > 0.5).astype(np.uint8)
-        box = target.sub(tuple(int(v) for v in rng.integers(0, 10, 3)), tuple(int(v) for v in rng.integers(5, 20, 3)))
+        if case >= 50:  # same spacing, voxel centres halfway between the target's: every voxel is a tie
+            model = Grid(target.size, target.spacing, tuple(np.asarray(target.origin) + 0.5 * target.matrix.sum(1)),
+                         target.direction)
+        arr = rng.integers(1, 250, model.size).astype(np.uint8)
+        box = target.sub(tuple(int(v) for v in rng.integers(-3, 10, 3)), tuple(int(v) for v in rng.integers(1, 20, 3)))
         for g in (target, box):
             ref = sitk.GetArrayFromImage(resample(model.image_from_ijk(arr), g, interpolator=sitk.sitkNearestNeighbor))
             got = nearest_onto(arr, model, g)
             assert got.shape == ref.shape and np.array_equal(got, ref), (case, spacing, model.spacing)
+
+
+def test_tumor_gate_dilated_only_where_the_map_is_nonzero_gives_the_same_tumor_masks():
+    """postprocess.dilated_gate (the organ union dilated only around the map's non-zero voxels) equals the
+    whole-box dilation on every voxel a threshold can keep, so tumor masks and components are unchanged; a map
+    with no probability gives an all-zero gate."""
+    from AtlasSegLib.postprocess import dilate_mm, dilated_gate, tumor_labels
+
+    rng = np.random.default_rng(3)
+    spacing_kji = (2.5, 0.8, 0.8)
+    organ = np.zeros((40, 90, 100), np.uint8)
+    organ[10:30, 20:70, 30:80] = 1
+    full = dilate_mm(organ, spacing_kji, 5.0)
+    for trial in range(6):
+        q = np.zeros(organ.shape, np.uint8)
+        for _ in range(trial + 1):  # blobs inside, at the rim and outside the organ
+            c = rng.integers([0, 0, 0], organ.shape)
+            sl = tuple(slice(max(int(v) - 4, 0), int(v) + 4) for v in c)
+            q[sl] = rng.integers(0, 256, q[sl].shape)
+        gate = dilated_gate(organ, q, spacing_kji, 5.0)
+        assert np.array_equal(gate[q > 0], full[q > 0])
+        for threshold in (0.01, 0.3, 0.5):
+            a = tumor_labels(q, gate, threshold=threshold, voxel_mm3=1.6, min_mm3=5.0)
+            b = tumor_labels(q, full, threshold=threshold, voxel_mm3=1.6, min_mm3=5.0)
+            assert np.array_equal(a.mask, b.mask) and len(a.parts) == len(b.parts)
+    assert not dilated_gate(organ, np.zeros_like(organ), spacing_kji, 5.0).any()
