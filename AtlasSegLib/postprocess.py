@@ -72,6 +72,29 @@ def dilate_mm(mask: np.ndarray, spacing_kji, radius_mm: float) -> np.ndarray:
     return sitk.GetArrayViewFromImage(out).astype(np.uint8)
 
 
+def dilated_gate(organs: np.ndarray, q_box: np.ndarray, spacing_kji, radius_mm: float) -> np.ndarray:
+    """The tumor gate: ``organs`` (uint8, the gate organs' union on the probability map's box) dilated by
+    ``radius_mm``, computed only where it can matter. ``tumor_labels`` keeps a voxel only if its stored
+    probability is ≥ 1 (every threshold's level is), so the gate is dilated on the box of the map's non-zero
+    voxels grown by the radius, which is exact on every non-zero voxel; elsewhere it is left 0. A map with no
+    tumor probability (the usual case on a healthy organ) costs nothing, instead of a ball dilation of a whole
+    liver (1.4 s on a 512×512×300 CT)."""
+    nz = q_box > 0
+    gate = np.zeros(organs.shape, np.uint8)
+    if not nz.any():
+        return gate
+    if radius_mm <= 0:
+        return organs.astype(np.uint8, copy=True)
+    radius = [max(1, int(round(radius_mm / s))) for s in spacing_kji]
+    sl = []
+    for axis in range(3):
+        hits = np.flatnonzero(nz.any(axis=tuple(a for a in range(3) if a != axis)))
+        sl.append(slice(max(int(hits[0]) - radius[axis] - 1, 0), min(int(hits[-1]) + radius[axis] + 2, nz.shape[axis])))
+    sl = tuple(sl)
+    gate[sl] = dilate_mm(organs[sl], spacing_kji, radius_mm)
+    return gate
+
+
 def tumor_mask(q_box: np.ndarray, gate_box, *, threshold: float, voxel_mm3: float, min_mm3: float) -> np.ndarray:
     """Tumor mask from a stored probability box: kept where p ≥ threshold, inside the gate (if any), in
     components of at least ``min_mm3``. This single function is used by the pipeline and by every later

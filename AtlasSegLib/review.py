@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import Grid
 from .io import atomic_write_text
-from .postprocess import (Component, Labelling, _min_voxels, dilate_mm, labelled_components, ranked_components,
+from .postprocess import (Component, Labelling, _min_voxels, dilated_gate, labelled_components, ranked_components,
                           tumor_labels)
 
 REVIEW_FILE = "review.json"
@@ -129,7 +129,7 @@ class ProbabilityMap:
             gate = np.zeros(q.shape, np.uint8)
             for m in organs.values():
                 gate |= m
-            pm.gate = dilate_mm(gate, box_grid.spacing[::-1], float(meta.get("gate_dilation_mm") or 0.0))
+            pm.gate = dilated_gate(gate, q, box_grid.spacing[::-1], float(meta.get("gate_dilation_mm") or 0.0))
         return pm
 
     def labels(self, threshold: float) -> Labelling:

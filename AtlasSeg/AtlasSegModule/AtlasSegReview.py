@@ -40,7 +40,7 @@ from AtlasSegLib import review
 from AtlasSegLib.card import DEFAULT_TUMOR_MIN_MM3
 from AtlasSegLib.geometry import Grid
 from AtlasSegLib.io import atomic_write_text
-from AtlasSegLib.postprocess import dilate_mm
+from AtlasSegLib.postprocess import dilated_gate
 
 from AtlasSegModule import AtlasSegBridge as bridge
 
@@ -269,8 +269,8 @@ def probabilityMapFor(segmentationNode, tumor: str, probabilityNode=None) -> rev
         gate = np.zeros(q.shape, np.uint8)
         for mask in organs.values():
             gate |= mask
-        gate = dilate_mm(gate, boxGrid.spacing[::-1],
-                         floatAttribute(node, "AtlasSeg.GateDilationMm", DEFAULT_GATE_DILATION_MM))
+        gate = dilated_gate(gate, q, boxGrid.spacing[::-1],
+                            floatAttribute(node, "AtlasSeg.GateDilationMm", DEFAULT_GATE_DILATION_MM))
     return review.ProbabilityMap(tumor, q, start, inputSize, boxGrid, gate=gate,
                                  min_mm3=floatAttribute(node, "AtlasSeg.MinComponentMm3", DEFAULT_TUMOR_MIN_MM3),
                                  organs=organs)
