@@ -17,6 +17,8 @@ import collections
 import datetime as _dt
 import json
 import logging
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -76,6 +78,70 @@ def write_probability_map(folder: Path, name: str, q_box: np.ndarray, box_grid: 
     return f"{PROB_DIR}/{name}.nii.gz"
 
 
+def nifti_header(grid: Grid, folder: Path) -> bytes:
+    """ITK's own NIfTI header (through the data offset) for a uint8 image on ``grid``: written once per run by
+    ITK's writer, uncompressed, into ``folder`` and read back, so the masks keep ITK's geometry fields."""
+    path = Path(folder) / ".header-probe.nii"
+    try:
+        img = grid.apply_to(sitk.Image(list(grid.size), sitk.sitkUInt8))
+        sitk.WriteImage(img, str(path), useCompression=False)
+        data = path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+    (sizeof_hdr,) = struct.unpack("<i", data[:4])
+    if sizeof_hdr == 348:  # NIfTI-1: vox_offset is a float at byte 108
+        offset = int(struct.unpack("<f", data[108:112])[0])
+    elif sizeof_hdr == 540:  # NIfTI-2 (very large grids): an int64 at byte 168
+        offset = int(struct.unpack("<q", data[168:176])[0])
+    else:
+        raise RuntimeError(f"unexpected NIfTI header from ITK (sizeof_hdr {sizeof_hdr})")
+    if len(data) != offset + grid.n_voxels:
+        raise RuntimeError("ITK's uncompressed NIfTI is not header + one byte per voxel")
+    return data[:offset]
+
+
+def _gzip_compressor():
+    """A gzip stream compressor: ISA-L's deflate (``isal``, ~10× zlib's speed on masks, smaller files than ITK's
+    zlib) when installed, else zlib at level 1. Both release the GIL on large buffers."""
+    try:
+        from isal import isal_zlib
+
+        return isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+    except ImportError:  # pragma: no cover - isal is a dependency; this keeps a platform without its wheel working
+        return zlib.compressobj(1, zlib.DEFLATED, 31)
+
+
+def write_mask_nifti(path: Path, header: bytes, size_ijk, box, mask) -> None:
+    """``path`` (.nii.gz): ``header`` (``nifti_header``) and a uint8 volume of ``size_ijk`` that is zero except
+    ``mask`` (k, j, i) on ``box`` (start, size), streamed through the compressor one slice at a time: no
+    whole-grid array, and compression ~10× faster than ITK's writer (0.23 s → 0.03 s for a liver on a
+    512×512×300 grid). The bytes before compression are exactly what ITK writes uncompressed."""
+    ni, nj, nk = (int(v) for v in size_ijk)
+    comp = _gzip_compressor()
+    zeros = bytes(ni * nj * min(nk, 16))
+    with open(path, "wb") as fh:
+        fh.write(comp.compress(header))
+
+        def zero_slices(n):
+            while n > 0:
+                m = min(n, 16)
+                fh.write(comp.compress(memoryview(zeros)[:ni * nj * m]))
+                n -= m
+
+        if box is None:
+            zero_slices(nk)
+        else:
+            (s, z) = box
+            mask = np.asarray(mask).astype(np.uint8, copy=False)
+            zero_slices(s[2])
+            plane = np.zeros((nj, ni), np.uint8)
+            for k in range(z[2]):
+                plane[s[1]:s[1] + z[1], s[0]:s[0] + z[0]] = mask[k]
+                fh.write(comp.compress(plane.data))
+            zero_slices(nk - s[2] - z[2])
+        fh.write(comp.flush())
+
+
 WRITE_THREADS = 2
 """Mask files are compressed and written by this many threads while the pipeline computes the next structure
 (ITK's NIfTI writer releases the GIL; a 512×512×300 mask costs 0.07–0.3 s to write)."""
@@ -103,10 +169,9 @@ class OutputWriter:
         # The projections cost a pass over the CT and each mask: only pay for them when the picture is wanted.
         self.overview = Overview(image) if overview else None
         (self.folder / SEG_DIR).mkdir(parents=True, exist_ok=True)
-        self._geometry = (self.image.GetSize(), self.image.GetOrigin(), self.image.GetSpacing(),
-                          self.image.GetDirection())
         self._pool = None
         self._pending = collections.deque()
+        self._header = None
 
     def _submit(self, fn, *args) -> None:
         if self._pool is None:
@@ -116,17 +181,8 @@ class OutputWriter:
         self._pending.append(self._pool.submit(fn, *args))
 
     def _write_mask(self, path: Path, box, mask) -> None:
-        """The whole-grid uint8 mask file: an ITK image of zeros with the box pasted in (no whole-grid numpy
-        array, no second copy of it)."""
-        size, origin, spacing, direction = self._geometry
-        img = sitk.Image(size, sitk.sitkUInt8)  # zero-filled
-        img.SetOrigin(origin)
-        img.SetSpacing(spacing)
-        img.SetDirection(direction)
-        if box is not None:
-            part = sitk.GetImageFromArray(np.asarray(mask).astype(np.uint8, copy=False))
-            img = sitk.Paste(img, part, part.GetSize(), [0, 0, 0], [int(v) for v in box[0]])
-        sitk.WriteImage(img, str(path), useCompression=True)
+        """The whole-grid uint8 mask file, streamed from the box (``write_mask_nifti``)."""
+        write_mask_nifti(path, self._header, self.grid.size, box, mask)
 
     def flush(self) -> None:
         """Wait for every mask written so far (raises the first failed write)."""
@@ -143,6 +199,8 @@ class OutputWriter:
             self._pool = None
 
     def add_structure(self, cls, box, mask) -> dict:
+        if self._header is None:
+            self._header = nifti_header(self.grid, self.folder)
         self._submit(self._write_mask, self.folder / SEG_DIR / f"{cls.name}.nii.gz", box, mask)
         if box is not None:
             sl = _box_slices(box)
@@ -184,8 +242,8 @@ class OutputWriter:
                                                .reshape(shape).view(bool))
                                               for _, _, label, name, sl, packed, shape in _paint_order(self._drawn)))
         warnings = list(warnings) + [hidden_warning(name) for name in hidden]
-        sitk.WriteImage(_mask_image(self.combined, self.image), str(self.folder / "combined_labels.nii.gz"),
-                        useCompression=True)
+        write_mask_nifti(self.folder / "combined_labels.nii.gz", self._header or nifti_header(self.grid, self.folder),
+                         self.grid.size, ((0, 0, 0), self.grid.size), self.combined)
         (self.folder / "card.json").write_text(json.dumps(self.card.to_json(), indent=1))
         report = {
             "atlasseg_version": __version__,
@@ -312,9 +370,14 @@ def paint_labels(combined: np.ndarray, masks) -> list:
     for label, name, sl, mask in masks:
         if 0 < label < 256 and mask.any():
             combined[sl][mask] = label
-            drawn.append((label, name))
-    present = set(np.unique(combined).tolist())
-    return [name for label, name in drawn if label not in present]
+            drawn.append((label, name, sl))
+    # A label can only remain inside the boxes it was drawn in: look there, not over the whole grid (np.unique
+    # of a 512×512×300 map took 0.6 s).
+    boxes = {}
+    for label, _, sl in drawn:
+        boxes.setdefault(label, []).append(sl)
+    present = {label for label, sls in boxes.items() if any((combined[sl] == label).any() for sl in sls)}
+    return [name for label, name, _ in drawn if label not in present]
 
 
 def hidden_warning(name: str) -> str:

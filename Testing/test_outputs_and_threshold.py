@@ -146,3 +146,34 @@ def test_progress_reports_stages_in_order_with_rising_fractions(run, tmp_path):
     order = ["read", "preprocess", "inference", "postprocess", "write"]
     assert [s for s in order if s in stages] == order
     assert sum(1 for s in stages if s == "inference") > 3
+
+
+def test_streamed_mask_files_hold_exactly_the_bytes_itks_nifti_writer_writes(tmp_path):
+    """outputs.write_mask_nifti (ITK's header once, the volume streamed slice by slice from the box through a
+    fast gzip) decompresses to the bytes ITK's own writer produces for the whole-grid mask: same header,
+    geometry and voxels, for an oblique-free permuted grid, a box at the grid's corners and an empty mask."""
+    import gzip
+
+    import SimpleITK as sitk
+
+    from AtlasSegLib.geometry import Grid
+    from AtlasSegLib.outputs import nifti_header, write_mask_nifti
+
+    grid = Grid((123, 97, 41), (0.7, 0.8, 2.5), (10.5, -3.25, 100.0), (-1.0, 0, 0, 0, 0, 1.0, 0, -1.0, 0))
+    header = nifti_header(grid, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the probe file is gone
+    rng = np.random.default_rng(0)
+    for n, box in enumerate([((5, 7, 9), (40, 30, 20)), ((0, 0, 0), (123, 97, 41)), ((100, 90, 38), (23, 7, 3)),
+                             None]):
+        full = np.zeros(grid.size[::-1], np.uint8)
+        mask = None
+        if box is not None:
+            start, size = box
+            mask = (rng.random(size[::-1]) > 0.5).astype(np.uint8)
+            full[start[2]:start[2] + size[2], start[1]:start[1] + size[1], start[0]:start[0] + size[0]] = mask
+        write_mask_nifti(tmp_path / f"ours{n}.nii.gz", header, grid.size, box, mask)
+        sitk.WriteImage(grid.image_from_kji(full), str(tmp_path / f"itk{n}.nii.gz"), useCompression=True)
+        assert gzip.open(tmp_path / f"ours{n}.nii.gz").read() == gzip.open(tmp_path / f"itk{n}.nii.gz").read()
+        back = sitk.ReadImage(str(tmp_path / f"ours{n}.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(back), full)
+        assert Grid.of(back) == Grid.of(sitk.ReadImage(str(tmp_path / f"itk{n}.nii.gz")))  # float32 in NIfTI
