@@ -79,19 +79,40 @@ def write_probability_map(folder: Path, name: str, q_box: np.ndarray, box_grid: 
 
 
 def nifti_header(grid: Grid, folder: Path) -> bytes:
-    """ITK's own NIfTI header (through the data offset) for a uint8 image on ``grid``: written once per run by
-    ITK's writer, uncompressed, into ``folder`` and read back, so the masks keep ITK's geometry fields."""
+    """ITK's own NIfTI header (through the data offset) for a uint8 image on ``grid``, so the masks keep ITK's
+    geometry fields: ITK's writer writes the grid's first two slices uncompressed into ``folder`` (not the
+    whole grid: 78 MB for 512×512×300), the slice count is set in the header's dim[3], and the result must be
+    byte for byte the header ITK writes for the whole grid (tested); anything else (e.g. NIfTI-2 for huge
+    grids) writes the whole grid once instead."""
     path = Path(folder) / ".header-probe.nii"
+    nk = grid.size[2]
+    probe_k = min(nk, 2)  # 2, not 1: ITK may drop a trailing axis of length 1 from the header
     try:
-        img = grid.apply_to(sitk.Image(list(grid.size), sitk.sitkUInt8))
+        img = grid.apply_to(sitk.Image([grid.size[0], grid.size[1], probe_k], sitk.sitkUInt8))
         sitk.WriteImage(img, str(path), useCompression=False)
+        data = path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+    (sizeof_hdr,) = struct.unpack("<i", data[:4])
+    if sizeof_hdr != 348 or nk > 32767:  # not NIfTI-1, or dim[3] would not fit its int16: ITK on the whole grid
+        return _nifti_header_whole(grid, path)
+    offset = int(struct.unpack("<f", data[108:112])[0])  # NIfTI-1 vox_offset
+    dims = struct.unpack("<8h", data[40:56])
+    if len(data) != offset + grid.size[0] * grid.size[1] * probe_k or dims[:4] != (3, *grid.size[:2], probe_k):
+        return _nifti_header_whole(grid, path)
+    return data[:46] + struct.pack("<h", nk) + data[48:offset]
+
+
+def _nifti_header_whole(grid: Grid, path: Path) -> bytes:
+    try:
+        sitk.WriteImage(grid.apply_to(sitk.Image(list(grid.size), sitk.sitkUInt8)), str(path), useCompression=False)
         data = path.read_bytes()
     finally:
         path.unlink(missing_ok=True)
     (sizeof_hdr,) = struct.unpack("<i", data[:4])
     if sizeof_hdr == 348:  # NIfTI-1: vox_offset is a float at byte 108
         offset = int(struct.unpack("<f", data[108:112])[0])
-    elif sizeof_hdr == 540:  # NIfTI-2 (very large grids): an int64 at byte 168
+    elif sizeof_hdr == 540:  # NIfTI-2: an int64 at byte 168
         offset = int(struct.unpack("<q", data[168:176])[0])
     else:
         raise RuntimeError(f"unexpected NIfTI header from ITK (sizeof_hdr {sizeof_hdr})")

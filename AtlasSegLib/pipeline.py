@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cc3d
 import numpy as np
 import psutil
 import SimpleITK as sitk
@@ -290,8 +291,10 @@ class Segmenter:
                     mask_model = np.isin(argmax, channels).astype(np.uint8)
                 else:
                     mask_model = (prob >= inf["threshold"]).astype(np.uint8)
-                box, mask = self._to_input_grid(mask_model, prep.grid, target)
-                if box is not None and self.options.postprocess and post["largest_component"] and cls.largest_component:
+                largest = bool(self.options.postprocess and post["largest_component"] and cls.largest_component)
+                box, mask, done = self._to_input_grid(mask_model, prep.grid, target,
+                                                      largest=largest and not cls.paired)
+                if box is not None and largest and not done:
                     if cls.paired:
                         mask = largest_per_side(mask, target.sub(*box), midline)
                     else:
@@ -306,12 +309,16 @@ class Segmenter:
         return {**organ_boxes, **tumors}
 
     @staticmethod
-    def _to_input_grid(array_ijk: np.ndarray, grid: Grid, target: Grid, *, nonzero=None):
+    def _to_input_grid(array_ijk: np.ndarray, grid: Grid, target: Grid, *, nonzero=None, largest: bool = False):
         """Resample a model-grid uint8 (i, j, k) array onto the input grid, only over the box where it is
-        non-zero. Returns ((start, size), box array (k, j, i)) or (None, None) when empty."""
+        non-zero. Returns ((start, size), box array (k, j, i), largest_done) or (None, None, False) when empty.
+
+        ``largest``: keep only the 26-connected component with the most input-grid voxels, chosen on the model
+        grid when the resampling allows it (``largest_on_model_grid``; ``largest_done`` says so), else left to
+        the caller on the input grid."""
         nz = array_ijk if nonzero is None else nonzero
         if not nz.any():
-            return None, None
+            return None, None, False
         lo, hi = [], []
         for axis in range(3):
             other = tuple(x for x in range(3) if x != axis)
@@ -320,8 +327,15 @@ class Segmenter:
             hi.append(int(idx[-1]) + 1)
         box = covering_box(target, grid, lo, hi)
         if box is None:
-            return None, None
-        return box, nearest_onto(array_ijk, grid, target.sub(*box))
+            return None, None, False
+        sub = target.sub(*box)
+        maps = axis_maps(grid, sub)
+        done = False
+        if largest:
+            kept = largest_on_model_grid(array_ijk, maps, lo, hi)
+            if kept is not None:
+                array_ijk, done = kept, True
+        return box, nearest_onto(array_ijk, grid, sub, maps=maps), done
 
     def _emit_tumor(self, cls, prob, prep: Prepared, target: Grid, organ_boxes: dict, writer):
         card = self.card
@@ -347,7 +361,7 @@ class Segmenter:
             if not nz.any():
                 writer.add_tumor(cls, None, None, None, threshold=threshold, gate=None, note="probability zero everywhere")
                 return
-            box, q_box = self._to_input_grid(q, prep.grid, target, nonzero=nz)
+            box, q_box, _ = self._to_input_grid(q, prep.grid, target, nonzero=nz)
             gate_mask = None
         else:
             q_box = nearest_onto(q, prep.grid, target.sub(*box))
@@ -359,7 +373,7 @@ class Segmenter:
         return (box, mask) if mask.any() else None
 
 
-def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid) -> np.ndarray:
+def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid, *, maps=None) -> np.ndarray:
     """Nearest-neighbour resampling of ``array_ijk`` (on ``grid``) onto ``target``, as (k, j, i): ITK's result.
 
     The model grid is the input grid's axes flipped/permuted and respaced, so each target index axis maps to one
@@ -370,16 +384,33 @@ def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid) -> np.ndarray:
     one axis at a time (``np.take`` copies whole rows; the source is small, the target up to 512×512×300): a
     fraction of ITK's per-voxel point mapping, which was the largest non-network cost of a --fast run. Oblique
     pairs of grids use ITK's resampler on the whole box."""
+    if maps is None:
+        maps = axis_maps(grid, target)
+    if maps is None:
+        src = grid.image_from_ijk(array_ijk)
+        return sitk.GetArrayFromImage(resample(src, target, interpolator=sitk.sitkNearestNeighbor))
+    axes, index = maps
+    src = array_ijk.transpose(axes)
+    outside = [idx < 0 for idx in index]
+    if any(o.any() for o in outside):  # a zero plane after each axis stands for "outside the source"
+        src = np.pad(src, [(0, 1 if o.any() else 0) for o in outside])
+        index = [np.where(o, n - 1, idx) for o, n, idx in zip(outside, src.shape, index)]
+    out = src.take(index[2], axis=2).take(index[1], axis=1).take(index[0], axis=0)
+    return np.ascontiguousarray(out)
+
+
+def axis_maps(grid: Grid, target: Grid):
+    """The per-axis index maps of ``nearest_onto``: ``(axes, index)`` where ``axes[n]`` is the source axis that
+    output axis n (k, j, i of ``target``) follows and ``index[n]`` the source index of each target index along
+    it (-1 outside the source), rounded as ITK rounds; None for an oblique pair of grids."""
     m = np.linalg.inv(grid.matrix)
     a = m @ target.matrix
     perm = np.argmax(np.abs(a), axis=1)  # source axis r follows target axis perm[r]
     off = np.abs(a).copy()
     off[np.arange(3), perm] = 0.0
     if sorted(perm.tolist()) != [0, 1, 2] or off.max() > 1e-9 * np.abs(a).max():
-        src = grid.image_from_ijk(array_ijk)
-        return sitk.GetArrayFromImage(resample(src, target, interpolator=sitk.sitkNearestNeighbor))
+        return None
     axes = [int(np.nonzero(perm == t)[0][0]) for t in (2, 1, 0)]  # source axis of output axis 0 (k), 1 (j), 2 (i)
-    src = array_ijk.transpose(axes)
     b = m @ (np.asarray(target.origin) - np.asarray(grid.origin))
     index = []
     for r in axes:
@@ -388,13 +419,42 @@ def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid) -> np.ndarray:
             index.append(_itk_axis_index(grid, target, r, int(perm[r])))
         else:  # round half up, as ITK's nearest neighbour does away from ties (one probe costs ~5 ms)
             idx = np.floor(cont + 0.5).astype(np.int64)
-            index.append(np.where((idx >= 0) & (idx < array_ijk.shape[r]), idx, -1))
-    outside = [idx < 0 for idx in index]
-    if any(o.any() for o in outside):  # a zero plane after each axis stands for "outside the source"
-        src = np.pad(src, [(0, 1 if o.any() else 0) for o in outside])
-        index = [np.where(o, n - 1, idx) for o, n, idx in zip(outside, src.shape, index)]
-    out = src.take(index[2], axis=2).take(index[1], axis=1).take(index[0], axis=0)
-    return np.ascontiguousarray(out)
+            index.append(np.where((idx >= 0) & (idx < grid.size[r]), idx, -1))
+    return axes, index
+
+
+def largest_on_model_grid(array_ijk: np.ndarray, maps, lo, hi) -> Optional[np.ndarray]:
+    """``array_ijk`` (model grid, 0/1) reduced to the 26-connected component that ``nearest_onto`` with
+    ``maps`` turns into the largest component on the input grid, found on the model grid (~30× fewer voxels at
+    3 mm than a 0.8 mm input grid); None when that cannot be done exactly.
+
+    Where every map steps by at most one source index between neighbouring target voxels (the input grid is
+    at least as fine as the model grid) and hits every source index of the non-zero box [lo, hi), the input-grid
+    components are exactly the images of the model-grid ones, and a model voxel's image has as many voxels as
+    the product of its per-axis run lengths: the largest is picked by those weighted counts (ties: the
+    component cc3d numbers first). Otherwise (e.g. 5 mm slices on a 1.5 mm model grid) None."""
+    if maps is None:
+        return None
+    axes, index = maps
+    counts = {}
+    for r, idx in zip(axes, index):
+        inside = idx[idx >= 0]
+        if inside.size == 0 or (np.abs(np.diff(inside)) > 1).any():
+            return None
+        c = np.bincount(inside, minlength=array_ijk.shape[r])[lo[r]:hi[r]]
+        if (c == 0).any():
+            return None
+        counts[r] = c
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    labels, n = cc3d.connected_components(array_ijk[crop], connectivity=26, return_N=True)
+    if n <= 1:
+        return array_ijk
+    weight = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    sizes = np.bincount(labels.ravel(), weights=weight.ravel().astype(np.float64), minlength=n + 1)
+    best = int(np.argmax(sizes[1:])) + 1
+    out = np.zeros_like(array_ijk)
+    out[crop] = labels == best
+    return out
 
 
 def _itk_axis_index(grid: Grid, target: Grid, r: int, t: int) -> np.ndarray:

@@ -177,3 +177,9 @@ def test_streamed_mask_files_hold_exactly_the_bytes_itks_nifti_writer_writes(tmp
         back = sitk.ReadImage(str(tmp_path / f"ours{n}.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(back), full)
         assert Grid.of(back) == Grid.of(sitk.ReadImage(str(tmp_path / f"itk{n}.nii.gz")))  # float32 in NIfTI
+    # The header comes from a 2-slice probe with the slice count patched in: ITK's whole-grid header exactly.
+    from AtlasSegLib.outputs import _nifti_header_whole
+
+    for size in [(512, 512, 300), (7, 5, 1), (7, 5, 2), (64, 33, 3)]:
+        g = Grid(size, grid.spacing, grid.origin, grid.direction)
+        assert nifti_header(g, tmp_path) == _nifti_header_whole(g, tmp_path / "whole.nii"), size

@@ -156,3 +156,42 @@ def test_tumor_gate_dilated_only_where_the_map_is_nonzero_gives_the_same_tumor_m
             b = tumor_labels(q, full, threshold=threshold, voxel_mm3=1.6, min_mm3=5.0)
             assert np.array_equal(a.mask, b.mask) and len(a.parts) == len(b.parts)
     assert not dilated_gate(organ, np.zeros_like(organ), spacing_kji, 5.0).any()
+
+
+def test_largest_component_chosen_on_the_model_grid_is_the_largest_on_the_input_grid():
+    """pipeline.largest_on_model_grid picks, on the model grid, the component whose nearest-neighbour image is
+    the largest on the input grid: the resampled result equals resampling everything and keeping the largest
+    26-connected component on the input grid (cc3d), on flipped/permuted grids with uneven run lengths (0.8 mm
+    onto 3 mm, 1.5 mm slice ties); where the input grid is coarser than the model grid it declines (None)."""
+    import cc3d
+
+    from AtlasSegLib.geometry import Grid, oriented, respaced
+    from AtlasSegLib.pipeline import Segmenter, axis_maps, largest_on_model_grid, nearest_onto
+
+    rng = np.random.default_rng(5)
+    declined = chosen = 0
+    for case in range(40):
+        perm, signs = rng.permutation(3), rng.choice([-1, 1], 3)
+        direction = np.zeros((3, 3))
+        direction[np.arange(3), perm] = signs
+        spacing = tuple(float(v) for v in rng.choice([0.7, 0.8, 1.5, 5.0] if case % 4 == 3 else [0.7, 0.8, 1.5], 3))
+        target = Grid(tuple(int(v) for v in rng.integers(30, 70, 3)), spacing,
+                      tuple(float(v) for v in rng.uniform(-100, 100, 3)), tuple(direction.reshape(-1).tolist()))
+        model = respaced(oriented(target, "RAS"), tuple(float(v) for v in rng.choice([1.5, 2.2, 3.0], 3)))
+        # Several blobs of similar size: which is largest depends on the input grid's run lengths.
+        arr = np.zeros(model.size, np.uint8)
+        for _ in range(4):
+            c = [int(rng.integers(2, n - 2)) for n in model.size]
+            r = [int(rng.integers(1, 4)) for _ in range(3)]
+            arr[tuple(slice(max(ci - ri, 0), ci + ri) for ci, ri in zip(c, r))] = 1
+        box, mask, done = Segmenter._to_input_grid(arr, model, target, largest=True)
+        _, everything, _ = Segmenter._to_input_grid(arr, model, target)
+        expected = cc3d.largest_k(everything, k=1, connectivity=26).astype(np.uint8)
+        if done:
+            chosen += 1
+            assert np.array_equal(mask, expected), case
+        else:
+            declined += 1
+            assert np.array_equal(mask, everything)  # left to the caller
+            assert any(s > min(model.spacing) for s in target.spacing)
+    assert chosen >= 25 and declined >= 3, (chosen, declined)
