@@ -100,10 +100,15 @@ class Overview:
         base = np.asarray(self.ct, dtype=np.float32)
         rgb = np.repeat((np.clip(base, 0, 1) * 255)[..., None], 3, axis=2)
         for _, color, layer, coverage in self.layers:
-            strength = np.clip(np.asarray(layer, dtype=np.float32), 0, 1)
             covered = np.asarray(coverage, dtype=np.float32) >= 0.5
-            alpha = np.where(covered, TINT_OPACITY * np.maximum(strength, 0.5), 0.0)[..., None]
-            rgb = rgb * (1 - alpha) + np.asarray(color, np.float32)[None, None, :] * alpha
+            rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+            if not rows.size:
+                continue
+            # Only the covered pixels' box changes (alpha is 0 elsewhere): 42 structures on a 1 mm picture.
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            strength = np.clip(np.asarray(layer, dtype=np.float32)[box], 0, 1)
+            alpha = np.where(covered[box], TINT_OPACITY * np.maximum(strength, 0.5), 0.0)[..., None]
+            rgb[box] = rgb[box] * (1 - alpha) + np.asarray(color, np.float32)[None, None, :] * alpha
         # At least 512 pixels along the longer side and MIN_HEIGHT_PX tall (a short scan, a few cm of z, is
         # otherwise a thin strip), at most MAX_WIDTH_PX wide; the physical aspect ratio is kept.
         height, width = rgb.shape[:2]
