@@ -7,7 +7,7 @@ from AtlasSegModule import AtlasSegDependencies as deps
 def test_requirements_file_lists_what_the_engine_needs_and_nothing_slicer_ships():
     requirements = deps.readRequirements()
     names = {deps.canonicalName(r) for r in requirements}
-    assert {"monai", "connected-components-3d", "jsonschema", "tqdm", "nibabel"} <= names
+    assert {"monai", "connected-components-3d", "fill-voids", "isal", "jsonschema", "tqdm", "nibabel"} <= names
     assert not names & set(deps.PROTECTED), "requirements.txt must not list torch or packages Slicer ships"
 
 
