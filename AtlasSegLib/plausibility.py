@@ -296,6 +296,20 @@ def check_structures(entries: list, masks: dict, grid: Grid, ct_kji: np.ndarray,
     return flags
 
 
+def recheck_tumor(name: str, box, mask: np.ndarray, organs: dict, grid: Grid, ct_kji: Optional[np.ndarray], *,
+                  gate=None) -> list:
+    """The flags ``check_structures`` gives tumor ``name`` whose mask changed after the run (a new threshold, a
+    review edit): its components are numbered anew, so the run's flags would name the wrong ones. ``mask`` and
+    each of ``organs`` (gate organ name -> mask) lie on the same ``box`` of ``grid``; ``ct_kji`` is the CT on
+    ``grid``, or None when it cannot be read (then attenuation is not checked)."""
+    masks = {o: (box, m) for o, m in organs.items() if m is not None and np.any(m)}
+    if not np.any(mask):
+        return []
+    masks[name] = (box, mask)
+    entry = {"name": name, "kind": "tumor"}
+    return check_structures([entry], masks, grid, ct_kji, gates={name: list(gate)} if gate else None).get(name, [])
+
+
 def _check_sides(extents: dict, grid: Grid, midline_x_mm, flag) -> None:
     """Left/right organs: each pair compared with each other, a lone one with the midline; liver vs spleen."""
     def centre_x(name):
@@ -344,7 +358,7 @@ def _check_tumor(name, tumor, present_organs, organs, masks, ct_kji, r, table, f
 
     box, mask = tumor
     sl = _box_slices(box)
-    ct_box = ct_kji[sl]
+    ct_box = ct_kji[sl] if ct_kji is not None else None  # None: the CT is not at hand, no attenuation check
     organ = None
     if organs:
         organ = np.zeros(mask.shape, bool)
@@ -363,9 +377,10 @@ def _check_tumor(name, tumor, present_organs, organs, masks, ct_kji, r, table, f
     bad_hu, outside = [], []
     for rank, (label, slc, _voxels) in enumerate(labelling.parts, start=1):
         sub = labelling.labels[slc] == label
-        mean_hu = float(ct_box[slc][sub].mean(dtype=np.float64))
-        if hu_lo is not None and not hu_lo <= mean_hu <= hu_hi:
-            bad_hu.append((rank, mean_hu))
+        if ct_box is not None:
+            mean_hu = float(ct_box[slc][sub].mean(dtype=np.float64))
+            if hu_lo is not None and not hu_lo <= mean_hu <= hu_hi:
+                bad_hu.append((rank, mean_hu))
         if organ is not None:
             inside = float(organ[slc][sub].mean())
             if inside < table["tumor_min_inside_fraction"]:

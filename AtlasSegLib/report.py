@@ -144,7 +144,7 @@ def _same_grid(image: sitk.Image, grid: dict, tolerance_mm: float = 1e-3) -> boo
     return not Grid.of(image).differences(Grid.from_dict(grid), tolerance_mm)
 
 
-def _load_ct(outdir: Path, report: dict, ct) -> tuple:
+def load_run_ct(outdir: Path, report: dict, ct=None) -> tuple:
     """The CT the masks were made from: ``ct`` (a path or an image) if given, else the run's input path, else
     OUTDIR/ct.nii.gz (the demo keeps its phantom there). Returns ``(image or None, SourceInfo or None, note or
     None)``."""
@@ -754,7 +754,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
     image = source = None
     if pictures:
         reporter.update("read", 0.0, "CT")
-        image, source, note = _load_ct(outdir, report, ct)
+        image, source, note = load_run_ct(outdir, report, ct)
         if note:
             notes.append(note)
     ct_kji = sitk.GetArrayViewFromImage(image) if image is not None else None

@@ -19,6 +19,7 @@ from .errors import InputError
 from .geometry import Grid
 from .io import atomic_write_image, atomic_write_text
 from .outputs import PROB_DIR, SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
+from .plausibility import recheck_tumor
 from .postprocess import ranked_components
 from .review import (ProbabilityMap, ReviewState, candidates_of, counter_text, drop_removed, keep_largest, load_review,
                      remove_at, remove_below_probability, remove_smaller_than, review_rows, save_review, seed_kji,
@@ -32,6 +33,46 @@ def below_threshold_warnings(report: dict, names) -> list:
     """The "kept, below threshold" warnings report.json holds for these tumors."""
     return [w for w in report.get("warnings") or ()
             if any(w.startswith(BELOW_THRESHOLD_WARNING.format(name=n) + " ") for n in names)]
+
+
+class _RunCT:
+    """The run's CT on its grid (``report.load_run_ct``: the input path, else OUTDIR/ct.nii.gz, where the demo
+    keeps its phantom), read once per edit and only when a tumor's flags need it; None when it cannot be read
+    (``why`` says so)."""
+
+    def __init__(self, outdir: Path, report: dict, grid: Grid):
+        self.outdir, self.report, self.grid = outdir, report, grid
+        self._kji, self.why, self._read = None, "", False
+
+    @property
+    def kji(self):
+        if not self._read:
+            self._read = True
+            from .report import load_run_ct  # heavy (pictures): only when a tumor's flags are rechecked
+
+            image, _, _ = load_run_ct(self.outdir, self.report)
+            if image is None:
+                path = (self.report.get("input") or {}).get("path")
+                self.why = f"the run's CT ({path}) cannot be read any more, and there is no ct.nii.gz in the run folder"
+            else:
+                self._kji = sitk.GetArrayFromImage(image)
+        return self._kji
+
+
+NOT_RECHECKED = "attenuation not rechecked after the change: "
+
+
+def refresh_tumor_flags(report: dict, name: str, box, mask: np.ndarray, organs: dict, gate, ct: _RunCT) -> None:
+    """Replace ``name``'s plausibility flags (its report entry's "flags" and their "name: ..." lines in
+    "warnings") by those of its changed mask: the run's flags number components that no longer exist."""
+    entry = next(e for e in report["structures"] if e["name"] == name)
+    flags = recheck_tumor(name, box, mask, organs, ct.grid, ct.kji if np.any(mask) else None, gate=gate)
+    if np.any(mask) and ct.kji is None:
+        flags.append(NOT_RECHECKED + ct.why)
+    old = {f"{name}: {text}" for text in entry.get("flags") or []}
+    warnings = [w for w in report.get("warnings") or [] if w not in old]
+    entry["flags"] = flags
+    report["warnings"] = warnings + [f"{name}: {text}" for text in flags]
 
 
 def finish_edit(outdir: Path, report: dict, card, ref: sitk.Image, history: dict, *, masks_changed: bool = True) -> dict:
@@ -70,6 +111,7 @@ def rethreshold(outdir, thresholds: dict) -> dict:
     state = load_review(outdir)
     stale = below_threshold_warnings(report, thresholds)
     warnings = [w for w in report.get("warnings") or [] if w not in stale]
+    changed = []
     for name, t in thresholds.items():
         meta_path = outdir / PROB_DIR / f"{name}.json"
         meta = json.loads(meta_path.read_text())
@@ -91,8 +133,12 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         atomic_write_text(json.dumps(meta, indent=1), meta_path)
         _register_ids(state, name, pmap, mask)
         warnings += _kept_below(state, name, mask, box[0], float(t))
+        changed.append((name, box, mask, pmap))
     if warnings or "warnings" in report:
         report["warnings"] = warnings
+    ct = _RunCT(outdir, report, grid)
+    for name, box, mask, pmap in changed:
+        refresh_tumor_flags(report, name, box, mask, pmap.organs, by_name[name].gate, ct)
     if state.tumors:
         save_review(outdir, state)
     return finish_edit(outdir, report, card, ref, {"action": "threshold",
@@ -239,6 +285,15 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
         out.CopyInformation(image)
         atomic_write_image(out, seg_path)
         update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q)
+        if tumor:
+            gate = next((c.gate for c in card.classes if c.name == structure), None)
+            if pm is not None:
+                organs = pm.organs
+            else:  # no probability map: the gate organs' whole masks (box = the whole grid)
+                organs = {o: sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{o}.nii.gz")))
+                          for o in gate or () if (outdir / SEG_DIR / f"{o}.nii.gz").is_file()}
+            box_ijk = (tuple(int(v) for v in start), tuple(int(v) for v in region.shape[::-1]))
+            refresh_tumor_flags(report, structure, box_ijk, region, organs, gate, _RunCT(outdir, report, grid))
     if tumor:
         save_review(outdir, state)  # before the report is rebuilt: it lists the statuses
     result = {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed, "spared": spared}

@@ -183,3 +183,47 @@ def test_streamed_mask_files_hold_exactly_the_bytes_itks_nifti_writer_writes(tmp
     for size in [(512, 512, 300), (7, 5, 1), (7, 5, 2), (64, 33, 3)]:
         g = Grid(size, grid.spacing, grid.origin, grid.direction)
         assert nifti_header(g, tmp_path) == _nifti_header_whole(g, tmp_path / "whole.nii"), size
+
+
+def _tumor_flags_from_files(out, ct_kji):
+    """check_structures on the run's files as they are now (the independent way to the tumor's flags)."""
+    from AtlasSegLib.geometry import Grid
+    from AtlasSegLib.plausibility import check_structures
+
+    img = sitk.ReadImage(str(out / "segmentations" / "liver_tumor.nii.gz"))
+    grid = Grid.of(img)
+    whole = ((0, 0, 0), grid.size)
+    masks = {n: (whole, _arr(out / "segmentations" / f"{n}.nii.gz")) for n in ("liver_tumor", "liver")}
+    masks = {n: m for n, m in masks.items() if m[1].any()}
+    return check_structures([{"name": "liver_tumor", "kind": "tumor"}], masks, grid, ct_kji,
+                            gates={"liver_tumor": ["liver"]}).get("liver_tumor", [])
+
+
+def test_a_new_threshold_rechecks_the_tumor_flags_instead_of_keeping_the_runs(run, tmp_path):
+    """After 'atlasseg threshold' the tumor's plausibility flags (report entry and warnings) are those of the new
+    mask, as check_structures gives them on the files: the run's flags numbered components that are gone. With
+    the CT no longer readable, the organ check still runs and the flags say attenuation was not rechecked."""
+    from AtlasSegLib.runedit import NOT_RECHECKED
+
+    out = tmp_path / "out"
+    shutil.copytree(run["out"], out)
+    ct = _arr(run["ct"])
+    seen = []
+    for t in (0.05, 0.3):
+        report = rethreshold(out, {"liver_tumor": t})
+        entry = next(e for e in report["structures"] if e["name"] == "liver_tumor")
+        expected = _tumor_flags_from_files(out, ct)
+        assert entry["flags"] == expected
+        lines = [w for w in report["warnings"] if w.startswith("liver_tumor: ") and "kept candidate" not in w]
+        assert lines == [f"liver_tumor: {f}" for f in expected]  # old ones gone, none twice
+        seen += expected
+    assert seen, "the test needs a threshold at which the tumor is flagged"
+    # The CT moved away: no attenuation check, said so; the inside-the-organ check still done.
+    report = json.loads((out / "report.json").read_text())
+    report["input"]["path"] = str(tmp_path / "moved.nii.gz")
+    (out / "report.json").write_text(json.dumps(report))
+    report = rethreshold(out, {"liver_tumor": 0.05})
+    flags = next(e for e in report["structures"] if e["name"] == "liver_tumor")["flags"]
+    assert flags[-1].startswith(NOT_RECHECKED) and "moved.nii.gz" in flags[-1]
+    assert flags[:-1] == [f for f in _tumor_flags_from_files(out, None)]
+    assert not any("HU" in f for f in flags[:-1])

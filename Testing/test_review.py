@@ -480,3 +480,28 @@ def test_the_run_folder_layer_imports_neither_review_nor_report():
         above = set(order[lower + 1:]) & imported(name)
         assert not above, f"{name} imports {above}"
     assert not {"review", "report"} & imported("outputs")
+
+
+def test_a_review_edit_rechecks_the_tumor_flags_on_the_edited_mask(demo_run, capsys):
+    """After 'atlasseg review --remove' the tumor's flags are those check_structures gives the edited mask (the
+    run's would count the removed candidate), with the CT the demo keeps in its folder (ct.nii.gz)."""
+    from AtlasSegLib.cli import main
+    from AtlasSegLib.geometry import Grid
+    from AtlasSegLib.plausibility import check_structures
+
+    out = demo_run
+    assert main(["threshold", str(out), "--set", "liver_tumor=0.02"]) == 0  # two candidates outside the liver
+    before = next(e for e in json.loads((out / "report.json").read_text())["structures"]
+                  if e["name"] == "liver_tumor")["flags"]
+    assert before and "of 4 component(s)" in before[0]
+    assert main(["review", str(out), "--structure", "liver_tumor", "--remove", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    flags = next(e for e in report["structures"] if e["name"] == "liver_tumor")["flags"]
+    img = sitk.ReadImage(str(out / "segmentations" / "liver_tumor.nii.gz"))
+    whole = ((0, 0, 0), img.GetSize())
+    masks = {n: (whole, _mask(out / "segmentations" / f"{n}.nii.gz")) for n in ("liver_tumor", "liver")}
+    expected = check_structures([{"name": "liver_tumor", "kind": "tumor"}], masks, Grid.of(img),
+                                _mask(out / "ct.nii.gz"), gates={"liver_tumor": ["liver"]}).get("liver_tumor", [])
+    assert flags == expected and flags != before
+    assert [w for w in report["warnings"] if w.startswith("liver_tumor: ") and "kept candidate" not in w] == \
+        [f"liver_tumor: {f}" for f in flags]
