@@ -17,7 +17,7 @@ from .errors import AtlasSegError, Cancelled, InputError
 from .io import IMAGE_SUFFIXES, atomic_write_text, read_image
 from .networks import load_model
 from .pipeline import SegmentOptions, Segmenter
-from .progress import Reporter
+from .progress import Reporter, clear_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def run_batch(root, out_root, *, card, weights=None, options: SegmentOptions = S
     try:
         _run_cases(cases, out_root, segmenter, options, progress, cancel, earlier, rows, manifest)
     except (KeyboardInterrupt, Cancelled) as exc:
+        clear_interrupt()  # delivered: the summary below must not be interrupted again by a progress check
         done = sum(1 for r in rows if r["status"] == "done")
         current = len(rows)
         if current < len(cases):

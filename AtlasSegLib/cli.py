@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AtlasSegError, Cancelled, InputError, Terminated
+from .progress import clear_interrupt, note_interrupt
 
 log = logging.getLogger("atlasseg")
 
@@ -629,7 +630,35 @@ def _route_library_warnings(verbose: bool) -> None:
 def _on_sigterm(signum, frame):
     # Later SIGTERMs are ignored while the first one unwinds: cleanup (removing a staging folder) must finish.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    note_interrupt(Terminated)
     raise Terminated()
+
+
+def _on_sigint(signum, frame):
+    # Python's own handler, plus a note: a KeyboardInterrupt raised while an object's __del__ runs is printed and
+    # dropped by Python ("Exception ignored"), and the batch then ran to the end and exited 0. The note makes the
+    # next progress check raise it again.
+    note_interrupt(KeyboardInterrupt)
+    raise KeyboardInterrupt()
+
+
+def install_signal_handlers():
+    """SIGTERM and SIGINT handlers for a CLI run (main thread only); returns a function that restores the
+    previous ones."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    clear_interrupt()
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGTERM, _on_sigterm),
+                                                                      (signal.SIGINT, _on_sigint))}
+
+    def restore():
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        clear_interrupt()
+
+    return restore
 
 
 def _interrupted_message(args, exc: KeyboardInterrupt) -> str:
@@ -653,11 +682,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    import threading
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    restore = install_signal_handlers()
     try:
         code = _run(args)
         sys.stdout.flush()  # here, not at exit: a reader that went away (| head) is handled below
@@ -670,8 +695,7 @@ def main(argv=None) -> int:
         os.close(devnull)
         return 141
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 def _run(args) -> int:
@@ -723,6 +747,7 @@ def _run(args) -> int:
         print(f"atlasseg: {'cancelled' if isinstance(exc, Cancelled) else 'error'}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
+        clear_interrupt()
         sink.close()
         code = 143 if isinstance(exc, Terminated) else 130
         what = "terminated" if code == 143 else "interrupted"

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .errors import Cancelled, InputError, Terminated
+from .progress import clear_interrupt
 
 # AtlasSegLib.batch (torch, SimpleITK) is imported where it is used: '--workers 2' without Ray must answer with
 # the install hint at once, and Ray's workers import this module before they load the model.
@@ -171,6 +172,7 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
         threads = plan_cpus(driver.workers, cpus_per_worker, gpus_per_worker, ray_address is None and own_ray, ray)
         driver.run(threads)
     except (KeyboardInterrupt, Cancelled) as exc:
+        clear_interrupt()  # delivered (see progress.note_interrupt)
         if sigterm.seen and not isinstance(exc, Terminated):
             exc = Terminated()  # Ray's waits turn any signal handler's exception into KeyboardInterrupt
         stopped = driver.stop()

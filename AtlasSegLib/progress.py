@@ -26,6 +26,23 @@ STAGE_WEIGHTS = {
 }
 
 
+_pending_interrupt = None
+
+
+def note_interrupt(exc_type) -> None:
+    """Called by the CLI's SIGINT/SIGTERM handlers before they raise ``exc_type``: if that exception is lost (a
+    signal landing inside an object's ``__del__`` makes Python print "Exception ignored" and carry on), the next
+    ``Reporter.check_cancel`` raises it again, so a Ctrl-C can never be swallowed by a finalizer."""
+    global _pending_interrupt
+    _pending_interrupt = exc_type
+
+
+def clear_interrupt() -> None:
+    """The interrupt was delivered and handled (the CLI and the batch call this where they catch it)."""
+    global _pending_interrupt
+    _pending_interrupt = None
+
+
 @dataclass
 class Reporter:
     progress: Optional[ProgressCallback] = None
@@ -53,6 +70,10 @@ class Reporter:
         self.progress(stage, overall, message)
 
     def check_cancel(self) -> None:
+        pending = _pending_interrupt
+        if pending is not None:  # a Ctrl-C/SIGTERM whose exception was swallowed: raise it (once) here
+            clear_interrupt()
+            raise pending()
         if self.cancel is not None and self.cancel():
             raise Cancelled("cancelled by the user; nothing was written")
 

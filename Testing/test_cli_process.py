@@ -252,3 +252,29 @@ def test_batch_interrupted_writes_a_truthful_summary_and_a_rerun_keeps_earlier_r
     assert rows["case1"]["status"] == "skipped" and first_message in rows["case1"]["message"]
     assert "earlier run" in rows["case1"]["message"] and float(rows["case1"]["seconds"]) > 0
     assert rows["case2"]["status"] == rows["case3"]["status"] == "done"
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_progress_check(monkeypatch):
+    """A SIGINT whose KeyboardInterrupt lands inside an object's __del__ is printed and dropped by Python; CI saw
+    'atlasseg batch' then run to the end and exit 0 after Ctrl-C. With the CLI's handlers installed, the next
+    progress check raises it (once), so the run still stops."""
+    from AtlasSegLib.cli import install_signal_handlers
+    from AtlasSegLib.progress import Reporter
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside __del__
+
+    swallowed = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: swallowed.append(u.exc_type))
+    restore = install_signal_handlers()
+    try:
+        Finalized()  # freed at once: Python reports "Exception ignored" and goes on
+        assert swallowed == [KeyboardInterrupt]
+        reporter = Reporter()
+        with pytest.raises(KeyboardInterrupt):
+            reporter.update("inference", 0.5)
+        reporter.update("inference", 0.6)  # raised once, not again while the interrupt is being handled
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
