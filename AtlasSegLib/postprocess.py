@@ -62,11 +62,16 @@ def remove_small(mask: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarr
     return cc3d.dust(mask, threshold=min_voxels, connectivity=26, in_place=False).astype(np.uint8, copy=False)
 
 
+def ball_radius_voxels(spacing_kji, radius_mm: float) -> list:
+    """Per-axis radius (k, j, i) in voxels of the ball ``dilate_mm`` uses (at least one voxel)."""
+    return [max(1, int(round(radius_mm / s))) for s in spacing_kji]
+
+
 def dilate_mm(mask: np.ndarray, spacing_kji, radius_mm: float) -> np.ndarray:
     """Binary dilation by a ball of ``radius_mm`` (per-axis radius in voxels from the spacing)."""
     if radius_mm <= 0 or not mask.any():
         return mask
-    radius = [max(1, int(round(radius_mm / s))) for s in spacing_kji[::-1]]  # SimpleITK wants (i, j, k)
+    radius = ball_radius_voxels(spacing_kji, radius_mm)[::-1]  # SimpleITK wants (i, j, k)
     img = sitk.GetImageFromArray(mask.astype(np.uint8, copy=False))
     out = sitk.BinaryDilate(img, radius, sitk.sitkBall, 0, 1)
     return sitk.GetArrayViewFromImage(out).astype(np.uint8)
@@ -85,7 +90,7 @@ def dilated_gate(organs: np.ndarray, q_box: np.ndarray, spacing_kji, radius_mm: 
         return gate
     if radius_mm <= 0:
         return organs.astype(np.uint8, copy=True)
-    radius = [max(1, int(round(radius_mm / s))) for s in spacing_kji]
+    radius = ball_radius_voxels(spacing_kji, radius_mm)  # the kernel's reach: the crop must include it
     sl = []
     for axis in range(3):
         hits = np.flatnonzero(nz.any(axis=tuple(a for a in range(3) if a != axis)))
