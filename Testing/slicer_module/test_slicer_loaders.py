@@ -70,13 +70,15 @@ out["redefined"] = redefined
 # The widget's view of a background task (Apply, Download): it must see the task finish.
 AtlasSeg = sys.modules["AtlasSeg"]
 # (The widget's timer polls while "task.state is RunState.RUNNING", with RunState as AtlasSeg.py imported it.)
-task = AtlasSeg.BackgroundTask(lambda progress, cancelled: 42)
+# (A download is such a task too: an engine-protocol process, like the run.)
+from AtlasSegModule.AtlasSegRunner import EngineRunner
+task = EngineRunner([sys.executable, "-c", "print('{\\"event\\": \\"done\\", \\"outdir\\": \\"42\\"}')"])
 task.start()
 deadline = time.time() + 30
 while task.state is AtlasSeg.RunState.RUNNING and time.time() < deadline:
     task.poll()
     time.sleep(0.01)
-out["taskSucceeded"] = task.state is AtlasSeg.RunState.SUCCEEDED and task.result == 42
+out["taskSucceeded"] = task.state is AtlasSeg.RunState.SUCCEEDED and task.result.outdir == "42"
 out["effects"] = [e.name for e in L.EffectFactory.instance().registeredEffects()]
 print("RESULT " + json.dumps(out))
 """
