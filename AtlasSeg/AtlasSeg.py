@@ -140,6 +140,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._missingRequirements = []
         self._torchMissing = False
+        self._installing = False  # pip or light-the-torch is running (under a modal dialog)
         self._fillingStructures = False
 
     # ------------------------------------------------------------------------------------------- setup
@@ -310,14 +311,17 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                               outputSegmentation=params.outputSegmentation, dependenciesError=packagesFirst)
         if self._job is not None:
             reason = _("Wait for the download to finish (or cancel it).")
+        if self._installing:
+            reason = _("Wait for the installation of AtlasSeg's Python packages to finish.")
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _(APPLY_TOOLTIP)
 
     def _updateModelButtons(self):
         model = self._selectedModel()
         downloading = self._job is not None and self._job.kind == "download"
+        self.ui.installDependenciesButton.enabled = not self._installing
         self.ui.downloadButton.enabled = bool(model and not model.downloaded and model.downloadable
-                                              and self._job is None)
+                                              and self._job is None and not self._installing)
         self.ui.downloadButton.toolTip = (
             _("Download the selected model's weights into the cache folder (verified against the published size "
               "and checksum). Slicer stays usable meanwhile.") if self.ui.downloadButton.enabled else
@@ -326,7 +330,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Select a model first."))
         self.ui.cancelDownloadButton.setVisible(downloading)
         self.ui.downloadProgressBar.setVisible(downloading)
-        self.ui.importWeightsButton.enabled = model is not None and self._job is None
+        self.ui.importWeightsButton.enabled = model is not None and self._job is None and not self._installing
         self.ui.importWeightsButton.toolTip = (
             _("Install a weights file you downloaded yourself (e.g. behind a proxy or on another computer) for the "
               "selected model. It is checked against the model card and copied into the cache.")
@@ -349,30 +353,59 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependenciesLabel.toolTip = "\n".join(f"{reason}." for reason in unavailable.values())
 
     def _ensureDependencies(self) -> bool:
-        """Ask, then install what is missing. False when the user declined. Raises DependencyError on failure."""
+        """Ask, then install what is missing. False when the user declined or an install is already running.
+        Raises DependencyError on failure (also when the install is incomplete)."""
+        if self._installing:  # a click that reached us while pip runs (Slicer pumps events meanwhile)
+            return False
         self._checkDependencies()
         if not self._missingRequirements and not self._torchMissing:
+            deps.checkTorchVersion()  # an installed torch that is too old is refused with how to fix it
             return True
         question = deps.confirmationText(self._missingRequirements, self._torchMissing)
         if not slicer.util.confirmOkCancelDisplay(question, _("AtlasSeg: install Python packages")):
             return False
-        self._appendLog("Installing Python packages: " + ", ".join(self._missingRequirements))
-        if self._torchMissing:
-            self._appendLog("PyTorch " + deps.ensureTorch(askConfirmation=False) + " installed")
-        outcome = deps.installRequirements(deps.readRequirements())
+        self._installing = True
+        self._updateGui()  # Install…, Apply, Download and Import disabled until the install has ended
+        dialog = qt.QProgressDialog(_("Installing AtlasSeg's Python packages…"), "", 0, 0, slicer.util.mainWindow())
+        dialog.setWindowTitle(_("AtlasSeg: installing"))
+        dialog.setWindowModality(qt.Qt.ApplicationModal)
+        dialog.setCancelButton(None)  # pip cannot be stopped half-way safely
+        dialog.setMinimumDuration(0)
+        dialog.show()
+
+        def onLine(line):
+            self._appendLog(line)
+            dialog.setLabelText(_("Installing AtlasSeg's Python packages…") + "\n" + line[:100])
+
+        def pump():
+            slicer.app.processEvents()
+
+        try:
+            self._appendLog("Installing Python packages: " + ", ".join(self._missingRequirements))
+            if self._torchMissing:
+                dialog.setLabelText(_("Installing PyTorch (a download of up to a few GB)…"))
+                self._appendLog("PyTorch " + deps.ensureTorch(pump=pump, onLine=onLine) + " installed")
+            else:
+                deps.checkTorchVersion()
+            outcome = deps.installRequirements(deps.readRequirements(), pump=pump, onLine=onLine)
+        finally:
+            dialog.close()
+            self._installing = False
+            self._checkDependencies()
+            self._populateModels()
+            self._updateGui()
         for reason in (outcome.unavailable or {}).values():
             self._appendLog(f"Not available in this Slicer: {reason}.")
-        self._checkDependencies()
-        self._populateModels()
         self._refreshDeviceInfo(refresh=True)
         if outcome.restartRecommended and slicer.util.confirmYesNoDisplay(
-                _("Packages AtlasSeg had already loaded were updated. Restart Slicer now to use the new versions? "
-                  "(You can also restart later; save your work first.)"), _("AtlasSeg: restart Slicer?")):
+                _("Packages Slicer had already loaded were changed by the install ({packages}). Restart Slicer now "
+                  "to use the new versions? (You can also restart later; save your work first.)").format(
+                    packages=", ".join(outcome.restartPackages)), _("AtlasSeg: restart Slicer?")):
             slicer.util.restart()
         return True
 
     def onInstallDependencies(self):
-        with slicer.util.tryWithErrorDisplay(_("Installing AtlasSeg's Python packages failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Installing AtlasSeg's Python packages failed."), waitCursor=False):
             self._ensureDependencies()
 
     # -------------------------------------------------------------------------------------------- input
