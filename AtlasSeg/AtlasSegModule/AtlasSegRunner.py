@@ -93,8 +93,9 @@ class RunResult:
 def pythonExecutable() -> str:
     """The Python that runs the engine: ``PythonSlicer`` inside Slicer, else this interpreter.
 
-    Inside Slicer ``sys.executable`` is the Slicer application itself, not a Python interpreter; the
-    ``PythonSlicer`` launcher beside it runs Slicer's Python with the right library paths.
+    Slicer sets ``sys.executable`` to its ``PythonSlicer`` launcher (``qSlicerCoreApplication.cxx``), which runs
+    Slicer's Python with the right library paths; it is looked up beside ``sys.executable`` (and on PATH) so
+    that an embedding that left ``sys.executable`` pointing elsewhere still finds it.
     """
     folder = os.path.dirname(sys.executable)
     for name in ("PythonSlicer.exe", "PythonSlicer") if os.name == "nt" else ("PythonSlicer",):
