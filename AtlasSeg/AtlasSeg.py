@@ -100,9 +100,10 @@ CVPR 2024.</li>
 </ul>
 Inference uses MONAI and PyTorch. Each model keeps its own license: see the Model section before use.
 """)
-        # The "Remove false positive" Segment Editor effect is registered once the application has started
-        # (the effect factory does not exist before). startupCompleted is emitted once: a module created after it
-        # (Extension Wizard "Load module", factoryManager().loadModules()) registers the effect right away.
+        # The "Remove false positive" Segment Editor effect and AtlasSeg's terminology context are registered once
+        # the application has started (the effect factory and the Terminologies module do not exist before).
+        # startupCompleted is emitted once: a module created after it (Extension Wizard "Load module",
+        # factoryManager().loadModules()) registers them right away.
         slicer.app.connect("startupCompleted()", _registerEffects)
         if _startupCompleted():
             qt.QTimer.singleShot(0, _registerEffects)
@@ -116,8 +117,13 @@ def _startupCompleted() -> bool:
 
 def _registerEffects():
     from AtlasSegModule.effects import registerEffects
+    from AtlasSegModule.terminology import loadTerminology
 
     registerEffects()
+    try:
+        loadTerminology()
+    except Exception as exc:  # segments still carry their codes; only the selector's lookup is missing
+        logging.warning("AtlasSeg: terminology context not loaded (%s)", exc)
 
 
 #

@@ -56,7 +56,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # GPUs with less memory than this run out of memory at full resolution (the users' 8 GB cards, minus overhead).
 SMALL_GPU_GIB = 7.0
 
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - AtlasSeg"  # shipped: Resources/Terminology (terminology.py)
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 PROBABILITY_ROLE = "AtlasSegProbability"
 SEGMENTATION_ROLE = "AtlasSegSegmentation"
@@ -316,7 +316,7 @@ def terminologyEntry(structure: dict) -> str:
     anatomic region, all from the card's class table.
 
     Example:
-        liver -> "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical
+        liver -> "Segmentation category and type - AtlasSeg~SCT^123037004^Anatomical
         Structure~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^" (one line)
     """
     def code(key):
