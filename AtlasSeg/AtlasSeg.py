@@ -76,7 +76,7 @@ class AtlasSeg(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         # The effect plugs into the Segment Editor and results are segmentation nodes.
         self.parent.dependencies = ["Segmentations", "SegmentEditor"]
-        self.parent.contributors = ["AtlasSeg contributors"]
+        self.parent.contributors = ["AtlasSeg maintainers (AtlasSeg project)"]  # as EXTENSION_CONTRIBUTORS
         self.parent.helpText = _("""
 Segments abdominal organs and tumors on CT with the AbdomenAtlas family of models (SuPreM, DiffTumor) or
 your own model card. Choose the CT, a model and the structures, then click Apply: the model runs in a separate
