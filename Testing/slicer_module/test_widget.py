@@ -169,7 +169,7 @@ def test_an_effect_click_before_the_packages_are_installed_says_so_once():
     out = _run("""
 import slicer_loaders
 blocked = slicer_loaders.BlockedPackages(["cc3d"]); blocked.install()
-env = widget_harness.start()
+env = widget_harness.start(started=False)
 env.createModule()
 env.app.emit("startupCompleted()")
 effect = slicer.qSlicerSegmentEditorEffectFactory.instance().registeredEffects()[0]
@@ -192,7 +192,8 @@ env = widget_harness.start(started=True)
 env.createModule()
 env.qt.runSingleShots()  # the event loop runs, no startupCompleted
 out["after"] = [e.name for e in slicer.qSlicerSegmentEditorEffectFactory.instance().registeredEffects()]
-env.app.emit("startupCompleted()")  # harmless if it came anyway
+env.createModule()  # a second instance (Reload) registers nothing twice
+env.qt.runSingleShots()
 out["again"] = [e.name for e in slicer.qSlicerSegmentEditorEffectFactory.instance().registeredEffects()]
 """)
     assert out["after"] == ["Remove false positive"] and out["again"] == ["Remove false positive"]

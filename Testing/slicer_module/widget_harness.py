@@ -67,6 +67,7 @@ class Application:
         self.base = base
         self.slots = {}
         self.processEventsHooks = []
+        self.startupEmitted = started  # a started application has emitted it already
         self.mainWindow = qt_standin.create("QMainWindow")
         self.mainWindow._props["objectName"] = "qSlicerMainWindow"
         self.mainWindow._props["visible"] = started
@@ -76,6 +77,10 @@ class Application:
         self.slots.setdefault(signal, []).append(slot)
 
     def emit(self, signal):
+        if signal == "startupCompleted()":  # the application emits it once (qSlicerApplicationHelper.txx:314,318)
+            if self.startupEmitted:
+                raise RuntimeError("startupCompleted() is emitted once by the application")
+            self.startupEmitted = True
         for slot in self.slots.get(signal, []):
             slot()
 
