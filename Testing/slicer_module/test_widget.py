@@ -264,3 +264,40 @@ out["status"] = widget.ui.runStatusLabel.text
 """)
     assert out["dialogs"] == []
     assert "select a CT" in out["status"]
+
+
+def test_developer_reload_reimports_the_package_and_the_library_and_cleanup_releases_the_gui():
+    """D15: Slicer's Reload re-executes only AtlasSeg.py; the AtlasSegModule package and AtlasSegLib stayed the
+    old ones. (That the new widget then builds is what Slicer's reload does next: only the app shows it.)"""
+    out = _run("""
+env = widget_harness.start()
+widget = env.createWidget()
+widget.enter()
+import AtlasSegModule.AtlasSegLogic as oldLogic
+widget.cleanup()
+out["guiReleased"] = widget._parameterNodeGuiTag is None
+widget.onReload()
+out["reloadedByBase"] = getattr(widget, "reloaded", False)
+out["dropped"] = sorted(n for n in sys.modules if n.split(".")[0] in ("AtlasSegModule", "AtlasSegLib"))
+import AtlasSegModule.AtlasSegLogic as newLogic
+out["fresh"] = newLogic is not oldLogic
+out["errors"] = env.qt.ERRORS
+""")
+    assert out["errors"] == [] and out["guiReleased"] is True
+    assert out["dropped"] == [] and out["reloadedByBase"] is True and out["fresh"] is True
+
+
+def test_reload_and_test_shows_a_skip_as_a_message_not_as_a_failure():
+    """D15: 'Reload and Test' wraps runTest in tryWithErrorDisplay: a SkipTest read as 'Reload and Test failed.'"""
+    out = _run("""
+import slicer_loaders
+blocked = slicer_loaders.BlockedPackages(["torch", "monai"]); blocked.install()
+env = widget_harness.start()
+import AtlasSeg
+test = AtlasSeg.AtlasSegTest()
+shown = []
+test.delayDisplay = lambda message, *a: shown.append(message)
+test.runTest()  # raised unittest.SkipTest before
+out["shown"] = shown
+""")
+    assert len(out["shown"]) == 1 and "skipped" in out["shown"][0]
