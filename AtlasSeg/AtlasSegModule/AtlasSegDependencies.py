@@ -10,7 +10,8 @@ requests, or a torch from PyPI that does not match their GPU. So:
   Python >= 3.10 and pydicom >= 3, which Slicer 5.8 and 5.10 do not have) are installed in pip calls of their
   own, only where they can work: elsewhere they are reported unavailable, with the reason, and everything else
   still installs (one pip call for everything made a single impossible package stop the whole install);
-* torch comes from the PyTorch extension (``PyTorchUtils``), which picks the build for the computer's GPU;
+* torch is installed with light-the-torch, as the PyTorch extension (``PyTorchUtils``) does, which picks the build
+  for the computer's GPU;
 * nothing is installed without the user's OK (the widget asks, listing ``confirmationText``);
 * every install step runs in a process of its own (pip on Slicer < 5.11, light-the-torch for torch) while the
   caller pumps the GUI (``pump``) under a modal dialog, so the panel repaints and cannot start a second install;
@@ -137,7 +138,8 @@ def confirmationText(missing, torchMissing: bool) -> str:
     parts = ["AtlasSeg needs Python packages that are not installed yet:\n"]
     parts += [f"  • {r}" for r in missing]
     if torchMissing:
-        parts.append("  • PyTorch, installed by the PyTorch extension for this computer's GPU or CPU")
+        parts.append("  • PyTorch, the build for this computer's GPU or CPU (chosen by light-the-torch, as the PyTorch "
+                     "extension does; a download of up to a few GB)")
     parts.append("\nSlicer's own SimpleITK, numpy and requests are kept as they are. Downloading and installing "
                  "can take a few minutes. Install now?")
     return "\n".join(parts)
