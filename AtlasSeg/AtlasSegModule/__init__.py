@@ -29,9 +29,9 @@ def ensureLibraryImportable() -> Path:
     """
     for candidate in (MODULE_DIR, MODULE_DIR.parent):
         if (candidate / "AtlasSegLib" / "__init__.py").is_file():
-            loaded = sys.modules.get("AtlasSegLib")
-            if loaded is not None and Path(loaded.__file__).resolve().parent.parent != candidate.resolve():
-                raise ImportError(f"another AtlasSegLib ({loaded.__file__}) was imported before AtlasSeg's own "
+            loadedFile = getattr(sys.modules.get("AtlasSegLib"), "__file__", None)
+            if loadedFile and Path(loadedFile).resolve().parent.parent != candidate.resolve():
+                raise ImportError(f"another AtlasSegLib ({loadedFile}) was imported before AtlasSeg's own "
                                   f"({candidate / 'AtlasSegLib'}); restart Slicer, and uninstall the other one "
                                   "from Slicer's Python if it was pip-installed there")
             if sys.path[:1] != [str(candidate)]:
