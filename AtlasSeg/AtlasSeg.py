@@ -248,7 +248,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.reviewPanel.cleanup()
         if getattr(self, "teachingPanel", None) is not None:
             self.teachingPanel.cleanup()
-        if self._parameterNode is not None:
+        if self._parameterNode is not None and self._parameterNodeGuiTag is not None:  # exit() may have done it
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
         self.removeObservers()
