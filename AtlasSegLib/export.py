@@ -61,7 +61,7 @@ FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "abdomenatlas")
 DEFAULT_NAMES = {"dicom-seg": "segmentation.dcm", "rtstruct": "rtstruct.dcm", "seg-nrrd": "segmentation.seg.nrrd",
                  "abdomenatlas": "abdomenatlas"}
 GRID_TOLERANCE_MM = 0.01  # NIfTI stores geometry as float32: µm-level differences to the DICOM headers are expected
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - AtlasSeg"  # the Slicer extension ships it (its General Anatomy list lacks 9 of these codes)
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"

@@ -10,20 +10,31 @@ requests, or a torch from PyPI that does not match their GPU. So:
   Python >= 3.10 and pydicom >= 3, which Slicer 5.8 and 5.10 do not have) are installed in pip calls of their
   own, only where they can work: elsewhere they are reported unavailable, with the reason, and everything else
   still installs (one pip call for everything made a single impossible package stop the whole install);
-* torch comes from the PyTorch extension (``PyTorchUtils``), which picks the build for the computer's GPU;
+* torch is installed with light-the-torch, as the PyTorch extension (``PyTorchUtils``) does, which picks the build
+  for the computer's GPU;
 * nothing is installed without the user's OK (the widget asks, listing ``confirmationText``);
-* after installing, a restart is offered only when a package that was already imported changed.
+* every install step runs in a process of its own (pip on Slicer < 5.11, light-the-torch for torch) while the
+  caller pumps the GUI (``pump``) under a modal dialog, so the panel repaints and cannot start a second install;
+  Slicer >= 5.11's ``pip_ensure`` gets the constraints file and no ``skip_packages`` (that path installs with
+  ``--no-deps`` and walks the dependency tree without a resolver, logging a failed dependency and going on);
+* the install is checked as a whole afterwards: every requirement's version, then an import of what the panels
+  and the engine import, in the engine's Python (``smokeTest``): a half-installed dependency tree is a failure;
+* an installed torch older than ``TORCH_REQUIREMENT`` is refused with how to fix it (never silently used);
+* after installing, a restart is offered when any package that changed (requested or pulled in) was already
+  imported into Slicer's process.
 
-The pure functions (parsing, filtering, what is missing) are unit-tested; ``installRequirements`` and
-``ensureTorch`` call into Slicer.
+The pure functions (parsing, filtering, what is missing, commands, restart advice) are unit-tested, and so is
+``installRequirements`` against a real pip into a scratch target; inside Slicer it also calls ``pip_ensure``.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import re
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -46,8 +57,10 @@ class DependencyError(RuntimeError):
 @dataclass(frozen=True)
 class InstallOutcome:
     installed: tuple  # requirement strings that were missing and are now installed
-    restartRecommended: bool
+    restartRecommended: bool  # a package that changed (requested or pulled in) was already imported
     unavailable: dict = None  # feature name -> why this Slicer cannot offer it
+    changed: tuple = ()  # every distribution added, removed or upgraded by the install
+    restartPackages: tuple = ()  # those of ``changed`` already imported here (why a restart is recommended)
 
 
 def canonicalName(requirement: str) -> str:
@@ -125,7 +138,8 @@ def confirmationText(missing, torchMissing: bool) -> str:
     parts = ["AtlasSeg needs Python packages that are not installed yet:\n"]
     parts += [f"  • {r}" for r in missing]
     if torchMissing:
-        parts.append("  • PyTorch, installed by the PyTorch extension for this computer's GPU or CPU")
+        parts.append("  • PyTorch, the build for this computer's GPU or CPU (chosen by light-the-torch, as the PyTorch "
+                     "extension does; a download of up to a few GB)")
     parts.append("\nSlicer's own SimpleITK, numpy and requests are kept as they are. Downloading and installing "
                  "can take a few minutes. Install now?")
     return "\n".join(parts)
@@ -151,29 +165,106 @@ def _pipEnsure():
     return None
 
 
-def _pipInstall(requirements, requester: str) -> bool:
-    """One pip run for ``requirements`` with Slicer's own packages pinned; returns whether a restart is advised.
+def pipEnsureArguments(requirements, constraintsPath, requester: str) -> dict:
+    """Keyword arguments for Slicer >= 5.11's ``pip_ensure``: the constraints file pins Slicer's packages, so no
+    ``skip_packages`` (that switches pip_ensure to ``--no-deps`` installs and a resolver-less walk of the tree
+    that only logs a dependency that failed). AtlasSeg asks before installing and advises the restart itself."""
+    from packaging.requirements import Requirement
+
+    return dict(requirements=[Requirement(r) for r in requirements], constraints=str(constraintsPath),
+                prompt_install=False, prompt_restart=False, requester=requester)
+
+
+def pipCommand(python: str, constraintsPath, requirements) -> list:
+    """What ``slicer.util.pip_install`` runs, as a command of our own (it blocks the GUI in a processEvents loop
+    that lets the user click Install again while pip runs)."""
+    return [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraintsPath),
+            *requirements]
+
+
+def _pipInstall(requirements, requester: str, pump=None, onLine=None, python: Optional[str] = None) -> None:
+    """One pip run for ``requirements`` with Slicer's own packages pinned.
 
     Raises:
-        whatever pip raised.
+        whatever pip raised (``DependencyError`` when pip exited with an error).
     """
-    import slicer
-
-    importedBefore = {canonicalName(r) for r in requirements if _importName(r) in sys.modules}
     with tempfile.TemporaryDirectory(prefix="AtlasSeg-pip-") as folder:
         constraints = Path(folder) / "slicer-constraints.txt"
         constraints.write_text(constraintsText(), encoding="utf-8")
         pipEnsure = _pipEnsure()
         if pipEnsure is not None:
-            from packaging.requirements import Requirement
+            pipEnsure(**pipEnsureArguments(requirements, constraints, requester))
+            return
+        runCommand(pipCommand(python or _python(), constraints, requirements), pump=pump, onLine=onLine)
 
-            # pip_ensure asks about a restart itself when an imported package changed.
-            pipEnsure([Requirement(r) for r in requirements], constraints=str(constraints),
-                      skip_packages=list(PROTECTED), prompt_install=False, prompt_restart=True,
-                      requester=requester)
-            return False
-        slicer.util.pip_install(["-c", str(constraints), *requirements])
-        return bool(importedBefore)
+
+def _python() -> str:
+    from AtlasSegModule.AtlasSegRunner import pythonExecutable
+
+    return pythonExecutable()
+
+
+def runCommand(command, *, pump=None, onLine=None, what: str = "") -> None:
+    """Run ``command`` in its own process and wait, calling ``pump()`` every 30 ms (the GUI processes events
+    there) and ``onLine(line)`` for each line it prints.
+
+    Raises:
+        DependencyError: it failed; the message has its last lines.
+    """
+    from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState
+
+    runner = EngineRunner(command, logCallback=onLine, expectDone=False)
+    runner.start()
+    while runner.state is RunState.RUNNING:
+        if pump is not None:
+            pump()
+        time.sleep(0.03)  # sleeping releases the GIL: the runner's reader threads get to run
+        runner.poll()
+    if runner.state is not RunState.SUCCEEDED:
+        tail = "\n".join(runner.result.logTail[-8:])
+        raise DependencyError(f"{what or ' '.join(command[:5])} failed (exit code {runner.result.returnCode})"
+                              + (f":\n{tail}" if tail else ""))
+
+
+def installedDistributions() -> dict:
+    """``{canonical name: version}`` of every installed distribution."""
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[canonicalName(name)] = dist.version
+    return found
+
+
+def changedDistributions(before: dict, after: dict) -> list:
+    """Names of the distributions added, removed or at another version (sorted)."""
+    return sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+
+
+def topLevelModules(name: str) -> set:
+    """The modules a distribution provides (``top_level.txt``, else the first part of its files' paths)."""
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return {name.replace("-", "_")}
+    text = dist.read_text("top_level.txt")
+    if text:
+        return {line.strip() for line in text.splitlines() if line.strip()}
+    modules = set()
+    for file in dist.files or ():
+        parts = Path(str(file)).parts
+        if not parts or parts[0].endswith((".dist-info", ".egg-info", ".data")) or parts[0] == "..":
+            continue
+        first = parts[0]
+        modules.add(first[:-3] if first.endswith(".py") else first.split(".")[0])
+    return modules or {name.replace("-", "_")}
+
+
+def restartAdvised(changed, loadedModules=None, modulesOf: Callable[[str], set] = topLevelModules) -> list:
+    """The changed distributions whose modules this process has already imported (a restart is needed to use
+    their new versions): the requested packages and everything pip pulled in or upgraded with them."""
+    loaded = {name.split(".")[0] for name in (sys.modules if loadedModules is None else loadedModules)}
+    return [name for name in changed if modulesOf(name) & loaded]
 
 
 @dataclass(frozen=True)
@@ -205,20 +296,26 @@ def installPlan(requirements, versionOf: Callable[[str], Optional[str]] = instal
     return [run for run in runs if run.requirements], unavailable
 
 
-def installRequirements(requirements, requester: str = REQUESTER) -> InstallOutcome:
-    """Install what ``installPlan`` says into Slicer's Python (blocking; call after confirming).
+def installRequirements(requirements, requester: str = REQUESTER, *, pump=None, onLine=None,
+                        python: Optional[str] = None, smoke: bool = True) -> InstallOutcome:
+    """Install what ``installPlan`` says into Slicer's Python (call after confirming), then check the whole
+    install: every requirement at its version and an import of everything the module uses (``smokeTest``).
+
+    ``pump`` is called while pip runs (the GUI processes events there, under a modal dialog); ``onLine`` gets
+    pip's output.
 
     Raises:
-        DependencyError: pip failed on the core requirements; the message names the packages and how to retry.
-        A feature whose install fails is only reported (``InstallOutcome.unavailable``).
+        DependencyError: pip failed on the core requirements, or left them (or a dependency of theirs) missing or
+            unimportable; the message names the packages and how to retry. A feature whose install fails is only
+            reported (``InstallOutcome.unavailable``).
     """
     runs, unavailable = installPlan(requirements)
-    restart = False
     installed = []
+    before = installedDistributions()
     for run in runs:
         wanted = list(run.requirements)
         try:
-            restart = _pipInstall(wanted, requester) or restart
+            _pipInstall(wanted, requester, pump=pump, onLine=onLine, python=python)
         except Exception as exc:  # pip's CalledProcessError, network errors: all end the same way for the user
             if run.feature:  # one feature failing must not undo the rest
                 unavailable[run.feature] = f"installing {', '.join(wanted)} failed: {exc}"
@@ -230,7 +327,65 @@ def installRequirements(requirements, requester: str = REQUESTER) -> InstallOutc
             raise DependencyError(f"pip finished but {', '.join(still)} is still missing or too old.\n\n"
                                   f"{retryHint(still)}")
         installed += [r for r in wanted if r not in still]
-    return InstallOutcome(installed=tuple(installed), restartRecommended=restart, unavailable=unavailable)
+    if smoke:
+        broken = smokeTest(python=python, pump=pump)
+        if broken:
+            details = "\n".join(f"  • {module}: {error}" for module, error in broken.items())
+            raise DependencyError("The packages were installed, but some of what AtlasSeg imports still fails "
+                                  f"(a dependency is missing or broken):\n{details}\n\n"
+                                  f"{retryHint(readRequirements())}")
+    changed = changedDistributions(before, installedDistributions())
+    loadedChanged = restartAdvised(changed)
+    return InstallOutcome(installed=tuple(installed), restartRecommended=bool(loadedChanged),
+                          unavailable=unavailable, changed=tuple(changed), restartPackages=tuple(loadedChanged))
+
+
+# What the panels and the engine import, checked after an install in the engine's Python (not in Slicer's:
+# monai imports torch). A dependency that pip left out surfaces here instead of at the user's first click.
+SMOKE_IMPORTS = ("AtlasSegLib.card", "AtlasSegLib.review", "AtlasSegLib.export", "AtlasSegLib.report",
+                 "AtlasSegLib.download", "AtlasSegLib.phantom", "AtlasSegLib.synthesize", "AtlasSegLib.pipeline",
+                 "monai.inferers", "monai.networks.nets")
+
+SMOKE_SCRIPT = r"""
+import importlib, json, sys
+failed = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed[name] = f"{type(exc).__name__}: {exc}"
+print("SMOKE " + json.dumps(failed))
+"""
+
+
+def smokeImports(requirements=None) -> list:
+    """The modules to import: every requirement's own module, then ``SMOKE_IMPORTS``."""
+    installable, _ = splitProtected(readRequirements() if requirements is None else requirements)
+    return [_importName(r) for r in installable] + list(SMOKE_IMPORTS)
+
+
+def smokeTest(python: Optional[str] = None, pump=None, modules=None) -> dict:
+    """``{module: error}`` for each module in ``modules`` (default ``smokeImports()``) that the engine's Python
+    cannot import with this extension's AtlasSegLib; empty when everything imports."""
+    import os
+
+    from AtlasSegModule import LIBRARY_PARENT_DIR
+    from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState
+
+    names = list(modules if modules is not None else smokeImports())
+    pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
+    runner = EngineRunner([python or _python(), "-c", SMOKE_SCRIPT, *names], expectDone=False,
+                          env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)}, cwd=str(LIBRARY_PARENT_DIR))
+    runner.start()
+    while runner.state is RunState.RUNNING:
+        if pump is not None:
+            pump()
+        time.sleep(0.03)
+        runner.poll()
+    for line in reversed(runner.result.logTail):
+        if line.startswith("SMOKE "):
+            return json.loads(line[len("SMOKE "):])
+    return {"(python)": "the import check did not run: " + " ".join(runner.result.logTail[-3:])}
 
 
 @dataclass(frozen=True)
@@ -331,30 +486,53 @@ def torchMissing() -> bool:
     return installedVersion("torch") is None
 
 
-def ensureTorch(askConfirmation: bool = False) -> str:
-    """Install torch through the PyTorch extension when it is missing; return the installed version.
+def checkTorchVersion(version: Optional[str] = None) -> str:
+    """The installed torch's version, refused when it is older than ``TORCH_REQUIREMENT`` (read from its
+    metadata: torch is never imported into Slicer's process).
 
     Raises:
-        DependencyError: the PyTorch extension is not installed, or the user declined, or installing failed.
+        DependencyError: not installed, or too old; the message says how to fix it.
     """
-    version = installedVersion("torch")
-    if version is not None:
-        return version
+    version = installedVersion("torch") if version is None else version
+    if version is None:
+        raise DependencyError("PyTorch is not installed.")
+    if not isSatisfied(f"torch{TORCH_REQUIREMENT}", version.split("+")[0]):
+        raise DependencyError(f"AtlasSeg needs PyTorch {TORCH_REQUIREMENT}, but this Slicer has PyTorch {version}. "
+                              "Open the PyTorch Utils module, click Uninstall, restart Slicer, then click Install "
+                              "in AtlasSeg's panel (or install a newer PyTorch there).")
+    return version
+
+
+def torchInstallCommands(python: str, lttInstalled: Optional[bool] = None) -> list:
+    """The commands that install torch for this computer's GPU, as the PyTorch extension does (light-the-torch
+    picks the CUDA build): each runs in its own process, so the GUI keeps repainting during the multi-GB
+    download, which pip prints nothing about."""
+    if lttInstalled is None:
+        lttInstalled = installedVersion("light-the-torch") is not None
+    commands = [] if lttInstalled else [[str(python), "-m", "pip", "install", "--disable-pip-version-check",
+                                         "light-the-torch>=0.5"]]
+    commands.append([str(python), "-m", "light_the_torch", "install", f"torch{TORCH_REQUIREMENT}"])
+    return commands
+
+
+def ensureTorch(pump=None, onLine=None, python: Optional[str] = None) -> str:
+    """Install torch (light-the-torch, as the PyTorch extension does) when it is missing, each step in its own
+    process while ``pump()`` keeps the GUI alive; return the installed version, checked against
+    ``TORCH_REQUIREMENT`` (an installed torch too is checked, and refused when too old).
+
+    Raises:
+        DependencyError: installing failed, or the installed torch is too old.
+    """
+    if installedVersion("torch") is not None:
+        return checkTorchVersion()
     try:
-        import PyTorchUtils
-    except ImportError:
-        raise DependencyError("AtlasSeg needs PyTorch, which is installed by the PyTorch extension: install "
-                              "'PyTorch' from the Extensions Manager, restart Slicer, then click Apply "
-                              "again.") from None
-    try:
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
-                                                             torchVersionRequirement=TORCH_REQUIREMENT)
-    except Exception as exc:  # whatever pip or light-the-torch raised, the user needs the same advice
-        raise DependencyError(f"Installing PyTorch failed: {exc}\n\nOpen the PyTorch Utils module to install it "
-                              "(choose the CUDA version of your GPU), then click Apply again.") from exc
-    if torch is None:
-        raise DependencyError("PyTorch was not installed, so AtlasSeg cannot run; click Apply again to install it.")
-    return torch.__version__
+        for command in torchInstallCommands(python or _python()):
+            runCommand(command, pump=pump, onLine=onLine, what="Installing PyTorch")
+    except DependencyError as exc:
+        raise DependencyError(f"{exc}\n\nOpen the PyTorch Utils module to install it (choose the CUDA version of "
+                              "your GPU), then click Install in AtlasSeg's panel again.") from exc
+    importlib.invalidate_caches()
+    return checkTorchVersion()
 
 
 def _importName(requirement: str) -> str:

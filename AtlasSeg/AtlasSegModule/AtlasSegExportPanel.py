@@ -149,6 +149,17 @@ class ExportPanel:
 
     # ----------------------------------------------------------------------------------------- actions
     def onExport(self, *_):
+        # Every error reaches the user (a Qt slot's exception only reaches the Python console): the expected
+        # ones in the status line, anything else (packages not installed, a write error) in a dialog as well.
+        with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
+            try:
+                self._export()
+            except Exception as exc:
+                self._showStatus(f"Export failed: {exc}", error=True)
+                if not isinstance(exc, (AtlasSegError, ValueError)):
+                    raise
+
+    def _export(self):
         segmentationNode = self.segmentationSelector.currentNode()
         folder = self.outputFolderEdit.currentPath
         if not folder:
@@ -158,19 +169,12 @@ class ExportPanel:
         destination = Path(folder) / _exportLogic().defaultFileName(fmt, segmentationNode)
         self._showStatus(f"Exporting to {destination}…")
         slicer.app.processEvents()
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
-        try:
-            options = _exportLogic().exportOptions(
-                fmt, self.roiNamesCombo.itemData(self.roiNamesCombo.currentIndex), self.nameMapEdit.currentPath or None,
-                self.tumorRoiTypeCombo.itemData(self.tumorRoiTypeCombo.currentIndex))
-            outcome = _exportLogic().exportSegmentation(
-                segmentationNode, fmt, destination, referenceDicom=self.referenceDicomEdit.currentPath or None,
-                overwrite=self.overwriteCheckBox.checked, **options)
-        except (AtlasSegError, ValueError) as exc:
-            self._showStatus(f"Export failed: {exc}", error=True)
-            return
-        finally:
-            qt.QApplication.restoreOverrideCursor()
+        options = _exportLogic().exportOptions(
+            fmt, self.roiNamesCombo.itemData(self.roiNamesCombo.currentIndex), self.nameMapEdit.currentPath or None,
+            self.tumorRoiTypeCombo.itemData(self.tumorRoiTypeCombo.currentIndex))
+        outcome = _exportLogic().exportSegmentation(
+            segmentationNode, fmt, destination, referenceDicom=self.referenceDicomEdit.currentPath or None,
+            overwrite=self.overwriteCheckBox.checked, **options)
         self.outputFolderEdit.addCurrentPathToHistory()
         self._showStatus(outcome.message())
 
@@ -179,17 +183,17 @@ class ExportPanel:
             slicer.util.mainWindow(), "AbdomenAtlas case folder (ct.nii.gz + segmentations/)")
         if not folder:
             return
-        qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
-        try:
-            imported = _exportLogic().importAbdomenAtlasCase(self.moduleWidget.logic, folder)
-        except (AtlasSegError, ValueError) as exc:
-            self._showStatus(f"Import failed: {exc}", error=True)
-            return
-        finally:
-            qt.QApplication.restoreOverrideCursor()
-        slicer.util.setSliceViewerLayers(background=imported.volumeNode, fit=True)
-        self.segmentationSelector.setCurrentNode(imported.results.segmentationNode)
-        count = len(imported.results.segmentIds)
-        self._showStatus(f"Imported {Path(folder).name}: {count} segment(s)"
-                         + (f"; empty, not loaded: {', '.join(imported.results.emptyStructures)}"
-                            if imported.results.emptyStructures else ""))
+        with slicer.util.tryWithErrorDisplay("Import failed.", waitCursor=True):
+            try:
+                imported = _exportLogic().importAbdomenAtlasCase(self.moduleWidget.logic, folder)
+            except Exception as exc:
+                self._showStatus(f"Import failed: {exc}", error=True)
+                if not isinstance(exc, (AtlasSegError, ValueError)):
+                    raise
+                return
+            slicer.util.setSliceViewerLayers(background=imported.volumeNode, fit=True)
+            self.segmentationSelector.setCurrentNode(imported.results.segmentationNode)
+            count = len(imported.results.segmentIds)
+            self._showStatus(f"Imported {Path(folder).name}: {count} segment(s)"
+                             + (f"; empty, not loaded: {', '.join(imported.results.emptyStructures)}"
+                                if imported.results.emptyStructures else ""))

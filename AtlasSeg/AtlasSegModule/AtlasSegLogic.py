@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,7 +31,8 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from AtlasSegModule import LIBRARY_PARENT_DIR, MODULE_DIR  # noqa: F401  (importing the package puts AtlasSegLib on sys.path)
 from AtlasSegModule import AtlasSegBridge as bridge
-from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState, pythonExecutable
+from AtlasSegModule.AtlasSegRunner import (EngineRunner, ProcessOutput, RunState, downloadCommand,
+                                           pythonExecutable)
 
 # Slicer >= 5.4 has typed parameter nodes; slicer-core (headless tests) does not. (This file has no
 # "from __future__ import annotations": parameterNodeWrapper reads the field annotations as real types.)
@@ -54,7 +56,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # GPUs with less memory than this run out of memory at full resolution (the users' 8 GB cards, minus overhead).
 SMALL_GPU_GIB = 7.0
 
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - AtlasSeg"  # shipped: Resources/Terminology (terminology.py)
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 PROBABILITY_ROLE = "AtlasSegProbability"
 SEGMENTATION_ROLE = "AtlasSegSegmentation"
@@ -314,7 +316,7 @@ def terminologyEntry(structure: dict) -> str:
     anatomic region, all from the card's class table.
 
     Example:
-        liver -> "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical
+        liver -> "Segmentation category and type - AtlasSeg~SCT^123037004^Anatomical
         Structure~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^" (one line)
     """
     def code(key):
@@ -468,22 +470,80 @@ def modelInfoFromCard(card, downloaded: bool) -> ModelInfo:
         downloaded=downloaded, downloadable=bool(weights.get("url")))
 
 
-def probeDevice() -> DeviceInfo:
-    """What torch in this Python sees (the engine process uses the same Python and torch)."""
-    try:
-        import torch
-    except ImportError as exc:
-        return DeviceInfo(error=f"PyTorch is not installed ({exc})")
-    info = {"torchVersion": torch.__version__, "cudaBuild": torch.version.cuda or ""}
-    try:
-        if torch.cuda.is_available():
-            properties = torch.cuda.get_device_properties(0)
-            info["gpuName"] = properties.name
-            info["gpuMemoryGiB"] = properties.total_memory / 2**30
-    except RuntimeError as exc:  # a broken driver raises here; report it instead of failing the panel
-        return DeviceInfo(torchVersion=info["torchVersion"], cudaBuild=info["cudaBuild"],
-                          error=f"torch {info['torchVersion']} cannot use the GPU: {exc}")
-    return DeviceInfo(**info)
+# What torch sees, printed as one JSON line by the engine's Python. It runs in a process of its own: importing torch
+# in Slicer's process froze the panel for seconds on every first opening and kept torch and CUDA loaded for the
+# whole session (a later torch upgrade then needed a restart).
+PROBE_SCRIPT = r"""
+import json
+try:
+    import torch
+except ImportError as exc:
+    print(json.dumps({"error": f"PyTorch is not installed ({exc})"}))
+    raise SystemExit(0)
+info = {"torchVersion": torch.__version__, "cudaBuild": torch.version.cuda or ""}
+try:
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        info["gpuName"] = properties.name
+        info["gpuMemoryGiB"] = properties.total_memory / 2**30
+except RuntimeError as exc:
+    info = {**info, "error": f"torch {info['torchVersion']} cannot use the GPU: {exc}"}
+print(json.dumps(info))
+"""
+
+
+class DeviceProbe:
+    """``PROBE_SCRIPT`` in the engine's Python, without blocking: ``poll()`` returns the ``DeviceInfo`` once it
+    has ended, else None. When torch is not installed (its metadata says so) no process is started."""
+
+    def __init__(self, python: Optional[str] = None, timeoutSeconds: float = 300):
+        from importlib.metadata import PackageNotFoundError, version
+
+        self._process = None
+        self.info: Optional[DeviceInfo] = None
+        try:
+            version("torch")
+        except PackageNotFoundError:
+            self.info = DeviceInfo(error="PyTorch is not installed")
+            return
+        self._process = ProcessOutput([python or pythonExecutable(), "-c", PROBE_SCRIPT],
+                                      timeoutSeconds=timeoutSeconds)
+
+    def poll(self) -> Optional[DeviceInfo]:
+        if self.info is None and self._process.poll():
+            self.info = parseProbeOutput(self._process.output)
+        return self.info
+
+    def wait(self) -> DeviceInfo:
+        while self.poll() is None:
+            time.sleep(0.05)
+        return self.info
+
+    def cancel(self) -> None:
+        if self._process is not None:
+            self._process.cancel()
+
+
+def parseProbeOutput(output: str) -> DeviceInfo:
+    """The ``DeviceInfo`` of ``PROBE_SCRIPT``'s output (its last JSON line); an error naming the output else."""
+    fields = {f for f in DeviceInfo.__dataclass_fields__}
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                return DeviceInfo(**{k: v for k, v in data.items() if k in fields})
+    tail = " ".join(output.strip().splitlines()[-3:])
+    return DeviceInfo(error=f"the GPU check failed ({tail or 'no output'})")
+
+
+def probeDevice(python: Optional[str] = None) -> DeviceInfo:
+    """What torch in the engine's Python sees, asked in a separate process (blocking; the panel polls a
+    ``DeviceProbe`` instead). Torch is never imported into this process."""
+    return DeviceProbe(python).wait()
 
 
 # ------------------------------------------------------------------------------------------------ logic
@@ -502,6 +562,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._snapshots = {}  # segmentation node ID -> _OverwriteSnapshot
         self._deviceInfo: Optional[DeviceInfo] = None
+        self._deviceProbe: Optional[DeviceProbe] = None
 
     def getParameterNode(self):
         node = super().getParameterNode()
@@ -547,6 +608,17 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
 
         return Path(download.fetch(modelId, progress=bytesProgress, cancel=cancelled))
 
+    def startDownload(self, modelIdOrCardPath, logCallback=None) -> EngineRunner:
+        """Download a model's weights into the cache in a separate process (what the panel uses: a thread in
+        Slicer's process is starved of the GIL). ``poll()`` gives "progress" events; on success
+        ``result.outdir`` is the weights file. Cancel kills the process; the next download resumes."""
+        pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
+        runner = EngineRunner(downloadCommand(pythonExecutable(), modelIdOrCardPath),
+                              env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)},
+                              cwd=str(LIBRARY_PARENT_DIR), logCallback=logCallback)
+        runner.start()
+        return runner
+
     def importWeights(self, modelId: str, path) -> Path:
         """Copy a weights file the user downloaded by hand into the cache (checked against the card)."""
         from AtlasSegLib import download
@@ -559,10 +631,27 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         return Path(download.cache_dir())
 
     def deviceInfo(self, refresh: bool = False) -> DeviceInfo:
-        """What torch sees, probed once (importing torch takes seconds) unless ``refresh``."""
+        """What torch sees, probed once in a separate process (blocking) unless ``refresh``."""
         if self._deviceInfo is None or refresh:
             self._deviceInfo = probeDevice()
         return self._deviceInfo
+
+    def startDeviceProbe(self) -> DeviceProbe:
+        """Start probing the device without waiting; ``pollDeviceProbe`` then returns the result once there."""
+        if self._deviceProbe is not None:
+            self._deviceProbe.cancel()
+        self._deviceProbe = DeviceProbe()
+        return self._deviceProbe
+
+    def pollDeviceProbe(self) -> Optional[DeviceInfo]:
+        """The started probe's ``DeviceInfo`` once it has ended (then also ``cachedDeviceInfo()``), else None."""
+        if self._deviceProbe is None:
+            return None
+        info = self._deviceProbe.poll()
+        if info is not None:
+            self._deviceInfo = info
+            self._deviceProbe = None
+        return info
 
     def cachedDeviceInfo(self) -> Optional[DeviceInfo]:
         """The last ``deviceInfo()`` result, without probing (None before the first probe)."""

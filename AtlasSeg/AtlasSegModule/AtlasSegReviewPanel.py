@@ -1,9 +1,9 @@
 """The "Sensitivity and review" section of the AtlasSeg module panel (Qt). Thin: every computation and scene
 change is in ``AtlasSegReview`` (tested headless); this file builds widgets and forwards clicks.
 
-Undo: edits go into the Segment Editor module's history (its editor widget is pointed at the reviewed
-segmentation), so the panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove false positive" effect
-share one history.
+Undo: when the Segment Editor module already shows the reviewed segmentation, edits go into its history, so the
+panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove false positive" effect share one history; otherwise
+the panel keeps its own (the Segment Editor is never repointed: that discarded the user's undo history there).
 
 The lead wires it into ``AtlasSeg.py``: ``self.review = ReviewPanel(self.layout, self)`` in ``setup()``,
 ``self.review.setSegmentationNode(node)`` after results load, ``self.review.cleanup()`` in ``cleanup()``.
@@ -28,6 +28,52 @@ def _removeLogic():
 
     return RemoveFalsePositiveLogic
 
+def _segmentEditorWidget():
+    """The Segment Editor module's editor widget, or None where there is none (it is created lazily)."""
+    module = getattr(slicer.modules, "segmenteditor", None)
+    if module is None:
+        return None
+    return module.widgetRepresentation().self().editor
+
+
+class EditorHistory:
+    """The Segment Editor widget's undo history (when it shows the reviewed segmentation)."""
+
+    def __init__(self, editor):
+        self.editor = editor
+
+    def saveStateForUndo(self):
+        self.editor.saveStateForUndo()
+
+    def undo(self):
+        self.editor.undo()
+
+    def redo(self):
+        self.editor.redo()
+
+
+class PanelHistory:
+    """The review panel's own undo history of one segmentation (``vtkSegmentationHistory``, as the Segment
+    Editor keeps one), used when the Segment Editor shows another segmentation."""
+
+    def __init__(self, segmentationNode, maximumStates: int = 20):
+        self.segmentationNode = segmentationNode
+        self.history = slicer.vtkSegmentationHistory()
+        self.history.SetMaximumNumberOfStates(maximumStates)
+        self.history.SetSegmentation(segmentationNode.GetSegmentation() if segmentationNode is not None else None)
+
+    def saveStateForUndo(self):
+        self.history.SaveState()
+
+    def undo(self):
+        if self.history.IsRestorePreviousStateAvailable():
+            self.history.RestorePreviousState()
+
+    def redo(self):
+        if self.history.IsRestoreNextStateAvailable():
+            self.history.RestoreNextState()
+
+
 DEBOUNCE_MS = 150
 SLIDER_STEPS = 100  # threshold = step / 100, from 0.01 to 0.99
 COLUMNS = ("#", "Tumor", "Organ", "Volume (ml)", "Diameter (mm)", "Max p", "Status")
@@ -45,6 +91,7 @@ class ReviewPanel:
     def __init__(self, parentLayout, moduleWidget):
         self.moduleWidget = moduleWidget
         self.session = None
+        self._ownHistory = None  # PanelHistory, when the Segment Editor shows another segmentation
         self.sliders = {}  # tumor -> (slider, value label)
         self._pendingTumor = None
         self._shortcuts = []
@@ -179,19 +226,22 @@ class ReviewPanel:
         spin.setSuffix(suffix)
         return spin
 
-    def _editorWidget(self):
-        """The Segment Editor module's editor, pointed at the reviewed segmentation (one shared undo history)."""
-        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+    def _history(self):
+        """Where the panel's edits are undone: the Segment Editor's own history when its editor already shows the
+        reviewed segmentation (one history shared with the "Remove false positive" effect there), else the
+        panel's own. The Segment Editor is never pointed at the reviewed segmentation: that would discard the
+        user's undo history of whatever it showed (vtkSegmentationHistory::SetSegmentation clears it) and, in
+        Slicer 5.8, change its selected segment, source volume and label layer."""
         node = self.session.segmentationNode if self.session else None
-        if node is not None and _nodeId(editor.segmentationNode()) != _nodeId(node):
-            editor.setSegmentationNode(node)
-            volume = node.GetNodeReference("AtlasSegInputVolume")
-            if volume is not None:
-                editor.setSourceVolumeNode(volume)
-        return editor
+        editor = _segmentEditorWidget()
+        if node is not None and editor is not None and _nodeId(editor.segmentationNode()) == _nodeId(node):
+            return EditorHistory(editor)
+        if self._ownHistory is None or self._ownHistory.segmentationNode is not node:
+            self._ownHistory = PanelHistory(node)
+        return self._ownHistory
 
     def _saveStateForUndo(self):
-        self._editorWidget().saveStateForUndo()
+        self._history().saveStateForUndo()
 
     def _message(self, text):
         self.messageLabel.text = text
@@ -225,6 +275,13 @@ class ReviewPanel:
             if item.widget():
                 item.widget().deleteLater()
         self.sliders = {}
+        if node is not None:
+            try:
+                _reviewLogic()
+            except ImportError as exc:  # before "Install…": say so in the panel, not in an error dialog
+                self._message(f"The review needs AtlasSeg's Python packages ({exc}): click Install… at the top "
+                              "of the panel.")
+                node = None
         if node is not None:
             with slicer.util.tryWithErrorDisplay("Cannot start the review of this segmentation.", waitCursor=True):
                 review = _reviewLogic()
@@ -369,13 +426,13 @@ class ReviewPanel:
 
     def onUndo(self):
         if self.session is not None:
-            self._editorWidget().undo()
+            self._history().undo()
             self.session.refresh()
             self._fillTable()
 
     def onRedo(self):
         if self.session is not None:
-            self._editorWidget().redo()
+            self._history().redo()
             self.session.refresh()
             self._fillTable()
 

@@ -12,7 +12,13 @@ Protocol (one JSON object per stdout line; anything else is treated as a log lin
     {"event": "done", "outdir": "/tmp/out"}
     {"event": "error", "message": "input /x does not exist ...", "exit_code": 2}
 
-``BackgroundTask`` does the same for an in-process function (a model download) on a thread.
+``downloadCommand`` builds the same kind of process for a model download (``python -c DOWNLOAD_SCRIPT``), and
+``ProcessOutput`` runs a short command (the GPU probe) without any thread. Slicer's idle main thread holds the
+GIL (neither Slicer nor CTK enables PythonQt's thread support), so a Python thread in Slicer's process runs only
+while the GUI executes Python: a download on such a thread fell from ~190 to ~3 MB/s in an emulation. Work that
+moves data therefore runs in a process of its own, like inference.
+
+``BackgroundTask`` runs an in-process function on a thread, for scripts and tests (not used by the panel).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -86,8 +93,9 @@ class RunResult:
 def pythonExecutable() -> str:
     """The Python that runs the engine: ``PythonSlicer`` inside Slicer, else this interpreter.
 
-    Inside Slicer ``sys.executable`` is the Slicer application itself, not a Python interpreter; the
-    ``PythonSlicer`` launcher beside it runs Slicer's Python with the right library paths.
+    Slicer sets ``sys.executable`` to its ``PythonSlicer`` launcher (``qSlicerCoreApplication.cxx``), which runs
+    Slicer's Python with the right library paths; it is looked up beside ``sys.executable`` (and on PATH) so
+    that an embedding that left ``sys.executable`` pointing elsewhere still finds it.
     """
     folder = os.path.dirname(sys.executable)
     for name in ("PythonSlicer.exe", "PythonSlicer") if os.name == "nt" else ("PythonSlicer",):
@@ -111,8 +119,10 @@ class EngineRunner:
     """
 
     def __init__(self, args, *, env: Optional[dict] = None, cwd: Optional[str] = None,
-                 logCallback: Optional[Callable[[str], None]] = None):
+                 logCallback: Optional[Callable[[str], None]] = None, expectDone: bool = True):
         self.args = [str(a) for a in args]
+        # The engine says "done" with its output folder; a plain command (pip, light-the-torch) succeeds on exit 0.
+        self._expectDone = expectDone
         self._env = dict(os.environ)
         # Progress lines must arrive as they are printed, not when a 4 kB pipe buffer fills up.
         self._env.update({"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"})
@@ -244,7 +254,7 @@ class EngineRunner:
         if self._cancelRequested:
             state = RunState.CANCELLED
             errorMessage = "cancelled by the user"
-        elif returnCode == 0 and self._outdir:
+        elif returnCode == 0 and (self._outdir or not self._expectDone):
             state = RunState.SUCCEEDED
         else:
             state = RunState.FAILED
@@ -338,6 +348,84 @@ def _parseEvent(line: str) -> Optional[RunEvent]:
         return RunEvent("error", message=str(data.get("message", "")),
                         exitCode=int(exitCode) if isinstance(exitCode, int) else None)
     return None
+
+
+# A model download in its own process (see the module docstring for why not a thread). argv[1] is a built-in model
+# id or the path of a model card (.json). Progress at most every 0.1 s, in the engine's protocol; exit code 2 with
+# an "error" event for what the user can fix (no network, checksum, no URL), as the CLI does.
+DOWNLOAD_SCRIPT = r"""
+import json, os, sys, time
+from AtlasSegLib import download
+from AtlasSegLib.card import load_card
+from AtlasSegLib.errors import AtlasSegError
+target = sys.argv[1]
+card = load_card(target) if target.endswith(".json") and os.path.isfile(target) else target
+last = [0.0]
+def progress(done, total):
+    now = time.monotonic()
+    if now - last[0] < 0.1 and not (total and done >= total):
+        return
+    last[0] = now
+    fraction = done / total if total else 0.0
+    message = f"{done / 1e6:.0f} of {total / 1e6:.0f} MB" if total else f"{done / 1e6:.0f} MB"
+    print(json.dumps({"event": "progress", "stage": "download", "fraction": fraction, "message": message}), flush=True)
+try:
+    path = download.fetch(card, progress=progress)
+except AtlasSegError as exc:
+    print(json.dumps({"event": "error", "message": str(exc), "exit_code": 2}), flush=True)
+    sys.exit(2)
+print(json.dumps({"event": "done", "outdir": str(path)}), flush=True)
+"""
+
+
+def downloadCommand(python: str, modelIdOrCardPath) -> list:
+    """The command line that downloads a model's weights into the cache in a separate process."""
+    return [str(python), "-c", DOWNLOAD_SCRIPT, str(modelIdOrCardPath)]
+
+
+class ProcessOutput:
+    """A short command whose output is wanted once it has exited, checked with ``poll()`` (never blocks, no
+    thread: the output goes to a temporary file, so a full pipe cannot stall the process)."""
+
+    def __init__(self, args, *, env: Optional[dict] = None, cwd: Optional[str] = None, timeoutSeconds: float = 300):
+        environment = dict(os.environ)
+        environment.update({"PYTHONIOENCODING": "utf-8"})
+        environment.update({k: str(v) for k, v in (env or {}).items()})
+        self._output = tempfile.TemporaryFile()
+        kwargs = {"creationflags": subprocess.CREATE_NO_WINDOW} if os.name == "nt" else {}
+        self._deadline = time.monotonic() + timeoutSeconds
+        self._timedOut = False
+        self._process = subprocess.Popen([str(a) for a in args], stdin=subprocess.DEVNULL, stdout=self._output,
+                                         stderr=subprocess.STDOUT, cwd=cwd, env=environment, **kwargs)
+        self.returnCode: Optional[int] = None
+        self.output = ""
+
+    def poll(self) -> bool:
+        """Whether the command has ended (``returnCode`` and ``output`` are then set); kills it past its time."""
+        if self.returnCode is not None:
+            return True
+        if self._process.poll() is None:
+            if time.monotonic() < self._deadline:
+                return False
+            self._timedOut = True
+            _killQuietly(self._process.pid)
+            self._process.wait()
+        self.returnCode = self._process.returncode
+        self._output.seek(0)
+        self.output = self._output.read().decode("utf-8", errors="replace")
+        self._output.close()
+        if self._timedOut:
+            self.output += "\n(stopped: it did not finish in time)"
+        return True
+
+    def wait(self) -> "ProcessOutput":
+        while not self.poll():
+            time.sleep(0.05)
+        return self
+
+    def cancel(self) -> None:
+        if self.returnCode is None and self._process.poll() is None:
+            _killQuietly(self._process.pid)
 
 
 class BackgroundTask:

@@ -179,13 +179,27 @@ class TeachingLogic:
         return bool(node is not None and node.GetDisplayNode() is not None and node.GetDisplayNode().GetVisibility())
 
     @staticmethod
-    def showBeside(truthNode, resultNode, truthViewIds, resultViewIds) -> None:
+    def showBeside(truthNode, resultNode, truthViewIds, resultViewIds) -> list:
         """The truth only in ``truthViewIds`` and the model's result only in ``resultViewIds`` (slice/3D view
-        node ids): with two slice views side by side on the same CT, the answer is beside the result."""
+        node ids): with two slice views side by side on the same CT, the answer is beside the result.
+
+        Returns what ``restoreViews`` needs to show both where they were shown before (otherwise the result
+        stayed missing from the 3D view and the other slice views, and the scene was saved that way)."""
+        saved = []
         for node, viewIds in ((truthNode, truthViewIds), (resultNode, resultViewIds)):
             if node is None or node.GetDisplayNode() is None:
                 continue
             display = node.GetDisplayNode()
+            saved.append((display, [display.GetNthViewNodeID(i) for i in range(display.GetNumberOfViewNodeIDs())]))
+            display.RemoveAllViewNodeIDs()
+            for viewId in viewIds:
+                display.AddViewNodeID(viewId)
+        return saved
+
+    @staticmethod
+    def restoreViews(saved) -> None:
+        """Undo ``showBeside``: each display node back to the views it had (none listed: all views)."""
+        for display, viewIds in saved or ():
             display.RemoveAllViewNodeIDs()
             for viewId in viewIds:
                 display.AddViewNodeID(viewId)

@@ -40,6 +40,7 @@ class TeachingPanel:
     def __init__(self, parentLayout, moduleWidget):
         self.moduleWidget = moduleWidget
         self.logic = TeachingLogic()
+        self._besideSaved = None  # (layout, display nodes' views) while "Truth beside result" is on
         self.section = ctk.ctkCollapsibleButton()
         self.section.text = _("Teaching")
         self.section.collapsed = True
@@ -144,7 +145,7 @@ class TeachingPanel:
         self.revealButton.toolTip = _("Show or hide the 'Teaching truth' (inserted tumors, phantom truth).")
         self.besideButton = qt.QPushButton(_("Truth beside result"))
         self.besideButton.toolTip = _("Two slice views side by side on the CT: the model's result on the left, the "
-                                      "truth on the right.")
+                                      "truth on the right. Click again to get the previous views back.")
         answers.addWidget(self.revealButton)
         answers.addWidget(self.besideButton)
         layout.addLayout(answers)
@@ -228,6 +229,9 @@ class TeachingPanel:
         self.revealButton.text = _("Hide answers") if checked else _("Reveal answers")
 
     def onBeside(self):
+        if self._besideSaved is not None:  # second click: back to the views as they were
+            self._restoreViews()
+            return
         volume = self.volumeSelector.currentNode()
         with slicer.util.tryWithErrorDisplay(_("The views could not be arranged."), waitCursor=False):
             truth = TeachingLogic.truthNode(volume) if volume is not None else None
@@ -236,12 +240,23 @@ class TeachingPanel:
             params = getattr(self.moduleWidget, "_parameterNode", None)
             result = params.outputSegmentation if params is not None else None
             layoutManager = slicer.app.layoutManager()
+            layout = layoutManager.layout
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
             slicer.util.setSliceViewerLayers(background=volume, fit=True)
             red = layoutManager.sliceWidget("Red").mrmlSliceNode().GetID()
             yellow = layoutManager.sliceWidget("Yellow").mrmlSliceNode().GetID()
-            TeachingLogic.showBeside(truth, result, [yellow], [red])
+            self._besideSaved = (layout, TeachingLogic.showBeside(truth, result, [yellow], [red]))
+            self.besideButton.text = _("Back to the previous views")
             self.revealButton.checked = True
+
+    def _restoreViews(self):
+        if self._besideSaved is None:
+            return
+        layout, saved = self._besideSaved
+        self._besideSaved = None
+        TeachingLogic.restoreViews(saved)
+        slicer.app.layoutManager().setLayout(layout)
+        self.besideButton.text = _("Truth beside result")
 
     def _updateEnabled(self, *args):
         custom = not self.randomTumorsCheck.checked
@@ -250,4 +265,5 @@ class TeachingPanel:
         self.undoButton.enabled = self.logic.canUndo()
 
     def cleanup(self):
+        self._besideSaved = None  # the scene (and its display nodes) may be gone: nothing to restore
         self.logic.forgetVolume(None)

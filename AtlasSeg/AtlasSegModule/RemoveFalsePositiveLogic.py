@@ -235,7 +235,8 @@ class RemoveFalsePositiveLogic:
     Args:
         segmentationNode: the segmentation being edited.
         saveStateForUndo: called once before each change (the editor's ``SaveStateForUndo``: the Segment Editor
-            effect passes ``scriptedEffect.saveStateForUndo``, scripts pass ``vtkSlicerSegmentEditorLogic``'s).
+            effect passes ``scriptedEffect.saveStateForUndo``; scripts pass a Segment Editor widget's
+            ``saveStateForUndo``, or on Slicer >= 5.10 ``vtkSlicerSegmentEditorLogic.SaveStateForUndo``).
 
     Example::
 

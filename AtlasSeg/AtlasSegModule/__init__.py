@@ -20,15 +20,27 @@ MODULE_DIR = Path(__file__).resolve().parent.parent
 
 
 def ensureLibraryImportable() -> Path:
-    """Make ``import AtlasSegLib`` work and return the folder that holds the ``AtlasSegLib`` package."""
-    spec = importlib.util.find_spec("AtlasSegLib")
-    if spec is None or not spec.origin:
-        for candidate in (MODULE_DIR, MODULE_DIR.parent):
-            if (candidate / "AtlasSegLib" / "__init__.py").is_file():
+    """Make ``import AtlasSegLib`` import this extension's own copy and return the folder that holds it.
+
+    Slicer APPENDS module folders to ``sys.path``, so an ``AtlasSegLib`` found earlier on the path (the
+    ``atlasseg`` wheel pip-installed into Slicer's Python, another checkout) would shadow the copy installed
+    with the extension, and the engine would run another version's library. The copy beside this package
+    therefore goes first; only where there is none is an importable ``AtlasSegLib`` used as it is.
+    """
+    for candidate in (MODULE_DIR, MODULE_DIR.parent):
+        if (candidate / "AtlasSegLib" / "__init__.py").is_file():
+            loadedFile = getattr(sys.modules.get("AtlasSegLib"), "__file__", None)
+            if loadedFile and Path(loadedFile).resolve().parent.parent != candidate.resolve():
+                raise ImportError(f"another AtlasSegLib ({loadedFile}) was imported before AtlasSeg's own "
+                                  f"({candidate / 'AtlasSegLib'}); restart Slicer, and uninstall the other one "
+                                  "from Slicer's Python if it was pip-installed there")
+            if sys.path[:1] != [str(candidate)]:
+                if str(candidate) in sys.path:
+                    sys.path.remove(str(candidate))
                 sys.path.insert(0, str(candidate))
                 importlib.invalidate_caches()
-                spec = importlib.util.find_spec("AtlasSegLib")
-                break
+            return candidate.resolve()
+    spec = importlib.util.find_spec("AtlasSegLib")
     if spec is None or not spec.origin:
         raise ImportError(f"the AtlasSegLib package is neither installed nor next to {MODULE_DIR}; "
                           "reinstall the AtlasSeg extension")

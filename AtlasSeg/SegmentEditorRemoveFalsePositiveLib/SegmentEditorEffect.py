@@ -34,6 +34,17 @@ In 3D views, click on a segment's surface. Clicking background does nothing.<br>
 Each click is one undo step (Ctrl+Z / Undo button).</html>"""
 
 
+_explained = set()
+
+
+def _explainOnce(message):
+    """Show ``message`` in a dialog the first time, then only in the status bar (one per click is too many)."""
+    if message not in _explained:
+        _explained.add(message)
+        slicer.util.errorDisplay(message)
+    slicer.util.showStatusMessage(message, 5000)
+
+
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     """Remove (or keep only) the connected component under the cursor, from the segment under the cursor."""
 
@@ -79,6 +90,20 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         segmentationNode = self.scriptedEffect.parameterSetNode().GetSegmentationNode()
         if segmentationNode is None:
             return False
+        # Slicer swallows an exception raised here (the click then silently does nothing): say why instead.
+        try:
+            _logic()
+        except ImportError as exc:
+            _explainOnce(f"Remove false positive needs AtlasSeg's Python packages ({exc}). Open the AtlasSeg "
+                         "module and click Install… at the top of its panel.")
+            return True
+        try:
+            return self._click(callerInteractor, viewWidget, segmentationNode)
+        except Exception as exc:
+            slicer.util.errorDisplay(f"Remove false positive failed: {exc}")
+            return True
+
+    def _click(self, callerInteractor, viewWidget, segmentationNode):
         xy = callerInteractor.GetEventPosition()
         searchRadius = 0
         if viewWidget.className() == "qMRMLSliceWidget":

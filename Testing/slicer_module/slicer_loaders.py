@@ -29,6 +29,7 @@ What the application adds around this, which these classes stand in for: the mod
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import traceback
@@ -45,6 +46,13 @@ def load_source_as_module(name: str, path, version: str):
     """``qSlicerScriptedUtils::loadSourceAsModule`` of Slicer ``version``; returns the module, raises what the
     file raises (the C++ code prints it and returns false)."""
     path = str(path)
+    if path.endswith(".pyc"):  # an orphan .pyc: Python's own loader for compiled files (imp.load_compiled / importlib)
+        loader = importlib.machinery.SourcelessFileLoader(name, path)
+        spec = importlib.util.spec_from_loader(name, loader)
+        module = sys.modules[name] if version == "5.8" else importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loader.exec_module(module)
+        return module
     if version == "5.8":
         # imp.load_source: the name is in sys.modules already (PyImport_AddModule in setPythonSource), so
         # imp._exec runs the file again in the existing module's namespace.
@@ -86,7 +94,7 @@ class ModuleParent:
 
     def __init__(self, path: Path):
         self.path = str(path)
-        self.name = path.stem
+        self.name = module_name(path)
         self.icon = None
         reset_module_fields(self)
 
@@ -107,11 +115,51 @@ class FactoryReport:
     errors: list = field(default_factory=list)  # what Slicer would print to the error log
 
 
+# Classes of the loadable modules the application instantiates AFTER "AtlasSeg" (QMap key order over all module
+# names: qSlicerAbstractModuleFactoryManager.cxx:60,371-378 @v5.8.1; a loadable module's Python wrappers are
+# imported when it is instantiated, qSlicerLoadableModuleFactory.cxx:45-75): Markups, Segmentations,
+# SegmentEditor, Terminologies. While AtlasSeg.py is loaded they are absent from the slicer namespace.
+LATER_MODULE_CLASS_MARKERS = ("Markups", "Segmentations", "SegmentEditor", "Terminolog")
+
+
+def module_files(folder) -> list:
+    """The files the scripted-module factory takes (isValidFile): every top-level ``.py``, and every ``.pyc``
+    without its ``.py`` (qSlicerScriptedLoadableModuleFactory.cxx:184-213 @v5.8.1), not recursively."""
+    folder = Path(folder)
+    files = list(folder.glob("*.py"))
+    files += [p for p in folder.glob("*.pyc") if not p.with_suffix(".py").exists()]
+    return sorted(files)
+
+
+def module_name(path) -> str:
+    """File -> module name as ``QFileInfo::baseName()``: up to the FIRST dot."""
+    return Path(path).name.split(".")[0]
+
+
 def load_scripted_modules(folder, version: str) -> FactoryReport:
-    """Instantiate every scripted module of ``folder`` as the application's factory does."""
+    """Instantiate every scripted module of ``folder`` as the application's factory does: the folder is
+    APPENDED to ``sys.path`` (ctkFactoryScriptedItem::load -> qSlicerCorePythonManager::appendPythonPath,
+    qSlicerCorePythonManager.cxx:114-121 @v5.8.1), and the classes of modules instantiated later are absent."""
     report = FactoryReport()
-    for path in sorted(Path(folder).glob("*.py")):  # isValidFile: every top-level .py; sorted order
-        name = path.stem
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    import slicer
+
+    hidden = {name: value for name, value in vars(slicer).items()
+              if any(marker in name for marker in LATER_MODULE_CLASS_MARKERS) and isinstance(value, type)}
+    for name in hidden:
+        delattr(slicer, name)
+    try:
+        _load_each(folder, version, report)
+    finally:
+        for name, value in hidden.items():
+            setattr(slicer, name, value)
+    return report
+
+
+def _load_each(folder, version, report) -> None:
+    for path in module_files(folder):  # sorted order
+        name = module_name(path)
         try:
             cls = _class_from_source(name, name, path, version)
         except Exception:  # noqa: BLE001 - PythonQt::handleError prints any exception and the load fails
@@ -126,7 +174,6 @@ def load_scripted_modules(folder, version: str) -> FactoryReport:
             report.instances[name] = cls(ModuleParent(path))
         except Exception:  # noqa: BLE001 - instantiateClass failing (e.g. a TypeError for a non-module class)
             report.errors.append(f"{name}: instantiating the module class failed\n" + traceback.format_exc())
-    return report
 
 
 # ------------------------------------------------------------------------------------------ effects
@@ -163,6 +210,7 @@ class ScriptedEffect:
         self._self = None
         self.segmentationNode = None
         self.undoStates = 0
+        self.swallowed = []  # exceptions the app would only print
         self.version = _CURRENT["version"]
 
     def setPythonSource(self, path) -> bool:
@@ -181,6 +229,20 @@ class ScriptedEffect:
 
     def self(self):
         return self._self
+
+    def clone(self):
+        """What the Segment Editor does with a registered effect (qSlicerSegmentEditorEffectFactory::copyEffects):
+        the user clicks the clone, made by the effect's Python ``clone()``."""
+        return self._self.clone()
+
+    def processInteractionEvents(self, interactor, eventId, viewWidget):
+        """qSlicerSegmentEditorScriptedEffect::processInteractionEvents: a Python exception is printed and the
+        event is "not handled" (qSlicerSegmentEditorScriptedEffect.cxx:352-374 @v5.8.1)."""
+        try:
+            return bool(self._self.processInteractionEvents(interactor, eventId, viewWidget))
+        except Exception:  # noqa: BLE001 - the app prints it to the console and goes on
+            self.swallowed.append(traceback.format_exc())
+            return False
 
     # what the effect's Python code calls on its C++ object
     def parameterSetNode(self):
@@ -277,6 +339,10 @@ class _Application:
         return []  # no main window: slicer.util.showStatusMessage then only logs
 
     def emit(self, signal):
+        if signal == "startupCompleted()":  # the application emits it once (qSlicerApplicationHelper.txx:314,318)
+            if getattr(self, "_started", False):
+                raise RuntimeError("startupCompleted() is emitted once by the application")
+            self._started = True
         for slot in self.slots.get(signal, []):
             slot()
 

@@ -121,3 +121,108 @@ def test_install_runs_core_packages_alone_and_each_feature_in_a_pip_run_of_its_o
     assert not planned & set(unavailable)  # nothing is installed for a feature this Slicer cannot run
     if python.startswith("3.9"):
         assert planned == set()
+
+
+# ------------------------------------------------------------------ installs that cannot half-succeed (audit D2, D3, D6, D14)
+def test_slicer_5_11_pip_ensure_gets_the_constraints_file_and_no_skip_packages(tmp_path):
+    """D3: skip_packages switches pip_ensure to --no-deps installs and a resolver-less dependency walk that only
+    logs a dependency that failed; the constraints file already pins Slicer's packages."""
+    arguments = deps.pipEnsureArguments(["monai>=1.4,<1.7", "tqdm>=4.60"], tmp_path / "c.txt", "AtlasSeg")
+    assert "skip_packages" not in arguments
+    assert arguments["constraints"] == str(tmp_path / "c.txt")
+    assert [str(r) for r in arguments["requirements"]] == ["monai<1.7,>=1.4", "tqdm>=4.60"]
+    assert arguments["prompt_install"] is False  # AtlasSeg asked already
+    assert arguments["prompt_restart"] is False  # AtlasSeg advises from every changed package (D14)
+
+
+def test_pip_runs_as_a_process_of_its_own_with_slicers_packages_pinned(tmp_path):
+    """The command that replaces slicer.util.pip_install on Slicer < 5.11, run for real (already satisfied, so
+    no network): pip accepts it, and the GUI is pumped while it runs."""
+    import sys
+
+    constraints = tmp_path / "slicer-constraints.txt"
+    constraints.write_text(deps.constraintsText(), encoding="utf-8")
+    assert "numpy==" in constraints.read_text()
+    pumped, lines = [], []
+    deps.runCommand(deps.pipCommand(sys.executable, constraints, ["tqdm>=4.60"]), pump=lambda: pumped.append(1),
+                    onLine=lines.append)
+    assert any("already satisfied" in line for line in lines) and pumped
+
+
+def test_a_failing_install_step_raises_with_its_last_lines_and_the_gui_is_pumped_meanwhile():
+    import sys
+
+    pumped = []
+    with pytest.raises(deps.DependencyError, match=r"(?s)exit code 3.*no wheel for this Python"):
+        deps.runCommand([sys.executable, "-c", "import time; print('no wheel for this Python'); time.sleep(0.6); "
+                         "raise SystemExit(3)"], pump=lambda: pumped.append(1), what="pip")
+    assert len(pumped) >= 5  # every 30 ms: the modal dialog repaints while the step runs
+
+
+def test_the_whole_dependency_closure_imports_in_the_engines_python():
+    assert deps.smokeTest() == {}
+
+
+def _brokenJsonschema(tmp_path):
+    """A jsonschema whose own dependency is missing, as a --no-deps install leaves it."""
+    package = tmp_path / "broken" / "jsonschema"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("import rpds_not_installed_by_a_no_deps_walk\n", encoding="utf-8")
+    return package.parent
+
+
+def test_an_install_whose_transitive_dependency_is_missing_is_a_failure(tmp_path, monkeypatch):
+    """D3: pip 'succeeded' and every top-level requirement is there, but one of jsonschema's dependencies is
+    not: the import check finds it, and the install is reported as failed, naming what does not import."""
+    monkeypatch.setenv("PYTHONPATH", str(_brokenJsonschema(tmp_path)))
+    broken = deps.smokeTest(modules=["jsonschema", "AtlasSegLib.card", "tqdm"])
+    assert set(broken) == {"jsonschema", "AtlasSegLib.card"}
+    assert "rpds_not_installed_by_a_no_deps_walk" in broken["AtlasSegLib.card"]
+    with pytest.raises(deps.DependencyError, match=r"(?s)still fails.*AtlasSegLib\.card: ModuleNotFoundError"):
+        deps.installRequirements(deps.readRequirements())  # nothing to install here; the check still runs
+
+
+def test_an_installed_torch_older_than_required_is_refused_with_how_to_fix_it():
+    with pytest.raises(deps.DependencyError, match="PyTorch Utils module, click Uninstall"):
+        deps.checkTorchVersion("2.0.1+cu118")
+    assert deps.checkTorchVersion("2.5.1+cu124") == "2.5.1+cu124"
+
+
+def test_torch_is_installed_by_light_the_torch_in_processes_of_its_own():
+    commands = deps.torchInstallCommands("/slicer/bin/PythonSlicer", lttInstalled=False)
+    assert commands == [
+        ["/slicer/bin/PythonSlicer", "-m", "pip", "install", "--disable-pip-version-check", "light-the-torch>=0.5"],
+        ["/slicer/bin/PythonSlicer", "-m", "light_the_torch", "install", "torch" + deps.TORCH_REQUIREMENT]]
+    assert len(deps.torchInstallCommands("python", lttInstalled=True)) == 1
+
+
+def test_restart_is_advised_for_any_changed_package_already_loaded_not_only_the_requested_ones():
+    """D14: monai's install upgrading scipy (imported by Slicer at startup) needs a restart, though scipy was
+    not among the requested packages."""
+    before = {"scipy": "1.13.1", "numpy": "1.26.4", "tqdm": None}
+    after = {"scipy": "1.14.0", "numpy": "1.26.4", "monai": "1.5.0", "tqdm": "4.66.0"}
+    changed = deps.changedDistributions({k: v for k, v in before.items() if v}, after)
+    assert changed == ["monai", "scipy", "tqdm"]
+    assert deps.restartAdvised(changed, loadedModules={"scipy.ndimage", "numpy", "vtk"}) == ["scipy"]
+    assert deps.restartAdvised(changed, loadedModules={"numpy"}) == []
+
+
+def test_a_distribution_is_mapped_to_the_modules_it_provides():
+    assert "cc3d" in deps.topLevelModules("connected-components-3d")
+    assert "PIL" in deps.topLevelModules("pillow")
+    assert "jsonschema" in deps.topLevelModules("jsonschema")
+
+
+def _slicerPipEnsure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                     requester=None, skip_in_testing=True, show_progress=True):
+    """The signature of Slicer's ``slicer.packaging.pip_ensure`` (Base/Python/slicer/packaging.py, Slicer 5.12 and
+    main, copied once: slicer-core has no ``slicer.packaging``)."""
+
+
+def test_the_pip_ensure_arguments_bind_to_slicers_signature(tmp_path):
+    import inspect
+
+    bound = inspect.signature(_slicerPipEnsure).bind(
+        **deps.pipEnsureArguments(["monai>=1.4"], tmp_path / "c.txt", "AtlasSeg"))
+    bound.apply_defaults()
+    assert bound.arguments["skip_packages"] is None

@@ -86,7 +86,7 @@ def test_node_selectors_get_the_scene():
 
 def test_module_cmake_lists_every_script_and_resource():
     cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "AtlasSeg")
-    listed = set(re.findall(r"[\w/]+\.(?:py|ui|png|txt)", cmake))
+    listed = set(re.findall(r"[\w/.-]+\.(?:py|ui|png|txt|json)", cmake))
     scripts = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     resources = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("Resources/**/*")
                  if p.is_file() and "__pycache__" not in p.parts}

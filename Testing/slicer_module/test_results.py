@@ -16,9 +16,9 @@ GEOMETRY = bridge.VolumeGeometry(
 SHAPE = GEOMETRY.shapeKji()
 NAMES = ["spleen", "kidney_right", "liver", "liver_tumor", "kidney_tumor"]
 
-LIVER_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
+LIVER_TERMINOLOGY = ("Segmentation category and type - AtlasSeg~SCT^123037004^Anatomical "
                      "Structure~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^")
-LIVER_TUMOR_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^"
+LIVER_TUMOR_TERMINOLOGY = ("Segmentation category and type - AtlasSeg~SCT^49755003^"
                            "Morphologically Altered Structure~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM "
                            "master list~SCT^10200004^Liver~^^")
 

@@ -27,14 +27,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 MODULE_DIR = REPO / "AtlasSeg"
 
-# What AtlasSeg/Resources/requirements.txt installs on first run (Slicer ships numpy, SimpleITK, requests, vtk).
-NOT_YET_INSTALLED = ("cc3d", "scipy", "PIL", "monai", "torch", "highdicom", "pydicom", "contourpy", "slicerio",
-                     "nrrd", "nibabel", "jsonschema", "tqdm", "psutil")
+# What AtlasSeg/Resources/requirements.txt installs on first run: exactly what Slicer does not ship. Slicer ships
+# numpy, SimpleITK, requests, vtk, and also scipy 1.13.1, pillow 10.3.0, pydicom 2.4.4 (SuperBuild/
+# External_python-scipy.cmake:40, External_python-dicom-requirements.cmake:44,61 @v5.8.1), and imports numpy and
+# scipy at startup (Base/Python/slicer/__init__.py:213-215): those are not blocked.
+NOT_YET_INSTALLED = ("cc3d", "fill_voids", "isal", "fastremap", "monai", "torch", "highdicom", "contourpy",
+                     "slicerio", "nrrd", "nibabel", "jsonschema", "tqdm", "psutil")
 
 PRELUDE = """
 import json, sys, time
-# In Slicer the module folder (qt-scripted-modules) is on sys.path; the tests' helpers are added for the scene.
-sys.path[:0] = [{module_dir!r}, {here!r}]
+# The loader APPENDS the module folder to sys.path, as Slicer does; the tests' helpers are added for the scene.
+sys.path[:0] = [{here!r}]
 import vtk  # noqa: F401 (before slicer)
 from vtk.util import numpy_support  # noqa: F401
 import slicer
@@ -70,13 +73,15 @@ out["redefined"] = redefined
 # The widget's view of a background task (Apply, Download): it must see the task finish.
 AtlasSeg = sys.modules["AtlasSeg"]
 # (The widget's timer polls while "task.state is RunState.RUNNING", with RunState as AtlasSeg.py imported it.)
-task = AtlasSeg.BackgroundTask(lambda progress, cancelled: 42)
+# (A download is such a task too: an engine-protocol process, like the run.)
+from AtlasSegModule.AtlasSegRunner import EngineRunner
+task = EngineRunner([sys.executable, "-c", "print('{\\"event\\": \\"done\\", \\"outdir\\": \\"42\\"}')"])
 task.start()
 deadline = time.time() + 30
 while task.state is AtlasSeg.RunState.RUNNING and time.time() < deadline:
     task.poll()
     time.sleep(0.01)
-out["taskSucceeded"] = task.state is AtlasSeg.RunState.SUCCEEDED and task.result == 42
+out["taskSucceeded"] = task.state is AtlasSeg.RunState.SUCCEEDED and task.result.outdir == "42"
 out["effects"] = [e.name for e in L.EffectFactory.instance().registeredEffects()]
 print("RESULT " + json.dumps(out))
 """
@@ -108,14 +113,16 @@ controller.apply()
 # Export: the reviewed segmentation as .seg.nrrd.
 outcome = AtlasSegExport.exportSegmentation(scene.segmentationNode, "seg-nrrd", folder / "reviewed.seg.nrrd")
 out["exported"] = (folder / "reviewed.seg.nrrd").is_file()
-# The effect, as registered at startup: click the p 0.2 false positive in a slice view.
+# The effect as the user clicks it: the Segment Editor's clone of the registered one, through the C++ wrapper
+# (which swallows a Python exception): click the p 0.2 false positive in a slice view.
 effects = L.EffectFactory.instance().registeredEffects()
-effect = effects[0]
+effect = effects[0].clone()
 effect.segmentationNode = scene.segmentationNode
 before = int(review_scene.segmentArray(scene, "liver_tumor").sum())
 ras = scene.rasOfKji(scene.boxToFullKji(review_scene.FP_MAX_BOX_KJI))
-consumed = effect.self().processInteractionEvents(L.InteractorStandIn(), vtk.vtkCommand.LeftButtonPressEvent,
-                                                  L.SliceViewStandIn(ras))
+consumed = effect.processInteractionEvents(L.InteractorStandIn(), vtk.vtkCommand.LeftButtonPressEvent,
+                                           L.SliceViewStandIn(ras))
+out["swallowed"] = effect.swallowed
 after = int(review_scene.segmentArray(scene, "liver_tumor").sum())
 out["effectConsumed"] = bool(consumed)
 out["effectRemovedVoxels"] = before - after
@@ -156,6 +163,7 @@ def test_first_launch_without_packages_then_install_then_review_export_and_effec
     assert out["modules"] == ["AtlasSeg"]
     assert out["candidates"] == 3  # true tumor + the 0.35 and the 0.2 false positives
     assert out["exported"] is True
+    assert out["swallowed"] == []
     assert out["effectConsumed"] is True
     assert out["effectRemovedVoxels"] > 0
     assert out["undoStates"] == 1  # one undo step for the click
@@ -189,3 +197,72 @@ def test_self_test_skips_with_a_message_in_a_slicer_without_torch_and_monai(tmp_
     out = _run(_prelude("5.10", True) + SELF_TEST, tmp_path)
     assert out["failures"] == 0
     assert len(out["skipped"]) == 1 and "torch and monai not installed" in out["skipped"][0]
+
+
+SHADOWED = """
+# Slicer appends the module folder; an AtlasSegLib found earlier on sys.path (the atlasseg wheel pip-installed into
+# Slicer's Python, another checkout) must not be the one the extension and its engine use.
+import AtlasSegModule, AtlasSegLib
+out["libraryFile"] = AtlasSegLib.__file__
+out["libraryParent"] = str(AtlasSegModule.LIBRARY_PARENT_DIR)
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("version", ["5.8", "5.10"])
+def test_an_atlasseglib_earlier_on_sys_path_does_not_shadow_the_extensions_own(version, tmp_path):
+    shadow = tmp_path / "site-packages"
+    (shadow / "AtlasSegLib").mkdir(parents=True)
+    (shadow / "AtlasSegLib" / "__init__.py").write_text("__version__ = 'an older wheel'\n", encoding="utf-8")
+    script = _prelude(version, False).replace("import json, sys, time\n",
+                                              f"import json, sys, time\nsys.path.insert(0, {str(shadow)!r})\n", 1)
+    out = _run(script + SHADOWED, tmp_path)
+    assert out["errors"] == []
+    assert out["libraryParent"] == str(REPO) and out["libraryFile"].startswith(str(REPO / "AtlasSegLib"))
+
+
+def test_the_factory_takes_top_level_py_and_orphan_pyc_files_named_up_to_the_first_dot(tmp_path):
+    sys.path.insert(0, str(HERE))
+    import slicer_loaders as L
+
+    for name in ("A.py", "B.pyc", "C.py", "C.pyc", "D.tar.py"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "E.py").write_bytes(b"")
+    assert [p.name for p in L.module_files(tmp_path)] == ["A.py", "B.pyc", "C.py", "D.tar.py"]
+    assert L.module_name(tmp_path / "D.tar.py") == "D"
+    # What the app's factory takes from AtlasSeg/: only the module file (no stray .py or orphan .pyc).
+    assert [p.name for p in L.module_files(MODULE_DIR)] == ["AtlasSeg.py"]
+
+
+def test_an_orphan_pyc_is_loaded_as_a_module_like_a_py(tmp_path):
+    import py_compile
+
+    folder = tmp_path / "modules"
+    folder.mkdir()
+    source = tmp_path / "Compiled.py"
+    source.write_text("class Compiled:\n    def __init__(self, parent):\n        self.parent = parent\n"
+                      "        parent.title = 'from pyc'\n",
+                      encoding="utf-8")
+    py_compile.compile(str(source), cfile=str(folder / "Compiled.pyc"))
+    script = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import slicer_loaders as L
+report = L.load_scripted_modules({str(folder)!r}, "5.10")
+print("RESULT", report.instances["Compiled"].parent.title, report.errors)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "RESULT from pyc []" in r.stdout, r.stderr[-2000:]
+
+
+def test_atlasseg_py_uses_no_class_of_a_module_the_app_instantiates_after_it(tmp_path):
+    """Markups, Segmentations, SegmentEditor, Terminologies sort after AtlasSeg: their classes do not exist yet
+    while AtlasSeg.py loads (the loader hides them then); a module-level use would fail only in the app."""
+    out = _run(_prelude("5.10", False) + """
+out["hiddenDuringLoad"] = all(hasattr(slicer, n) for n in ("vtkSlicerTerminologiesModuleLogic",
+                                                          "vtkSlicerSegmentationsModuleLogic"))
+print("RESULT " + json.dumps(out))
+""", tmp_path)
+    assert out["errors"] == [] and out["modules"] == ["AtlasSeg"]
+    assert out["hiddenDuringLoad"] is True  # restored after loading

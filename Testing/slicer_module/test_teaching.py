@@ -136,6 +136,24 @@ def test_answers_start_hidden_toggle_and_sit_beside_the_result(scene):
         "vtkMRMLSliceNodeYellow")
 
 
+def test_truth_beside_result_gives_the_views_back_as_they_were(scene):
+    """D11: the result was left shown in one slice view only (not in 3D or the other views), and saved so."""
+    volume = scene["volume"]
+    TeachingLogic().insertTumor(volume, scene["ras"], diameterMm=DIAMETER_MM, contrastHu=CONTRAST_HU)
+    truth = TeachingLogic.truthNode(volume)
+    result = scene["result"].GetDisplayNode()
+    result.AddViewNodeID("vtkMRMLViewNode1")  # the user had limited the result to the 3D view and Green
+    result.AddViewNodeID("vtkMRMLSliceNodeGreen")
+    saved = TeachingLogic.showBeside(truth, scene["result"], ["vtkMRMLSliceNodeYellow"], ["vtkMRMLSliceNodeRed"])
+    assert not result.IsDisplayableInView("vtkMRMLViewNode1")
+    TeachingLogic.restoreViews(saved)
+    assert [result.GetNthViewNodeID(i) for i in range(result.GetNumberOfViewNodeIDs())] == [
+        "vtkMRMLViewNode1", "vtkMRMLSliceNodeGreen"]
+    display = truth.GetDisplayNode()
+    assert display.GetNumberOfViewNodeIDs() == 0  # shown in every view again, as before
+    assert display.IsDisplayableInView("vtkMRMLSliceNodeRed") and display.IsDisplayableInView("vtkMRMLViewNode1")
+
+
 def test_demo_phantom_with_teaching_controls_loads_the_chosen_truth_hidden(logic):
     volume, truth, phantom = TeachingLogic.loadPhantom(logic, seed=2024, tumorCount=2, diameterMm=(15, 20),
                                                        contrastHu=-50, structures=["liver", "liver_tumor"])
