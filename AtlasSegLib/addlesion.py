@@ -148,7 +148,8 @@ def _forbidden(labels_win: np.ndarray, keep_label: int = 0) -> np.ndarray:
         others &= labels_win != keep_label
     if not others.any():
         return others
-    return ndimage.binary_dilation(others, structure=np.ones((3, 3, 3), bool))
+    # maximum_filter is separable: several times faster than binary_dilation with a 3×3×3 cube.
+    return ndimage.maximum_filter(others.view(np.uint8), size=3).view(bool)
 
 
 def _component_at(mask: np.ndarray, kji) -> np.ndarray:
@@ -307,10 +308,19 @@ def _image_region(ct_win, allowed, local, lo, hi, shape, spacing, ball_radius_mm
             best = cand[np.argmin(np.abs(smooth[sub][inball] - centre))] + [s.start for s in sub]
             seed = [int(v) for v in best[::-1]]
         region = sitk.ConnectedThreshold(work_img, seedList=[seed], lower=float(lower), upper=float(upper))
-        if opening.any():
-            region = sitk.BinaryMorphologicalOpening(region, [int(v) for v in opening[::-1]], sitk.sitkBall)
-        grown = sitk.GetArrayFromImage(region).astype(bool)
+        grown = sitk.GetArrayViewFromImage(region).astype(bool)
         seed_kji = tuple(seed[::-1])
+        if opening.any():
+            # On the region's own box (and a margin for the structuring element), not the whole window.
+            nz = np.nonzero(grown)
+            blo = np.maximum([a.min() - 2 for a in nz], 0)
+            bhi = np.minimum([a.max() + 3 for a in nz], grown.shape)
+            sub_box = _slices(blo, bhi)
+            part = sitk.GetImageFromArray(grown[sub_box].astype(np.uint8))
+            part = sitk.BinaryMorphologicalOpening(part, [int(v) for v in opening[::-1]], sitk.sitkBall)
+            opened = np.zeros(grown.shape, bool)
+            opened[sub_box] = sitk.GetArrayViewFromImage(part).astype(bool)
+            grown = opened
         if not grown[seed_kji]:
             # The opening removed the seed's own thin part: the nearest surviving component to the click.
             if not grown.any():
@@ -324,7 +334,9 @@ def _image_region(ct_win, allowed, local, lo, hi, shape, spacing, ball_radius_mm
             comp = _component_at(grown, seed_kji)
         if _touches_border(comp, lo, hi, shape):
             continue
-        comp = ndimage.binary_fill_holes(comp) & allowed
+        nz = np.nonzero(comp)
+        sub_box = _slices([a.min() for a in nz], [a.max() + 1 for a in nz])
+        comp[sub_box] = ndimage.binary_fill_holes(comp[sub_box]) & allowed[sub_box]
         return comp, (round(float(lower), 1), round(float(upper), 1))
     return None
 

@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--count", type=int, default=4)
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--gate", choices=("run", "liver"), default="run",
-                    help="run: the run's own gate (its liver, dilated); liver: the CT's TotalSegmentator liver")
+    ap.add_argument("--gate", choices=("run", "liver"), default="liver",
+                    help="liver (default): the CT's TotalSegmentator liver dilated 5 mm, as a run of a real model gates; run: the demo run's own gate (its liver on a real CT is meaningless, as its warning says)")
     ap.add_argument("--png")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
