@@ -62,6 +62,23 @@ def test_an_add_without_any_probability_map_uses_the_image_path_too(real_tumor):
     assert added.origin == ORIGIN_IMAGE and _dice(_full(added, t["ct"].shape), t["truth"]) >= 0.75
 
 
+def test_a_speck_of_probability_in_a_visible_tumor_gives_way_to_the_image_path(real_tumor):
+    # The model gave a high but tiny peak (a few voxels) inside a 25 mm tumor: it did not see the lesion's extent.
+    t = real_tumor
+    q = np.zeros(t["ct"].shape, np.uint8)
+    k, j, i = t["centre"]
+    q[k, j - 1:j + 1, i - 1:i + 1] = 230
+    added = add_lesion(t["ct"], t["spacing"], q, np.zeros(t["ct"].shape, np.uint8), t["centre"], gate=t["gate"])
+    assert added.origin == ORIGIN_IMAGE and _dice(_full(added, t["ct"].shape), t["truth"]) >= 0.75
+
+
+def test_a_probability_blob_the_size_of_the_tumor_takes_the_model_path_on_the_real_ct(real_tumor):
+    t = real_tumor
+    q = (t["truth"] * 200).astype(np.uint8)  # the model saw exactly the tumor, at 0.78
+    added = add_lesion(t["ct"], t["spacing"], q, np.zeros(t["ct"].shape, np.uint8), t["centre"], gate=t["gate"])
+    assert added.origin == ORIGIN_PROBABILITY and np.array_equal(_full(added, t["ct"].shape), t["truth"])
+
+
 def test_the_image_path_stays_inside_the_gate(real_tumor):
     t = real_tumor
     # A gate that cuts the tumor in half along z: nothing may be added beyond it.
@@ -115,7 +132,8 @@ def test_where_the_model_saw_the_tumor_the_add_is_its_half_maximum_region():
     shape = (40, 60, 60)
     p = _blob(shape, (20, 30, 30), 4.0, 0.4)  # a tumor the model saw at 0.4, under a 0.5 threshold: missed
     q = np.rint(p * 255).astype(np.uint8)
-    ct = np.full(shape, 60, np.int16)  # flat CT: the image path would give the whole window
+    ct = np.full(shape, 60, np.int16)
+    ct[_blob(shape, (20, 30, 30), 4.0, 1.0) > 0.5] = 20  # the tumor in the CT too, of the blob's size
     added = add_lesion(ct, (2.0, 1.0, 1.0), q, np.zeros(shape, np.uint8), (20, 31, 29))
     assert added.action == "added" and added.origin == ORIGIN_PROBABILITY
     assert added.threshold == pytest.approx(0.2, abs=0.01)
