@@ -42,8 +42,8 @@ MODEL_FLOOR_P = 0.05
 # The largest lesion one click makes (diameter of the search window, mm): liver metastases of 10-40 mm fit with
 # room; a region that reaches the window's border is not a plausible lesion and is tightened first.
 MAX_DIAMETER_MM = 80.0
-# The model's region is not used when everything it gives any probability (≥ MODEL_FLOOR_P) around the click covers
-# less than this fraction of the image path's region: the model saw a speck, not the lesion the reader clicked.
+# The model's region is not used when it covers less than this fraction of the image path's region: the model saw
+# a speck of the lesion the reader clicked, not its extent.
 SPECK_FRACTION = 0.25
 # The statistics ball at the click (image path), mm; at least one voxel either side on every axis.
 BALL_RADIUS_MM = 3.0
@@ -215,10 +215,10 @@ def add_lesion(ct: np.ndarray, spacing_kji, q: Optional[np.ndarray], labels: np.
         if q is not None else None
     found = _image_region(ct[win], allowed, local, lo, hi, shape, spacing, ball_radius_mm, smooth_mm)
     if model is not None:
-        comp, threshold, reach = model
-        # The model first, unless all it gives any probability to around the click is a speck of the visible lesion
-        # (under a quarter of the region of similar attenuation): it did not see this lesion's extent.
-        if found is None or reach >= SPECK_FRACTION * np.count_nonzero(found[0]):
+        comp, threshold = model
+        # The model first, unless its lesion is a speck of the visible one (under a quarter of the region of similar
+        # attenuation): it did not see this lesion's extent.
+        if found is None or np.count_nonzero(comp) >= SPECK_FRACTION * np.count_nonzero(found[0]):
             offset, mask = _crop(comp, lo)
             return Added("added", mask=mask, offset_kji=offset, origin=ORIGIN_PROBABILITY, threshold=threshold)
     if found is None:
@@ -229,8 +229,7 @@ def add_lesion(ct: np.ndarray, spacing_kji, q: Optional[np.ndarray], labels: np.
 
 
 def _probability_region(q_win, allowed, local, lo, hi, shape, spacing, floor_p) -> Optional[tuple]:
-    """The model path: ``(component, threshold, voxels of its region at the floor)`` or None where the model gave
-    (nearly) nothing.
+    """The model path: ``(component, threshold)`` or None where the model gave (nearly) nothing.
 
     The local peak is the highest probability reachable from the click through voxels at least as probable as
     the floor; the lesion is its region at half that peak (its half-maximum edge, where a probability map's
@@ -244,13 +243,12 @@ def _probability_region(q_win, allowed, local, lo, hi, shape, spacing, floor_p) 
     reach = _component_at((q_win >= floor) & allowed, local)
     if not reach.any():
         return None
-    reach_voxels = int(np.count_nonzero(reach))
     peak = int(q_win[reach].max())
     level = max(floor, min(int(q_win[local]), (peak + 1) // 2))
     while level <= int(q_win[local]):
         comp = _component_at((q_win >= level) & allowed, local)
         if not _touches_border(comp, lo, hi, shape):
-            return comp, round(level / 255.0, 4), reach_voxels
+            return comp, round(level / 255.0, 4)
         level += max(1, (peak - level) // 8)
     return None
 

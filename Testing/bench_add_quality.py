@@ -54,14 +54,28 @@ def sphere(shape, centre, diameter_mm, spacing) -> np.ndarray:
     return d2 <= (diameter_mm / 2.0) ** 2
 
 
+def case_input(tmp: Path, seed: int, args) -> tuple:
+    """(CT file, organ mask file, its liver label values) of a case: the real CT, or a phantom without tumors."""
+    if args.ct == "real":
+        source = ct_data_dir() / "totalseg_abdomen_sm"
+        return source / "example_ct_sm.nii.gz", source / "example_seg.nii.gz", [liver_label()]
+    from AtlasSegLib.phantom import make_phantom
+
+    ph = make_phantom(seed, tumors=False)
+    ct, liver = tmp / f"phantom{seed}.nii.gz", tmp / f"phantom{seed}_liver.nii.gz"
+    sitk.WriteImage(ph.image, str(ct), useCompression=True)
+    sitk.WriteImage(ph.labels["liver"], str(liver), useCompression=True)
+    return ct, liver, [1]
+
+
 def run_case(tmp: Path, seed: int, args) -> list:
-    source = ct_data_dir() / "totalseg_abdomen_sm"
+    ct_path, organ_path, liver_values = case_input(tmp, seed, args)
     synth = tmp / f"synth{seed}"
     with open("/dev/null", "w") as devnull:
         old, sys.stdout = sys.stdout, devnull
         try:
-            code = cli.main(["synthesize", str(source / "example_ct_sm.nii.gz"), "-o", str(synth), "--organ", "liver",
-                             "--organ-mask", str(source / "example_seg.nii.gz"), "--label", str(liver_label()),
+            code = cli.main(["synthesize", str(ct_path), "-o", str(synth), "--organ", "liver",
+                             "--organ-mask", str(organ_path), "--label", ",".join(map(str, liver_values)),
                              "--count", str(args.count), "--diameter", "10-40", "--contrast=-60--20",
                              "--seed", str(seed)])
             if code:
@@ -87,7 +101,7 @@ def run_case(tmp: Path, seed: int, args) -> list:
     gate = pm.gate
     if args.gate == "liver":
         # The CT's own (TotalSegmentator) liver, as a run of a model that finds the liver would gate with.
-        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(source / "example_seg.nii.gz"))) == liver_label()
+        liver = np.isin(sitk.GetArrayFromImage(sitk.ReadImage(str(organ_path))), liver_values)
         from AtlasSegLib.postprocess import dilate_mm
         gate = dilate_mm(liver[box].astype(np.uint8), spacing, 5.0)
     rows = []
@@ -142,6 +156,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--gate", choices=("run", "liver"), default="liver",
                     help="liver (default): the CT's TotalSegmentator liver dilated 5 mm, as a run of a real model gates; run: the demo run's own gate (its liver on a real CT is meaningless, as its warning says)")
+    ap.add_argument("--ct", choices=("real", "phantom"), default="real",
+                    help="real (default): the 3 mm CT of ctdata/totalseg_abdomen_sm; phantom: AtlasSeg phantoms "
+                    "without tumors (make_phantom(seed, tumors=False)), where the demo model does see tumors")
     ap.add_argument("--png")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
@@ -150,7 +167,7 @@ def main(argv=None) -> int:
         for seed in range(args.first_seed, args.first_seed + args.cases):
             rows += run_case(Path(tmp), seed, args)
     missed = [r for r in rows if r["missed"]]
-    print(f"{len(rows)} inserted tumors, {len(rows) - len(missed)} found by the demo model at threshold "
+    print(f"{args.ct} CT; {len(rows)} inserted tumors, {len(rows) - len(missed)} found by the demo model at threshold "
           f"{args.threshold}, {len(missed)} missed and clicked")
     print(f"{'seed':>4} {'id':>3} {'diam mm':>8} {'HU':>6} {'path':<20} {'Dice':>6} {'sphere':>7} {'ms':>6}  detail")
     for r in missed:
