@@ -108,6 +108,15 @@ class Resized:
     def changed_voxels(self) -> int:
         return int(np.count_nonzero(self.before != self.mask))
 
+    @property
+    def bounds(self) -> Optional[tuple]:
+        """The lesion's new bounding box in the frame ((k, j, i) slices; None when empty): the ``bounds`` of the
+        next resize, which then never scans the whole frame."""
+        if not self.mask.any():
+            return None
+        nz = np.nonzero(self.mask)
+        return tuple(slice(o + int(a.min()), o + int(a.max()) + 1) for o, a in zip(self.offset_kji, nz))
+
     def apply(self, labels: np.ndarray, value: Optional[int] = None) -> None:
         """Rewrite the lesion in ``labels`` (the label array it was computed on, or a 0/1 mask of the same frame):
         its old voxels become 0, its new ones ``value`` (default its label)."""
@@ -349,7 +358,7 @@ def _image_region(ct_win, allowed, local, lo, hi, shape, spacing, ball_radius_mm
 
 # ----------------------------------------------------------------------------------------------- resize
 def resize_lesion(q: np.ndarray, labels: np.ndarray, label: int, threshold: float, *,
-                  gate: Optional[np.ndarray] = None, seed_kji=None) -> Resized:
+                  gate: Optional[np.ndarray] = None, seed_kji=None, bounds: Optional[tuple] = None) -> Resized:
     """Lesion ``label`` of ``labels`` at its own probability ``threshold``: the components of the probability map
     at ``threshold`` (within the gate) that overlap the lesion's core, without any voxel of another lesion or the
     one-voxel rim around it (so it never merges into a neighbour). The core: the lesion's voxels still above the
@@ -357,18 +366,24 @@ def resize_lesion(q: np.ndarray, labels: np.ndarray, label: int, threshold: floa
     lesion's probabilities gives an empty mask (the caller may keep the lesion as "below threshold").
 
     Works in a window around the lesion that grows only while the new region reaches its border.
-    ``q``: uint8 p×255; ``labels``: label array (each lesion its own value) on the same frame."""
+    ``q``: uint8 p×255; ``labels``: label array (each lesion its own value) on the same frame. ``bounds``: the
+    lesion's bounding box ((k, j, i) slices, e.g. from ``Labelling.parts`` or the last ``Resized.bounds``), so the
+    lesion is not searched for over the whole frame."""
     if not 0.0 < float(threshold) < 1.0:
         raise InputError(f"a lesion threshold must be a probability in (0, 1), got {threshold}")
     if q.shape != labels.shape or (gate is not None and gate.shape != labels.shape):
         raise ValueError("q, labels and gate must be on one frame")
-    own = labels == label
-    if not own.any():
-        raise InputError(f"there is no lesion {label} to resize")
     shape = np.asarray(labels.shape)
-    nz = np.nonzero(own)
-    olo = np.array([a.min() for a in nz])
-    ohi = np.array([a.max() + 1 for a in nz])
+    if bounds is not None:
+        olo = np.array([b.start for b in bounds])
+        ohi = np.array([b.stop for b in bounds])
+        inside = labels[_slices(olo, ohi)] == label
+    else:
+        olo, ohi, inside = np.zeros(3, int), shape, labels == label
+    if not inside.any():
+        raise InputError(f"there is no lesion {label} to resize")
+    nz = np.nonzero(inside)
+    olo, ohi = olo + [a.min() for a in nz], olo + [a.max() + 1 for a in nz]
     level = _level(threshold)
     margin = np.maximum((ohi - olo) // 2, 8)
     while True:
@@ -382,7 +397,7 @@ def resize_lesion(q: np.ndarray, labels: np.ndarray, label: int, threshold: floa
             allowed &= gate[win].astype(bool, copy=False)
         core = own_win & allowed
         if not core.any():
-            if seed_kji is not None and own[tuple(seed_kji)]:
+            if seed_kji is not None and labels[tuple(seed_kji)] == label:
                 pick = tuple(np.asarray(seed_kji) - lo)
             else:
                 qi = np.where(own_win, q[win], 0)

@@ -184,6 +184,18 @@ def test_a_resize_shrinks_a_lesion_and_back_gives_its_first_voxels():
     assert np.array_equal(back, labels)
 
 
+def test_a_resize_given_the_lesions_bounds_gives_the_same_mask_as_without():
+    q, labels = _two_lesions()
+    from scipy import ndimage
+    bounds = ndimage.find_objects(labels)[0]
+    for thr in (0.05, 0.3, 0.8):
+        a, b = resize_lesion(q, labels, 1, thr), resize_lesion(q, labels, 1, thr, bounds=bounds)
+        assert a.offset_kji == b.offset_kji and np.array_equal(a.mask, b.mask)
+        out = labels.copy()
+        a.apply(out)
+        assert a.bounds == ndimage.find_objects((out == 1).astype(np.uint8))[0]
+
+
 def test_a_resize_above_every_probability_of_the_lesion_empties_it():
     q, labels = _two_lesions()
     res = resize_lesion(q, labels, 2, 0.99)
