@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import cc3d
+import fill_voids
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -351,7 +352,7 @@ def _image_region(ct_win, allowed, local, lo, hi, shape, spacing, ball_radius_mm
             continue
         nz = np.nonzero(comp)
         sub_box = _slices([a.min() for a in nz], [a.max() + 1 for a in nz])
-        comp[sub_box] = ndimage.binary_fill_holes(comp[sub_box]) & allowed[sub_box]
+        comp[sub_box] = fill_voids.fill(comp[sub_box], in_place=False) & allowed[sub_box]
         return comp, (round(float(lower), 1), round(float(upper), 1))
     return None
 
