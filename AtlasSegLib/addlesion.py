@@ -6,7 +6,8 @@ missed makes a lesion of it in a fraction of a second on a CPU.
 * ``add_lesion``: a click inside an existing candidate selects that candidate (never a duplicate). Elsewhere the
   model's own probability map is used first: the connected region around the click at the highest threshold that
   still gives the lesion its extent (the half maximum of the local peak, raised until the region has a plausible
-  size). Where the model gave (nearly) nothing, the CT itself: the region of similar attenuation around the click,
+  size). Where the model gave (nearly) nothing, or only a speck of the lesion (its region under a quarter of the
+  image path's), the CT itself: the region of similar attenuation around the click,
   from the statistics of a small ball at the click and of the organ around it, grown by SimpleITK's
   ConnectedThreshold on a lightly smoothed window, bounded by the organ (gate) mask and a maximum diameter,
   opened to cut thin leaks into vessels or neighbouring tissue.

@@ -1,13 +1,16 @@
 """Quality of one-click adds (``addlesion.add_lesion``) on synthetic tumors in a real CT's liver (a benchmark, not a
 test: it prints a table and asserts nothing).
 
-    .venv/bin/python Testing/bench_add_quality.py [--cases 6] [--count 4] [--threshold 0.9] [--png out.png]
+    .venv/bin/python Testing/bench_add_quality.py [--cases 6] [--count 4] [--threshold 0.9] [--ct real|phantom]
+        [--gate liver|run] [--png out.png] [--json rows.json]
 
 Per case (seed): ``atlasseg synthesize`` inserts ``--count`` liver tumors (10-40 mm, -20 to -60 HU) into the real
 CT ../shared/ctdata/totalseg_abdomen_sm (its TotalSegmentator liver as the organ mask); ``atlasseg segment`` runs the
 shipped demo model over it with the tumor threshold ``--threshold`` (high, so tumors are missed); every inserted
 tumor the run's mask does not touch is "missed", and its centre (the ``center_zyx`` synthesize reports) is clicked
-with ``add_lesion`` on the run's kept probability map, gate and mask, exactly as the review CLI will do. Printed:
+with ``add_lesion`` on the run's kept probability map and mask, as the review CLI will do; the gate is the CT's own
+liver dilated 5 mm (``--gate liver``, default: the demo model's liver on a real CT is meaningless) or the run's
+(``--gate run``). ``--ct phantom``: AtlasSeg phantoms without tumors instead of the real CT. Printed:
 one row per click (diameter, contrast, path taken, Dice of the added lesion against the tumor's own truth), then
 the median Dice, the worst Dice of tumors of 15 mm and more, and how many clicks took the model / image path.
 A plain baseline in the same run: a sphere of the nominal diameter at the click (what a reader who knew the size
