@@ -4,7 +4,6 @@ SEMIAUTOMATIC (SEG Segment Algorithm Type, RTSTRUCT ROI Generation Algorithm), a
 UNAPPROVED, without them). On the real sarcoma DICOM series of ../shared/ctdata, checked with dciodvfy."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pydicom
