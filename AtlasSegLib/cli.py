@@ -195,6 +195,11 @@ def _add_export_parser(sub) -> None:
     e.add_argument("--tumor-roi-type", default="none", choices=roinames.TUMOR_ROI_TYPES,
                    help="rtstruct: RT ROI Interpreted Type of tumor ROIs; none (default): left for the planner to "
                    "set, as automatic candidates are unreviewed")
+    e.add_argument("--approve", action="store_true",
+                   help="rtstruct: ApprovalStatus APPROVED with ReviewerName and review date/time (default "
+                   "UNAPPROVED); needs --reviewer NAME or a reviewer recorded in review.json")
+    e.add_argument("--reviewer", metavar="NAME", help="who reviewed (DICOM person name, e.g. 'Doe^Jane'); structures "
+                   "a person edited are exported as SEMIAUTOMATIC, untouched ones AUTOMATIC")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 

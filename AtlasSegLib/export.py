@@ -391,13 +391,74 @@ def entry_from_terminology(text: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ DICOM SEG
-def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: bool = False) -> dict:
+# ------------------------------------------------------------------------------------------- who reviewed
+@dataclass(frozen=True)
+class Provenance:
+    """Who made each structure, as DICOM says it: ``edited`` structures (a person removed, added, resized or
+    re-thresholded something) are SEMIAUTOMATIC, the others AUTOMATIC; ``approved``: an RTSTRUCT says APPROVED by
+    ``reviewer`` at ``approved_at`` (else UNAPPROVED)."""
+    edited: frozenset = frozenset()
+    reviewer: Optional[str] = None
+    reviewed_at: Optional[str] = None  # ISO 8601, from review.json
+    approved: bool = False
+    approved_at: Optional[_dt.datetime] = None
+
+    def algorithm_type(self, name: str) -> str:
+        return "SEMIAUTOMATIC" if name in self.edited else "AUTOMATIC"
+
+
+def review_provenance(outdir, report: Optional[dict] = None) -> tuple:
+    """``(edited structure names, reviewer, reviewed_at)`` of a run, from its review state (review.json, read by
+    ``review.load_review``) and its edit history (report.json ``history``): the one place exports learn who
+    touched what. Edited: a tumor with a removed candidate, an added lesion (``origin`` "added: ..."), a lesion's
+    own threshold or a threshold a person set; any structure a review or threshold edit changed. Reviewer and
+    time: the review state's ``reviewer`` / ``reviewed_at`` when it records them, else None."""
+    from .review import load_review
+
+    outdir = Path(outdir)
+    if report is None:
+        path = outdir / "report.json"
+        report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    state = load_review(outdir)
+    edited = set()
+    for tumor, entry in (state.tumors or {}).items():
+        decisions = entry.get("decisions") or []
+        if entry.get("threshold") is not None or entry.get("lesion_thresholds") or any(
+                d.get("status") == "removed" or str(d.get("origin") or "").startswith("added")
+                or d.get("threshold") is not None for d in decisions):
+            edited.add(tumor)
+    for h in report.get("history") or ():
+        if h.get("action") == "review" and h.get("structure") and (h.get("changed_voxels") or h.get("removed")):
+            edited.add(h["structure"])
+        elif h.get("action") == "threshold":
+            edited.update(h.get("values") or {})
+    reviewer = getattr(state, "reviewer", None) or None
+    reviewed_at = getattr(state, "reviewed_at", None) or None
+    return frozenset(edited), reviewer, reviewed_at
+
+
+def provenance_for(run: RunFolder, *, approve: bool = False, reviewer: Optional[str] = None) -> Provenance:
+    """The ``Provenance`` of an export: ``review_provenance`` of the run, ``reviewer`` (``--reviewer``) over the
+    review state's. ``approve`` needs a reviewer's name (InputError without one)."""
+    edited, recorded, reviewed_at = review_provenance(run.path, run.report)
+    name = (reviewer or "").strip() or recorded
+    if approve and not name:
+        raise InputError("--approve records who approved the structures: give --reviewer NAME (e.g. "
+                         "--reviewer 'Doe^Jane'), or review the run with a reviewer recorded")
+    return Provenance(edited=edited, reviewer=name, reviewed_at=reviewed_at, approved=bool(approve),
+                      approved_at=_dt.datetime.now() if approve else None)
+
+
+def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: bool = False,
+                    provenance: Optional[Provenance] = None) -> dict:
     """Write every structure of ``run`` as a segment of one DICOM SEG referencing ``ref``. Returns notes.
 
     An empty structure is a segment without frames (the model looked and found nothing); when every structure is
     empty the SEG holds one empty frame per segment on the first slice (a SEG needs at least one frame).
     Explicit VR Little Endian unless ``compress`` (Deflated Explicit VR Little Endian: lossless, smaller, but
-    dciodvfy and a number of PACS and planning systems cannot read it)."""
+    dciodvfy and a number of PACS and planning systems cannot read it). ``provenance``: structures a person edited
+    are SEMIAUTOMATIC segments, and the reviewer (if known) is the Content Creator."""
+    provenance = provenance or Provenance()
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -418,7 +479,8 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
         description = hd.seg.SegmentDescription(
             segment_number=number, segment_label=structure.display_name[:64],
             segmented_property_category=_code(entry["category"]), segmented_property_type=_code(entry["type"]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            algorithm_type=getattr(hd.seg.SegmentAlgorithmTypeValues, provenance.algorithm_type(structure.name)),
+            algorithm_identification=algorithm,
             tracking_uid=hd.UID(), tracking_id=structure.name[:64],
             anatomic_regions=[_code(entry["region"])] if entry.get("region") else None,
             display_color=hd.color.CIELabColor.from_rgb(*structure.color))
@@ -457,6 +519,8 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
         seg.SpecificCharacterSet = charset
     del pixels
     seg.ContentCreatorName = ""  # Type 2: automatic, no person created the content
+    if provenance.reviewer and (provenance.edited or provenance.approved):
+        seg.ContentCreatorName = provenance.reviewer  # a person edited (semi-automatic) content
     schemes = _coding_schemes([s.entry for s in run.structures])
     if len(schemes):
         seg.CodingSchemeIdentificationSequence = schemes
@@ -783,7 +847,7 @@ def fill_polygons(polygons, shape) -> np.ndarray:
 
 
 def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type: str = "none",
-                   holes: str = "keyhole") -> dict:
+                   holes: str = "keyhole", provenance: Optional[Provenance] = None) -> dict:
     """Write every structure of ``run`` as an ROI of an RT Structure Set referencing ``ref``. Returns notes.
 
     An empty structure is an ROI without contours (the Contour Sequence is optional), so a run without any finding
@@ -791,7 +855,10 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
     polygon per part, holes joined by a zero-width cut: the mask whether the reader ORs contours or applies the
     even-odd rule) or ``separate`` (holes as their own contours: only even-odd readers leave them open).
 
-    ``tumor_roi_type``: RT ROI Interpreted Type of tumor classes (``roinames.interpreted_type``)."""
+    ``tumor_roi_type``: RT ROI Interpreted Type of tumor classes (``roinames.interpreted_type``).
+    ``provenance``: ROIs of structures a person edited say SEMIAUTOMATIC; approved: ApprovalStatus APPROVED with
+    ReviewerName, ReviewDate and ReviewTime (default UNAPPROVED, without them: they are 2C, for APPROVED/REJECTED)."""
+    provenance = provenance or Provenance()
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
@@ -834,6 +901,11 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
     ds.StructureSetDate = now.strftime("%Y%m%d")
     ds.StructureSetTime = now.strftime("%H%M%S")
     ds.ApprovalStatus = "UNAPPROVED"  # automatic contours: a person reviews and approves them in the planning system
+    if provenance.approved:
+        ds.ApprovalStatus = "APPROVED"
+        ds.ReviewDate = provenance.approved_at.strftime("%Y%m%d")
+        ds.ReviewTime = provenance.approved_at.strftime("%H%M%S")
+        ds.ReviewerName = provenance.reviewer
 
     def image_ref(index):
         item = Dataset()
@@ -877,7 +949,7 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
         roi.ROINumber = number
         roi.ReferencedFrameOfReferenceUID = first.FrameOfReferenceUID
         roi.ROIName = structure.display_name[:64]
-        roi.ROIGenerationAlgorithm = "AUTOMATIC"
+        roi.ROIGenerationAlgorithm = provenance.algorithm_type(structure.name)
         roi.ROIGenerationDescription = f"AtlasSeg {run.model['id']} {run.model['version']}"[:64]
         rois.append(roi)
         item = Dataset()
@@ -1176,7 +1248,7 @@ def case_name(run: RunFolder) -> str:
 
 def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwrite: bool = False,
            compress: bool = False, names: str = "model", name_map=None, tumor_roi_type: str = "none",
-           holes: str = "keyhole") -> ExportResult:
+           holes: str = "keyhole", approve: bool = False, reviewer: Optional[str] = None) -> ExportResult:
     """Export a finished run.
 
     Args:
@@ -1194,6 +1266,9 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
         tumor_roi_type: RTSTRUCT RT ROI Interpreted Type of tumor classes (``roinames.TUMOR_ROI_TYPES``).
         holes: RTSTRUCT form of holes (``HOLES``): ``keyhole`` (default; the mask whether a planning system ORs the
             contours of a slice or applies the even-odd rule) or ``separate`` (inner contours, even-odd readers only).
+        approve: RTSTRUCT only: ApprovalStatus APPROVED by ``reviewer`` (or the reviewer review.json records).
+        reviewer: the reviewer's name (DICOM PN, e.g. ``Doe^Jane``); structures a person edited are SEMIAUTOMATIC
+            whether or not a name is known (``review_provenance``).
 
     Raises:
         InputError: unknown format, not an output folder, no/mismatching DICOM reference, ``dest`` exists, an
@@ -1201,6 +1276,9 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if approve and fmt != "rtstruct":
+        raise InputError(f"--approve sets an RT Structure Set's ApprovalStatus; {fmt} has no approval: export "
+                         "--format rtstruct --approve --reviewer NAME")
     if holes not in HOLES:
         raise InputError(f"unknown hole form '{holes}'; choose one of {', '.join(HOLES)}")
     t0 = time.perf_counter()
@@ -1210,9 +1288,13 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
     if dest.exists() and not overwrite:
         raise InputError(f"{dest} already exists; choose another output or pass --overwrite")
     if fmt in ("dicom-seg", "rtstruct"):
+        provenance = provenance_for(run, approve=approve, reviewer=reviewer)
         ref = reference_for(run, reference_dicom)
-        notes = write_dicom_seg(run, dest, ref, compress=compress) if fmt == "dicom-seg" \
-            else write_rtstruct(run, dest, ref, tumor_roi_type=tumor_roi_type, holes=holes)
+        notes = write_dicom_seg(run, dest, ref, compress=compress, provenance=provenance) if fmt == "dicom-seg" \
+            else write_rtstruct(run, dest, ref, tumor_roi_type=tumor_roi_type, holes=holes, provenance=provenance)
+        notes = {**notes, "semiautomatic": sorted(provenance.edited & {st.name for st in run.structures})}
+        if provenance.approved:
+            notes["approved_by"] = provenance.reviewer
     elif fmt == "seg-nrrd":
         notes = write_seg_nrrd(run, dest)
     else:
@@ -1249,6 +1331,7 @@ def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_t
 def cmd_export(args) -> int:
     result = export(args.outdir, args.format, args.output, reference_dicom=args.reference_dicom, ct=args.ct,
                     overwrite=args.overwrite, compress=args.compress and not args.no_compress, names=args.names,
-                    name_map=args.name_map, tumor_roi_type=args.tumor_roi_type, holes=args.holes)
+                    name_map=args.name_map, tumor_roi_type=args.tumor_roi_type, holes=args.holes,
+                    approve=getattr(args, "approve", False), reviewer=getattr(args, "reviewer", None))
     print(result.summary())
     return 0
