@@ -269,6 +269,9 @@ def read_reference_series(source, *, series_uid: Optional[str] = None) -> Refere
     if len(datasets) < 2:
         raise InputError(f"{folder} holds no 3D DICOM image series (fewer than 2 slices with positions); "
                          f"{NEEDS_REFERENCE}")
+    if not str(datasets[0].get("PixelSpacing", "") or "").strip():
+        raise InputError(f"the DICOM series in {folder} has no PixelSpacing (a Type 1 attribute): its slices cannot be "
+                         f"placed in millimetres, so nothing can reference them. {NEEDS_REFERENCE}")
     spacing_rc = [float(v) for v in datasets[0].PixelSpacing]
     # The same analysis io.read_image makes: duplicates and mixed orientations are refused, tilt/uneven spacing
     # give the regularized grid the run was made on.
@@ -444,8 +447,9 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
     charset = _character_set(ref.datasets[0])
     charset_argument = ({"specific_character_set": charset}
                         if "specific_character_set" in inspect.signature(hd.SOPClass.__init__).parameters else {})
+    sources, filled = _source_with_type2(ref)
     seg = hd.seg.Segmentation(
-        source_images=ref.datasets, pixel_array=pixels, plane_positions=positions,
+        source_images=sources, pixel_array=pixels, plane_positions=positions,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="AtlasSeg",
@@ -465,7 +469,38 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
         seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     _atomic_dicom(seg, dest)
     return {"segments": len(descriptions), "frames": int(seg.NumberOfFrames), "empty": empty,
-            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name), "values_made_valid": changed}
+            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name), "values_made_valid": changed,
+            "source_attributes_missing": filled}
+
+
+# Attributes highdicom reads from the first source image as ``ds.Keyword`` (Patient and General Study modules,
+# Type 2 in a CT and in the SEG): a de-identified series often lacks them (PS3.15 Annex E removes the birth date,
+# sex, accession number, study id...). Written empty, as the standard allows and RTSTRUCT already does.
+SEG_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                         "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _source_with_type2(ref: ReferenceSeries):
+    """``ref.datasets`` for highdicom, the first (the one it copies the patient and study from) completed with the
+    Type 2 attributes it lacks (empty) and a slice thickness when it has none (the spacing of the slices the
+    frames lie on; the SEG's Pixel Measures need one). Returns (datasets, names of the attributes filled in)."""
+    import copy
+
+    first = ref.datasets[0]
+    missing = [k for k in SEG_TYPE2_FROM_SOURCE if k not in first]
+    thickness = first.get("SliceThickness", None)
+    no_thickness = thickness is None or str(thickness).strip() == ""
+    if not missing and not no_thickness:
+        return ref.datasets, []
+    first = copy.deepcopy(first)  # the series' own header stays as read
+    for keyword in missing:
+        setattr(first, keyword, "")
+    if no_thickness:
+        first.SliceThickness = f"{float(ref.grid.spacing[2]):.6g}"
+        missing.append("SliceThickness")
+    log.info("the DICOM series in %s lacks %s; written empty (slice thickness: the slice spacing)", ref.folder,
+             ", ".join(missing))
+    return [first] + list(ref.datasets[1:]), missing
 
 
 def _character_set(ds):
