@@ -441,9 +441,12 @@ def _options(args):
 
 
 def cmd_segment(args, sink) -> int:
-    from .pipeline import segment
+    from .preflight import check_segment
 
     card, weights = _resolve_model(args)
+    check_segment(args, card)  # options and input before torch and the model load: a refusal comes at once
+    from .pipeline import segment
+
     opts = _options(args)
     t0 = time.perf_counter()
     report = segment(args.input, args.output, card=card, weights=weights, options=opts, progress=sink)
@@ -480,11 +483,14 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
 def cmd_batch(args, sink) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
+    from .preflight import check_batch
+
+    card, weights = _resolve_model(args)
+    check_batch(args, card)  # before Ray, torch and the first case
     if args.workers > 1 or args.ray_address:
         from .cluster import DatasetBar, import_ray, run_batch_ray
 
         import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
-        card, weights = _resolve_model(args)
         bar = DatasetBar(sink)
         try:
             rows = run_batch_ray(args.input, args.output, card=card, weights=weights, options=_options(args),
@@ -496,7 +502,6 @@ def cmd_batch(args, sink) -> int:
     else:
         from .batch import run_batch
 
-        card, weights = _resolve_model(args)
         rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
     sink.close()
     sink.event(event="done", outdir=str(Path(args.output).resolve()))
@@ -705,6 +710,9 @@ def _run(args) -> int:
     try:
         if args.command != "models":
             _route_library_warnings(getattr(args, "verbose", False))
+            from .preflight import check_output_places
+
+            check_output_places(args)  # an unwritable output place is refused before any work
         if args.command == "segment":
             return cmd_segment(args, sink)
         if args.command == "demo":
