@@ -196,6 +196,8 @@ def _add_export_parser(sub) -> None:
                    help="rtstruct: RT ROI Interpreted Type of tumor ROIs; none (default): left for the planner to "
                    "set, as automatic candidates are unreviewed")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    e.add_argument("--force", action="store_true", help="export even when the run's warnings say its labels are "
+                   "meaningless (not an abdomen, the demo model on a real CT); refused otherwise")
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -677,13 +679,34 @@ def _interrupted_message(args, exc: KeyboardInterrupt) -> str:
     return "stopped"
 
 
+class _OneLineWarnings(logging.Formatter):
+    """Without -v: AtlasSeg's own warnings as one 'atlasseg: warning: ...' line each (like the run's warnings);
+    other libraries' records (pydicom, highdicom, ITK...) only with -v, where every record keeps its logger name."""
+
+    def format(self, record):
+        return f"atlasseg: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+def _ours_or_error(record) -> bool:
+    return record.name.split(".")[0] in ("atlasseg", "AtlasSegLib") or record.levelno >= logging.ERROR
+
+
+def _configure_logging(verbose: bool) -> None:
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineWarnings())
+    handler.addFilter(_ours_or_error)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def main(argv=None) -> int:
     """The CLI; returns the exit code (listed in ``atlasseg --help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(verbose)
     if args.command is None:
         parser.print_help()
         return 2

@@ -38,6 +38,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -1211,7 +1212,7 @@ def case_name(run: RunFolder) -> str:
 
 def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwrite: bool = False,
            compress: bool = False, names: str = "model", name_map=None, tumor_roi_type: str = "none",
-           holes: str = "keyhole") -> ExportResult:
+           holes: str = "keyhole", force: bool = False) -> ExportResult:
     """Export a finished run.
 
     Args:
@@ -1229,6 +1230,8 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
         tumor_roi_type: RTSTRUCT RT ROI Interpreted Type of tumor classes (``roinames.TUMOR_ROI_TYPES``).
         holes: RTSTRUCT form of holes (``HOLES``): ``keyhole`` (default; the mask whether a planning system ORs the
             contours of a slice or applies the even-odd rule) or ``separate`` (inner contours, even-odd readers only).
+        force: export a run whose warnings say its labels are meaningless (``blocking_warnings``: a scan that is
+            not an abdomen, the demo model on a real CT), which is refused otherwise.
 
     Raises:
         InputError: unknown format, not an output folder, no/mismatching DICOM reference, ``dest`` exists, an
@@ -1240,6 +1243,12 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
         raise InputError(f"unknown hole form '{holes}'; choose one of {', '.join(HOLES)}")
     t0 = time.perf_counter()
     run = load_run_folder(outdir)
+    blocking = blocking_warnings(run.report)
+    if blocking and not force:
+        raise InputError(f"the run in {run.path} has warnings that make its labels meaningless ("
+                         + "; ".join(_topics(blocking)) + "): exported, its structures would reach a "
+                         "viewer or planning system looking like real organs. Segment a suitable CT with a real model, "
+                         "or pass --force to export anyway")
     naming = _apply_roi_names(run, fmt, names, name_map, tumor_roi_type)
     dest = Path(dest) if dest else default_destination(outdir, fmt, run)
     if dest.exists() and not overwrite:
@@ -1255,7 +1264,38 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) if dest.is_dir() else dest.stat().st_size
     if naming is not None:
         notes = {**notes, **naming.notes()}
+    if tumor_roi_type == "GTV":
+        unreviewed = unreviewed_candidates(outdir)
+        if unreviewed:
+            notes = {**notes, "gtv_unreviewed": [f"{name} #{', #'.join(map(str, ids))}" for name, ids in unreviewed.items()]}
+    if blocking:
+        notes = {**notes, "forced_past": _topics(blocking)}
     return ExportResult(fmt, dest, time.perf_counter() - t0, size, notes)
+
+
+# Run warnings (report.json "warnings", by their "topic:" prefix) after which no label can be trusted: the scan is
+# not an abdomen (coverage) or the demo model met a real CT (model). An export of such a run is refused unless forced.
+BLOCKING_TOPICS = ("coverage", "model")
+
+
+def blocking_warnings(report: dict) -> list:
+    return [w for w in report.get("warnings") or [] if w.split(":")[0].strip() in BLOCKING_TOPICS]
+
+
+def _topics(warnings: list) -> list:
+    return [t for t in BLOCKING_TOPICS if any(w.split(":")[0].strip() == t for w in warnings)]
+
+
+def unreviewed_candidates(outdir) -> dict:
+    """Tumor structure -> ids of its candidates nobody has kept or removed (``atlasseg review``)."""
+    from .review import review_rows
+
+    out = {}
+    for name, rows in review_rows(outdir).items():
+        ids = [r.get("id") for r in rows if r.get("status") == "unreviewed"]
+        if ids:
+            out[name] = ids
+    return out
 
 
 def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_type: str):
@@ -1282,8 +1322,19 @@ def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_t
 
 # ---------------------------------------------------------------------------------------------- CLI
 def cmd_export(args) -> int:
+    # The run's warnings travel with its export: said first, on stderr, one line each.
+    try:
+        warnings = json.loads((Path(args.outdir) / "report.json").read_text()).get("warnings") or []
+    except (OSError, ValueError):
+        warnings = []  # not a run folder: export() says so
+    for text in warnings:
+        print(f"atlasseg: warning: run: {text}", file=sys.stderr)
     result = export(args.outdir, args.format, args.output, reference_dicom=args.reference_dicom, ct=args.ct,
                     overwrite=args.overwrite, compress=args.compress and not args.no_compress, names=args.names,
-                    name_map=args.name_map, tumor_roi_type=args.tumor_roi_type, holes=args.holes)
+                    name_map=args.name_map, tumor_roi_type=args.tumor_roi_type, holes=args.holes,
+                    force=getattr(args, "force", False))
     print(result.summary())
+    for entry in result.notes.get("gtv_unreviewed", []):
+        print(f"atlasseg: warning: --tumor-roi-type GTV given to candidates nobody has reviewed: {entry}; a GTV is "
+              "a physician's call ('atlasseg review' keeps or removes each candidate)", file=sys.stderr)
     return 0
