@@ -359,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = msub.add_parser("import", help="install a weights file downloaded by hand (size and sha256 checked)")
     i.add_argument("model_id")
     i.add_argument("file")
+    rm = msub.add_parser("remove", help="delete a model's cached weights (e.g. a wrong file imported by hand)")
+    rm.add_argument("model_id")
     msub.add_parser("path", help="print the cache folder")
 
     _add_synthesize_parser(sub)
@@ -621,6 +623,9 @@ def cmd_models(args) -> int:
         print(path)
     elif action == "import":
         print(download.import_file(args.model_id, args.file))
+    elif action == "remove":
+        for path in download.remove(args.model_id):
+            print(f"removed {path}")
     return 0
 
 
