@@ -491,10 +491,12 @@ def cmd_batch(args, sink) -> int:
 
     card, weights = _resolve_model(args)
     check_batch(args, card)  # before Ray, torch and the first case
+    not_cases = []
     if args.workers > 1 or args.ray_address:
         from .cluster import DatasetBar, import_ray, run_batch_ray
 
         import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
+        _print_batch_engine(args, not_cases)
         bar = DatasetBar(sink)
         try:
             rows = run_batch_ray(args.input, args.output, card=card, weights=weights, options=_options(args),
@@ -506,6 +508,7 @@ def cmd_batch(args, sink) -> int:
     else:
         from .batch import run_batch
 
+        _print_batch_engine(args, not_cases)
         rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
     sink.close()
     sink.event(event="done", outdir=str(Path(args.output).resolve()))
@@ -517,12 +520,42 @@ def cmd_batch(args, sink) -> int:
     if not args.progress_json:
         for r in rows:
             print(f"{r['case']:<32}{r['status']:<9}{float(r['seconds'] or 0):>8.1f} s  {r['message']}")
-    for r in rows:
-        _print_warnings([w for w in r.get("warnings", "").split(" | ") if w], prefix=f"{r['case']}: ")
+    # Each case's line counts its warnings; the warnings themselves are in its report.json and the summary (a
+    # dataset's worth of them, case by case, would bury the results), and in the -v log.
+    counted = [(r["case"], [w for w in (r.get("warnings") or "").split(" | ") if w]) for r in rows]
+    for case, texts in counted:
+        for text in texts:
+            log.info("%s: warning: %s", case, text)
+    summary = Path(args.output).resolve() / "batch_summary.csv"
+    with_warnings = [case for case, texts in counted if texts]
+    if with_warnings:
+        print(f"atlasseg: warning: {len(with_warnings)} of {len(rows)} case(s) have run warnings "
+              f"({sum(len(t) for _, t in counted)} in all): see each case's report.json or {summary} "
+              "('atlasseg summarize' lists them case by case)", file=sys.stderr)
     if not args.progress_json:
         print(f"{len(rows) - len(failed)} of {len(rows)} cases done ({skipped} skipped), {len(failed)} failed; "
-              f"summary: {Path(args.output).resolve() / 'batch_summary.csv'}")
+              f"summary: {summary}")
+    if not_cases:
+        print(f"atlasseg: batch: not a CT case, skipped: {', '.join(not_cases)}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _print_batch_engine(args, not_cases: list) -> None:
+    """The first line of a batch (stderr): how many cases and where they run. Fills ``not_cases`` with the files
+    of the dataset folder that are no case (listed at the end)."""
+    from .batch import find_cases
+
+    n = len(find_cases(args.input, not_cases))
+    if args.ray_address:
+        gpus = args.gpus_per_worker * args.workers
+        where = (f"Ray at {args.ray_address}: {args.workers} worker{'s' if args.workers != 1 else ''}, "
+                 f"{gpus:g} GPU{'s' if gpus != 1 else ''}")
+    elif args.workers > 1:
+        where = f"{args.workers} workers on a local Ray" + (
+            f" ({args.gpus_per_worker * args.workers:g} GPUs)" if args.gpus_per_worker else "")
+    else:
+        where = "1 worker in this process"
+    print(f"atlasseg: batch: {n} case{'s' if n != 1 else ''}, {where}", file=sys.stderr, flush=True)
 
 
 def cmd_demo(args, sink) -> int:

@@ -30,8 +30,10 @@ def assert_clean_stderr(proc, what):
 
 
 def assert_no_warning_on_stdout(proc, what):
+    """No warning text on stdout (a count such as 'batch's "7 warning(s)" is data)."""
     for line in proc.stdout.splitlines():
-        assert "warning" not in line.lower(), f"{what}: a warning on stdout: {line!r}"
+        assert not line.lower().lstrip().startswith(("warning", "atlasseg:")) and "warning:" not in line.lower(), \
+            f"{what}: a warning on stdout: {line!r}"
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,35 @@ def test_gtv_on_unreviewed_candidates_warns_and_the_summary_names_them(sarcoma_r
     assert len(gtv) == 1 and gtv[0].startswith("atlasseg: warning: ") and "liver_tumor #3, #4" in gtv[0]
     plain = atlasseg("export", copy, "--format", "rtstruct", "--force", "-o", tmp_path / "rt2.dcm")
     assert "GTV" not in plain.stderr and "gtv_unreviewed" not in plain.stdout
+
+
+# -------------------------------------------------------------------------------------------------- batch lines
+def test_batch_names_its_engine_gives_one_line_per_case_and_lists_skipped_files(tmp_path, small_ct, ctdata):
+    data = tmp_path / "dataset"
+    data.mkdir()
+    shutil.copy(small_ct, data / "a.nii.gz")
+    shutil.copytree(ctdata / "ibsi_sts008_sarcoma_tumor" / "CT" / "image", data / "thigh")
+    (data / "readme.txt").write_text("notes")
+    (data / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    proc = atlasseg("batch", data, "-o", tmp_path / "res", "--model", "atlasseg-demo", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert_clean_stderr(proc, "batch")
+    assert_no_warning_on_stdout(proc, "batch")
+    err = proc.stderr.splitlines()
+    assert err[0] == "atlasseg: batch: 2 cases, 1 worker in this process"
+    out = proc.stdout.splitlines()
+    # One line per case (name, status, time, its warning count), then the total.
+    for line, case in zip(out, ("a", "thigh")):
+        fields = line.split()
+        assert fields[0] == case and fields[1] == "done"
+    counts = {}
+    for case in ("a", "thigh"):
+        report = json.loads((tmp_path / "res" / case / "report.json").read_text())
+        counts[case] = len(report["warnings"])
+        line = next(line for line in out if line.split()[0] == case)
+        assert line.endswith(f"{counts[case]} warning(s)" if counts[case] else "structures"), line
+    assert counts["thigh"] > 1 and out[2].startswith("2 of 2 cases done")
+    # The warnings themselves are not repeated case by case: one line says where they are.
+    assert not any(line.startswith("atlasseg: warning: thigh: ") for line in err)
+    assert any("warning" in line and "batch_summary.csv" in line for line in err)
+    assert err[-1] == "atlasseg: batch: not a CT case, skipped: photo.png, readme.txt"
