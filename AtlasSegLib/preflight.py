@@ -173,6 +173,8 @@ def check_output_places(args) -> None:
     if command in ("segment", "synthesize", "demo"):
         if getattr(args, "output", None):
             check_output_place(args.output, what="output folder")
+            if command == "demo":  # the others check it with their inputs; the demo would make its phantom first
+                check_new_folder(args.output, overwrite=args.overwrite)
     elif command == "batch":
         _check_into(args.output, what="results folder")
     elif command == "export":
@@ -202,17 +204,22 @@ def _check_into(folder, *, what: str) -> None:
         check_output_place(folder, what=what)
 
 
+def check_new_folder(folder, *, overwrite: bool) -> None:
+    """An output folder that must not exist unless --overwrite (``io.StagingDir``'s messages, said earlier)."""
+    out = Path(folder)
+    if out.exists() and not overwrite:
+        raise InputError(f"output folder {out.resolve()} already exists; choose another -o or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out.resolve()} exists and is not a folder")
+
+
 def check_segment(args, card) -> None:
     """``segment``: options and input, before the pipeline (torch) is imported."""
     thresholds = _thresholds(args)
     structures = [s.strip() for s in args.structures.split(",") if s.strip()] if args.structures else None
     check_thresholds(thresholds, segment_tumors(card, structures), where=f"the model {card.id}"
                      + (" with --structures " + ",".join(structures) if structures else ""))
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"output folder {out.resolve()} already exists; choose another -o or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out.resolve()} exists and is not a folder")
+    check_new_folder(args.output, overwrite=args.overwrite)
     if args.series and Path(args.input).is_file() and Path(args.input).suffix.lower() != ".dcm":
         raise InputError("--series applies to DICOM folders only; the input is a file")
     probe_image_file(args.input)

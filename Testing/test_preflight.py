@@ -223,6 +223,12 @@ def test_segment_refusals_do_not_import_torch(tmp_path, small_ct, case, words):
     assert "libpng" not in err and "ITK" not in err.replace("ITK ERROR", "")  # one line, no raw library text
 
 
+def test_demo_into_an_existing_folder_is_refused_before_its_phantom_and_torch(tmp_path):
+    (tmp_path / "out").mkdir()
+    code, err, heavy = run_cli(tmp_path, "demo", "-o", tmp_path / "out")
+    assert code == 2 and "already exists" in err and heavy == [], err
+
+
 def test_batch_of_a_missing_folder_is_refused_before_torch(tmp_path):
     code, err, heavy = run_cli(tmp_path, "batch", tmp_path / "nope", "-o", tmp_path / "res", "--model",
                                "atlasseg-demo", "--quiet")
