@@ -650,8 +650,15 @@ def cmd_models(args) -> int:
                 bar.n = done
                 bar.refresh()
 
-        path = download.fetch(args.model_id, progress=progress)
-        if bar is not None:
+        if bar is None:
+            path = download.fetch(args.model_id, progress=progress)
+        else:
+            # Log lines during the download (e.g. a checksum recorded on first use) go above the bar, not glued
+            # to the end of its line.
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                path = download.fetch(args.model_id, progress=progress)
             bar.close()
         print(path)
     elif action == "import":

@@ -163,3 +163,24 @@ def test_batch_names_its_engine_gives_one_line_per_case_and_lists_skipped_files(
     assert not any(line.startswith("atlasseg: warning: thigh: ") for line in err)
     assert any("warning" in line and "batch_summary.csv" in line for line in err)
     assert err[-1] == "atlasseg: batch: not a CT case, skipped: photo.png, readme.txt"
+
+
+def test_evaluate_json_and_models_list_and_synthesize_keep_stdout_parseable(sarcoma_run, ctdata, tmp_path):
+    run, _ = sarcoma_run
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    shutil.copy(ctdata / "ibsi_sts008_sarcoma_tumor" / "nifti" / "CT_mask.nii.gz", truth / "liver_tumor.nii.gz")
+    proc = atlasseg("evaluate", run, "--truth", truth, "-o", tmp_path / "eval", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tumors"]["liver_tumor"]["lesions"] == 1
+    assert_clean_stderr(proc, "evaluate --json")
+    listing = atlasseg("models", "list")
+    assert listing.returncode == 0 and listing.stdout.splitlines()[0].split()[:2] == ["id", "classes"]
+    assert_clean_stderr(listing, "models list")
+    synth = atlasseg("synthesize", ctdata / "ibsi_sts008_sarcoma_tumor" / "nifti" / "CT_image.nii.gz", "-o",
+                     tmp_path / "synth", "--organ", "liver", "--organ-mask",
+                     ctdata / "ibsi_sts008_sarcoma_tumor" / "nifti" / "CT_mask.nii.gz", "--diameter", "10")
+    assert synth.returncode == 0, synth.stderr
+    assert_clean_stderr(synth, "synthesize")
+    assert_no_warning_on_stdout(synth, "synthesize")
+    assert synth.stdout.splitlines()[0].startswith("1 synthetic liver tumor(s)")
