@@ -178,11 +178,13 @@ def check_output_places(args) -> None:
     elif command == "batch":
         _check_into(args.output, what="results folder")
     elif command == "export":
-        # Without -o the export goes to OUTDIR/export/...: its folders may not exist yet.
-        dest = args.output or Path(args.outdir) / "export" / "file"
-        check_output_place(dest, what="export")
+        # Without -o the export goes to OUTDIR/export/...: its folders may not exist yet. A run folder that does
+        # not exist is left to the command (it says so); nothing is probed elsewhere for it.
+        if args.output or Path(args.outdir).is_dir():
+            check_output_place(args.output or Path(args.outdir) / "export" / "file", what="export")
     elif command == "evaluate":
-        _check_into(args.output or Path(args.run) / "evaluation", what="evaluation folder")
+        if args.output or Path(args.run).is_dir():
+            _check_into(args.output or Path(args.run) / "evaluation", what="evaluation folder")
     elif command == "summarize":
         check_folder_writable(args.results, what="the results folder")
         if args.export_accepted:
