@@ -26,7 +26,8 @@ OPTIONAL = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "Study
             "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription", "SliceThickness",
             "PositionReferenceIndicator", "SpecificCharacterSet", "Manufacturer", "SeriesNumber", "InstanceNumber")
 # Type 1: without them no object can reference the CT (or place a frame on it).
-REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "PixelSpacing")
+REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID",
+            "PixelSpacing", "ImagePositionPatient")
 
 
 @pytest.fixture(scope="module")
