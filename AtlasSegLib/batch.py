@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from .errors import AtlasSegError, Cancelled, InputError
 from .io import IMAGE_SUFFIXES, atomic_write_text, read_image
@@ -22,11 +23,12 @@ from .progress import Reporter, clear_interrupt
 log = logging.getLogger(__name__)
 
 
-def find_cases(root) -> list:
+def find_cases(root, skipped: Optional[list] = None) -> list:
     """(case name, input path) for every case under ``root``, sorted by name.
 
     Recognised: ``<case>/ct.nii.gz`` (AbdomenAtlas), CT files directly in ``root``, and subfolders holding a
-    DICOM series."""
+    DICOM series. ``skipped``: a list that receives the names of the files that are none of these (hidden files
+    aside), so the caller can say which were left out."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; 'atlasseg batch' takes a dataset folder (use 'segment' for one CT)")
@@ -44,6 +46,8 @@ def find_cases(root) -> list:
         elif entry.is_dir():
             ct = next((entry / f"ct{s}" for s in IMAGE_SUFFIXES if (entry / f"ct{s}").is_file()), None)
             cases.append((entry.name, ct if ct is not None else entry))
+        elif skipped is not None:
+            skipped.append(entry.name)
     if not cases:
         raise InputError(f"no CT cases found in {root}: expected <case>/ct.nii.gz folders, CT files, or DICOM folders")
     return cases
@@ -244,7 +248,7 @@ def segment_case(segmenter, name, path, outdir, options, reporter) -> dict:
         raise
     except AtlasSegError as exc:
         row.update(status="failed", message=str(exc))
-        log.warning("case %s failed: %s", name, exc)
+        log.info("case %s failed: %s", name, exc)  # the case's row says so (one line per case)
     row["seconds"] = round(time.perf_counter() - t, 2)
     return row
 

@@ -201,6 +201,8 @@ def _add_export_parser(sub) -> None:
     e.add_argument("--reviewer", metavar="NAME", help="who reviewed (DICOM person name, e.g. 'Doe^Jane'); structures "
                    "a person edited are exported as SEMIAUTOMATIC, untouched ones AUTOMATIC")
     e.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    e.add_argument("--force", action="store_true", help="export even when the run's warnings say its labels are "
+                   "meaningless (not an abdomen, the demo model on a real CT); refused otherwise")
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -362,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = msub.add_parser("import", help="install a weights file downloaded by hand (size and sha256 checked)")
     i.add_argument("model_id")
     i.add_argument("file")
+    rm = msub.add_parser("remove", help="delete a model's cached weights (e.g. a wrong file imported by hand)")
+    rm.add_argument("model_id")
     msub.add_parser("path", help="print the cache folder")
 
     _add_synthesize_parser(sub)
@@ -446,9 +450,12 @@ def _options(args):
 
 
 def cmd_segment(args, sink) -> int:
-    from .pipeline import segment
+    from .preflight import check_segment
 
     card, weights = _resolve_model(args)
+    check_segment(args, card)  # options and input before torch and the model load: a refusal comes at once
+    from .pipeline import segment
+
     opts = _options(args)
     t0 = time.perf_counter()
     report = segment(args.input, args.output, card=card, weights=weights, options=opts, progress=sink)
@@ -485,11 +492,16 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
 def cmd_batch(args, sink) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
+    from .preflight import check_batch
+
+    card, weights = _resolve_model(args)
+    check_batch(args, card)  # before Ray, torch and the first case
+    not_cases = []
     if args.workers > 1 or args.ray_address:
         from .cluster import DatasetBar, import_ray, run_batch_ray
 
         import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
-        card, weights = _resolve_model(args)
+        _print_batch_engine(args, not_cases)
         bar = DatasetBar(sink)
         try:
             rows = run_batch_ray(args.input, args.output, card=card, weights=weights, options=_options(args),
@@ -501,7 +513,7 @@ def cmd_batch(args, sink) -> int:
     else:
         from .batch import run_batch
 
-        card, weights = _resolve_model(args)
+        _print_batch_engine(args, not_cases)
         rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
     sink.close()
     sink.event(event="done", outdir=str(Path(args.output).resolve()))
@@ -513,12 +525,42 @@ def cmd_batch(args, sink) -> int:
     if not args.progress_json:
         for r in rows:
             print(f"{r['case']:<32}{r['status']:<9}{float(r['seconds'] or 0):>8.1f} s  {r['message']}")
-    for r in rows:
-        _print_warnings([w for w in r.get("warnings", "").split(" | ") if w], prefix=f"{r['case']}: ")
+    # Each case's line counts its warnings; the warnings themselves are in its report.json and the summary (a
+    # dataset's worth of them, case by case, would bury the results), and in the -v log.
+    counted = [(r["case"], [w for w in (r.get("warnings") or "").split(" | ") if w]) for r in rows]
+    for case, texts in counted:
+        for text in texts:
+            log.info("%s: warning: %s", case, text)
+    summary = Path(args.output).resolve() / "batch_summary.csv"
+    with_warnings = [case for case, texts in counted if texts]
+    if with_warnings:
+        print(f"atlasseg: warning: {len(with_warnings)} of {len(rows)} case(s) have run warnings "
+              f"({sum(len(t) for _, t in counted)} in all): see each case's report.json or {summary} "
+              "('atlasseg summarize' lists them case by case)", file=sys.stderr)
     if not args.progress_json:
         print(f"{len(rows) - len(failed)} of {len(rows)} cases done ({skipped} skipped), {len(failed)} failed; "
-              f"summary: {Path(args.output).resolve() / 'batch_summary.csv'}")
+              f"summary: {summary}")
+    if not_cases:
+        print(f"atlasseg: batch: not a CT case, skipped: {', '.join(not_cases)}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _print_batch_engine(args, not_cases: list) -> None:
+    """The first line of a batch (stderr): how many cases and where they run. Fills ``not_cases`` with the files
+    of the dataset folder that are no case (listed at the end)."""
+    from .batch import find_cases
+
+    n = len(find_cases(args.input, not_cases))
+    if args.ray_address:
+        gpus = args.gpus_per_worker * args.workers
+        where = (f"Ray at {args.ray_address}: {args.workers} worker{'s' if args.workers != 1 else ''}, "
+                 f"{gpus:g} GPU{'s' if gpus != 1 else ''}")
+    elif args.workers > 1:
+        where = f"{args.workers} workers on a local Ray" + (
+            f" ({args.gpus_per_worker * args.workers:g} GPUs)" if args.gpus_per_worker else "")
+    else:
+        where = "1 worker in this process"
+    print(f"atlasseg: batch: {n} case{'s' if n != 1 else ''}, {where}", file=sys.stderr, flush=True)
 
 
 def cmd_demo(args, sink) -> int:
@@ -613,12 +655,22 @@ def cmd_models(args) -> int:
                 bar.n = done
                 bar.refresh()
 
-        path = download.fetch(args.model_id, progress=progress)
-        if bar is not None:
+        if bar is None:
+            path = download.fetch(args.model_id, progress=progress)
+        else:
+            # Log lines during the download (e.g. a checksum recorded on first use) go above the bar, not glued
+            # to the end of its line.
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            with logging_redirect_tqdm():
+                path = download.fetch(args.model_id, progress=progress)
             bar.close()
         print(path)
     elif action == "import":
         print(download.import_file(args.model_id, args.file))
+    elif action == "remove":
+        for path in download.remove(args.model_id):
+            print(f"removed {path}")
     return 0
 
 
@@ -677,13 +729,34 @@ def _interrupted_message(args, exc: KeyboardInterrupt) -> str:
     return "stopped"
 
 
+class _OneLineWarnings(logging.Formatter):
+    """Without -v: AtlasSeg's own warnings as one 'atlasseg: warning: ...' line each (like the run's warnings);
+    other libraries' records (pydicom, highdicom, ITK...) only with -v, where every record keeps its logger name."""
+
+    def format(self, record):
+        return f"atlasseg: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+def _ours_or_error(record) -> bool:
+    return record.name.split(".")[0] in ("atlasseg", "AtlasSegLib") or record.levelno >= logging.ERROR
+
+
+def _configure_logging(verbose: bool) -> None:
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineWarnings())
+    handler.addFilter(_ours_or_error)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
 def main(argv=None) -> int:
     """The CLI; returns the exit code (listed in ``atlasseg --help``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = getattr(args, "verbose", False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(verbose)
     if args.command is None:
         parser.print_help()
         return 2
@@ -710,6 +783,9 @@ def _run(args) -> int:
     try:
         if args.command != "models":
             _route_library_warnings(getattr(args, "verbose", False))
+            from .preflight import check_output_places
+
+            check_output_places(args)  # an unwritable output place is refused before any work
         if args.command == "segment":
             return cmd_segment(args, sink)
         if args.command == "demo":

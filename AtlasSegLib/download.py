@@ -593,6 +593,8 @@ def import_file(card_or_id: CardOrId, path, *, progress: Optional[ByteProgress] 
                 out.flush()
                 os.fsync(out.fileno())
             source = _check_bytes(spec, hasher.hexdigest(), done, tmp, error=InputError, what=str(src))
+            if source != SOURCE_VERIFIED:
+                _load_check(card, tmp, src)  # no published checksum: the file must at least be this model's
             final = _final_path(spec)
             os.replace(tmp, final)
         except BaseException:
@@ -606,6 +608,42 @@ def import_file(card_or_id: CardOrId, path, *, progress: Optional[ByteProgress] 
 
 # --------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _load_check(card: ModelCard, path: Path, src: Path) -> None:
+    """Load ``path`` as ``card``'s network (the checkpoint's keys and tensor shapes against the card's): a file
+    without a published checksum is otherwise taken on trust, junk included. Raises InputError."""
+    from .networks import load_model  # torch: only here, for a file that needs it
+
+    try:
+        load_model(card, path)
+    except InputError as exc:
+        reason = str(exc).replace(f"weights file {path}", "the file").replace(f"weights {path}", "the file")
+        raise InputError(f"cannot import {src} as the weights of {card.id}: {reason}; nothing was installed. Download "
+                         f"the file again from {_spec(card).url or 'its source'}") from None
+
+
+def remove(card_or_id: CardOrId) -> list:
+    """Delete a model's cached weights (and partial downloads) and forget its recorded checksum. Returns the paths
+    removed. Raises InputError when the model ships with AtlasSeg or nothing of it is cached."""
+    card = _as_card(card_or_id)
+    if _bundled_path(card) is not None:
+        raise InputError(f"model {card.id} ships its weights with AtlasSeg; there is nothing to remove")
+    spec = _spec(card)
+    folder = _model_dir(spec.model_id)
+    if not folder.is_dir() and _manifest_entry(spec.model_id) is None:
+        raise InputError(f"model {card.id} is not cached; nothing to remove ('atlasseg models list' shows what is)")
+    removed = []
+    with _FileLock(_lock_path(spec)):
+        for path in sorted(folder.iterdir()):
+            if path.name == ".lock" or not path.is_file():
+                continue
+            _unlink_quietly(path)
+            removed.append(path)
+    _update_manifest(spec.model_id, None)
+    if not removed:
+        raise InputError(f"model {card.id} is not cached; nothing to remove ('atlasseg models list' shows what is)")
+    return removed
 
 
 def _check_bytes(spec: _Spec, digest: str, size: int, path: Path, *, error, what: Optional[str] = None) -> str:

@@ -396,16 +396,58 @@ def best_at(rows: list, max_fp_per_case: float) -> Optional[dict]:
     return min(ok, key=lambda r: r["threshold"]) if ok else None
 
 
-def suggest(rows: list) -> dict:
-    """name -> {"threshold", "sensitivity", "fp_per_case", "rule"} for SUGGESTIONS that some threshold meets."""
+def suggest(rows: list, balanced: Optional[float] = None, why_not: Optional[dict] = None) -> dict:
+    """name -> {"threshold", "sensitivity", "fp_per_case", "rule"} for SUGGESTIONS that some threshold meets.
+
+    The points are ordered by sensitivity: maximum_sensitivity <= high_sensitivity <= ``balanced`` (the card's
+    own point) in threshold. A budget whose lowest threshold lies above ``balanced`` is not suggested: such a
+    "high sensitivity" point would find fewer tumors than the balanced one. ``why_not`` receives a sentence per
+    point not suggested."""
     out = {}
     for name, budget in SUGGESTIONS:
         row = best_at(rows, budget)
-        if row is not None:
+        if row is None:
+            reason = f"no threshold keeps false positives at or under {budget:g} per case"
+        elif balanced is not None and row["threshold"] > balanced + 1e-9:
+            at = next((r for r in rows if abs(r["threshold"] - balanced) < 1e-9), None)
+            reason = (f"no threshold at or below balanced (t={balanced:g}) keeps false positives at or under "
+                      f"{budget:g} per case" + (f" (balanced has {at['fp_per_case']:g})" if at else "")
+                      + f"; the lowest that does, t={row['threshold']:g}, is less sensitive than balanced")
+        else:
             out[name] = {"threshold": row["threshold"], "sensitivity": row["sensitivity"],
                          "fp_per_case": row["fp_per_case"],
                          "rule": f"lowest threshold with at most {budget:g} false positive(s) per case"}
+            continue
+        if why_not is not None:
+            why_not[name] = reason
     return out
+
+
+def run_threshold_view(tcs: list) -> dict:
+    """At the run's threshold: per size class, per-lesion sensitivity; per case (patient), sensitivity (cases
+    with a true tumor in which at least one is found) and specificity (cases without a true tumor in which
+    nothing is predicted), as the seed papers report them."""
+    per = {c: {"lesions": 0, "detected": 0} for c, _, _ in SIZE_CLASSES}
+    with_tumor = tp = without = tn = 0
+    for tc in tcs:
+        ti = tc.thresholds.index(tc.run_threshold)
+        for i, les in enumerate(tc.lesions):
+            per[les.size_class]["lesions"] += 1
+            per[les.size_class]["detected"] += int(tc.detected[ti, i])
+        if tc.lesions:
+            with_tumor += 1
+            tp += int(tc.detected[ti].any())
+        else:
+            without += 1
+            tn += int(tc.false_positives[ti] == 0)
+    for v in per.values():
+        v["sensitivity"] = round(v["detected"] / v["lesions"], 4) if v["lesions"] else None
+    thresholds = sorted({tc.run_threshold for tc in tcs})
+    return {"threshold": thresholds[0] if len(thresholds) == 1 else thresholds, "per_lesion": per,
+            "patients": {"with_tumor": with_tumor, "true_positive": tp,
+                         "sensitivity": round(tp / with_tumor, 4) if with_tumor else None,
+                         "without_tumor": without, "true_negative": tn,
+                         "specificity": round(tn / without, 4) if without else None}}
 
 
 # ------------------------------------------------------------------------------------------------ organs
@@ -527,7 +569,9 @@ def evaluate(run, truth, outdir=None, *, structures=None) -> Evaluation:
             "rows": rows, "marks": marks, "saved_masks": saved, "sensitivity_at_fp_per_case": froc,
             # LUNA16's competition performance metric: mean sensitivity at the seven FP rates (0 where unreached)
             "cpm": round(sum(reached) / len(FP_RATES), 4) if rows and rows[0]["sensitivity"] is not None else None,
-            "suggested": suggest(rows),
+            "suggested": suggest(rows, card_points[name].get("balanced"), why_not := {}),
+            "not_suggested": why_not,
+            "at_run_threshold": run_threshold_view(tcs),
             "notes": [f"{tc.case}: {tc.note}" for tc in tcs if tc.note],
         }
         for tc in tcs:
@@ -695,8 +739,20 @@ def summary_lines(ev: Evaluation) -> list:
         for k, v in t["suggested"].items():
             lines.append(f"  suggested {k:<20} t={v['threshold']:<5g} sensitivity {v['sensitivity']:.2f} at "
                          f"{v['fp_per_case']:g} FP/case ({v['rule']})")
-        if not t["suggested"]:
-            lines.append("  no threshold keeps false positives at or under 8 per case: no operating point suggested")
+        for k, why in t.get("not_suggested", {}).items():
+            lines.append(f"  not suggested {k:<16} {why}")
+        view = t.get("at_run_threshold")
+        if view:
+            lines.append(f"  {'size class':<12}{'lesions':>8}{'found':>7}{'sensitivity':>13}   (per lesion, at the run "
+                         f"threshold {view['threshold']})")
+            for c, v in view["per_lesion"].items():
+                sens = "-" if v["sensitivity"] is None else f"{v['sensitivity']:.2f}"
+                lines.append(f"  {c:<12}{v['lesions']:>8}{v['detected']:>7}{sens:>13}")
+            pt = view["patients"]
+            fmt = lambda n, d, v: f"{n}/{d} ({v:.2f})" if v is not None else "-"  # noqa: E731
+            lines.append(f"  patients: sensitivity {fmt(pt['true_positive'], pt['with_tumor'], pt['sensitivity'])}, "
+                         f"specificity {fmt(pt['true_negative'], pt['without_tumor'], pt['specificity'])} (a case "
+                         "with a tumor counts when one is found; a case without, when nothing is predicted)")
         lines += [f"  note: {n}" for n in t["notes"]]
     means = _structure_means(ev.structures)
     if means:

@@ -38,6 +38,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -269,6 +270,9 @@ def read_reference_series(source, *, series_uid: Optional[str] = None) -> Refere
     if len(datasets) < 2:
         raise InputError(f"{folder} holds no 3D DICOM image series (fewer than 2 slices with positions); "
                          f"{NEEDS_REFERENCE}")
+    if not str(datasets[0].get("PixelSpacing", "") or "").strip():
+        raise InputError(f"the DICOM series in {folder} has no PixelSpacing (a Type 1 attribute): its slices cannot be "
+                         f"placed in millimetres, so nothing can reference them. {NEEDS_REFERENCE}")
     spacing_rc = [float(v) for v in datasets[0].PixelSpacing]
     # The same analysis io.read_image makes: duplicates and mixed orientations are refused, tilt/uneven spacing
     # give the regularized grid the run was made on.
@@ -506,8 +510,9 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
     charset = _character_set(ref.datasets[0])
     charset_argument = ({"specific_character_set": charset}
                         if "specific_character_set" in inspect.signature(hd.SOPClass.__init__).parameters else {})
+    sources, filled = _source_with_type2(ref)
     seg = hd.seg.Segmentation(
-        source_images=ref.datasets, pixel_array=pixels, plane_positions=positions,
+        source_images=sources, pixel_array=pixels, plane_positions=positions,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="AtlasSeg",
@@ -529,7 +534,38 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
         seg.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     _atomic_dicom(seg, dest)
     return {"segments": len(descriptions), "frames": int(seg.NumberOfFrames), "empty": empty,
-            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name), "values_made_valid": changed}
+            "transfer_syntax": str(seg.file_meta.TransferSyntaxUID.name), "values_made_valid": changed,
+            "source_attributes_missing": filled}
+
+
+# Attributes highdicom reads from the first source image as ``ds.Keyword`` (Patient and General Study modules,
+# Type 2 in a CT and in the SEG): a de-identified series often lacks them (PS3.15 Annex E removes the birth date,
+# sex, accession number, study id...). Written empty, as the standard allows and RTSTRUCT already does.
+SEG_TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                         "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _source_with_type2(ref: ReferenceSeries):
+    """``ref.datasets`` for highdicom, the first (the one it copies the patient and study from) completed with the
+    Type 2 attributes it lacks (empty) and a slice thickness when it has none (the spacing of the slices the
+    frames lie on; the SEG's Pixel Measures need one). Returns (datasets, names of the attributes filled in)."""
+    import copy
+
+    first = ref.datasets[0]
+    missing = [k for k in SEG_TYPE2_FROM_SOURCE if k not in first]
+    thickness = first.get("SliceThickness", None)
+    no_thickness = thickness is None or str(thickness).strip() == ""
+    if not missing and not no_thickness:
+        return ref.datasets, []
+    first = copy.deepcopy(first)  # the series' own header stays as read
+    for keyword in missing:
+        setattr(first, keyword, "")
+    if no_thickness:
+        first.SliceThickness = f"{float(ref.grid.spacing[2]):.6g}"
+        missing.append("SliceThickness")
+    log.info("the DICOM series in %s lacks %s; written empty (slice thickness: the slice spacing)", ref.folder,
+             ", ".join(missing))
+    return [first] + list(ref.datasets[1:]), missing
 
 
 def _character_set(ds):
@@ -1248,7 +1284,8 @@ def case_name(run: RunFolder) -> str:
 
 def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwrite: bool = False,
            compress: bool = False, names: str = "model", name_map=None, tumor_roi_type: str = "none",
-           holes: str = "keyhole", approve: bool = False, reviewer: Optional[str] = None) -> ExportResult:
+           holes: str = "keyhole", approve: bool = False, reviewer: Optional[str] = None,
+           force: bool = False) -> ExportResult:
     """Export a finished run.
 
     Args:
@@ -1269,6 +1306,8 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
         approve: RTSTRUCT only: ApprovalStatus APPROVED by ``reviewer`` (or the reviewer review.json records).
         reviewer: the reviewer's name (DICOM PN, e.g. ``Doe^Jane``); structures a person edited are SEMIAUTOMATIC
             whether or not a name is known (``review_provenance``).
+        force: export a run whose warnings say its labels are meaningless (``blocking_warnings``: a scan that is
+            not an abdomen, the demo model on a real CT), which is refused otherwise.
 
     Raises:
         InputError: unknown format, not an output folder, no/mismatching DICOM reference, ``dest`` exists, an
@@ -1283,6 +1322,12 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
         raise InputError(f"unknown hole form '{holes}'; choose one of {', '.join(HOLES)}")
     t0 = time.perf_counter()
     run = load_run_folder(outdir)
+    blocking = blocking_warnings(run.report)
+    if blocking and not force:
+        raise InputError(f"the run in {run.path} has warnings that make its labels meaningless ("
+                         + "; ".join(_topics(blocking)) + "): exported, its structures would reach a "
+                         "viewer or planning system looking like real organs. Segment a suitable CT with a real model, "
+                         "or pass --force to export anyway")
     naming = _apply_roi_names(run, fmt, names, name_map, tumor_roi_type)
     dest = Path(dest) if dest else default_destination(outdir, fmt, run)
     if dest.exists() and not overwrite:
@@ -1302,7 +1347,38 @@ def export(outdir, fmt: str, dest=None, *, reference_dicom=None, ct=None, overwr
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) if dest.is_dir() else dest.stat().st_size
     if naming is not None:
         notes = {**notes, **naming.notes()}
+    if tumor_roi_type == "GTV":
+        unreviewed = unreviewed_candidates(outdir)
+        if unreviewed:
+            notes = {**notes, "gtv_unreviewed": [f"{name} #{', #'.join(map(str, ids))}" for name, ids in unreviewed.items()]}
+    if blocking:
+        notes = {**notes, "forced_past": _topics(blocking)}
     return ExportResult(fmt, dest, time.perf_counter() - t0, size, notes)
+
+
+# Run warnings (report.json "warnings", by their "topic:" prefix) after which no label can be trusted: the scan is
+# not an abdomen (coverage) or the demo model met a real CT (model). An export of such a run is refused unless forced.
+BLOCKING_TOPICS = ("coverage", "model")
+
+
+def blocking_warnings(report: dict) -> list:
+    return [w for w in report.get("warnings") or [] if w.split(":")[0].strip() in BLOCKING_TOPICS]
+
+
+def _topics(warnings: list) -> list:
+    return [t for t in BLOCKING_TOPICS if any(w.split(":")[0].strip() == t for w in warnings)]
+
+
+def unreviewed_candidates(outdir) -> dict:
+    """Tumor structure -> ids of its candidates nobody has kept or removed (``atlasseg review``)."""
+    from .review import review_rows
+
+    out = {}
+    for name, rows in review_rows(outdir).items():
+        ids = [r.get("id") for r in rows if r.get("status") == "unreviewed"]
+        if ids:
+            out[name] = ids
+    return out
 
 
 def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_type: str):
@@ -1329,9 +1405,20 @@ def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_t
 
 # ---------------------------------------------------------------------------------------------- CLI
 def cmd_export(args) -> int:
+    # The run's warnings travel with its export: said first, on stderr, one line each.
+    try:
+        warnings = json.loads((Path(args.outdir) / "report.json").read_text()).get("warnings") or []
+    except (OSError, ValueError):
+        warnings = []  # not a run folder: export() says so
+    for text in warnings:
+        print(f"atlasseg: warning: run: {text}", file=sys.stderr)
     result = export(args.outdir, args.format, args.output, reference_dicom=args.reference_dicom, ct=args.ct,
                     overwrite=args.overwrite, compress=args.compress and not args.no_compress, names=args.names,
                     name_map=args.name_map, tumor_roi_type=args.tumor_roi_type, holes=args.holes,
-                    approve=getattr(args, "approve", False), reviewer=getattr(args, "reviewer", None))
+                    approve=getattr(args, "approve", False), reviewer=getattr(args, "reviewer", None),
+                    force=getattr(args, "force", False))
     print(result.summary())
+    for entry in result.notes.get("gtv_unreviewed", []):
+        print(f"atlasseg: warning: --tumor-roi-type GTV given to candidates nobody has reviewed: {entry}; a GTV is "
+              "a physician's call ('atlasseg review' keeps or removes each candidate)", file=sys.stderr)
     return 0

@@ -39,6 +39,8 @@ class SourceInfo:
     # regular grid: what was found and how it was fixed (report.json "input.regularized").
     regularized: Optional[dict] = None
     warnings: tuple = ()  # sentences for report.json "warnings"
+    # A folder with several series: which was read, why, and the others (report.json "input.series").
+    series: Optional[dict] = None
 
 
 def read_image(path, *, series_uid: Optional[str] = None) -> tuple:
@@ -206,10 +208,17 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]):
             raise InputError(f"{folder} holds several DICOM series with the same number of slices: "
                              f"{_describe(series)}; choose one with --series UID")
         uid = ranked[0][0]
-        if len(ranked) > 1:
-            log.warning("%s holds %d series; using %s (most slices). Others: %s", folder, len(ranked), uid,
-                        _describe({k: v for k, v in series.items() if k != uid}))
     files = series[uid][1]
+    choice, chose = None, ()
+    if len(series) > 1:
+        others = [{"uid": k, "slices": len(v[1]), "folder": str(v[0])} for k, v in series.items() if k != uid]
+        choice = {"uid": uid, "slices": len(files), "chosen_by": "--series" if series_uid else "most slices",
+                  "others": others}
+        if not series_uid:
+            chose = (f"{folder} holds {len(series)} DICOM series; the one with the most slices was segmented: {uid} "
+                     f"({len(files)} files). Others: {_describe({k: v for k, v in series.items() if k != uid})}. "
+                     "To segment another, run again with --series UID",)
+            log.info("%s", chose[0])
     if len(files) < 2:
         raise InputError(f"DICOM series {uid} in {folder} has a single slice; a 3D CT series is needed")
     reader = sitk.ImageSeriesReader()
@@ -238,11 +247,11 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]):
                 f"regular {grid.spacing[2]:.3g} mm grid from each slice's own position (largest correction "
                 f"{regularized['max_correction_mm']:.3g} mm); masks lie on that grid, DICOM exports reference the "
                 "original slices")
-        log.warning("%s: %s", name, text)
+        log.info("%s: %s", name, text)  # the run's warnings carry it (one line, printed at the end)
         warnings = (text,)
     return image, SourceInfo(path=str(folder), format="dicom", series_uid=uid or None, study_uid=study or None, files=files,
                              other_series=tuple(k for k in series if k != uid), regularized=regularized,
-                             warnings=warnings)
+                             warnings=chose + tuple(warnings), series=choice)
 
 
 def _stack_from_reader(reader: sitk.ImageSeriesReader, n: int, name: str) -> Optional["SliceStack"]:

@@ -85,10 +85,28 @@ class BodyProfile:
     parts: np.ndarray  # per analysed slice: body cross-sections of at least 40 cm2
     centre_x_mm: np.ndarray  # per analysed slice: LPS x of the largest cross-section's centroid
     step_mm: float  # distance between analysed slices
+    # Per analysed slice, measured on trunk-sized ones only (NaN elsewhere): the share of the cross-section at fat
+    # attenuation, and the share of directions from its centre with bone in its outer rim (a skull: all of them).
+    fat_fraction: Optional[np.ndarray] = None
+    bone_ring: Optional[np.ndarray] = None
 
-    def trunk(self, table: Optional[dict] = None) -> np.ndarray:
+    def sized(self, table: Optional[dict] = None) -> np.ndarray:
+        """Slices whose largest cross-section is as wide and large as a trunk (a head in its holder can be)."""
         cov = (table or reference_table())["coverage"]
         return (self.width_mm >= cov["trunk_min_width_mm"]) & (self.area_cm2 >= cov["trunk_min_area_cm2"])
+
+    def head_like(self, table: Optional[dict] = None) -> np.ndarray:
+        """Trunk-sized slices that show a head instead: a closed bone ring (skull) AND almost no fat. Two cues
+        together: an abdomen has fat inside and ribs cover only part of its rim; neither alone decides."""
+        cov = (table or reference_table())["coverage"]
+        if self.fat_fraction is None or self.bone_ring is None:
+            return np.zeros(self.width_mm.shape, bool)
+        with np.errstate(invalid="ignore"):
+            return (self.sized(table) & (self.bone_ring >= cov["head_min_bone_ring"])
+                    & (self.fat_fraction < cov["head_max_fat_fraction"]))
+
+    def trunk(self, table: Optional[dict] = None) -> np.ndarray:
+        return self.sized(table) & ~self.head_like(table)
 
     @property
     def midline_x_mm(self) -> Optional[float]:
@@ -133,6 +151,7 @@ def body_profile(image: sitk.Image, *, pixel_mm: float = 2.0, max_slices: int = 
     ks = range(0, arr.shape[2], step_k)
     n = len(ks)
     width, area, edge, parts, centre = (np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, int), np.zeros(n))
+    fat, ring = np.full(n, np.nan), np.full(n, np.nan)
     min_part_px = 40.0 * 100.0 / (px * py)
     for t, k in enumerate(ks):
         body = np.asarray(arr[::step_i, ::step_j, k]) > cov["body_hu"]
@@ -152,9 +171,32 @@ def body_profile(image: sitk.Image, *, pixel_mm: float = 2.0, max_slices: int = 
                    or box[1].stop == body.shape[1])
         ci = (box[0].start + float(np.nonzero(filled)[0].mean())) * step_i  # area centroid: arms weigh little
         centre[t] = float(lps.index_to_physical([ci, 0.0, float(k)])[0])
+        if width[t] >= cov["trunk_min_width_mm"] and area[t] >= cov["trunk_min_area_cm2"]:
+            fat[t], ring[t] = _head_cues(np.asarray(arr[::step_i, ::step_j, k])[box], filled, px, py, cov)
     return BodyProfile(slices=int(arr.shape[2]), extent_mm=float(arr.shape[2] * sz), slice_spacing_mm=float(sz),
                        fov_mm=(float(arr.shape[0] * sx), float(arr.shape[1] * sy)), width_mm=width, area_cm2=area,
-                       touches_fov=edge, parts=parts, centre_x_mm=centre, step_mm=float(sz * step_k))
+                       touches_fov=edge, parts=parts, centre_x_mm=centre, step_mm=float(sz * step_k),
+                       fat_fraction=fat, bone_ring=ring)
+
+
+RING_SECTORS = 36  # 10° directions around a cross-section's centre
+
+
+def _head_cues(values: np.ndarray, filled: np.ndarray, px: float, py: float, cov: dict) -> tuple:
+    """(fat fraction, bone ring) of one cross-section: ``values`` the slice's HU in the body's box, ``filled`` the
+    body there (holes filled). Bone ring: the share of RING_SECTORS directions from the centre with bone
+    (> ``head_bone_hu``) within ``head_rim_mm`` of the body's outline."""
+    inside = values[filled]
+    lo, hi = cov["fat_hu"]
+    fat = float(np.count_nonzero((inside >= lo) & (inside <= hi))) / max(1, inside.size)
+    depth = ndimage.distance_transform_cdt(filled, metric="taxicab") * min(px, py)  # a rim: approximate is enough
+    bi, bj = np.nonzero((depth > 0) & (depth <= cov["head_rim_mm"]) & (values > cov["head_bone_hu"]))
+    if not bi.size:
+        return fat, 0.0
+    ci, cj = (v.mean() for v in np.nonzero(filled))
+    angle = np.arctan2((bj - cj) * py, (bi - ci) * px)
+    sectors = np.unique(((angle + np.pi) / (2 * np.pi) * RING_SECTORS).astype(int) % RING_SECTORS)
+    return fat, sectors.size / RING_SECTORS
 
 
 def check_coverage(image_or_profile) -> list:
@@ -171,6 +213,13 @@ def check_coverage(image_or_profile) -> list:
     trunk_mm = float(np.count_nonzero(trunk)) * profile.step_mm
     if trunk_mm >= cov["min_trunk_extent_mm"]:
         return []
+    head = profile.head_like()
+    if head.any():
+        return [f"coverage: the trunk-sized cross-sections of this scan (widest {float(profile.width_mm.max()):.0f} "
+                f"mm, largest {float(profile.area_cm2.max()):.0f} cm2) show a head: a closed bone ring (skull) in "
+                f"{float(np.nanmedian(profile.bone_ring[head])) * 100:.0f} % of directions and almost no fat "
+                f"({float(np.nanmedian(profile.fat_fraction[head])) * 100:.1f} % of the cross-section; an abdomen "
+                "has 10-50 %). Not the abdomen the model segments: its labels here are meaningless."]
     widest = float(profile.width_mm.max()) if profile.width_mm.size else 0.0
     largest = float(profile.area_cm2.max()) if profile.area_cm2.size else 0.0
     what = "no slice shows" if not trunk.any() else f"only {trunk_mm:.0f} mm of the scan shows"

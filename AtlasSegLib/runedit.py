@@ -335,13 +335,11 @@ def cmd_review(args) -> int:
         warnings = json.loads((Path(args.outdir) / "report.json").read_text()).get("warnings") or []
     except (OSError, ValueError):
         warnings = []
+    for text in warnings:  # on stderr: stdout holds the table or the JSON alone (pipes, jq)
+        print(f"atlasseg: warning: {text}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
-        for text in warnings:  # stdout stays pure JSON
-            print(f"atlasseg: warning: {text}", file=sys.stderr)
         return 0
-    for text in warnings:
-        print(f"warning: {text}")
     for tumor, tumor_rows in rows.items():
         print(f"{tumor}: {counter_text(tumor_rows)}")
         print(f"  {'id':>3}  {'organ':<14} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  "

@@ -487,12 +487,26 @@ def load_organ_mask(image, organ_name: str, *, organ_mask=None, run=None, labels
             raise InputError(f"the organ mask {path} is not on the CT's grid ({'; '.join(problems)}); give a mask made "
                              "on this CT (for example by 'atlasseg segment' of it), or resample it onto the CT first")
         values = sitk.GetArrayFromImage(m_img)
+        if organ_mask is not None and not labels:
+            _refuse_label_map(values, path, organ_name)
         mask |= np.isin(values, list(labels)) if labels else values > 0
     if not mask.any():
         which = f" (label {', '.join(str(v) for v in labels)})" if labels else ""
         raise InputError(f"the {organ_name} mask{which} is empty: the organ is absent from this CT; choose another "
                          "organ or CT")
     return mask
+
+
+def _refuse_label_map(values: np.ndarray, path, organ_name: str) -> None:
+    """A mask with several non-zero values is a label map (TotalSegmentator, AbdomenAtlas combined labels): without
+    --label every organ in it would count as ``organ_name``. Refused, naming the values."""
+    found = np.unique(values)
+    found = found[found != 0]
+    if found.size > 1:
+        shown = ", ".join(str(v.item()) for v in found[:20]) + (", ..." if found.size > 20 else "")
+        raise InputError(f"the organ mask {path} holds {found.size} different non-zero values ({shown}): a label "
+                         f"map, not one organ's mask. Say which value is the {organ_name} with --label (e.g. --label "
+                         f"{found[0].item()}, or several: --label 2,3)")
 
 
 def synthesize_file(ct_path, outdir, *, organ_name: str = "liver", organ_mask=None, run=None, labels=None,

@@ -382,3 +382,54 @@ def test_bundled_weights_need_no_download(tmp_path, cache_home):
     assert download.fetch(card) == download.cached_path(card) == (tmp_path / "bundled.pt").resolve()
     with pytest.raises(InputError, match="nothing to import"):
         download.import_file(card, tmp_path / "bundled.pt")
+
+
+# ------------------------------------------------------------------ import load-check, models remove
+def test_import_of_junk_for_a_model_without_published_checksum_is_refused(tmp_path, cache_home, capsys):
+    # suprem-segresnet publishes no sha256: without a load check, random bytes became the default model and the
+    # next 'segment' failed with torch's text.
+    from AtlasSegLib.cli import main
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(4096))
+    assert main(["models", "import", "suprem-segresnet", str(junk)]) == 2
+    err = capsys.readouterr().err
+    assert "not a loadable PyTorch checkpoint" in err and "nothing was installed" in err
+    assert not download.is_cached("suprem-segresnet")
+    assert list((cache_home / "models").rglob("*.pth")) == [] if (cache_home / "models").exists() else True
+    # A checkpoint of another shape (a smaller SegResNet) is refused naming the first mismatching tensor.
+    import torch
+    from monai.networks.nets import SegResNet
+
+    other = tmp_path / "other.pth"
+    torch.save({"net": {f"module.{k}": v for k, v in SegResNet(init_filters=8, out_channels=32).state_dict().items()}},
+               other)
+    assert main(["models", "import", "suprem-segresnet", str(other)]) == 2
+    assert "do not match model card suprem-segresnet" in capsys.readouterr().err
+    assert not download.is_cached("suprem-segresnet")
+
+
+def test_import_of_a_checkpoint_with_the_cards_keys_and_shapes_installs_it_and_remove_drops_it(tmp_path, cache_home,
+                                                                                                capsys):
+    import torch
+
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.cli import main
+    from AtlasSegLib.networks import construct
+
+    card = builtin_card("suprem-segresnet")
+    good = tmp_path / "supervised_suprem_segresnet_2100.pth"
+    torch.save({"net": {f"module.{k}": v for k, v in construct(card).state_dict().items()}}, good)
+    assert main(["models", "import", "suprem-segresnet", str(good)]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert download.cached_path("suprem-segresnet") == path and path.is_file()
+
+    assert main(["models", "remove", "suprem-segresnet"]) == 0
+    assert str(path) in capsys.readouterr().out
+    assert not path.exists() and not download.is_cached("suprem-segresnet")
+    assert "suprem-segresnet" not in manifest(cache_home)
+    # Nothing cached any more, and a model whose weights ship with AtlasSeg: nothing to remove, exit 2.
+    assert main(["models", "remove", "suprem-segresnet"]) == 2
+    assert "not cached" in capsys.readouterr().err
+    assert main(["models", "remove", "atlasseg-demo"]) == 2
+    assert "ships" in capsys.readouterr().err

@@ -269,3 +269,66 @@ def test_demo_model_on_a_phantom_evaluates_against_the_phantoms_labels(tmp_path,
     assert row["lesions"] == {"truth": d.lesions, "found": len(d.detected), "missed": d.missed,
                               "false_positives": d.false_positives}
     assert f"{len(d.detected)} of {d.lesions} true tumor" in result.html_path.read_text()
+
+
+def test_suggested_points_are_never_less_sensitive_than_balanced_or_say_that_none_meets_the_budget(tmp_path, capsys):
+    # Ten false-positive blobs at p 0.6: every threshold up to 0.6 has 10 FP per case, over both budgets. The
+    # lowest threshold within 8 FP/case is 0.61, above the card's balanced 0.5: suggested as "maximum
+    # sensitivity" it would be less sensitive than balanced (the issue's t=0.78). None is suggested; it says why.
+    truth = np.zeros(SHAPE, bool)
+    prob = np.zeros(SHAPE, np.float32)
+    truth |= _ball((20, 48, 48), 6)
+    prob[_ball((20, 48, 48), 6)] = 0.9
+    for n in range(10):
+        prob[_ball((5 + 3 * n, 10 + 7 * n, 85), 1)] = 0.6
+    _write_run(tmp_path / "run", tmp_path / "truth", truth, prob)
+    ev = evaluate(tmp_path / "run", tmp_path / "truth", tmp_path / "eval")
+    t = ev.tumors["liver_tumor"]
+    assert _row(ev, 0.5)["fp_per_case"] == 10 and _row(ev, 0.61)["fp_per_case"] == 0
+    assert t["suggested"] == {}
+    assert set(t["not_suggested"]) == {"high_sensitivity", "maximum_sensitivity"}
+    assert "balanced" in t["not_suggested"]["maximum_sensitivity"] and "8" in t["not_suggested"]["maximum_sensitivity"]
+    assert json.loads((tmp_path / "eval" / "operating_points.json").read_text()) == {"operating_points": {}}
+    assert main(["evaluate", str(tmp_path / "run"), "--truth", str(tmp_path / "truth"), "-o",
+                 str(tmp_path / "eval2")]) == 0
+    out = capsys.readouterr().out
+    assert "no threshold at or below balanced (t=0.5) keeps false positives at or under 8 per case" in out
+
+
+def test_suggested_points_are_ordered_maximum_high_balanced():
+    rows = [{"threshold": t, "sensitivity": s, "fp_per_case": fp}
+            for t, s, fp in ((0.1, 1.0, 6.0), (0.3, 0.9, 2.0), (0.4, 0.8, 1.0), (0.5, 0.7, 0.5), (0.7, 0.5, 0.0))]
+    s = ev_mod.suggest(rows, balanced=0.5)
+    assert s["maximum_sensitivity"]["threshold"] == 0.1 and s["high_sensitivity"]["threshold"] == 0.4
+    s = ev_mod.suggest(rows, balanced=0.35)  # high (0.4) would lie above balanced: not suggested
+    assert "high_sensitivity" not in s and s["maximum_sensitivity"]["threshold"] == 0.1
+
+
+def test_per_size_class_lesion_sensitivity_and_patient_level_sensitivity_specificity(tmp_path, capsys):
+    truth, prob = _handmade()
+    _write_run(tmp_path / "runs" / "case_a", tmp_path / "truth" / "case_a", truth, prob)  # tumors, found
+    healthy = np.zeros(SHAPE, np.float32)
+    healthy[_ball((20, 50, 50), 4)] = 0.8
+    _write_run(tmp_path / "runs" / "case_b", tmp_path / "truth" / "case_b", np.zeros(SHAPE, bool), healthy)  # FP
+    _write_run(tmp_path / "runs" / "case_c", tmp_path / "truth" / "case_c", np.zeros(SHAPE, bool),
+               np.zeros(SHAPE, np.float32))  # no tumor, nothing predicted: a true negative
+    missed = np.zeros(SHAPE, bool)
+    missed |= _ball((20, 50, 50), 5)
+    _write_run(tmp_path / "runs" / "case_d", tmp_path / "truth" / "case_d", missed, np.zeros(SHAPE, np.float32))
+    ev = evaluate(tmp_path / "runs", tmp_path / "truth")
+    pl = ev.tumors["liver_tumor"]["at_run_threshold"]
+    assert pl["threshold"] == 0.5
+    assert pl["per_lesion"]["tiny"] == {"lesions": 3, "detected": 2, "sensitivity": 0.6667}
+    assert pl["per_lesion"]["small"] == {"lesions": 2, "detected": 1, "sensitivity": 0.5}  # case_d's 10 mm one missed
+    assert pl["per_lesion"]["large"] == {"lesions": 1, "detected": 0, "sensitivity": 0.0}
+    assert pl["patients"] == {"with_tumor": 2, "true_positive": 1, "sensitivity": 0.5,
+                              "without_tumor": 2, "true_negative": 1, "specificity": 0.5}
+    saved = json.loads((tmp_path / "runs" / "evaluation" / "evaluation.json").read_text())
+    assert saved["tumors"]["liver_tumor"]["at_run_threshold"] == pl
+    assert main(["evaluate", str(tmp_path / "runs"), "--truth", str(tmp_path / "truth"), "-o",
+                 str(tmp_path / "e2")]) == 0
+    out = capsys.readouterr().out
+    assert "patients: sensitivity 1/2 (0.50), specificity 1/2 (0.50)" in out
+    table = [line for line in out.splitlines() if line.strip().startswith(("tiny", "small", "medium", "large"))]
+    assert [line.split()[:3] for line in table] == [["tiny", "3", "2"], ["small", "2", "1"], ["medium", "1", "1"],
+                                                    ["large", "1", "0"]]

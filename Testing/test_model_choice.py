@@ -52,9 +52,16 @@ def test_weights_without_model_is_refused(empty_cache, small_ct, tmp_path, capsy
 
 
 def test_without_model_the_best_cached_real_model_is_used_and_named(empty_cache, tmp_path, capsys):
-    # suprem-segresnet publishes no sha256, so any file is adopted on first import (trust on first use).
+    # suprem-segresnet publishes no sha256: a file is adopted on first import (trust on first use) once it loads as
+    # the card's network (its keys and shapes; random values here).
+    import torch
+
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.networks import construct
+
     file = tmp_path / "supervised_suprem_segresnet_2100.pth"
-    file.write_bytes(b"\0" * 1024)
+    state = construct(builtin_card("suprem-segresnet")).state_dict()
+    torch.save({"net": {f"module.{k}": v for k, v in state.items()}}, file)
     download.import_file("suprem-segresnet", file)
     from AtlasSegLib.cli import default_model
 
@@ -104,7 +111,7 @@ def test_demo_model_on_a_real_abdomen_ct_warns_and_flags_the_fat_tumors(small_ct
     assert "trained on synthetic AtlasSeg phantoms only" in html
     capsys.readouterr()
     assert main(["review", str(out)]) == 0
-    assert "warning: model: atlasseg-demo" in capsys.readouterr().out
+    assert "atlasseg: warning: model: atlasseg-demo" in capsys.readouterr().err  # stdout: the table alone
 
 
 @pytest.mark.slow

@@ -58,6 +58,57 @@ def test_a_head_sized_cross_section_is_flagged_and_the_phantom_abdomen_is_not():
     assert len(warnings) == 1 and "widest 150 mm" in warnings[0], warnings
 
 
+def adult_head_in_a_holder(seed: int = 0) -> sitk.Image:
+    """An adult head as a head CT shows it, 1 x 1 x 2.5 mm: scalp, a 7 mm skull, brain (35 HU), and the curved
+    head holder it lies in. With the holder it is 195 mm wide and about 300 cm2: trunk-sized by width and area
+    alone (a real head CT measured 189-197 mm and 267-289 cm2 and passed the old test)."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = 40, 260, 240
+    k, j, i = np.mgrid[0:nz, 0:ny, 0:nx].astype(np.float32)
+    x, y = i - nx / 2, j - ny / 2 + 5
+    a, b = 93.0, 113.0  # semi-axes (mm): 186 x 226 mm head
+    r = np.sqrt((x / a) ** 2 + (y / b) ** 2)
+    ct = np.full((nz, ny, nx), -1000.0, np.float32)
+    ct[r <= 1.0] = 40  # scalp
+    ct[r <= 1 - 5 / a] = 1300  # skull
+    ct[r <= 1 - 12 / a] = 35  # brain
+    ct += rng.normal(0, 8, ct.shape)
+    holder = np.sqrt((x / (a + 6)) ** 2 + (y / (b + 6)) ** 2)
+    ct[(holder > 1.0) & (holder < 1.0 + 6 / a) & (y > 0.3 * b)] = 150  # the cradle behind the head
+    image = sitk.GetImageFromArray(ct.astype(np.int16))
+    image.SetSpacing((1.0, 1.0, 2.5))
+    return image
+
+
+def test_a_head_ct_in_its_holder_is_not_taken_for_an_abdomen(ctdata):
+    head = adult_head_in_a_holder()
+    profile = body_profile(head)
+    assert profile.width_mm.min() >= 180 and profile.area_cm2.min() >= 250  # trunk-sized by the old test alone
+    warnings = check_coverage(head)
+    assert len(warnings) == 1 and warnings[0].startswith("coverage: ") and "head" in warnings[0], warnings
+    assert "skull" in warnings[0] and "fat" in warnings[0] and "meaningless" in warnings[0]
+    # The cues that tell it apart leave every real abdomen and the phantoms alone.
+    for case in ("totalseg_abdomen_sm/example_ct_sm.nii.gz", "totalseg_dicom_upper_abdomen/example_ct_dicom"):
+        image, _ = read_image(ctdata / case)
+        assert check_coverage(image) == [], case
+        assert body_profile(image).trunk().all(), case
+    for seed in (0, 5, 9):
+        assert check_coverage(make_phantom(seed, tumors=False).image) == [], seed
+
+
+def test_one_cue_alone_does_not_make_a_head():
+    """A fat-free trunk-sized body without a bone ring (or a ring in a fatty body) is not called a head."""
+    head = sitk.GetArrayFromImage(adult_head_in_a_holder())
+    no_skull = head.copy()
+    no_skull[no_skull > 1000] = 40
+    fatty = head.copy()
+    fatty[(fatty > 20) & (fatty < 60)] = -100  # the brain as fat: the skull ring remains
+    for array in (no_skull, fatty):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((1.0, 1.0, 2.5))
+        assert check_coverage(image) == []
+
+
 def test_every_slice_of_the_abdomen_shows_a_trunk_and_the_midline_is_near_the_spine(ctdata):
     image, _ = read_image(ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom")
     profile = body_profile(image)

@@ -301,3 +301,25 @@ def test_a_phantom_with_synthetic_tumors_is_still_marked_a_phantom(tmp_path):
                            organ_mask=tmp_path / "liver.nii.gz", count=2, diameter_mm=(15, 25), seed=2)
     assert info["count"] == 2
     assert is_phantom(sitk.ReadImage(str(tmp_path / "out" / "ct.nii.gz")))
+
+
+def test_a_multi_label_organ_mask_without_label_is_refused_naming_its_values(real, tmp_path, capsys):
+    # A TotalSegmentator label map as --organ-mask without --label: every organ would count as the liver and a
+    # "liver tumor" could land in the colon. The values are named so the user can pick one.
+    ct_path = real["folder"] / "example_ct_sm.nii.gz"
+    out = tmp_path / "synth"
+    code = cli.main(["synthesize", str(ct_path), "-o", str(out), "--organ", "liver", "--organ-mask",
+                     str(real["folder"] / "example_seg.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    values = sorted(int(v) for v in np.unique(real["labels"]) if v)
+    assert f"{len(values)} different non-zero values" in err and "--label" in err
+    assert ", ".join(str(v) for v in values[:5]) in err
+    assert not out.exists()
+    # A plain 0/1 (or 0/255) mask needs no --label.
+    binary = tmp_path / "liver.nii.gz"
+    img = sitk.GetImageFromArray(((real["labels"] == LIVER) * 255).astype(np.uint8))
+    img.CopyInformation(real["image"])
+    sitk.WriteImage(img, str(binary))
+    assert cli.main(["synthesize", str(ct_path), "-o", str(out), "--organ", "liver", "--organ-mask", str(binary),
+                     "--diameter", "12"]) == 0
