@@ -83,7 +83,7 @@ def test_table_rows_equal_the_library_candidates(scene):
     for row, candidate in zip(rows, expected):
         expectedRow = candidate.as_dict()
         assert {k: row[k] for k in expectedRow} == expectedRow
-        assert row["organ"] == "liver" and row["status"] == "unreviewed"
+        assert row["organ"] == "liver" and row["status"] == "to review"
     assert session.counterText() == "3 candidates, 0 removed, 0 kept, 3 to review"
 
 
@@ -103,7 +103,7 @@ def test_keep_remove_next_previous_and_counter(scene):
     assert session.previous()["id"] == 1
     assert session.counterText() == "3 candidates, 1 removed, 1 kept, 1 to review"
     statuses = {tuple(r["seed_ijk"]): r["status"] for r in session.rows}
-    assert statuses == {seeds[0]: "kept", seeds[1]: "removed", seeds[2]: "unreviewed"}
+    assert statuses == {seeds[0]: "kept", seeds[1]: "removed", seeds[2]: "to review"}
 
     after = segmentArray(scene, "liver_tumor")
     fp = tuple(np.asarray(scene.boxToFullKji(FP_HIGH_BOX_KJI)))
@@ -115,7 +115,7 @@ def test_keep_remove_next_previous_and_counter(scene):
     np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), before)
     session.refresh()
     assert {tuple(r["seed_ijk"]): r["status"] for r in session.rows} == {
-        seeds[0]: "kept", seeds[1]: "unreviewed", seeds[2]: "unreviewed"}
+        seeds[0]: "kept", seeds[1]: "to review", seeds[2]: "to review"}
     assert session.counterText() == "3 candidates, 0 removed, 1 kept, 2 to review"
     editor.Redo()
     np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), after)
