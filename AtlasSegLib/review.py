@@ -382,15 +382,24 @@ class ReviewState:
                 comp["id"] = int(key)
             entry["decisions"].append(decision)
 
-    def decided_ids(self, tumor: str, idmap=None) -> dict:
-        """``{id: decision}`` (latest wins): a decision's own id, else the id ``idmap`` remembers at its seed."""
+    def decided_ids(self, tumor: str, idmap=None, *, labels_box=None, ids: Optional[dict] = None,
+                    unresolved: Optional[list] = None) -> dict:
+        """``{id: decision}`` (latest wins): a decision's own id, else the id ``idmap`` remembers at its seed,
+        else (``labels_box`` + ``ids``, a decision made without ids, e.g. in a Slicer scene) the id of the
+        component holding its seed now. Decisions left without an id are appended to ``unresolved``."""
         out = {}
         for d in self.decisions(tumor):
             rid = d.get("id")
             if rid is None and idmap is not None:
                 rid = idmap.id_at(d["seed_ijk"])
+            if rid is None and labels_box is not None and ids and idmap is not None:
+                kji = seed_kji(d["seed_ijk"], idmap.start_ijk, labels_box.shape)
+                rid = ids.get(int(labels_box[kji])) if kji is not None else None
             if rid is not None:
+                out.pop(int(rid), None)  # keeps the latest last
                 out[int(rid)] = d
+            elif unresolved is not None:
+                unresolved.append(d)
         return out
 
     def forget_inside(self, tumor: str, labels_box: np.ndarray, start_ijk, label: int) -> None:
@@ -465,7 +474,9 @@ class ReviewState:
         the mask (a higher threshold dropped it) as "kept, below threshold": a kept lesion is never silently
         lost from the list."""
         rows = []
-        by_id = self.decided_ids(tumor, idmap) if idmap is not None else None
+        unresolved = []
+        by_id = self.decided_ids(tumor, idmap, labels_box=labels_box, ids=ids, unresolved=unresolved) \
+            if idmap is not None else None
         shown = set()
         for cand in candidates:
             row = cand.as_dict()
@@ -480,7 +491,8 @@ class ReviewState:
             shown.add(row["id"])
             rows.append(row)
         if by_id is not None:
-            absent = [(d, rid) for rid, d in sorted(by_id.items()) if rid not in shown]
+            absent = [(d, rid) for rid, d in sorted(by_id.items()) if rid not in shown] + \
+                     [(d, None) for d in unresolved]
         else:
             absent = [(d, (d.get("id") if d.get("id") is not None else self.id_of_seed(tumor, d["seed_ijk"]))
                        if ids is not None else None)
@@ -563,6 +575,21 @@ def id_map(run, name: str, start_ijk, shape, state: ReviewState):
             fresh.paint_seed(d["seed_ijk"], d["id"])
     fresh.floor = floor
     return fresh
+
+
+def adopt_decisions(state: ReviewState, name: str, idmap) -> None:
+    """Give every decision made without an id (a Slicer scene's, a version 1 review) the id of its lesion:
+    the id ``idmap`` remembers at its seed, else a new id remembered at that seed (a removed lesion no longer
+    in the mask). Call after ``idmap`` remembered the current mask."""
+    for d in state.decisions(name):
+        if d.get("id") is None:
+            rid = idmap.id_at(d["seed_ijk"])
+            if rid is None:
+                rid = idmap.next_id
+                idmap.paint_seed(d["seed_ijk"], rid)
+            d["id"] = int(rid)
+            if isinstance(d.get("component"), dict):
+                d["component"]["id"] = int(rid)
 
 
 def component_details(report: dict, name: str) -> dict:

@@ -22,7 +22,7 @@ from .outputs import PROB_DIR, SEG_DIR, _box_slices, _mask_image, commit_edit, l
 from .plausibility import recheck_tumor
 from .postprocess import ranked_components
 from .lesions import IdMap, drop_ids, merge_lesion_checks
-from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, candidates_of, counter_text, id_map, keep_largest,
+from .review import (KEPT, REMOVED, adopt_decisions, ProbabilityMap, ReviewState, candidates_of, counter_text, id_map, keep_largest,
                      load_review, remove_at, remove_below_probability, remove_smaller_than, review_rows, save_review,
                      seed_kji, status_text)
 from .run import Run
@@ -130,6 +130,7 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         before = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path)))[pmap.box_slices]
         idmap = id_map(run, name, pmap.start_ijk, pmap.q.shape, state)
         idmap.assign(ranked_components(before != 0), update=True)
+        adopt_decisions(state, name, idmap)
         lab = pmap.labels(float(t))
         mask = lab.mask
         # Lesions a reviewer removed stay removed at the new threshold, matched by their ids (by overlap).
@@ -232,6 +233,8 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
         raise InputError(f"{structure} keeps no probability map: cannot remove by probability")
     idmap = id_map(run, structure, start, lab.labels.shape, state) if tumor else None
     ids = idmap.assign(lab, update=True) if tumor else {c.label: c.id for c in cands}
+    if tumor:
+        adopt_decisions(state, structure, idmap)
     decided = state.decided_ids(structure, idmap) if tumor else {}
     by_id = {ids[c.label]: c for c in cands}
     for i in (*remove_ids, *keep_ids):
