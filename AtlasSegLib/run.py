@@ -32,6 +32,7 @@ from .io import atomic_write_text
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPORT_FILE, CARD_FILE, REVIEW_FILE = "report.json", "card.json", "review.json"
 SEG_DIR, PROB_DIR = "segmentations", "probabilities"
+CT_FILES = ("ct.nii.gz", "ct.mha", "ct.nrrd")  # a CT the folder keeps itself
 REPORT_VERSION = 2  # report.json's format (key "report_version"; absent = 1)
 REVIEW_VERSION = 2
 
@@ -100,19 +101,21 @@ class Run:
 
     def ct_candidates(self, report: Optional[dict] = None) -> list:
         """``[(path, series_uid or None)]`` where the run's CT may be, in the order every command tries them:
-        the run's input path when it still exists, then ct.nii.gz inside the folder (the demo keeps its
-        phantom there; a copied or moved folder keeps it), then the input path read against the folder
-        (a relative input path of a folder moved with its CT)."""
+        the run's input path (a relative one read against the folder) when it still exists, then the CT the
+        folder keeps itself (``ct.nii.gz``: the demo's phantom; ``ct.mha``: a folder written from Slicer), which
+        a copied or moved folder keeps too."""
         report = self.read_report() if report is None else report
         source = report.get("input") or {}
         out = []
         path = source.get("path")
-        if path and Path(path).exists():
-            out.append((Path(path), source.get("series_uid")))
-        if (self.folder / "ct.nii.gz").is_file():
-            out.append((self.folder / "ct.nii.gz", None))
-        if path and not Path(path).is_absolute() and (self.folder / path).exists():
-            out.append((self.folder / path, source.get("series_uid")))
+        if path:
+            p = Path(path)
+            p = p if p.is_absolute() else self.folder / p
+            if p.exists():
+                out.append((p, source.get("series_uid")))
+        for name in CT_FILES:
+            if (self.folder / name).is_file() and all((self.folder / name) != q for q, _ in out):
+                out.append((self.folder / name, None))
         return out
 
     def ct_path(self, report: Optional[dict] = None) -> Optional[Path]:
