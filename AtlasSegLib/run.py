@@ -49,7 +49,7 @@ def validate(doc, name: str, where) -> None:
         jsonschema.validate(doc, schema(name))
     except jsonschema.ValidationError as exc:
         field = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise InputError(f"{where} is not a valid AtlasSeg {name} file ({field}: {exc.message}); it was made by "
+        raise InputError(f"{where} is not an AtlasSeg {name}.json ({field}: {exc.message}); it was made by "
                          "another program or a newer AtlasSeg: rerun 'atlasseg segment', or update AtlasSeg") from None
 
 

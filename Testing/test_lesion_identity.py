@@ -176,7 +176,7 @@ def test_old_review_and_report_files_are_read_or_refused_clearly(run, capsys):
     report["report_version"] = 2
     report["tumors"][TUMOR]["components"][0]["id"] = "one"
     (run / "report.json").write_text(json.dumps(report))
-    with pytest.raises(InputError, match="not a valid AtlasSeg report file"):
+    with pytest.raises(InputError, match="not an AtlasSeg report.json"):
         Run(run).read_report()
     (run / "review.json").write_text(json.dumps({"version": 7, "tumors": {}}))
     with pytest.raises(InputError, match="version 1 or 2"):
