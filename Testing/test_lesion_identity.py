@@ -218,3 +218,17 @@ def test_nothing_under_AtlasSeg_parses_the_run_files_itself():
                     (re.search(r"json\.loads?\(", code) and re.search(r"report|review", code, re.I)):
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert not offenders, "parse run files through AtlasSegLib.run.Run:\n" + "\n".join(offenders)
+
+
+def test_segment_says_how_many_more_lesions_and_how_to_get_the_report(master, capsys):
+    from AtlasSegLib.cli import SHOWN_COMPONENTS, _print_summary
+
+    report = json.loads((master / "report.json").read_text())
+    n = len(report["tumors"][TUMOR]["components"])
+    assert n > SHOWN_COMPONENTS
+    capsys.readouterr()
+    _print_summary(report, 1.0, master)
+    out = capsys.readouterr().out
+    assert f"… and {n - SHOWN_COMPONENTS} more: atlasseg review {master}" in out
+    assert f"report: atlasseg report {master}" in out
+    assert "[outside the liver (" in out  # each listed lesion carries its own flags
