@@ -567,6 +567,18 @@ def id_map(run, name: str, start_ijk, shape, state: ReviewState):
     found = IdMap.read(run.id_map_path(name), start_ijk, shape, floor=floor)
     if found is not None:
         return found
+    return fresh_id_map(state, name, start_ijk, shape)
+
+
+def fresh_id_map(state: ReviewState, name: str, start_ijk, shape):
+    """An id map for a review without a stored one (a new run, a Slicer scene): each id the review state
+    already names is remembered at its seed voxel, so decided lesions keep their numbers; the others are
+    numbered after them, largest first."""
+    from .lesions import IdMap
+
+    given = [int(d["id"]) for d in state.decisions(name) if d.get("id") is not None]
+    registry = (state.tumors.get(name) or {}).get("ids") or []
+    floor = max(given + [int(r["id"]) for r in registry], default=0)
     fresh = IdMap(np.zeros(tuple(shape), np.uint32), start_ijk, floor=0)
     for r in registry:
         fresh.paint_seed(r["seed_ijk"], r["id"])
