@@ -348,8 +348,10 @@ class ReviewState:
                              f"object; this one says version {doc.get('version') if isinstance(doc, dict) else '?'}): "
                              "made by a newer AtlasSeg? Update AtlasSeg, or delete review.json to start the review afresh")
         for entry in doc["tumors"].values():
-            for d in entry.get("decisions") or ():
-                d["status"] = _OLD_STATUS.get(d.get("status"), d.get("status"))
+            if isinstance(entry, dict) and isinstance(entry.get("decisions"), list):
+                # A decision to review again is no decision (version 1 could hold "unreviewed" ones).
+                entry["decisions"] = [d for d in entry["decisions"] if isinstance(d, dict)
+                                      and _OLD_STATUS.get(d.get("status"), d.get("status")) != TO_REVIEW]
         return cls(doc["tumors"])
 
     def decisions(self, tumor: str) -> list:

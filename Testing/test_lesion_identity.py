@@ -232,3 +232,22 @@ def test_segment_says_how_many_more_lesions_and_how_to_get_the_report(master, ca
     assert f"… and {n - SHOWN_COMPONENTS} more: atlasseg review {master}" in out
     assert f"report: atlasseg report {master}" in out
     assert "[outside the liver (" in out  # each listed lesion carries its own flags
+
+
+def test_a_version_1_review_is_carried_over_with_its_ids(run, capsys):
+    """review.json from before id maps (seed voxels and a seed registry of ids) keeps its decisions and ids."""
+    rows = review_json(run, capsys)
+    kept = rows[2]
+    v1 = {"version": 1, "tumors": {TUMOR: {
+        "threshold": None,
+        "decisions": [{"seed_ijk": kept["seed_ijk"], "status": "kept", "component": {**kept, "id": 3}, "at": "x",
+                       "id": 3}],
+        "ids": [{"id": r["id"], "seed_ijk": r["seed_ijk"]} for r in rows]}}}
+    (run / "review.json").write_text(json.dumps(v1))
+    assert [(r["id"], r["status"]) for r in review_json(run, capsys)][:3] == [(1, "to review"), (2, "to review"),
+                                                                            (3, "kept")]
+    assert main(["threshold", str(run), "--set", f"{TUMOR}=0.3"]) == 0
+    after = {r["id"]: r for r in review_json(run, capsys)}
+    assert after[3]["status"] == "kept" and after[3]["present"]
+    saved = json.loads((run / "review.json").read_text())
+    assert saved["version"] == 2 and [d["id"] for d in saved["tumors"][TUMOR]["decisions"]] == [3]
