@@ -303,3 +303,23 @@ def test_a_removed_false_positive_stays_removed_when_the_slider_moves(scene):
         assert not tumor[fp]
         assert int(tumor.sum()) < int(libraryMask(scene.outdir, threshold).sum())
     controller.cancel()
+
+
+def test_table_ids_follow_each_lesion_across_thresholds(scene):
+    """The Slicer table numbers candidates by the library's lesion ids: the true tumor keeps its number at every
+    threshold, a false positive that appears at a lower one gets a new number, and numbers are never reused."""
+    scene, editor = scene
+    session = _session(scene, editor)
+    controller = session.controllers["liver_tumor"]
+    seen, walk = {}, []
+    for threshold in (0.5, 0.1, 0.3, 0.5, 0.1):
+        controller.preview(threshold)
+        rows = [r for r in session.refresh() if r["tumor"] == "liver_tumor" and "label" in r]
+        for r in rows:
+            seen.setdefault(r["id"], set()).add(tuple(r["seed_ijk"]))
+        largest = max(rows, key=lambda r: r["voxels"])
+        assert largest["id"] == 1, (threshold, [(r["id"], r["voxels"]) for r in rows])
+        assert len({r["id"] for r in rows}) == len(rows)
+        walk.append(sorted((r["id"], r["voxels"]) for r in rows))
+    assert sorted(seen) == [1, 2, 3]  # three lesions over the walk, three numbers
+    assert walk[0] == walk[3] and walk[1] == walk[4]  # back at a threshold: the same numbers on the same lesions
