@@ -75,10 +75,13 @@ class IdMap:
             best = home.get(rid)
             if best is None or (c, -rank[label]) > (overlap[(best, rid)], -rank[best]):
                 home[rid] = label
+        homes = {}
+        for rid, label in home.items():
+            homes.setdefault(label, []).append(rid)
         ids = {}
         nxt = self.next_id
         for label, _slc, _n in parts:  # size order: new ids 1 = largest on a fresh run
-            homed = [rid for rid, h in home.items() if h == label]
+            homed = homes.get(label)
             if homed:
                 ids[label] = max(homed, key=lambda rid: (overlap[(label, rid)], -rid))
             else:

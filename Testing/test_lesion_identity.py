@@ -251,3 +251,43 @@ def test_a_version_1_review_is_carried_over_with_its_ids(run, capsys):
     assert after[3]["status"] == "kept" and after[3]["present"]
     saved = json.loads((run / "review.json").read_text())
     assert saved["version"] == 2 and [d["id"] for d in saved["tumors"][TUMOR]["decisions"]] == [3]
+
+
+def test_the_run_folder_schemas_are_valid_json_schemas_and_ship_with_the_package():
+    from jsonschema import Draft202012Validator
+
+    from AtlasSegLib.run import PACKAGE_DIR, schema
+
+    for name in ("report", "review"):
+        Draft202012Validator.check_schema(schema(name))
+        assert (PACKAGE_DIR / "schema" / f"{name}.schema.json").is_file()
+    pyproject = (PACKAGE_DIR.parent / "pyproject.toml").read_text()
+    assert '"schema/*.json"' in pyproject  # installed with the package, not only in a checkout
+
+
+def test_id_matching_rules_on_nested_components():
+    """The tree rules on a hand-made map: shrink keeps the id, a split keeps it on the largest part, a merge shows
+    the larger's id and the smaller's comes back when they part, new ids are never reused."""
+    from AtlasSegLib.lesions import IdMap
+    from AtlasSegLib.postprocess import ranked_components
+
+    q = np.zeros((1, 1, 30), np.uint8)
+    q[0, 0, 2:12] = [100, 120, 200, 210, 200, 120, 130, 220, 130, 100]  # lesion A: two peaks joined at 0.4
+    q[0, 0, 12] = 0
+    q[0, 0, 14:18] = 110  # lesion B, joined to A only at 0.0
+    idmap = IdMap(np.zeros(q.shape, np.uint32))
+
+    def ids_at(level):
+        lab = ranked_components(q >= level)
+        got = idmap.assign(lab, update=True)
+        return sorted((ids[0], ids[-1], got[label]) for label, slc, _ in lab.parts
+                      for ids in [np.nonzero(lab.labels[0, 0] == label)[0]])
+
+    assert ids_at(90) == [(2, 11, 1), (14, 17, 2)]  # A (10 voxels) = 1, B = 2
+    assert ids_at(150) == [(4, 6, 1), (9, 9, 3)]  # A splits: its largest part keeps 1, the other part gets 3
+    assert ids_at(1) == [(2, 11, 1), (14, 17, 2)]  # back together; B was below 150 and comes back as 2
+    q[0, 0, 12:14] = 95  # now A and B touch at a low threshold: they merge, A's id shows
+    assert ids_at(90) == [(2, 17, 1)]
+    assert ids_at(150) == [(4, 6, 1), (9, 9, 3)]  # and part again with their own ids
+    assert ids_at(100) == [(2, 11, 1), (14, 17, 2)]
+    assert idmap.next_id == 4
