@@ -27,10 +27,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .card import ModelCard, card_from_dict
+from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid
-from .io import SourceInfo, atomic_write_image, atomic_write_text
+from .io import SourceInfo, atomic_write_image
 from .overview import Overview
 from .postprocess import components
 from .progress import Reporter

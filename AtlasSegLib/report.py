@@ -35,7 +35,6 @@ import csv
 import datetime as _dt
 import html
 import io as _io
-import json
 import logging
 import math
 import os

@@ -26,7 +26,6 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid
-from .io import atomic_write_text
 from .postprocess import (Component, Labelling, _min_voxels, dilated_gate, labelled_components, ranked_components,
                           tumor_labels)
 

@@ -17,16 +17,15 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid
-from .io import atomic_write_image, atomic_write_text
-from .outputs import PROB_DIR, SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
+from .io import atomic_write_image
+from .lesions import IdMap, drop_ids, merge_lesion_checks
+from .outputs import SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
 from .plausibility import recheck_tumor
 from .postprocess import ranked_components
-from .lesions import IdMap, drop_ids, merge_lesion_checks
-from .review import (KEPT, REMOVED, adopt_decisions, ProbabilityMap, ReviewState, candidates_of, counter_text, id_map, keep_largest,
-                     load_review, remove_at, remove_below_probability, remove_smaller_than, review_rows, save_review,
+from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, adopt_decisions, candidates_of, counter_text, id_map,
+                     keep_largest, organ_text, remove_at, remove_below_probability, remove_smaller_than, review_rows,
                      seed_kji, status_text)
 from .run import Run
-from .review import organ_text
 
 
 BELOW_THRESHOLD_WARNING = "{name}: kept candidate"  # how the warnings this module adds begin (per tumor)
