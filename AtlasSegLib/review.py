@@ -116,7 +116,9 @@ class ProbabilityMap:
         if not meta_path.is_file() or not image_path.is_file():
             raise InputError(f"{outdir} keeps no probability map for {name} (probabilities/{name}.nii.gz + .json); "
                              "only tumor structures of a run keep one")
-        meta = json.loads(meta_path.read_text())
+        from .run import Run  # the run folder's one reader
+
+        meta = Run(outdir, check=False).read_probability_meta(name)
         image = sitk.ReadImage(str(image_path))
         q = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
         box_grid = Grid.of(image)
