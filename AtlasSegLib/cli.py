@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -110,12 +111,16 @@ def _add_review_parser(sub) -> None:
     # Defined here, not in review.py: building the parser must not import numpy/cc3d/SimpleITK (startup time).
     r = sub.add_parser(
         "review", help="list tumor candidates of a finished run; remove false positives, keep true ones",
-        description="Without actions: print every tumor candidate (id, organ, volume, diameters, max probability, "
-        "a seed voxel inside it, review status: to review, kept, removed, or 'kept, below threshold' for a kept one "
-        "a higher threshold dropped). With actions: edit one structure's mask and record the decisions in "
+        description="Without actions: print every tumor candidate (id, organ, percent inside its organ, volume, "
+        "diameters, max probability, a seed voxel inside it, review status: to review, kept, removed, or 'kept, "
+        "below threshold' for a kept one a higher threshold dropped, and its flags: outside its organ, fat or gas "
+        "HU); --json gives the same rows with 'flags' and 'inside_organ_pct'. The ids are the ones the run's "
+        "warnings, report.json, report.csv and report.html use. With actions: edit one structure's mask and record the decisions in "
         "review.json (they survive later 'atlasseg threshold' changes and go into the report). "
         "Candidate ids are stable for the run: removing, keeping or a new threshold never renumbers the others "
-        "(after '--remove 1 2 --keep 4' the kept candidate is still 4); a candidate that appears later gets a "
+        "(after '--remove 1 2 --keep 4' the kept candidate is still 4). A lesion is followed by overlap: it keeps "
+        "its id while it exists at any threshold, shrinking or growing; one that splits at a higher threshold "
+        "keeps its id on its largest part and the other parts get new ids; a candidate that appears later gets a "
         "new number, and an id is never reused. Contradictory actions (one id both removed and kept) are refused "
         "and change nothing; kept candidates are never removed by --remove-smaller-than or "
         "--remove-below-probability.")
@@ -476,6 +481,9 @@ def _print_warnings(warnings, prefix: str = "") -> None:
         print(f"atlasseg: warning: {prefix}{text}", file=sys.stderr)
 
 
+SHOWN_COMPONENTS = 10  # lesions listed per tumor after a run; 'atlasseg review OUT' lists them all
+
+
 def _print_summary(report: dict, seconds: float, outdir) -> None:
     print(f"{report['model']['title']}: {len(report['structures'])} structures in {seconds:.1f} s -> {outdir}")
     print(f"{'structure':<30}{'volume ml':>12}{'mean HU':>10}")
@@ -486,7 +494,12 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
         comps = info.get("components", [])
         print(f"{name}: {len(comps)} component(s) at threshold {info['threshold']}"
               + "".join(f"\n  #{c['id']}: {c['volume_ml']:.2f} ml, {c['longest_axial_diameter_mm'] / 10:.1f} x "
-                        f"{c['perpendicular_diameter_mm'] / 10:.1f} cm, max p {c['max_probability']:.2f}" for c in comps[:10]))
+                        f"{c['perpendicular_diameter_mm'] / 10:.1f} cm, max p {c['max_probability']:.2f}"
+                        + (f" [{'; '.join(c['flags'])}]" if c.get("flags") else "") for c in comps[:SHOWN_COMPONENTS]))
+        if len(comps) > SHOWN_COMPONENTS:  # a cut list says so, and where the whole one is
+            print(f"  … and {len(comps) - SHOWN_COMPONENTS} more: atlasseg review {shlex.quote(str(outdir))}")
+    # The report page is a separate step (pictures take time): the exact command to make it.
+    print(f"report: atlasseg report {shlex.quote(str(outdir))}")
 
 
 def cmd_batch(args, sink) -> int:

@@ -563,7 +563,9 @@ def _committed_since(outdir: Path, since: float) -> bool:
     """Whether ``outdir`` holds a case committed after ``since`` (its report.json is written last, in the
     staging folder, before the one rename): not an earlier run's output that --overwrite was replacing."""
     try:
-        return (outdir / "report.json").stat().st_mtime >= since - 1.0
+        from .run import Run
+
+        return Run(outdir, check=False).report_path.stat().st_mtime >= since - 1.0
     except OSError:
         return False
 

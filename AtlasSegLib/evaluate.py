@@ -229,7 +229,9 @@ class Case:
 
 
 def _is_run(folder: Path) -> bool:
-    return (folder / "report.json").is_file() and (folder / "card.json").is_file()
+    from .run import Run
+
+    return Run.is_run(folder)
 
 
 def truth_files(folder: Path) -> dict:

@@ -129,12 +129,11 @@ def load_run_folder(outdir) -> RunFolder:
     if not (outdir / "card.json").is_file() or not (outdir / "segmentations").is_dir():
         raise InputError(f"{outdir} is not an AtlasSeg output folder (card.json and segmentations/ are needed); "
                          "give the -o folder of an 'atlasseg segment' run")
-    try:
-        card = json.loads((outdir / "card.json").read_text(encoding="utf-8"))
-        report = json.loads((outdir / "report.json").read_text(encoding="utf-8")) \
-            if (outdir / "report.json").is_file() else {}
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read the run description in {outdir}: {exc}") from None
+    from .run import Run
+
+    folder = Run(outdir, check=False)  # the run folder's owner reads its files
+    card = folder.read_card_json()
+    report = folder.read_report() if folder.report_path.is_file() else {}
     files = {e["name"]: e.get("file") for e in report.get("structures", []) if isinstance(e, dict) and "name" in e}
     structures = []
     for index, raw in enumerate(card.get("classes") or []):
@@ -1164,12 +1163,19 @@ def _run_ct(run: RunFolder, ct=None) -> sitk.Image:
     """The CT of a run: ``ct`` (a file or DICOM folder) or the run's input, checked to lie on the masks' grid."""
     from .io import read_image
 
+    from .run import Run
+
     source = run.report.get("input", {})
-    path = ct or source.get("path")
+    series = None
+    if ct is not None:
+        path = ct
+    else:  # where every command looks for the run's CT (also in a copied or moved folder: its ct.nii.gz)
+        found = Run(run.path, check=False).ct_candidates(run.report)
+        path, series = found[0] if found else (source.get("path"), None)
     if not path or not Path(path).exists():
         raise InputError(f"the CT of the run in {run.path} ({path or 'not recorded'}) is not there; "
                          "pass the CT with --ct FILE_OR_DICOM_FOLDER")
-    image, _ = read_image(path, series_uid=source.get("series_uid") if ct is None else None)
+    image, _ = read_image(path, series_uid=series if ct is None and Path(path).is_dir() else None)
     problems = grid_differences(Grid.of(image), run.grid)
     if problems:
         raise InputError(f"the CT {path} does not lie on the segmentation's grid ({'; '.join(problems)})")

@@ -27,10 +27,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .card import ModelCard, card_from_dict
+from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid
-from .io import SourceInfo, atomic_write_image, atomic_write_text
+from .io import SourceInfo, atomic_write_image
 from .overview import Overview
 from .postprocess import components
 from .progress import Reporter
@@ -284,7 +284,9 @@ class OutputWriter:
         report["summary"] = tumor_summary(report)
         for text in self.source.warnings:  # e.g. an irregular DICOM series resampled onto a regular grid
             report.setdefault("warnings", []).append(text)
-        (self.folder / "report.json").write_text(json.dumps(report, indent=1))
+        from .run import Run
+
+        Run(self.folder, check=False).write_report(report)
         if self.overview is not None:
             self.reporter.update("write", 0.7, "overview picture")
             self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
@@ -319,20 +321,26 @@ def load_run(outdir) -> tuple:
     if not rp.is_file() or not cp.is_file():
         raise InputError(f"{outdir} is not an AtlasSeg output folder (no report.json/card.json); "
                          "give the -o folder of an 'atlasseg segment' run")
-    report = json.loads(rp.read_text())
-    card = card_from_dict(json.loads(cp.read_text()), path=cp)
-    return report, card
+    from .run import Run
+
+    run = Run(outdir)
+    return run.read_report(), run.read_card()
 
 
-def update_entry(report: dict, name: str, mask_box: np.ndarray, box_grid: Grid, start_ijk, *, q_box=None) -> None:
+def update_entry(report: dict, name: str, mask_box: np.ndarray, box_grid: Grid, start_ijk, *, q_box=None,
+                 ids: Optional[list] = None) -> None:
     """After ``name``'s mask changed (inside the box at ``start_ijk``; nothing outside): its voxel count and
-    volume in report.json, and for a tumor its components."""
+    volume in report.json, and for a tumor its components, numbered by ``ids`` (their lesion ids, largest
+    first; ``lesions.IdMap``) when given."""
     entry = next(e for e in report["structures"] if e["name"] == name)
     voxels = int(np.count_nonzero(mask_box))
     entry.update(voxels=voxels, volume_ml=round(voxels * box_grid.voxel_volume_mm3 / 1000.0, 4))
     info = (report.get("tumors") or {}).get(name)
     if info is not None:
         info["components"] = [c.as_dict() for c in components(mask_box, box_grid, start_ijk, q_box=q_box)]
+        if ids is not None:
+            for comp, rid in zip(info["components"], ids):
+                comp["id"] = int(rid)
         info["count"] = len(info["components"])
         entry["tumor"] = info
 
@@ -347,7 +355,9 @@ def commit_edit(outdir: Path, report: dict, card: ModelCard, ref: sitk.Image, hi
     report["summary"] = tumor_summary(report)
     report.setdefault("history", []).append(
         {**history, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    atomic_write_text(json.dumps(report, indent=1), outdir / "report.json")
+    from .run import Run
+
+    Run(outdir, check=False).write_report(report)
     return report
 
 

@@ -31,6 +31,7 @@ from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
 from .plausibility import body_profile, check_coverage, check_model_fit, check_structures
+from .lesions import merge_lesion_checks
 from .postprocess import (dilated_gate, largest_component, largest_per_side, quantize, tumor_mask)
 from .progress import Reporter
 
@@ -257,10 +258,14 @@ class Segmenter:
     def _flag_structures(self, entries: list, masks: dict, image: sitk.Image, kji, profile) -> list:
         """Plausibility flags of the written structures: set as each entry's "flags", returned as warnings."""
         gates = {c.name: list(c.gate) for c in self.card.classes if c.is_tumor and c.gate}
-        flags = check_structures(entries, masks, Grid.of(image), kji, gates=gates, midline_x_mm=profile.midline_x_mm)
+        lesions = {}
+        flags = check_structures(entries, masks, Grid.of(image), kji, gates=gates, midline_x_mm=profile.midline_x_mm,
+                                 lesions=lesions)
         warnings = []
         for entry in entries:
             entry["flags"] = flags.get(entry["name"], [])
+            if "tumor" in entry:  # each lesion's own checks on its row (ids of a fresh run: 1 = largest)
+                merge_lesion_checks(entry["tumor"].get("components") or [], lesions.get(entry["name"]) or [])
             warnings += [f"{entry['name']}: {text}" for text in entry["flags"]]
         return warnings
 

@@ -284,7 +284,8 @@ def _fmt_range(lo, hi, unit) -> str:
 
 
 def check_structures(entries: list, masks: dict, grid: Grid, ct_kji: np.ndarray, *, gates: Optional[dict] = None,
-                     midline_x_mm: Optional[float] = None) -> dict:
+                     midline_x_mm: Optional[float] = None, lesion_ids: Optional[dict] = None,
+                     lesions: Optional[dict] = None) -> dict:
     """Flags per structure: ``{name: [sentence, ...]}`` (only structures with flags).
 
     Args:
@@ -293,6 +294,10 @@ def check_structures(entries: list, masks: dict, grid: Grid, ct_kji: np.ndarray,
         grid: the input grid; ``ct_kji`` the CT on it (only read inside the masks' boxes).
         gates: tumor name -> organ names it must lie in (default: the table's ``organs``).
         midline_x_mm: LPS x of the body's midline (default: the middle of the grid).
+        lesion_ids: tumor name -> the lesion id of each component, largest first (``lesions.IdMap``; default:
+            1, 2, ... by size, the ids of a fresh run). Flags name lesions by these ids.
+        lesions: filled with tumor name -> per component, largest first, ``{"id", "inside_organ_pct",
+            "mean_hu", "flags"}``: the per-lesion checks each row of every output shows.
     """
     table = reference_table()
     ref = table["structures"]
@@ -340,23 +345,31 @@ def check_structures(entries: list, masks: dict, grid: Grid, ct_kji: np.ndarray,
             continue
         name = entry["name"]
         organs = (gates or {}).get(name) or ref.get(name, {}).get("organs") or []
-        _check_tumor(name, masks[name], [o for o in organs if o in masks], organs, masks, ct_kji,
-                     ref.get(name, {}), table, flag)
+        per = _check_tumor(name, masks[name], [o for o in organs if o in masks], organs, masks, ct_kji,
+                           ref.get(name, {}), table, flag, ids=(lesion_ids or {}).get(name))
+        if lesions is not None:
+            lesions[name] = per
     return flags
 
 
 def recheck_tumor(name: str, box, mask: np.ndarray, organs: dict, grid: Grid, ct_kji: Optional[np.ndarray], *,
-                  gate=None) -> list:
+                  gate=None, lesion_ids: Optional[list] = None, lesions: Optional[list] = None) -> list:
     """The flags ``check_structures`` gives tumor ``name`` whose mask changed after the run (a new threshold, a
     review edit): its components are numbered anew, so the run's flags would name the wrong ones. ``mask`` and
     each of ``organs`` (gate organ name -> mask) lie on the same ``box`` of ``grid``; ``ct_kji`` is the CT on
-    ``grid``, or None when it cannot be read (then attenuation is not checked)."""
+    ``grid``, or None when it cannot be read (then attenuation is not checked). ``lesion_ids``: the components'
+    lesion ids, largest first; ``lesions``: a list filled with the per-lesion checks (``check_structures``)."""
     masks = {o: (box, m) for o, m in organs.items() if m is not None and np.any(m)}
     if not np.any(mask):
         return []
     masks[name] = (box, mask)
     entry = {"name": name, "kind": "tumor"}
-    return check_structures([entry], masks, grid, ct_kji, gates={name: list(gate)} if gate else None).get(name, [])
+    per = {}
+    flags = check_structures([entry], masks, grid, ct_kji, gates={name: list(gate)} if gate else None,
+                             lesion_ids={name: lesion_ids} if lesion_ids is not None else None, lesions=per)
+    if lesions is not None:
+        lesions.extend(per.get(name, []))
+    return flags.get(name, [])
 
 
 def _check_sides(extents: dict, grid: Grid, midline_x_mm, flag) -> None:
@@ -401,8 +414,10 @@ def _check_sides(extents: dict, grid: Grid, midline_x_mm, flag) -> None:
             flag("spleen", text)
 
 
-def _check_tumor(name, tumor, present_organs, organs, masks, ct_kji, r, table, flag) -> None:
-    """Per tumor component: mean HU (fat or gas is not tumor tissue) and the share of it inside its organ."""
+def _check_tumor(name, tumor, present_organs, organs, masks, ct_kji, r, table, flag, *, ids=None) -> list:
+    """Per tumor component: mean HU (fat or gas is not tumor tissue) and the share of it inside its organ.
+    Returns the per-lesion checks, largest first; the run-level flags name lesions by ``ids`` (largest first;
+    default 1, 2, ... by size)."""
     from .postprocess import ranked_components
 
     box, mask = tumor
@@ -422,28 +437,40 @@ def _check_tumor(name, tumor, present_organs, organs, masks, ct_kji, r, table, f
             b = tuple(slice(int(lo[d] - ostart[d]), int(hi[d] - ostart[d])) for d in (2, 1, 0))
             organ[a] |= omask[b] > 0
     labelling = ranked_components(mask > 0)
+    if ids is None or len(ids) != len(labelling.parts):
+        ids = list(range(1, len(labelling.parts) + 1))
     hu_lo, hu_hi = r.get("mean_hu") or (None, None)
-    bad_hu, outside = [], []
-    for rank, (label, slc, _voxels) in enumerate(labelling.parts, start=1):
+    where = "/".join(organs[:2]) if present_organs else "/".join(organs[:2]) + " (not found)"
+    bad_hu, outside, per = [], [], []
+    for rid, (label, slc, _voxels) in zip(ids, labelling.parts):
         sub = labelling.labels[slc] == label
-        if ct_box is not None:
-            mean_hu = float(ct_box[slc][sub].mean(dtype=np.float64))
-            if hu_lo is not None and not hu_lo <= mean_hu <= hu_hi:
-                bad_hu.append((rank, mean_hu))
+        row = {"id": int(rid), "inside_organ_pct": None, "mean_hu": None, "flags": []}
         if organ is not None:
             inside = float(organ[slc][sub].mean())
+            row["inside_organ_pct"] = round(100.0 * inside, 1)
             if inside < table["tumor_min_inside_fraction"]:
-                outside.append((rank, inside))
+                outside.append((rid, inside))
+                row["flags"].append(f"outside the {where} ({100 * inside:.0f} % inside)")
+        if ct_box is not None:
+            mean_hu = float(ct_box[slc][sub].mean(dtype=np.float64))
+            row["mean_hu"] = round(mean_hu, 1)
+            if hu_lo is not None and not hu_lo <= mean_hu <= hu_hi:
+                bad_hu.append((rid, mean_hu))
+                what = "fat or gas" if mean_hu < table["tumor_fat_hu"] else f"expected {_fmt_range(hu_lo, hu_hi, 'HU')}"
+                row["flags"].append(f"mean {mean_hu:.0f} HU: {what}")
+        per.append(row)
     total = len(labelling.parts)
     if bad_hu:
         values = [v for _, v in bad_hu]
-        ids = ", ".join(f"#{i}" for i, _ in bad_hu[:12]) + (" ..." if len(bad_hu) > 12 else "")
+        named = ", ".join(f"#{i}" for i, _ in bad_hu[:12]) + (" ..." if len(bad_hu) > 12 else "")
         fat = min(values) < table["tumor_fat_hu"]
-        flag(name, f"{len(bad_hu)} of {total} component(s) ({ids}) have a mean of {min(values):.0f} to "
+        flag(name, f"{len(bad_hu)} of {total} component(s) ({named}) have a mean of {min(values):.0f} to "
                    f"{max(values):.0f} HU (expected {_fmt_range(hu_lo, hu_hi, 'HU')})"
                    f"{'; below ' + format(table['tumor_fat_hu'], 'g') + ' HU is fat or gas, not tumor tissue' if fat else ''}"
                    ": likely false positives")
     if organ is not None and outside:
-        ids = ", ".join(f"#{i} ({100 * f:.0f} % inside)" for i, f in outside[:12]) + (" ..." if len(outside) > 12 else "")
-        where = "/".join(organs[:2]) if present_organs else "/".join(organs[:2]) + " (not found)"
-        flag(name, f"{len(outside)} of {total} component(s) lie outside the {where}: {ids}")
+        named = ", ".join(f"#{i}" for i, _ in outside[:12]) + (" ..." if len(outside) > 12 else "")
+        pct = ", ".join(f"{100 * f:.0f} %" for _, f in outside[:12])
+        flag(name, f"{named} lie{'s' if len(outside) == 1 else ''} outside the {where} ({pct} inside; "
+                   f"{len(outside)} of {total} component(s))")
+    return per

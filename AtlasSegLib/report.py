@@ -35,7 +35,6 @@ import csv
 import datetime as _dt
 import html
 import io as _io
-import json
 import logging
 import math
 import os
@@ -57,7 +56,9 @@ from .io import SourceInfo, atomic_write_bytes, read_image
 from .outputs import SEG_DIR, load_run
 from .overview import WINDOW_HU, Overview, _font, short_scan_note
 from .progress import Reporter
-from .review import component_at, operating_points, review_rows, status_text
+from .review import TO_REVIEW, component_at, operating_points, organ_text, review_rows, status_text
+from .run import Run
+from .run import validate as validate_run_file
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ LECTURE_TEXT = 2.5
 CSV_COLUMNS = ("section", "case", "model_id", "model_version", "structure", "kind", "component", "organ", "status",
                "volume_ml", "mean_hu", "longest_axial_diameter_cm", "perpendicular_diameter_cm", "max_probability",
                "mean_probability", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "threshold", "count",
-               "largest_volume_ml", "largest_diameter_cm", "image", "side", "location", "dice", "truth_ml")
+               "largest_volume_ml", "largest_diameter_cm", "image", "side", "location", "dice", "truth_ml",
+               "inside_organ_pct", "flags")
 REPORT_FILES = ("report.json", "report.csv", "report.html")
 ANONYMIZED_CASE = "anonymized case"
 ANONYMIZED_INPUT = "(input)"
@@ -156,13 +158,7 @@ def load_run_ct(outdir: Path, report: dict, ct=None) -> tuple:
                              f"segmented (its grid differs from report.json's input grid {grid['size']}); give the "
                              "run's input CT")
         return image, source, None
-    candidates = []
-    source = (report.get("input") or {}).get("path")
-    if source and Path(source).exists():
-        candidates.append((Path(source), (report.get("input") or {}).get("series_uid")))
-    if (outdir / "ct.nii.gz").is_file():
-        candidates.append((outdir / "ct.nii.gz", None))
-    for path, series in candidates:
+    for path, series in Run(outdir, check=False).ct_candidates(report):  # where every command looks
         try:
             image, info = read_image(path, series_uid=series if path.is_dir() else None)
         except InputError as exc:
@@ -707,15 +703,9 @@ def _data_uri(png: bytes) -> str:
 def _load_folder(outdir: Path) -> tuple:
     """report.json and the card's operating points. The card is read as plain JSON: a report needs only its
     operating points, and a folder written from a Slicer segmentation carries a card of classes, not of a model."""
-    rp, cp = outdir / "report.json", outdir / "card.json"
-    if not rp.is_file():
-        raise InputError(f"{outdir} is not an AtlasSeg output folder (no report.json); give the -o folder of an "
-                         "'atlasseg segment' run")
-    try:
-        report = json.loads(rp.read_text(encoding="utf-8"))
-        card = json.loads(cp.read_text(encoding="utf-8")) if cp.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the run's report.json/card.json in {outdir}: {exc}") from None
+    run = Run(outdir, check=False)
+    report = run.read_report()
+    card = run.read_card_json() if run.card_path.is_file() else {}
     return report, card.get("operating_points") or {}
 
 
@@ -857,7 +847,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
             "operating_points": points,
             "count": len(current),
             "kept": sum(1 for r in current if r["status"] == "kept"),
-            "to_review": sum(1 for r in current if r["status"] == "unreviewed"),
+            "to_review": sum(1 for r in current if r["status"] == TO_REVIEW),
             "removed": sum(1 for r in tumor_rows if r["structure"] == name and r["status"] == "removed"),
             "total_volume_ml": round(sum(r["volume_ml"] or 0.0 for r in current), 2),
             "largest": None if largest is None else {
@@ -1002,7 +992,8 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
     section["timings_s"]["total_before_writing"] = round(time.perf_counter() - t0, 3)
     csv_text = report_csv(report)
     html_text = report_html(report, pngs)
-    json_text = json.dumps(report, indent=1)
+    run = Run(outdir, check=False)
+    validate_run_file(report, "report", run.report_path)  # before any file changes: a bad report is never written
     paths = {}
     for key, data in pngs.items():
         if key == "3d":
@@ -1026,8 +1017,7 @@ def build_report(outdir, *, ct=None, pictures: bool = True, anonymize: Optional[
     atomic_write_bytes(csv_text.encode("utf-8"), csv_path)
     html_path = outdir / "report.html"
     atomic_write_bytes(html_text.encode("utf-8"), html_path)
-    json_path = outdir / "report.json"
-    atomic_write_bytes(json_text.encode("utf-8"), json_path)
+    json_path = run.write_report(report)
     reporter.update("write", 1.0, "done")
     return ReportResult(report, json_path, csv_path, html_path, paths, tuple(notes), time.perf_counter() - t0)
 
@@ -1049,7 +1039,10 @@ def _tumor_row(name: str, row: dict) -> dict:
         "structure": name,
         "component": None if row.get("id") is None else int(row["id"]),  # None: removed, no longer numbered
         "organ": row.get("organ"),
-        "status": row.get("status", "unreviewed"),
+        "organ_text": organ_text(row),
+        "inside_organ_pct": row.get("inside_organ_pct"),
+        "flags": list(row.get("flags") or ()),
+        "status": status_text(row),
         "status_text": status_text(row),
         "volume_ml": _clean(row.get("volume_ml"), 2),
         "longest_axial_diameter_cm": cm(row.get("longest_axial_diameter_mm")),
@@ -1164,6 +1157,7 @@ def report_csv(report: dict) -> str:
         ras = r["centroid_ras_mm"]
         writer.writerow({**common, "section": "tumor_component", "structure": r["structure"], "kind": "tumor",
                          "component": r["component"], "organ": r["organ"], "status": r["status"],
+                         "inside_organ_pct": r.get("inside_organ_pct"), "flags": "; ".join(r.get("flags") or ()),
                          "volume_ml": r["volume_ml"], "mean_hu": r["mean_hu"],
                          "longest_axial_diameter_cm": r["longest_axial_diameter_cm"],
                          "perpendicular_diameter_cm": r["perpendicular_diameter_cm"],
@@ -1200,7 +1194,7 @@ td{padding:4px 10px;border:1px solid #d3dbe6}
 tr:nth-child(even) td{background:#f6f8fb}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .status{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;font-weight:600}
-.kept{background:#d7f0dc;color:#17612b}.unreviewed{background:#fff1c9;color:#7a5600}
+.kept{background:#d7f0dc;color:#17612b}.unreviewed{background:#fff1c9;color:#7a5600}td.flags{color:#a3341b;font-size:12px}
 .removed{background:#e8e8e8;color:#666;text-decoration:line-through}
 tr.removed-row td{color:#888}
 .pictures{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
@@ -1423,20 +1417,24 @@ def _components_table(rows: list) -> str:
     if not rows:
         return "<p>No tumor components at the current thresholds.</p>"
     out = ["<table><tr><th>Tumor</th><th>#</th><th>Organ</th><th>Volume (ml)</th><th>Diameters (cm)</th>"
-           "<th>Max p</th><th>Mean p</th><th>Mean HU</th><th>Review</th><th>Location</th>"
+           "<th>Max p</th><th>Mean p</th><th>Mean HU</th><th>In organ</th><th>Flags</th><th>Review</th><th>Location</th>"
            "<th>Centroid R, A, S (mm)</th></tr>"]
     for r in rows:
         status = r["status"]
-        label = r.get("status_text") or {"unreviewed": "to review"}.get(status, status)
+        label = r.get("status_text") or status_text(r)
+        css = {TO_REVIEW: "unreviewed", "kept, below threshold": "kept"}.get(status, status)
+        pct = r.get("inside_organ_pct")
+        flags = "; ".join(r.get("flags") or ()) or "–"
         ras = ", ".join(_fmt(v, 1) for v in r["centroid_ras_mm"])
         cls = ' class="removed-row"' if status == "removed" else ""
         where = (r.get("location") or {}).get("text") or "–"
-        out.append(f"<tr{cls}><td>{_e(r['structure'])}</td><td class=num>{'&ndash;' if r['component'] is None else r['component']}</td><td>{_e(r['organ'])}</td>"
+        out.append(f"<tr{cls}><td>{_e(r['structure'])}</td><td class=num>{'&ndash;' if r['component'] is None else r['component']}</td><td>{_e(r.get('organ_text') or r['organ'])}</td>"
                    f"<td class=num>{_fmt(r['volume_ml'], 2)}</td>"
                    f"<td class=num>{_fmt(r['longest_axial_diameter_cm'])} &times; {_fmt(r['perpendicular_diameter_cm'])}</td>"
                    f"<td class=num>{_fmt(r['max_probability'], 2)}</td><td class=num>{_fmt(r['mean_probability'], 2)}</td>"
                    f"<td class=num>{_fmt(r['mean_hu'], 0)}</td>"
-                   f'<td><span class="status {_e(status)}">{_e(label)}</span></td><td class="where">{_e(where)}</td>'
+                   f"<td class=num>{'–' if pct is None else _fmt(pct, 0) + ' %'}</td><td class=flags>{_e(flags)}</td>"
+                   f'<td><span class="status {_e(css)}">{_e(label)}</span></td><td class="where">{_e(where)}</td>'
                    f"<td class=num>{ras}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
@@ -1451,10 +1449,12 @@ def table_rows(report: dict) -> list:
     rows = []
     for r in sec["tumor_components"]:
         name = f"{r['structure']} (removed)" if r["component"] is None else f"{r['structure']} #{r['component']}"
-        rows.append([name, r["organ"] or "", _fmt(r["volume_ml"], 2),
+        organ = r.get("organ_text") or r["organ"] or ""
+        if r.get("flags"):
+            organ = f"{organ} ⚑ {'; '.join(r['flags'])}"
+        rows.append([name, organ, _fmt(r["volume_ml"], 2),
                      f"{_fmt(r['longest_axial_diameter_cm'])} x {_fmt(r['perpendicular_diameter_cm'])}",
-                     _fmt(r["max_probability"], 2),
-                     r.get("status_text") or {"unreviewed": "to review"}.get(r["status"], r["status"])])
+                     _fmt(r["max_probability"], 2), r.get("status_text") or status_text(r)])
     for r in sec["organs"]:
         rows.append([r["structure"], r["kind"] or "", _fmt(r["volume_ml"], 1), "", "",
                      "" if r["mean_hu"] is None else f"{r['mean_hu']} HU"])

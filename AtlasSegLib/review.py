@@ -8,8 +8,9 @@ Everything here works inside the probability map's box (the gate organ's box), n
 a slider move costs milliseconds. Arrays are numpy (k, j, i) like the rest of AtlasSegLib; points given to or
 returned from the public API in "ijk" are full-input-grid (i, j, k) indices.
 
-Review decisions are keyed by a seed voxel inside the component rather than by a component number: numbers
-change when the threshold changes, a voxel of a kept or removed tumor stays inside it.
+Review decisions are keyed by the lesion's id (``lesions.IdMap``: matched by overlap across thresholds and
+edits, so a lesion keeps its number while it exists); each also keeps a seed voxel inside the component, which
+the Slicer module's in-scene review (no id map) and review states older than id maps go by.
 """
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid
-from .io import atomic_write_text
 from .postprocess import (Component, Labelling, _min_voxels, dilated_gate, labelled_components, ranked_components,
                           tumor_labels)
 
 REVIEW_FILE = "review.json"
-STATUSES = ("unreviewed", "kept", "removed")
+# The one status vocabulary of every output and file (review rows, review --json, report.csv/.html/.json).
+TO_REVIEW, KEPT, REMOVED, KEPT_BELOW = "to review", "kept", "removed", "kept, below threshold"
+STATUSES = (TO_REVIEW, KEPT, REMOVED)  # what a reviewer decides; KEPT_BELOW is KEPT for a lesion a threshold dropped
+ROW_STATUSES = (TO_REVIEW, KEPT, REMOVED, KEPT_BELOW)
+_OLD_STATUS = {"unreviewed": TO_REVIEW}  # review states and callers from before the one vocabulary
 
 # Documented defaults when a card names none: "balanced" is the model's own 0.5; the two sensitive points
 # trade false positives (seconds each to remove) for fewer missed tumors (minutes each to draw).
@@ -112,7 +116,9 @@ class ProbabilityMap:
         if not meta_path.is_file() or not image_path.is_file():
             raise InputError(f"{outdir} keeps no probability map for {name} (probabilities/{name}.nii.gz + .json); "
                              "only tumor structures of a run keep one")
-        meta = json.loads(meta_path.read_text())
+        from .run import Run  # the run folder's one reader
+
+        meta = Run(outdir, check=False).read_probability_meta(name)
         image = sitk.ReadImage(str(image_path))
         q = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
         box_grid = Grid.of(image)
@@ -317,13 +323,17 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+REVIEW_VERSION = 2  # 2: decisions carry the lesion id of the run's id map (lesions/<tumor>.nii.gz); 1 read too
+
+
 @dataclass
 class ReviewState:
-    """What a reviewer decided per tumor structure: a list of decisions keyed by seed voxels (latest wins)."""
+    """What a reviewer decided per tumor structure: a list of decisions, each with the lesion's id and a seed
+    voxel (latest wins). The file's schema: AtlasSegLib/schema/review.schema.json."""
     tumors: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"version": 1, "tumors": self.tumors}, indent=1)
+        return json.dumps({"version": REVIEW_VERSION, "tumors": self.tumors}, indent=1)
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "ReviewState":
@@ -333,8 +343,16 @@ class ReviewState:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"review state is not valid JSON ({exc}); delete it to start the review afresh") from None
-        if not isinstance(doc, dict) or doc.get("version") != 1 or not isinstance(doc.get("tumors"), dict):
-            raise InputError("review state is not an AtlasSeg review (version 1 with a 'tumors' object)")
+        if not isinstance(doc, dict) or doc.get("version") not in (1, REVIEW_VERSION) \
+                or not isinstance(doc.get("tumors"), dict):
+            raise InputError(f"review state is not an AtlasSeg review (version 1 or {REVIEW_VERSION} with a 'tumors' "
+                             f"object; this one says version {doc.get('version') if isinstance(doc, dict) else '?'}): "
+                             "made by a newer AtlasSeg? Update AtlasSeg, or delete review.json to start the review afresh")
+        for entry in doc["tumors"].values():
+            if isinstance(entry, dict) and isinstance(entry.get("decisions"), list):
+                # A decision to review again is no decision (version 1 could hold "unreviewed" ones).
+                entry["decisions"] = [d for d in entry["decisions"] if isinstance(d, dict)
+                                      and _OLD_STATUS.get(d.get("status"), d.get("status")) != TO_REVIEW]
         return cls(doc["tumors"])
 
     def decisions(self, tumor: str) -> list:
@@ -344,21 +362,48 @@ class ReviewState:
         self.tumors.setdefault(tumor, {"threshold": None, "decisions": []})["threshold"] = float(threshold)
 
     def decide(self, tumor: str, candidate, status: str, *, key: Optional[int] = None) -> None:
-        """Record ``status`` ("kept", "removed" or "unreviewed" to forget earlier decisions) for a candidate
-        (a ``Candidate`` or its ``as_dict()``); ``key``: its stable id (``stable_ids``), shown for it after it
-        left the mask."""
+        """Record ``status`` ("kept", "removed" or "to review" to forget earlier decisions) for a candidate
+        (a ``Candidate`` or its ``as_dict()``); ``key``: its lesion id (default: the row's "id" when it has
+        one), which the decision follows across thresholds."""
+        status = _OLD_STATUS.get(status, status)
         if status not in STATUSES:
             raise InputError(f"review status must be one of {', '.join(STATUSES)}, not {status!r}")
         comp = candidate.as_dict() if hasattr(candidate, "as_dict") else dict(candidate)
         entry = self.tumors.setdefault(tumor, {"threshold": None, "decisions": []})
         seed = [int(v) for v in comp["seed_ijk"]]
-        # Latest decision wins in status_of; dropping an earlier one with the same seed keeps the list short.
-        entry["decisions"] = [d for d in entry["decisions"] if d["seed_ijk"] != seed]
-        if status != "unreviewed":
+        if key is None and isinstance(candidate, dict) and candidate.get("id") is not None:
+            key = int(candidate["id"])
+        # Latest decision wins; dropping earlier ones for the same lesion keeps the list short.
+        entry["decisions"] = [d for d in entry["decisions"]
+                              if d["seed_ijk"] != seed and (key is None or d.get("id") != int(key))]
+        if status != TO_REVIEW:
+            for k in ("status", "status_text", "present", "below_threshold", "flags"):
+                comp.pop(k, None)
             decision = {"seed_ijk": seed, "status": status, "component": comp, "at": _now()}
             if key is not None:
                 decision["id"] = int(key)
+                comp["id"] = int(key)
             entry["decisions"].append(decision)
+
+    def decided_ids(self, tumor: str, idmap=None, *, labels_box=None, ids: Optional[dict] = None,
+                    unresolved: Optional[list] = None) -> dict:
+        """``{id: decision}`` (latest wins): a decision's own id, else the id ``idmap`` remembers at its seed,
+        else (``labels_box`` + ``ids``, a decision made without ids, e.g. in a Slicer scene) the id of the
+        component holding its seed now. Decisions left without an id are appended to ``unresolved``."""
+        out = {}
+        for d in self.decisions(tumor):
+            rid = d.get("id")
+            if rid is None and idmap is not None:
+                rid = idmap.id_at(d["seed_ijk"])
+            if rid is None and labels_box is not None and ids and idmap is not None:
+                kji = seed_kji(d["seed_ijk"], idmap.start_ijk, labels_box.shape)
+                rid = ids.get(int(labels_box[kji])) if kji is not None else None
+            if rid is not None:
+                out.pop(int(rid), None)  # keeps the latest last
+                out[int(rid)] = d
+            elif unresolved is not None:
+                unresolved.append(d)
+        return out
 
     def forget_inside(self, tumor: str, labels_box: np.ndarray, start_ijk, label: int) -> None:
         """Drop the decisions whose seed lies in component ``label``: before a new decision on that component,
@@ -370,12 +415,9 @@ class ReviewState:
 
     def stable_ids(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list, *,
                    register: bool = False) -> dict:
-        """``{label: id}``: candidate ids that stay the same for the whole run. Each id, once given, is kept
-        in the review state with a seed voxel; a candidate holding that seed keeps the id after removals,
-        keeps and threshold changes (two merged ones: the lower id). Candidates without one get the next
-        unused numbers in size order (the numbers a fresh run lists, 1 = largest). An id is never given
-        again, not even after its candidate was removed. ``register``: remember the new ids (an edit does;
-        a listing only shows them, the same ones the next edit will remember)."""
+        """``{label: id}`` by seed voxels, for a review without a run folder's id map (the Slicer scene): each id,
+        once given, is kept with a seed voxel; a candidate holding that seed keeps the id. A run folder's ids
+        come from its id map instead (``lesions.IdMap``, matched by overlap; ``review_rows``)."""
         entry = self.tumors.get(tumor) or {}
         registry = entry.get("ids") or []
         ids = {}
@@ -413,8 +455,8 @@ class ReviewState:
 
     def status_of(self, tumor: str, labels_box: np.ndarray, start_ijk, label: int) -> str:
         """The status of component ``label`` (its value in ``labels_box``, a label array whose corner is
-        ``start_ijk``): the latest decision whose seed voxel lies inside it, else "unreviewed"."""
-        status = "unreviewed"
+        ``start_ijk``) by seed voxels: the latest decision whose seed voxel lies inside it, else "to review"."""
+        status = TO_REVIEW
         for d, value in self.under_seeds(tumor, labels_box, start_ijk):
             if value == label:
                 status = d["status"]
@@ -424,36 +466,51 @@ class ReviewState:
         """The labels of ``labels_box`` that hold the seed of a "removed" decision: false positives a reviewer
         threw away, which a new threshold must not bring back."""
         return {value for d, value in self.under_seeds(tumor, labels_box, start_ijk)
-                if value and d["status"] == "removed"}
+                if value and d["status"] == REMOVED}
 
     def rows(self, tumor: str, labels_box: np.ndarray, start_ijk, candidates: list, *, ids: Optional[dict] = None,
-             absent_kept: bool = False) -> list:
+             absent_kept: bool = False, idmap=None) -> list:
         """Review rows: every current candidate with its status, then each removed component no longer in
-        the mask (from its decision). ``ids``: ``{label: id}`` from ``stable_ids`` (default: the size ranks
-        of the components present now). ``absent_kept``: also list each kept component that is no longer in
-        the mask (a higher threshold dropped it) with ``"below_threshold": True``: a kept lesion is never
-        silently lost from the list."""
+        the mask (from its decision). ``ids``: ``{label: id}`` (``IdMap.assign``, or ``stable_ids`` without an
+        id map; default: the size ranks of the components present now). With ``idmap`` statuses follow the
+        lesion ids, else the seed voxels. ``absent_kept``: also list each kept component that is no longer in
+        the mask (a higher threshold dropped it) as "kept, below threshold": a kept lesion is never silently
+        lost from the list."""
         rows = []
+        unresolved = []
+        by_id = self.decided_ids(tumor, idmap, labels_box=labels_box, ids=ids, unresolved=unresolved) \
+            if idmap is not None else None
+        shown = set()
         for cand in candidates:
             row = cand.as_dict()
             if ids is not None:
                 row["id"] = ids[cand.label]
-            row["status"] = self.status_of(tumor, labels_box, start_ijk, cand.label)
+            if by_id is not None:
+                d = by_id.get(row["id"])
+                row["status"] = d["status"] if d else TO_REVIEW
+            else:
+                row["status"] = self.status_of(tumor, labels_box, start_ijk, cand.label)
             row["present"] = True
+            shown.add(row["id"])
             rows.append(row)
-        for d, value in self.under_seeds(tumor, labels_box, start_ijk):
-            if value:
-                continue
-            if d["status"] == "removed" or (absent_kept and d["status"] == "kept"):
+        if by_id is not None:
+            absent = [(d, rid) for rid, d in sorted(by_id.items()) if rid not in shown] + \
+                     [(d, None) for d in unresolved]
+        else:
+            absent = [(d, (d.get("id") if d.get("id") is not None else self.id_of_seed(tumor, d["seed_ijk"]))
+                       if ids is not None else None)
+                      for d, value in self.under_seeds(tumor, labels_box, start_ijk) if not value]
+        for d, rid in absent:
+            if d["status"] == REMOVED or (absent_kept and d["status"] == KEPT):
                 row = dict(d["component"])
                 row["status"] = d["status"]
                 row["present"] = False
-                if d["status"] == "kept":
+                if d["status"] == KEPT:
                     row["below_threshold"] = True
-                # Without stable ids no number: ranks number the components present now, and the one it had
-                # at decision time may belong to another candidate by now.
-                row["id"] = (d.get("id") if d.get("id") is not None else self.id_of_seed(tumor, d["seed_ijk"])) \
-                    if ids is not None else None
+                    row["status"] = KEPT_BELOW
+                # Without ids no number: ranks number the components present now, and the one it had at
+                # decision time may belong to another candidate by now.
+                row["id"] = rid
                 rows.append(row)
         return rows
 
@@ -465,72 +522,163 @@ def seed_kji(seed_ijk, start_ijk, shape) -> Optional[tuple]:
 
 
 def counts(rows: list) -> dict:
-    """The review counter: candidates, removed, kept, to review."""
-    n = {s: sum(1 for r in rows if r.get("status") == s) for s in STATUSES}
-    return {"candidates": len(rows), "removed": n["removed"], "kept": n["kept"], "to_review": n["unreviewed"]}
+    """The review counter: candidates, removed, kept (below threshold too), to review."""
+    st = [status_text(r) for r in rows]
+    return {"candidates": len(rows), "removed": st.count(REMOVED), "kept": st.count(KEPT) + st.count(KEPT_BELOW),
+            "to_review": st.count(TO_REVIEW)}
 
 
 def counter_text(rows: list) -> str:
     c = counts(rows)
-    n_below = sum(1 for r in rows if r.get("status") == "kept" and r.get("below_threshold"))
+    n_below = sum(1 for r in rows if status_text(r) == KEPT_BELOW)
     below = f" ({n_below} below threshold)" if n_below else ""
     return (f"{c['candidates']} candidates, {c['removed']} removed, {c['kept']} kept{below}, "
             f"{c['to_review']} to review")
 
 
 def load_review(outdir) -> ReviewState:
-    path = Path(outdir) / REVIEW_FILE
-    return ReviewState.from_json(path.read_text(encoding="utf-8")) if path.is_file() else ReviewState()
+    from .run import RunFolder  # the run folder's owner reads review.json
+
+    return RunFolder(outdir, check=False).read_review()
 
 
 def save_review(outdir, state: ReviewState) -> Path:
-    path = Path(outdir) / REVIEW_FILE
-    atomic_write_text(state.to_json(), path)
-    return path
+    from .run import RunFolder
+
+    return RunFolder(outdir, check=False).write_review(state)
+
+
+def tumor_box(run, name: str, report: dict, *, pm: Optional["ProbabilityMap"] = None) -> tuple:
+    """``(start_ijk, shape kji)`` of the box a tumor's candidates and id map live in: its probability map's box,
+    else the whole input grid."""
+    if pm is not None:
+        return pm.start_ijk, pm.q.shape
+    size = (report.get("input") or {}).get("grid", {}).get("size")
+    if size is None:
+        size = sitk.ReadImage(str(run.mask_path(name))).GetSize()
+    return (0, 0, 0), tuple(int(v) for v in size[::-1])
+
+
+def id_map(run, name: str, start_ijk, shape, state: ReviewState):
+    """The tumor's id map (``lesions.IdMap``) from the run folder, or a fresh one; a review state from before
+    id maps (seeds only) is carried over by remembering each known id at its seed voxel."""
+    from .lesions import IdMap
+
+    given = [int(d["id"]) for d in state.decisions(name) if d.get("id") is not None]
+    registry = (state.tumors.get(name) or {}).get("ids") or []
+    floor = max(given + [int(r["id"]) for r in registry], default=0)
+    found = IdMap.read(run.id_map_path(name), start_ijk, shape, floor=floor)
+    if found is not None:
+        return found
+    return fresh_id_map(state, name, start_ijk, shape)
+
+
+def fresh_id_map(state: ReviewState, name: str, start_ijk, shape):
+    """An id map for a review without a stored one (a new run, a Slicer scene): each id the review state
+    already names is remembered at its seed voxel, so decided lesions keep their numbers; the others are
+    numbered after them, largest first."""
+    from .lesions import IdMap
+
+    given = [int(d["id"]) for d in state.decisions(name) if d.get("id") is not None]
+    registry = (state.tumors.get(name) or {}).get("ids") or []
+    floor = max(given + [int(r["id"]) for r in registry], default=0)
+    fresh = IdMap(np.zeros(tuple(shape), np.uint32), start_ijk, floor=0)
+    for r in registry:
+        fresh.paint_seed(r["seed_ijk"], r["id"])
+    for d in state.decisions(name):
+        if d.get("id") is not None:
+            fresh.paint_seed(d["seed_ijk"], d["id"])
+    fresh.floor = floor
+    return fresh
+
+
+def adopt_decisions(state: ReviewState, name: str, idmap) -> None:
+    """Give every decision made without an id (a Slicer scene's, a version 1 review) the id of its lesion:
+    the id ``idmap`` remembers at its seed, else a new id remembered at that seed (a removed lesion no longer
+    in the mask). Call after ``idmap`` remembered the current mask."""
+    for d in state.decisions(name):
+        if d.get("id") is None:
+            rid = idmap.id_at(d["seed_ijk"])
+            if rid is None:
+                rid = idmap.next_id
+                idmap.paint_seed(d["seed_ijk"], rid)
+            d["id"] = int(rid)
+            if isinstance(d.get("component"), dict):
+                d["component"]["id"] = int(rid)
+
+
+def component_details(report: dict, name: str) -> dict:
+    """``{id: component}`` of report.json's tumor components: the per-lesion checks (``inside_organ_pct``,
+    ``mean_hu``, ``flags``) were computed once, when the mask was last written, and are read from there."""
+    info = (report.get("tumors") or {}).get(name) or {}
+    return {int(c["id"]): c for c in info.get("components") or () if c.get("id") is not None}
+
+
+ROW_DETAILS = ("inside_organ_pct", "mean_hu", "flags")
 
 
 def review_rows(outdir, *, masks: Optional[dict] = None) -> dict:
-    """For reports: per tumor structure of a run, one row per current component (statistics, organ, seed and
-    review status) plus one per removed component. Tumors with a kept probability map are measured inside its
-    box with probabilities; others over the whole mask without. ``masks``: tumor masks (full-grid arrays) the
-    caller has already read, by name (saves reading them again)."""
-    outdir = Path(outdir)
-    report_path = outdir / "report.json"
-    if not report_path.is_file():
-        raise InputError(f"{outdir} is not an AtlasSeg output folder (no report.json)")
-    report = json.loads(report_path.read_text())
-    state = load_review(outdir)
+    """For reports: per tumor structure of a run, one row per current component (statistics, organ, seed, its
+    lesion id, flags and review status) plus one per removed component. Tumors with a kept probability map are
+    measured inside its box with probabilities; others over the whole mask without. ``masks``: tumor masks
+    (full-grid arrays) the caller has already read, by name (saves reading them again)."""
+    from .run import RunFolder
+
+    run = RunFolder(outdir)
+    report = run.read_report()
+    state = run.read_review()
     out = {}
     for name, info in (report.get("tumors") or {}).items():
-        seg_path = outdir / "segmentations" / f"{name}.nii.gz"
+        seg_path = run.mask_path(name)
         if not seg_path.is_file():
             continue
-        has_map = info.get("probability_file") and (outdir / "probabilities" / f"{name}.json").is_file()
+        has_map = info.get("probability_file") and run.probability_meta_path(name).is_file()
         if masks is not None and name in masks and has_map:
             full = masks[name]
         else:
             image = sitk.ReadImage(str(seg_path))
             full = sitk.GetArrayViewFromImage(image)
         if has_map:
-            pm = ProbabilityMap.from_output(outdir, name)
+            pm = ProbabilityMap.from_output(run.folder, name)
             # The current mask file (maybe edited after the run), not a fresh threshold of the map.
             lab, cands = pm.candidates(np.asarray(full[pm.box_slices]))
-            start = pm.start_ijk
+            start, shape = pm.start_ijk, pm.q.shape
         else:
             lab = ranked_components(full != 0)
-            start = (0, 0, 0)
+            start, shape = (0, 0, 0), full.shape
             cands = candidates_of(lab, Grid.of(image), start)
-        ids = state.stable_ids(name, lab.labels, start, cands)
-        out[name] = state.rows(name, lab.labels, start, cands, ids=ids, absent_kept=True)
+        idmap = id_map(run, name, start, shape, state)
+        ids = idmap.assign(lab)
+        rows = state.rows(name, lab.labels, start, cands, ids=ids, absent_kept=True, idmap=idmap)
+        details = component_details(report, name)
+        for row in rows:
+            d = details.get(row["id"]) if row.get("present") else None
+            if d is not None and d.get("voxels") == row.get("voxels"):
+                for k in ROW_DETAILS:
+                    if k in d:
+                        row[k] = d[k]
+            row.setdefault("flags", [])
+            row.setdefault("inside_organ_pct", None)
+            row["status_text"] = status_text(row)
+        out[name] = rows
     return out
 
 
+def organ_text(row: dict) -> str:
+    """A row's organ as every table shows it: never the organ's bare name for a lesion flagged outside it."""
+    organ = row.get("organ") or "-"
+    if any(str(f).startswith("outside") for f in row.get("flags") or ()):
+        return f"{organ} (outside)" if row.get("organ") else "outside"
+    return organ
+
+
 def status_text(row: dict) -> str:
-    """A row's review status in words, the same in the CLI and the report: "to review", "kept", "removed",
-    "kept, below threshold"."""
-    if row.get("status") == "kept" and row.get("below_threshold"):
-        return "kept, below threshold"
-    return {"unreviewed": "to review"}.get(row.get("status"), row.get("status"))
+    """A row's review status in words, the same in the CLI, the report and every file: "to review", "kept",
+    "removed", "kept, below threshold"."""
+    status = _OLD_STATUS.get(row.get("status"), row.get("status")) or TO_REVIEW
+    if status == KEPT and row.get("below_threshold"):
+        return KEPT_BELOW
+    return status
 
 
 def drop_removed(mask_box: np.ndarray, state: ReviewState, tumor: str, start_ijk) -> int:

@@ -17,13 +17,15 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid
-from .io import atomic_write_image, atomic_write_text
-from .outputs import PROB_DIR, SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
+from .io import atomic_write_image
+from .lesions import IdMap, drop_ids, merge_lesion_checks
+from .outputs import SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
 from .plausibility import recheck_tumor
 from .postprocess import ranked_components
-from .review import (ProbabilityMap, ReviewState, candidates_of, counter_text, drop_removed, keep_largest, load_review,
-                     remove_at, remove_below_probability, remove_smaller_than, review_rows, save_review, seed_kji,
-                     status_text)
+from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, adopt_decisions, candidates_of, counter_text, id_map,
+                     keep_largest, organ_text, remove_at, remove_below_probability, remove_smaller_than, review_rows,
+                     seed_kji, status_text)
+from .run import Run
 
 
 BELOW_THRESHOLD_WARNING = "{name}: kept candidate"  # how the warnings this module adds begin (per tumor)
@@ -62,11 +64,16 @@ class _RunCT:
 NOT_RECHECKED = "attenuation not rechecked after the change: "
 
 
-def refresh_tumor_flags(report: dict, name: str, box, mask: np.ndarray, organs: dict, gate, ct: _RunCT) -> None:
-    """Replace ``name``'s plausibility flags (its report entry's "flags" and their "name: ..." lines in
-    "warnings") by those of its changed mask: the run's flags number components that no longer exist."""
+def refresh_tumor_flags(report: dict, name: str, box, mask: np.ndarray, organs: dict, gate, ct: _RunCT, *,
+                        ids: Optional[list] = None) -> None:
+    """Replace ``name``'s plausibility flags (its report entry's "flags", their "name: ..." lines in "warnings"
+    and each component's own checks) by those of its changed mask, naming lesions by their ids (``ids``:
+    largest first, as ``update_entry`` numbered the components)."""
     entry = next(e for e in report["structures"] if e["name"] == name)
-    flags = recheck_tumor(name, box, mask, organs, ct.grid, ct.kji if np.any(mask) else None, gate=gate)
+    per = []
+    flags = recheck_tumor(name, box, mask, organs, ct.grid, ct.kji if np.any(mask) else None, gate=gate,
+                          lesion_ids=ids, lesions=per)
+    merge_lesion_checks(((report.get("tumors") or {}).get(name) or {}).get("components") or [], per)
     if np.any(mask) and ct.kji is None:
         flags.append(NOT_RECHECKED + ct.why)
     old = {f"{name}: {text}" for text in entry.get("flags") or []}
@@ -106,62 +113,61 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         if not report["tumors"][name].get("probability_file"):
             raise InputError(f"{name} has no kept probability map in {outdir} "
                              f"({report['tumors'][name].get('note') or 'nothing to threshold'})")
-    ref = sitk.ReadImage(str(outdir / SEG_DIR / f"{next(iter(by_name))}.nii.gz"))
+    run = Run(outdir)
+    ref = sitk.ReadImage(str(run.mask_path(next(iter(by_name)))))
     grid = Grid.of(ref)
-    state = load_review(outdir)
+    state = run.read_review()
     stale = below_threshold_warnings(report, thresholds)
     warnings = [w for w in report.get("warnings") or [] if w not in stale]
     changed = []
     for name, t in thresholds.items():
-        meta_path = outdir / PROB_DIR / f"{name}.json"
-        meta = json.loads(meta_path.read_text())
+        meta = run.read_probability_meta(name)
         box = (tuple(meta["box_start_ijk"]), tuple(meta["box_size_ijk"]))
         pmap = ProbabilityMap.from_output(outdir, name)  # the map with its gate, built as the run built it
-        seg_path = outdir / SEG_DIR / f"{name}.nii.gz"
+        seg_path = run.mask_path(name)
         # The ids the reviewer saw before this change are remembered first, so they survive it.
         before = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path)))[pmap.box_slices]
-        _register_ids(state, name, pmap, before)
-        mask = pmap.mask(float(t))
-        # False positives a reviewer removed stay removed at the new threshold (their seed voxel is kept).
-        drop_removed(mask, state, name, box[0])
+        idmap = id_map(run, name, pmap.start_ijk, pmap.q.shape, state)
+        idmap.assign(ranked_components(before != 0), update=True)
+        adopt_decisions(state, name, idmap)
+        lab = pmap.labels(float(t))
+        mask = lab.mask
+        # Lesions a reviewer removed stay removed at the new threshold, matched by their ids (by overlap).
+        removed = {rid for rid, d in state.decided_ids(name, idmap).items() if d["status"] == REMOVED}
+        if drop_ids(mask, lab, idmap.assign(lab), idmap, removed):
+            lab = ranked_components(mask != 0)
+        ids = idmap.ids_in_rank_order(lab, update=True)
+        idmap.write(run.id_map_path(name), pmap.box_grid)
         full = np.zeros(tuple(grid.size[::-1]), np.uint8)
         full[_box_slices(box)] = mask
         atomic_write_image(_mask_image(full, ref), seg_path)
         report["tumors"][name]["threshold"] = float(t)
-        update_entry(report, name, mask, grid.sub(*box), box[0], q_box=pmap.q)
+        update_entry(report, name, mask, grid.sub(*box), box[0], q_box=pmap.q, ids=ids)
         meta["threshold"] = float(t)
-        atomic_write_text(json.dumps(meta, indent=1), meta_path)
-        _register_ids(state, name, pmap, mask)
-        warnings += _kept_below(state, name, mask, box[0], float(t))
-        changed.append((name, box, mask, pmap))
+        run.write_probability_meta(name, meta)
+        warnings += _kept_below(state, name, idmap, set(ids), float(t))
+        changed.append((name, box, mask, pmap, ids))
     if warnings or "warnings" in report:
         report["warnings"] = warnings
     ct = _RunCT(outdir, report, grid)
-    for name, box, mask, pmap in changed:
-        refresh_tumor_flags(report, name, box, mask, pmap.organs, by_name[name].gate, ct)
+    for name, box, mask, pmap, ids in changed:
+        refresh_tumor_flags(report, name, box, mask, pmap.organs, by_name[name].gate, ct, ids=ids)
     if state.tumors:
-        save_review(outdir, state)
+        run.write_review(state)
     return finish_edit(outdir, report, card, ref, {"action": "threshold",
                                                    "values": {k: float(v) for k, v in thresholds.items()}})
 
 
-def _register_ids(state: ReviewState, name: str, pmap: ProbabilityMap, mask_box: np.ndarray) -> None:
-    lab, cands = pmap.candidates(mask_box)
-    state.stable_ids(name, lab.labels, pmap.start_ijk, cands, register=True)
-
-
-def _kept_below(state: ReviewState, name: str, mask_box: np.ndarray, start_ijk, threshold: float) -> list:
-    """A warning per kept component whose seed is no longer in the mask (a threshold dropped a lesion the
-    reviewer confirmed)."""
+def _kept_below(state: ReviewState, name: str, idmap: IdMap, present: set, threshold: float) -> list:
+    """A warning per kept lesion no longer in the mask (a threshold dropped a lesion the reviewer confirmed)."""
     out = []
-    for d, value in state.under_seeds(name, mask_box, start_ijk):
-        if d["status"] != "kept" or value:
+    for key, d in sorted(state.decided_ids(name, idmap).items()):
+        if d["status"] != KEPT or key in present:
             continue
         comp = d.get("component") or {}
-        key = d.get("id") if d.get("id") is not None else state.id_of_seed(name, d["seed_ijk"])
         p = comp.get("max_probability")
         back = f"; a threshold of {p:.2f} or lower brings it back" if isinstance(p, (int, float)) else ""
-        out.append(f"{BELOW_THRESHOLD_WARNING.format(name=name)} {key if key is not None else ''}".rstrip()
+        out.append(f"{BELOW_THRESHOLD_WARNING.format(name=name)} #{key}"
                    + f" (seed ijk {list(d['seed_ijk'])}, {comp.get('volume_ml', 0):.2f} ml) is below the threshold "
                    f"{threshold:g} and no longer in the mask{back}; 'atlasseg review' lists it as "
                    "'kept, below threshold'")
@@ -203,11 +209,12 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
         raise InputError(f"--keep-largest is for organs (it drops stray islands); every component of {structure} "
                          "is a lesion candidate: remove false positives with --remove ID, --remove-smaller-than ML "
                          "or --remove-below-probability P")
-    seg_path = outdir / SEG_DIR / f"{structure}.nii.gz"
+    run = Run(outdir)
+    seg_path = run.mask_path(structure)
     image = sitk.ReadImage(str(seg_path))
     full = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
     grid = Grid.of(image)
-    state = load_review(outdir)
+    state = run.read_review()
     pm = None
     if tumor and report["tumors"][structure].get("probability_file"):
         pm = ProbabilityMap.from_output(outdir, structure)
@@ -223,11 +230,15 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
         cands = candidates_of(lab, grid, start)
     if remove_below_probability_p is not None and q is None:
         raise InputError(f"{structure} keeps no probability map: cannot remove by probability")
-    ids = state.stable_ids(structure, lab.labels, start, cands, register=True) if tumor else {c.label: c.id for c in cands}
+    idmap = id_map(run, structure, start, lab.labels.shape, state) if tumor else None
+    ids = idmap.assign(lab, update=True) if tumor else {c.label: c.id for c in cands}
+    if tumor:
+        adopt_decisions(state, structure, idmap)
+    decided = state.decided_ids(structure, idmap) if tumor else {}
     by_id = {ids[c.label]: c for c in cands}
     for i in (*remove_ids, *keep_ids):
         if i not in by_id:
-            gone = next((d for d in state.decisions(structure) if d.get("id") == i), None) if tumor else None
+            gone = decided.get(i)
             why = f"candidate {i} is no longer in the mask ({gone['status']})" if gone else f"no candidate {i}"
             raise InputError(f"{structure} has {why}; candidates now: {', '.join(map(str, sorted(by_id))) or 'none'} "
                              "(list them with 'atlasseg review OUTDIR')")
@@ -242,7 +253,7 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
     keep_labels = {by_id[i].label for i in keep_ids}
     if tumor:
         keep_labels |= {c.label for c in cands if c.label not in {by_id[i].label for i in remove_ids}
-                        and state.status_of(structure, lab.labels, start, c.label) == "kept"}
+                        and (decided.get(ids[c.label]) or {}).get("status") == KEPT}
     protected = np.isin(lab.labels, sorted(keep_labels)) if keep_labels else None
     if protected is not None:
         work[protected] = 0
@@ -284,7 +295,8 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
         out = sitk.GetImageFromArray(full)
         out.CopyInformation(image)
         atomic_write_image(out, seg_path)
-        update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q)
+        new_ids = idmap.ids_in_rank_order(ranked_components(region != 0), update=True) if tumor else None
+        update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q, ids=new_ids)
         if tumor:
             gate = next((c.gate for c in card.classes if c.name == structure), None)
             if pm is not None:
@@ -293,9 +305,11 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
                 organs = {o: sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{o}.nii.gz")))
                           for o in gate or () if (outdir / SEG_DIR / f"{o}.nii.gz").is_file()}
             box_ijk = (tuple(int(v) for v in start), tuple(int(v) for v in region.shape[::-1]))
-            refresh_tumor_flags(report, structure, box_ijk, region, organs, gate, _RunCT(outdir, report, grid))
+            refresh_tumor_flags(report, structure, box_ijk, region, organs, gate, _RunCT(outdir, report, grid),
+                                ids=new_ids)
     if tumor:
-        save_review(outdir, state)  # before the report is rebuilt: it lists the statuses
+        idmap.write(run.id_map_path(structure), pm.box_grid if pm is not None else grid)
+        run.write_review(state)  # before the report is rebuilt: it lists the statuses
     result = {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed, "spared": spared}
     finish_edit(outdir, report, card, image, {"action": "review", "structure": structure, **result},
                 masks_changed=bool(changed))
@@ -303,7 +317,6 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
 
 
 def _decide(state: ReviewState, tumor: str, lab, start, cand, status: str, ids: dict) -> None:
-    state.forget_inside(tumor, lab.labels, start, cand.label)
     row = cand.as_dict()
     row["id"] = ids[cand.label]
     state.decide(tumor, row, status, key=ids[cand.label])
@@ -332,8 +345,8 @@ def cmd_review(args) -> int:
     rows = review_rows(args.outdir)
     # The run's plausibility warnings (report.json "warnings") come first: they may make every candidate moot.
     try:
-        warnings = json.loads((Path(args.outdir) / "report.json").read_text()).get("warnings") or []
-    except (OSError, ValueError):
+        warnings = Run(args.outdir).read_report().get("warnings") or []
+    except InputError:
         warnings = []
     for text in warnings:  # on stderr: stdout holds the table or the JSON alone (pipes, jq)
         print(f"atlasseg: warning: {text}", file=sys.stderr)
@@ -342,12 +355,15 @@ def cmd_review(args) -> int:
         return 0
     for tumor, tumor_rows in rows.items():
         print(f"{tumor}: {counter_text(tumor_rows)}")
-        print(f"  {'id':>3}  {'organ':<14} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  "
-              f"{'seed i,j,k':<14} status")
+        print(f"  {'id':>3}  {'organ':<14} {'in %':>5} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  "
+              f"{'seed i,j,k':<14} {'status':<22} flags")
         for row in tumor_rows:
             rid = row["id"] if row.get("id") is not None else "-"
             seed = ",".join(str(v) for v in row.get("seed_ijk") or ())
-            print(f"  {rid:>3}  {str(row.get('organ') or '-'):<14} {row['volume_ml']:>8.2f} "
+            pct = row.get("inside_organ_pct")
+            print(f"  {rid:>3}  {organ_text(row):<14} {'-' if pct is None else format(pct, '.0f'):>5} "
+                  f"{row['volume_ml']:>8.2f} "
                   f"{row['longest_axial_diameter_mm'] / 10:>8.1f} {row['perpendicular_diameter_mm'] / 10:>8.1f} "
-                  f"{row['max_probability']:>6.2f}  {seed:<14} {status_text(row)}")
+                  f"{row['max_probability']:>6.2f}  {seed:<14} {status_text(row):<22} "
+                  f"{'; '.join(row.get('flags') or ()) or '-'}")
     return 0

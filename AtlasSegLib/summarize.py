@@ -129,12 +129,13 @@ def find_cases(results) -> list:
 
 
 def _read_report(folder: Path) -> dict:
+    from .run import Run  # the run folder's one reader
+
     path = folder / "report.json"
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}; re-run that case (or move its folder out of the results)") \
-            from None
+        report = Run(folder, check=False).read_report()
+    except InputError as exc:
+        raise InputError(f"{exc}; re-run that case (or move its folder out of the results)") from None
     if not isinstance(report, dict) or not isinstance(report.get("structures"), list):
         raise InputError(f"{path} is not an AtlasSeg report.json (no structures list); re-run that case")
     return report

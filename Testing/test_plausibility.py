@@ -239,7 +239,7 @@ def test_tumor_outside_its_organ_is_flagged():
     masks["liver_tumor"] = box_mask(grid, (60, 20, 25), (64, 24, 29))  # soft tissue, but in the left abdomen
     flags = flags_of(masks, ct, grid)
     assert list(flags) == ["liver_tumor"], flags
-    assert "1 of 1 component(s) lie outside the liver: #1 (0 % inside)" in flags["liver_tumor"][0]
+    assert "#1 lies outside the liver (0 % inside; 1 of 1 component(s))" in flags["liver_tumor"][0]
 
 
 def test_5000_ml_liver_is_flagged_and_a_tiny_one_too():

@@ -58,7 +58,7 @@ def test_report_keeps_the_run_keys_and_gives_tumor_sizes_in_cm(case):
         assert row["longest_axial_diameter_cm"] == round(comp["longest_axial_diameter_mm"] / 10, 1)
         assert row["perpendicular_diameter_cm"] == round(comp["perpendicular_diameter_mm"] / 10, 1)
         assert row["volume_ml"] == round(comp["volume_ml"], 2)
-        assert row["organ"] == "liver" and row["status"] == "unreviewed" and row["in_mask"]
+        assert row["organ"] == "liver" and row["status"] == "to review" and row["in_mask"]
         assert row["centroid_ras_mm"] == [round(v, 1) for v in comp["centroid_ras"]]
     assert after["tumors"]["liver_tumor"]["components"][0]["longest_axial_diameter_cm"] == rows[0][
         "longest_axial_diameter_cm"]
@@ -89,7 +89,7 @@ def test_report_csv_has_a_row_per_structure_component_and_tumor_type(case):
     assert len(rows) == 11
     first = by_section["tumor_component"][0]
     assert float(first["longest_axial_diameter_cm"]) == sec["tumor_components"][0]["longest_axial_diameter_cm"]
-    assert first["organ"] == "liver" and first["status"] == "unreviewed" and first["model_id"] == "suprem-segresnet"
+    assert first["organ"] == "liver" and first["status"] == "to review" and first["model_id"] == "suprem-segresnet"
     assert first["case"] == "ct_with_lesions" and float(first["threshold"]) == 0.5
     assert int(by_section["tumor_summary"][0]["count"]) == 2
 

@@ -232,7 +232,7 @@ def test_review_rows_of_a_demo_run_list_its_tumor_candidates(demo_run):
     assert set(rows) == set(report["tumors"])
     for name, info in report["tumors"].items():
         assert [r["volume_ml"] for r in rows[name]] == [c["volume_ml"] for c in info["components"]]
-        assert all(r["status"] == "unreviewed" for r in rows[name])
+        assert all(r["status"] == "to review" for r in rows[name])
     # A removal decision saved beside the run shows in the rows.
     name = next(n for n, r in rows.items() if r)
     state = review.ReviewState()
@@ -390,7 +390,7 @@ def test_candidate_ids_stay_the_same_after_removals_keeps_and_thresholds(demo_ru
     assert set(after) == set(first)  # removed ones keep their number too
     assert after[4]["status"] == "kept" and after[4]["seed_ijk"] == first[4]["seed_ijk"]
     assert after[1]["status"] == after[2]["status"] == "removed" and not after[1]["present"]
-    assert after[3]["status"] == "unreviewed" and after[3]["seed_ijk"] == first[3]["seed_ijk"]
+    assert after[3]["status"] == "to review" and after[3]["seed_ijk"] == first[3]["seed_ijk"]
     # The next action by the same numbers hits the same lesions.
     assert main(["review", str(demo_run), "--structure", "liver_tumor", "--remove", "3"]) == 0
     mask = _mask(demo_run / "segmentations" / "liver_tumor.nii.gz")
@@ -423,10 +423,10 @@ def test_kept_candidate_below_a_higher_threshold_is_listed_and_warned(demo_run, 
     assert main(["threshold", str(demo_run), "--set", f"liver_tumor={above}"]) == 0
     assert "kept candidate" in capsys.readouterr().err  # said at once, on stderr
     listed = [r for r in _rows(demo_run) if r["id"] == weakest["id"]]
-    assert len(listed) == 1 and listed[0]["status"] == "kept" and listed[0]["below_threshold"]
+    assert len(listed) == 1 and listed[0]["status"] == "kept, below threshold" and listed[0]["below_threshold"]
     assert listed[0]["present"] is False
     report = json.loads((demo_run / "report.json").read_text())
-    assert any(w.startswith(f"liver_tumor: kept candidate {weakest['id']} ") for w in report["warnings"])
+    assert any(w.startswith(f"liver_tumor: kept candidate #{weakest['id']} ") for w in report["warnings"])
     capsys.readouterr()
     assert main(["review", str(demo_run)]) == 0
     out = capsys.readouterr().out
@@ -500,8 +500,12 @@ def test_a_review_edit_rechecks_the_tumor_flags_on_the_edited_mask(demo_run, cap
     img = sitk.ReadImage(str(out / "segmentations" / "liver_tumor.nii.gz"))
     whole = ((0, 0, 0), img.GetSize())
     masks = {n: (whole, _mask(out / "segmentations" / f"{n}.nii.gz")) for n in ("liver_tumor", "liver")}
+    # Named by the lesion ids the review lists (largest first), not by size ranks of the edited mask.
+    ids = [r["id"] for r in review.review_rows(out)["liver_tumor"] if r["present"]]
     expected = check_structures([{"name": "liver_tumor", "kind": "tumor"}], masks, Grid.of(img),
-                                _mask(out / "ct.nii.gz"), gates={"liver_tumor": ["liver"]}).get("liver_tumor", [])
+                                _mask(out / "ct.nii.gz"), gates={"liver_tumor": ["liver"]},
+                                lesion_ids={"liver_tumor": ids}).get("liver_tumor", [])
+    assert ids[0] == 2  # candidate 1 was removed; the others kept their numbers
     assert flags == expected and flags != before
     assert [w for w in report["warnings"] if w.startswith("liver_tumor: ") and "kept candidate" not in w] == \
         [f"liver_tumor: {f}" for f in flags]

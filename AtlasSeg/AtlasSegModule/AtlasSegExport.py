@@ -33,12 +33,11 @@ from AtlasSegModule import AtlasSegLogic
 from AtlasSegModule import AtlasSegReview
 
 from AtlasSegLib import export as libexport
-from AtlasSegLib import review
 from AtlasSegLib import roinames
 from AtlasSegLib.card import complete_class
 from AtlasSegLib.errors import InputError
-from AtlasSegLib.io import atomic_write_text
 from AtlasSegLib.outputs import write_probability_map
+from AtlasSegLib.run import Run
 
 FORMATS = AtlasSegLogic.EXPORT_FORMATS
 KIND_TAG = AtlasSegLogic.ATTRIBUTE + "Kind"
@@ -152,11 +151,12 @@ def writeRunFolder(segmentationNode, referenceVolume, folder) -> Path:
               "tumors": _writeTumors(segmentationNode, folder, [s for s in structures if s["kind"] == "tumor"])}
     # The review decisions made in the scene (sensitivity panel, effect clicks) go with the folder, so its report
     # lists each candidate as kept, removed or still to review.
+    run = Run(folder, check=False)  # the run folder's one writer (report.json, review.json, against their schemas)
     state = AtlasSegReview.loadReviewState(segmentationNode)
     if state.tumors:
-        review.save_review(folder, state)
+        run.write_review(state)
     (folder / "card.json").write_text(json.dumps(card, indent=1), encoding="utf-8")
-    (folder / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    run.write_report(report)
     return folder
 
 
@@ -206,10 +206,10 @@ def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: boo
     try:
         writeRunFolder(segmentationNode, referenceVolume, staging)
         # The folder's CT is its own ct.mha: name it where it will be, not in the staging folder.
-        reportPath = staging / "report.json"
-        report = json.loads(reportPath.read_text(encoding="utf-8"))
+        run = Run(staging, check=False)
+        report = run.read_report()
         report["input"]["path"] = str(folder / "ct.mha")
-        atomic_write_text(json.dumps(report, indent=1), reportPath)
+        run.write_report(report)
         if picture3D:
             from AtlasSegModule import AtlasSegRender
 

@@ -267,9 +267,12 @@ class _OverwriteSnapshot:
 def readRunBackend(outputDir) -> str:
     """What ran the network (report.json ``model.backend``/``precision``, with the reason when the engine fell
     back to torch), e.g. "openvino bf16"; "" when the report does not say."""
+    from AtlasSegLib.errors import AtlasSegError
+    from AtlasSegLib.run import Run  # the run folder's one reader
+
     try:
-        model = json.loads((Path(outputDir) / "report.json").read_text(encoding="utf-8")).get("model") or {}
-    except (OSError, ValueError, AttributeError) as exc:
+        model = Run(outputDir, check=False).read_report().get("model") or {}
+    except (OSError, ValueError, AttributeError, AtlasSegError) as exc:
         log.warning("no backend read from %s: %s", outputDir, exc)
         return ""
     if not model.get("backend"):
@@ -282,11 +285,13 @@ def readRunBackend(outputDir) -> str:
 
 def readRunWarnings(outputDir) -> tuple:
     """The engine's warnings of a run (``report.json`` ``"warnings"``), shown in the panel after the run."""
-    path = Path(outputDir) / "report.json"
+    from AtlasSegLib.errors import AtlasSegError
+    from AtlasSegLib.run import Run  # the run folder's one reader
+
     try:
-        warnings = json.loads(path.read_text(encoding="utf-8")).get("warnings") or []
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("no warnings read from %s: %s", path, exc)
+        warnings = Run(outputDir, check=False).read_report().get("warnings") or []
+    except (OSError, ValueError, AttributeError, AtlasSegError) as exc:
+        log.warning("no warnings read from %s: %s", outputDir, exc)
         return ()
     return tuple(str(w) for w in warnings)
 
@@ -810,15 +815,18 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
             ``(layers, voxels)``: layers as ``[(uint8 KJI label array, [(structure, label value)])]`` and the
             voxel count of every structure. Empty structures get no segment unless named in ``keepEmpty``.
         """
+        from AtlasSegLib.errors import AtlasSegError
+        from AtlasSegLib.run import Run  # the run folder's one reader
+
         reported = {}
-        reportPath = outputDir / "report.json"
-        if reportPath.is_file():
+        run = Run(outputDir, check=False)
+        if run.report_path.is_file():
             try:
-                report = json.loads(reportPath.read_text(encoding="utf-8"))
+                report = run.read_report()
                 reported = {e["name"]: int(e["voxels"]) for e in report.get("structures", [])
                             if isinstance(e, dict) and "voxels" in e}
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                log.warning("ignoring unreadable %s: %s", reportPath, exc)
+            except (OSError, ValueError, TypeError, KeyError, AtlasSegError) as exc:
+                log.warning("ignoring unreadable %s: %s", run.report_path, exc)
         combinedPath = outputDir / "combined_labels.nii.gz"
         layers, voxels, separate = [], {}, []
         if combinedPath.is_file() and all(c["name"] in reported for c in structures):

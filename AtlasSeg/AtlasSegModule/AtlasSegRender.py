@@ -85,12 +85,15 @@ def loadOutputFolder(scene, outputDir):
     """A segmentation node in ``scene`` with one segment per non-empty mask of the output folder (card colours,
     organs first). Returns ``(segmentationNode, [(name, kind)])``."""
     outputDir = Path(outputDir)
-    reportPath = outputDir / "report.json"
-    if not reportPath.is_file():
-        raise ValueError(f"{outputDir} is not an AtlasSeg output folder (no report.json)")
+    from AtlasSegLib.errors import InputError
+    from AtlasSegLib.run import Run  # the run folder's one reader
+
     # The structures of report.json (name, kind, colour, file): present in engine runs and in folders written
     # from a Slicer segmentation, whose card describes classes but no model.
-    structures = json.loads(reportPath.read_text(encoding="utf-8")).get("structures") or []
+    try:
+        structures = Run(outputDir, check=False).read_report().get("structures") or []
+    except InputError as exc:
+        raise ValueError(str(exc)) from None
     if not structures:
         raise ValueError(f"{outputDir} is not an AtlasSeg output folder (its report.json lists no structures)")
     segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "AtlasSeg 3D overview")

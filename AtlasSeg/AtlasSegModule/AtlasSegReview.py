@@ -469,6 +469,7 @@ class ReviewSession:
         self.state = loadReviewState(segmentationNode)
         self.rows: list = []
         self._labels: dict = {}
+        self._idMaps: dict = {}  # tumor -> AtlasSegLib.lesions.IdMap: lesion ids matched by overlap, as the CLI
         self.selected = -1
         self.refresh()
 
@@ -483,7 +484,13 @@ class ReviewSession:
             labelling, candidates = controller.candidates()
             labels = labelling.labels
             self._labels[tumor] = labels
-            tumorRows = self.state.rows(tumor, labels, controller.map.start_ijk, candidates)
+            # The library's lesion ids (a lesion keeps its number across thresholds and edits, by overlap).
+            idMap = self._idMaps.get(tumor)
+            if idMap is None or idMap.memory.shape != labels.shape:
+                idMap = self._idMaps[tumor] = review.fresh_id_map(self.state, tumor, controller.map.start_ijk,
+                                                                  labels.shape)
+            ids = idMap.assign(labelling, update=True)
+            tumorRows = self.state.rows(tumor, labels, controller.map.start_ijk, candidates, ids=ids, idmap=idMap)
             for index, row in enumerate(tumorRows):
                 row["tumor"] = tumor
                 if index < len(candidates):  # the library lists current components first, then removed ones

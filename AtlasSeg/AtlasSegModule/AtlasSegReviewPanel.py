@@ -77,8 +77,9 @@ class PanelHistory:
 DEBOUNCE_MS = 150
 SLIDER_STEPS = 100  # threshold = step / 100, from 0.01 to 0.99
 COLUMNS = ("#", "Tumor", "Organ", "Volume (ml)", "Diameter (mm)", "Max p", "Status")
-STATUS_TEXT = {"unreviewed": "to review"}  # as the counter and the report say it
-STATUS_COLOURS = {"kept": "#2e7d32", "removed": "#b71c1c", "unreviewed": "#000000"}
+STATUS_TEXT = {"unreviewed": "to review"}  # "to review" is already the word (review.TO_REVIEW)  # as the counter and the report say it
+STATUS_COLOURS = {"kept": "#2e7d32", "removed": "#b71c1c", "unreviewed": "#000000", "to review": "#000000",
+                  "kept, below threshold": "#2e7d32"}
 
 
 def _nodeId(node):

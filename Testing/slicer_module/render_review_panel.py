@@ -363,7 +363,7 @@ def main(argv) -> int:
     review.keepButton.click()
     review.nextButton.click()
     review.removeButton.click()
-    review.table.selectRow([r["status"] for r in review.session.rows].index("unreviewed"))  # the one to review
+    review.table.selectRow([r["status"] for r in review.session.rows].index("to review"))  # the one to review
     counter = review.counterLabel.text
     if counter != "3 candidates, 1 removed, 1 kept, 1 to review":
         raise SystemExit(f"unexpected review state: {counter!r}")

@@ -157,10 +157,10 @@ def test_chosen_backend_and_precision_reach_the_engine_command_line():
 def test_backend_in_use_is_read_from_the_runs_report(tmp_path):
     import json
 
-    (tmp_path / "report.json").write_text(json.dumps({"model": {"backend": "torch", "precision": "fp32",
+    (tmp_path / "report.json").write_text(json.dumps({"structures": [], "model": {"backend": "torch", "precision": "fp32",
                                                                 "backend_note": "12 windows: torch fp32 runs them"}}))
     assert AtlasSegLogic.readRunBackend(tmp_path) == "torch fp32 (12 windows: torch fp32 runs them)"
-    (tmp_path / "report.json").write_text(json.dumps({"model": {"backend": "openvino", "precision": "bf16"}}))
+    (tmp_path / "report.json").write_text(json.dumps({"structures": [], "model": {"backend": "openvino", "precision": "bf16"}}))
     assert AtlasSegLogic.readRunBackend(tmp_path) == "openvino bf16"
     assert AtlasSegLogic.readRunBackend(tmp_path / "missing") == ""
 

@@ -83,7 +83,7 @@ def test_table_rows_equal_the_library_candidates(scene):
     for row, candidate in zip(rows, expected):
         expectedRow = candidate.as_dict()
         assert {k: row[k] for k in expectedRow} == expectedRow
-        assert row["organ"] == "liver" and row["status"] == "unreviewed"
+        assert row["organ"] == "liver" and row["status"] == "to review"
     assert session.counterText() == "3 candidates, 0 removed, 0 kept, 3 to review"
 
 
@@ -103,7 +103,7 @@ def test_keep_remove_next_previous_and_counter(scene):
     assert session.previous()["id"] == 1
     assert session.counterText() == "3 candidates, 1 removed, 1 kept, 1 to review"
     statuses = {tuple(r["seed_ijk"]): r["status"] for r in session.rows}
-    assert statuses == {seeds[0]: "kept", seeds[1]: "removed", seeds[2]: "unreviewed"}
+    assert statuses == {seeds[0]: "kept", seeds[1]: "removed", seeds[2]: "to review"}
 
     after = segmentArray(scene, "liver_tumor")
     fp = tuple(np.asarray(scene.boxToFullKji(FP_HIGH_BOX_KJI)))
@@ -115,7 +115,7 @@ def test_keep_remove_next_previous_and_counter(scene):
     np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), before)
     session.refresh()
     assert {tuple(r["seed_ijk"]): r["status"] for r in session.rows} == {
-        seeds[0]: "kept", seeds[1]: "unreviewed", seeds[2]: "unreviewed"}
+        seeds[0]: "kept", seeds[1]: "to review", seeds[2]: "to review"}
     assert session.counterText() == "3 candidates, 0 removed, 1 kept, 2 to review"
     editor.Redo()
     np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), after)
@@ -303,3 +303,23 @@ def test_a_removed_false_positive_stays_removed_when_the_slider_moves(scene):
         assert not tumor[fp]
         assert int(tumor.sum()) < int(libraryMask(scene.outdir, threshold).sum())
     controller.cancel()
+
+
+def test_table_ids_follow_each_lesion_across_thresholds(scene):
+    """The Slicer table numbers candidates by the library's lesion ids: the true tumor keeps its number at every
+    threshold, a false positive that appears at a lower one gets a new number, and numbers are never reused."""
+    scene, editor = scene
+    session = _session(scene, editor)
+    controller = session.controllers["liver_tumor"]
+    seen, walk = {}, []
+    for threshold in (0.5, 0.1, 0.3, 0.5, 0.1):
+        controller.preview(threshold)
+        rows = [r for r in session.refresh() if r["tumor"] == "liver_tumor" and "label" in r]
+        for r in rows:
+            seen.setdefault(r["id"], set()).add(tuple(r["seed_ijk"]))
+        largest = max(rows, key=lambda r: r["voxels"])
+        assert largest["id"] == 1, (threshold, [(r["id"], r["voxels"]) for r in rows])
+        assert len({r["id"] for r in rows}) == len(rows)
+        walk.append(sorted((r["id"], r["voxels"]) for r in rows))
+    assert sorted(seen) == [1, 2, 3]  # three lesions over the walk, three numbers
+    assert walk[0] == walk[3] and walk[1] == walk[4]  # back at a threshold: the same numbers on the same lesions

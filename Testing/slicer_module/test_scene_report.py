@@ -36,7 +36,7 @@ def test_report_of_the_reviewed_scene_lists_kept_removed_and_open_candidates(rev
         if "tumor_components" in report["report"] else None
     assert rows is not None, sorted(report["report"])
     statuses = sorted(r["status"] for r in rows)
-    assert statuses == ["kept", "removed", "unreviewed"]
+    assert statuses == ["kept", "removed", "to review"]
     # The mask in the report folder is the scene's segment, voxel for voxel (after the removal).
     import SimpleITK as sitk
 
