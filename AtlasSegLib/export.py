@@ -418,10 +418,12 @@ def review_provenance(outdir, report: Optional[dict] = None) -> tuple:
     time: the review state's ``reviewer`` / ``reviewed_at`` when it records them, else None."""
     from .review import load_review
 
+    from .run import Run
+
     outdir = Path(outdir)
     if report is None:
-        path = outdir / "report.json"
-        report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        folder = Run(outdir, check=False)  # the run folder's owner reads report.json
+        report = folder.read_report() if folder.report_path.is_file() else {}
     state = load_review(outdir)
     edited = set()
     for tumor, entry in (state.tumors or {}).items():
@@ -1377,11 +1379,11 @@ def _topics(warnings: list) -> list:
 
 def unreviewed_candidates(outdir) -> dict:
     """Tumor structure -> ids of its candidates nobody has kept or removed (``atlasseg review``)."""
-    from .review import review_rows
+    from .review import TO_REVIEW, review_rows
 
     out = {}
     for name, rows in review_rows(outdir).items():
-        ids = [r.get("id") for r in rows if r.get("status") == "unreviewed"]
+        ids = [r.get("id") for r in rows if r.get("status") == TO_REVIEW]
         if ids:
             out[name] = ids
     return out
@@ -1412,9 +1414,11 @@ def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_t
 # ---------------------------------------------------------------------------------------------- CLI
 def cmd_export(args) -> int:
     # The run's warnings travel with its export: said first, on stderr, one line each.
+    from .run import Run
+
     try:
-        warnings = json.loads((Path(args.outdir) / "report.json").read_text()).get("warnings") or []
-    except (OSError, ValueError):
+        warnings = Run(args.outdir, check=False).read_report().get("warnings") or []
+    except (OSError, ValueError, InputError):
         warnings = []  # not a run folder: export() says so
     for text in warnings:
         print(f"atlasseg: warning: run: {text}", file=sys.stderr)

@@ -199,7 +199,9 @@ def test_a_copied_or_moved_run_folder_works_with_every_command(run, tmp_path, ca
         assert main(["threshold", str(dest), "--set", f"{TUMOR}=0.4"]) == 0
         assert main(["report", str(dest)]) == 0
         for fmt in ("abdomenatlas", "seg-nrrd"):
-            assert main(["export", str(dest), "--format", fmt, "-o", str(tmp_path / f"{how}-{src.name}-{fmt}")]) == 0, \
+            # --force: the demo model on a real CT is a blocking warning for exports; this test is about finding files
+            assert main(["export", str(dest), "--format", fmt, "--force",
+                         "-o", str(tmp_path / f"{how}-{src.name}-{fmt}")]) == 0, \
                 capsys.readouterr().err
         assert main(["summarize", str(dest.parent)]) == 0
         assert_one_truth(dest, review_json(dest, capsys), flagged=src is run)
