@@ -157,6 +157,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._missingRequirements = []
         self._torchMissing = False
         self._installing = False  # pip or light-the-torch is running (under a modal dialog)
+        self._importing = False  # 'models import' runs in the engine's Python; events are pumped meanwhile
         self._fillingStructures = False
 
     # ------------------------------------------------------------------------------------------- setup
@@ -345,6 +346,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             reason = _("Wait for the download to finish (or cancel it).")
         if self._installing:
             reason = _("Wait for the installation of AtlasSeg's Python packages to finish.")
+        if self._importing:
+            reason = _("Wait for the weights file to be imported.")
         self.ui.applyButton.enabled = not reason
         self.ui.applyButton.toolTip = reason or _(APPLY_TOOLTIP)
 
@@ -353,7 +356,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         downloading = self._job is not None and self._job.kind == "download"
         self.ui.installDependenciesButton.enabled = not self._installing
         self.ui.downloadButton.enabled = bool(model and not model.downloaded and model.downloadable
-                                              and self._job is None and not self._installing)
+                                              and self._job is None and not self._installing and not self._importing)
         self.ui.downloadButton.toolTip = (
             _("Download the selected model's weights into the cache folder (verified against the published size "
               "and checksum). Slicer stays usable meanwhile.") if self.ui.downloadButton.enabled else
@@ -362,7 +365,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             _("Select a model first."))
         self.ui.cancelDownloadButton.setVisible(downloading)
         self.ui.downloadProgressBar.setVisible(downloading)
-        self.ui.importWeightsButton.enabled = model is not None and self._job is None and not self._installing
+        self.ui.importWeightsButton.enabled = (model is not None and self._job is None and not self._installing
+                                               and not self._importing)
         self.ui.importWeightsButton.toolTip = (
             _("Install a weights file you downloaded yourself (e.g. behind a proxy or on another computer) for the "
               "selected model. It is checked against the model card and copied into the cache.")
@@ -544,9 +548,16 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             path = qt.QFileDialog.getOpenFileName(
                 slicer.util.mainWindow(), _("Weights file for {title}").format(title=model.title), "",
                 _("Model weights (*.pth *.pt *.ckpt *.model *.tar);;All files (*)"))
-            if not path:
+            if not path or self._importing:  # a second click that reached us while the first import runs
                 return
-            installed = self.logic.importWeights(model.id, path)
+            self._importing = True
+            self._updateGui()
+            try:
+                # In the engine's Python (the load-check imports torch, which must stay out of Slicer's process);
+                # the GUI keeps painting meanwhile and the buttons above stay disabled.
+                installed = self.logic.importWeights(model.id, path, pump=slicer.app.processEvents)
+            finally:
+                self._importing = False
             self._appendLog(f"Imported {path} as {installed}")
             self._populateModels()
             self._updateGui()

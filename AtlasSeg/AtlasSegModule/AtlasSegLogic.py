@@ -624,11 +624,37 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         runner.start()
         return runner
 
-    def importWeights(self, modelId: str, path) -> Path:
-        """Copy a weights file the user downloaded by hand into the cache (checked against the card)."""
-        from AtlasSegLib import download
+    def importWeights(self, modelId: str, path, pump=None) -> Path:
+        """Copy a weights file the user downloaded by hand into the cache (checked against the card).
 
-        return Path(download.import_file(modelId, str(path)))
+        Runs ``atlasseg models import`` in the engine's Python, in a process of its own: a file for a model
+        without a published checksum is load-checked with torch, and torch never enters Slicer's process
+        (audit D5); ``pump()`` is called every 30 ms while it waits so the GUI keeps painting.
+
+        Raises:
+            InputError: the file was refused; the message is the engine's own (what was wrong, what to do).
+        """
+        from AtlasSegLib.errors import InputError
+
+        pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
+        runner = EngineRunner([pythonExecutable(), "-m", "AtlasSegLib", "models", "import", modelId, str(path)],
+                              env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)},
+                              cwd=str(LIBRARY_PARENT_DIR), expectDone=False)
+        runner.start()
+        while runner.state is RunState.RUNNING:
+            if pump is not None:
+                pump()
+            time.sleep(0.03)  # releases the GIL: the runner's reader threads get to run
+            runner.poll()
+        lines = list(runner.result.logTail)
+        if runner.state is not RunState.SUCCEEDED:
+            said = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
+            raise InputError(said[-1] if said else "\n".join(lines[-8:]) or f"exit code {runner.result.returnCode}")
+        # 'models import' prints the installed file's path on stdout; stderr lines (warnings) interleave with it.
+        installed = [Path(line.strip()) for line in lines if Path(line.strip()).is_file()]
+        if not installed:
+            raise InputError("the import said nothing about the installed file:\n" + "\n".join(lines[-8:]))
+        return installed[-1]
 
     def cacheFolder(self) -> Path:
         from AtlasSegLib import download

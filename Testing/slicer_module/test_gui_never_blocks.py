@@ -172,3 +172,53 @@ def test_a_probe_whose_python_has_no_torch_says_so_instead_of_failing():
     noisy = parseProbeOutput('UserWarning: x\n{"torchVersion": "2.5.1", "cudaBuild": "12.4", "gpuName": "A100", '
                              '"gpuMemoryGiB": 80.0}\n')
     assert noisy.hasGpu and noisy.summary() == "torch 2.5.1 (CUDA 12.4 build); A100, 80.0 GiB"
+
+
+IMPORT_IN_SLICERS_PROCESS = r"""
+import json, os, sys
+sys.path[:0] = [{here!r}, {module!r}, {repo!r}]
+import vtk
+import slicer
+import slicer_harness
+slicer_harness.installScriptedLoadableModuleStub()
+from AtlasSegModule import AtlasSegLogic
+from AtlasSegLib.errors import InputError
+logic = AtlasSegLogic.AtlasSegLogic.__new__(AtlasSegLogic.AtlasSegLogic)
+pumped = []
+out = {{}}
+try:
+    logic.importWeights("suprem-segresnet", {junk!r}, pump=lambda: pumped.append(1))
+except InputError as exc:
+    out["refused"] = str(exc)
+installed = logic.importWeights("suprem-segresnet", {good!r}, pump=lambda: pumped.append(1))
+out.update(installed=str(installed), pumped=len(pumped), torchImported="torch" in sys.modules)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_importing_a_weights_file_load_checks_it_in_the_engine_and_never_imports_torch_into_slicers_process(
+        tmp_path):
+    """suprem-segresnet publishes no checksum, so an imported file is load-checked with torch: that check runs in
+    the engine's Python (like the GPU probe and the download), while the panel pumps events; its refusal reaches
+    the panel with the engine's own words."""
+    import torch
+
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.networks import construct
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(os.urandom(4096))
+    good = tmp_path / "supervised_suprem_segresnet_2100.pth"
+    torch.save({"net": {f"module.{k}": v for k, v in construct(builtin_card("suprem-segresnet")).state_dict().items()}},
+               good)
+    script = IMPORT_IN_SLICERS_PROCESS.format(here=str(Path(__file__).resolve().parent),
+                                              module=str(REPO_ROOT / "AtlasSeg"), repo=str(REPO_ROOT),
+                                              junk=str(junk), good=str(good))
+    env = dict(os.environ, ATLASSEG_HOME=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, r.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert "not a loadable PyTorch checkpoint" in out["refused"]
+    assert Path(out["installed"]).is_file() and str(tmp_path / "cache") in out["installed"]
+    assert out["pumped"] > 0 and out["torchImported"] is False
