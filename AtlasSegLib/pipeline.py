@@ -116,8 +116,41 @@ def model_grid(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Gri
     return respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
 
 
-def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepared:
-    """Orient, resample, window and crop ``image`` as the card says."""
+BODY_OPEN_MM = 5.0
+"""``body_crop``: in-plane opening radius that removes the table top, blankets and the gantry's thin shells (a
+few mm thick) from the foreground before its box is taken; bodies and arms are centimetres across."""
+BODY_MIN_CM2 = 4.0
+"""``body_crop``: components of the opened foreground projection smaller than this are dropped too."""
+
+
+def body_box_2d(fg_ji: np.ndarray, spacing_ji) -> Optional[tuple]:
+    """Box ((j0, j1), (i0, i1)) of the body in a 2-D foreground projection (any slice above the HU window's lower
+    end): opened by a disc of ``BODY_OPEN_MM`` (the table and gantry shells are thinner) and components under
+    ``BODY_MIN_CM2`` dropped; None when nothing is left (then the plain foreground box is used)."""
+    from scipy import ndimage
+
+    r = [max(1, int(round(BODY_OPEN_MM / s))) for s in spacing_ji]
+    jj, ii = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1]
+    disc = (jj / r[0]) ** 2 + (ii / r[1]) ** 2 <= 1.0
+    opened = ndimage.binary_opening(fg_ji, structure=disc)
+    labels, n = ndimage.label(opened)
+    if not n:
+        return None
+    sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing_ji)) / 100.0
+    keep = np.isin(labels, np.nonzero(sizes >= BODY_MIN_CM2)[0] + 1)
+    if not keep.any():
+        return None
+    box = []
+    for axis in range(2):
+        nz = np.nonzero(keep.any(axis=1 - axis))[0]
+        box.append((max(0, int(nz[0]) - r[axis]), min(fg_ji.shape[axis], int(nz[-1]) + 1 + r[axis])))
+    return tuple(box)
+
+
+def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False, body_crop: bool = False) -> Prepared:
+    """Orient, resample, window and crop ``image`` as the card says. ``body_crop`` (the ``balanced`` and
+    ``fast`` presets): the in-plane crop is the body's box (``body_box_2d``), without the table, gantry and
+    air around them that the published crop (every voxel above the window's lower end) keeps."""
     pre = card.preprocessing
     if fast and not pre.get("fast_spacing_mm"):
         log.warning("model %s has no fast mode (no fast_spacing_mm in its card); running at full resolution", card.id)
@@ -142,6 +175,10 @@ def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepar
             other = tuple(x for x in range(3) if x != axis)
             nz = np.nonzero(fg.any(axis=other))[0]
             box.append((int(nz[0]), int(nz[-1]) + 1))
+        if body_crop:
+            body = body_box_2d(fg.any(axis=0), (grid.spacing[1], grid.spacing[0]))
+            if body is not None:  # within the plain box (the opening's margin may reach past it)
+                box[1], box[2] = [(max(p[0], q[0]), min(p[1], q[1])) for p, q in zip(body, box[1:])]
         del fg
         k, j, i = box
         arr = arr[k[0]:k[1], j[0]:j[1], i[0]:i[1]]
@@ -178,6 +215,7 @@ class Segmenter:
         if precision == "int8" and options.precision == "auto" and not _int8_available(options.backend, self.device):
             precision = "auto"  # a preset's INT8 where it can run: fp16 on a GPU, fp32/bf16 without NNCF
         self._precision = precision
+        self._body_crop = self.preset.quality in ("balanced", "fast")
         choose(options.backend, precision, self.device)  # refuse what cannot run before reading anything
         self.runner = None  # made in run(), when the number of windows is known (see backends.make_runner)
 
@@ -206,7 +244,7 @@ class Segmenter:
 
         t = time.perf_counter()
         reporter.update("preprocess", 0.0, "resampling to the model grid")
-        prep = prepare(image, card, fast=self.preset.fast)
+        prep = prepare(image, card, fast=self.preset.fast, body_crop=self._body_crop)
         timings["preprocess"] = time.perf_counter() - t
         reporter.update("preprocess", 1.0, f"model grid {prep.grid.size}")
 
@@ -278,7 +316,7 @@ class Segmenter:
         the box of the selected structures (with the organs their tumors are gated to) plus ``CASCADE_MARGIN_MM``
         and return it in ``prep.array`` indices, or None (full run) when the coarse pass finds none of them."""
         card = self.card
-        coarse = prepare(image, card, fast=True)
+        coarse = prepare(image, card, fast=True, body_crop=self._body_crop)
         stats = {}
         reporter.update("inference", 0.0, "coarse pass for the region of interest")
         logits = infer(self.runner, coarse.array, self.inference, device=self.device, reporter=reporter, stats=stats)

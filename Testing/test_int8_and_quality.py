@@ -168,3 +168,28 @@ def test_full_length_phantom_has_the_liver_on_about_a_third_of_its_slices():
     assert slices("aorta") == 300  # the body runs the whole length: a subset cascade can cut along z
     ct = sitk.GetArrayViewFromImage(ph.image)
     assert ct[:, 64, 64].max() > -200  # body in the middle of every slice range
+
+
+def test_body_crop_cuts_the_table_on_a_wide_field_of_view_ct(ctdata):
+    """The 500 mm field of view DICOM (table shells behind the patient, arms beside): the body crop drops the
+    table's rows but keeps every voxel of the trunk and arms (tissue components of ≥ 4 cm² in the projection)."""
+    from scipy import ndimage
+
+    from AtlasSegLib.io import read_image
+    from AtlasSegLib.pipeline import prepare
+
+    image, _ = read_image(str(ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom"))
+    card = builtin_card("suprem-segresnet")
+    plain = prepare(image, card)
+    body = prepare(image, card, body_crop=True)
+    assert body.grid.size[1] <= 0.85 * plain.grid.size[1]  # the table's ~40 rows (60 mm) are gone
+    assert body.grid.size[0] >= plain.grid.size[0] - 2 and body.grid.size[2] == plain.grid.size[2]  # arms kept
+    # Every large tissue component of the plain crop (body, arms) lies inside the body crop.
+    proj = (plain.array > 0).any(axis=2)  # (i, j)
+    labels, n = ndimage.label(proj)
+    sizes = np.bincount(labels.ravel())[1:]
+    offset = np.subtract(body.crop_start, plain.crop_start)[:2]
+    for lab in np.nonzero(sizes >= 2000)[0] + 1:
+        ii, jj = np.nonzero(labels == lab)
+        assert ii.min() >= offset[0] and jj.min() >= offset[1] - 1
+        assert ii.max() < offset[0] + body.grid.size[0] and jj.max() < offset[1] + body.grid.size[1]
