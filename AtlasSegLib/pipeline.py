@@ -251,6 +251,7 @@ class Segmenter:
         t = time.perf_counter()
         if self.runner is None or self.runner.provisional:
             self.runner = self._make_runner(prep, source, reporter)
+        t_net = time.perf_counter()  # the network's time, without a first conversion or quantization
         box, self._windows = None, {}
         if (opts.structures and opts.roi_cascade and not self.preset.fast
                 and card.preprocessing.get("fast_spacing_mm")):
@@ -259,6 +260,11 @@ class Segmenter:
         logits = infer(self.runner, prep.array, self.inference, device=self.device, reporter=reporter, box=box,
                        stats=stats)
         self._windows.update(stats)
+        if getattr(self.runner, "backend", None) in ("torch", "openvino"):  # this machine's time per window
+            from .estimate import record_window_time
+
+            record_window_time(card.id, self.runner.backend, self.runner.precision, time.perf_counter() - t_net,
+                               stats.get("windows_run", 0) + self._windows.get("coarse_windows", 0))
         prep.array = None  # the network input is no longer needed; free it before the per-structure stage
         timings["inference"] = time.perf_counter() - t
 

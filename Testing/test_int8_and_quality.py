@@ -193,3 +193,26 @@ def test_body_crop_cuts_the_table_on_a_wide_field_of_view_ct(ctdata):
         ii, jj = np.nonzero(labels == lab)
         assert ii.min() >= offset[0] and jj.min() >= offset[1] - 1
         assert ii.max() < offset[0] + body.grid.size[0] and jj.max() < offset[1] + body.grid.size[1]
+
+
+def test_estimate_counts_each_presets_windows_and_times_them_after_a_run(demo_model, small_ct, tmp_path,
+                                                                         monkeypatch):
+    from AtlasSegLib.estimate import estimate
+    from AtlasSegLib.io import read_image
+
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    image, source = read_image(str(small_ct))
+    card = builtin_card("suprem-segresnet")
+    est = estimate(image, card)
+    assert set(est) == {"reference", "balanced", "fast"}
+    assert est["balanced"]["windows"] <= 0.3 * est["reference"]["windows"]
+    assert est["fast"]["windows"] <= est["balanced"]["windows"]
+    assert est["reference"]["network_s"] is None and est["reference"]["timing"] is None  # not timed here yet
+    # The windows are the run's own: a reference run of the demo model places as many as estimated.
+    demo = estimate(image, demo_model.card, qualities=["reference"])["reference"]
+    report = Segmenter(demo_model, SegmentOptions(device="cpu", quality="reference",
+                                                  overview=False)).run(image, source, tmp_path / "out")
+    assert report["settings"]["windows"]["windows"] == demo["windows"]
+    timed = estimate(image, demo_model.card, qualities=["reference"])["reference"]
+    assert timed["timing"] == "measured" and timed["precision"] == "fp32" and timed["backend"] == "torch"
+    assert timed["network_s"] == pytest.approx(report["timings_s"]["inference"], rel=0.5)
