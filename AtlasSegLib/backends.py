@@ -31,7 +31,7 @@ source is recorded in ``quantize.json``), cached under ``<cache_dir()>/openvino/
 the NNCF version and ``INT8_FORMAT`` to the fp32 key. It is **checked before use on every new run's CT**
 (``check_int8``): the INT8 and fp32 OpenVINO models predict ``INT8_CHECK_WINDOWS`` foreground windows (not the
 calibration ones) and, per class, the Dice of the thresholded outputs (sigmoid ≥ the card's threshold, or the
-argmax for softmax models), pooled over those windows, must be ≥ ``INT8_DICE_BOUND`` for every class with at
+argmax for softmax models), pooled over those windows and weighted by the gaussian blending weight, must be ≥ ``INT8_DICE_BOUND`` for every class with at
 least ``INT8_MIN_VOXELS`` voxels in either prediction. Otherwise fp32 OpenVINO runs and the reason is recorded
 (report.json ``model.backend_note``, ``model.int8_check``).
 """
@@ -419,10 +419,21 @@ def thresholded(logits: np.ndarray, activation: str, threshold: float) -> np.nda
     return logits >= np.log(t / (1 - t))  # sigmoid(x) ≥ t  <=>  x ≥ logit(t)
 
 
+def _blend_weights(roi) -> np.ndarray:
+    """MONAI's gaussian importance map of a window (sigma 1/8 of its size, as ``mode="gaussian"`` blends), peak 1:
+    a window's border voxels weigh little in the blended output, so they weigh little in the check."""
+    w = np.ones((), np.float32)
+    for n in roi:
+        x = np.arange(n, dtype=np.float32) - (n - 1) / 2.0
+        w = np.multiply.outer(w, np.exp(-0.5 * (x / (0.125 * n)) ** 2).astype(np.float32))
+    return w
+
+
 def check_int8(reference: Runner, candidate: Runner, windows, *, activation: str = "sigmoid",
                threshold: float = 0.5, names: Optional[dict] = None, bound: Optional[float] = None) -> dict:
     """Per-class Dice of ``candidate``'s thresholded outputs against ``reference``'s on ``windows`` (each
-    (1, 1, *roi)), pooled over the windows. ``ok`` when every judged class (≥ ``INT8_MIN_VOXELS`` voxels in
+    (1, 1, *roi)), pooled over the windows, each voxel weighted by MONAI's gaussian blending weight (the final
+    masks are the blend: a flip at a window's border, where other windows decide, hardly reaches them). ``ok`` when every judged class (≥ ``INT8_MIN_VOXELS`` voxels in
     either) reaches ``bound`` (default ``INT8_DICE_BOUND``). ``names``: channel -> structure name for the
     record; softmax channel 0 (background) is not judged."""
     bound = INT8_DICE_BOUND if bound is None else float(bound)
@@ -434,7 +445,8 @@ def check_int8(reference: Runner, candidate: Runner, windows, *, activation: str
             a = thresholded(reference(x).numpy(), activation, threshold)
             b = thresholded(candidate(x).numpy(), activation, threshold)
             axes = (0,) + tuple(range(2, a.ndim))
-            i, s = (a & b).sum(axis=axes), a.sum(axis=axes) + b.sum(axis=axes)
+            w = _blend_weights(a.shape[2:])  # a voxel counts as much as the window decides it in the blend
+            i, s = ((a & b) * w).sum(axis=axes), (a * w).sum(axis=axes) + (b * w).sum(axis=axes)
             n = np.maximum(a.sum(axis=axes), b.sum(axis=axes))
             inter, union_sum, counts = ((i, s, n) if inter is None else (inter + i, union_sum + s, counts + n))
     per_class, skipped = {}, []

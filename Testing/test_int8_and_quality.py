@@ -41,11 +41,15 @@ def _int8_run(model, phantom, out, **kw):
 def test_int8_runs_when_it_agrees_with_fp32_on_the_ct_and_is_quantized_once(demo_model, phantom, tmp_path,
                                                                             monkeypatch):
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    # The demo model's small liver_tumor sits near the default bound on phantoms (0.976-0.983 measured, by
+    # calibration), which another CPU's INT8 kernels could tip: this test is about the path taken when the
+    # check passes, so it uses a bound the phantom clears by a margin.
+    monkeypatch.setattr(backends, "INT8_DICE_BOUND", 0.95)
     report = _int8_run(demo_model, phantom, tmp_path / "a")
     model = report["model"]
     check = model["int8_check"]
     assert model["backend"] == "openvino" and model["precision"] == "int8", model.get("backend_note")
-    assert check["ok"] and check["min_dice"] >= backends.INT8_DICE_BOUND
+    assert check["ok"] and check["min_dice"] >= 0.95 and check["bound"] == 0.95
     assert len(check["dice"]) >= 5 and check["windows"] == backends.INT8_CHECK_WINDOWS
     assert "phantom(seed=7)" in check["quantization"]["calibration_source"]
     entry = next((tmp_path / "home" / "openvino").glob("int8-*"))
