@@ -31,9 +31,9 @@ source is recorded in ``quantize.json``), cached under ``<cache_dir()>/openvino/
 the NNCF version and ``INT8_FORMAT`` to the fp32 key. It is **checked before use on every new run's CT**
 (``check_int8``): the INT8 and fp32 OpenVINO models predict ``INT8_CHECK_WINDOWS`` foreground windows (not the
 calibration ones) and, per class, the Dice of the thresholded outputs (sigmoid ≥ the card's threshold, or the
-argmax for softmax models), pooled over those windows and weighted by the gaussian blending weight, must be ≥ ``INT8_DICE_BOUND`` for every class with at
-least ``INT8_MIN_VOXELS`` voxels in either prediction. Otherwise fp32 OpenVINO runs and the reason is recorded
-(report.json ``model.backend_note``, ``model.int8_check``).
+argmax for softmax models), pooled over those windows and weighted by the gaussian blending weight, must be
+≥ ``INT8_DICE_BOUND`` for every class with at least ``INT8_MIN_VOXELS`` voxels in either prediction.
+Otherwise fp32 OpenVINO runs and the reason is recorded (report.json ``model.backend_note``, ``model.int8_check``).
 """
 from __future__ import annotations
 
@@ -433,7 +433,8 @@ def check_int8(reference: Runner, candidate: Runner, windows, *, activation: str
                threshold: float = 0.5, names: Optional[dict] = None, bound: Optional[float] = None) -> dict:
     """Per-class Dice of ``candidate``'s thresholded outputs against ``reference``'s on ``windows`` (each
     (1, 1, *roi)), pooled over the windows, each voxel weighted by MONAI's gaussian blending weight (the final
-    masks are the blend: a flip at a window's border, where other windows decide, hardly reaches them). ``ok`` when every judged class (≥ ``INT8_MIN_VOXELS`` voxels in
+    masks are the blend: a flip at a window's border, where other windows decide, hardly reaches them).
+    ``ok`` when every judged class (≥ ``INT8_MIN_VOXELS`` voxels in
     either) reaches ``bound`` (default ``INT8_DICE_BOUND``). ``names``: channel -> structure name for the
     record; softmax channel 0 (background) is not judged."""
     bound = INT8_DICE_BOUND if bound is None else float(bound)

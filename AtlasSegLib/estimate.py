@@ -6,8 +6,9 @@ its overlap) and, where this machine has timed the model before, the network tim
 window of the backend and precision the preset would use, as finished runs recorded them
 (``record_window_time``, called by ``Segmenter.run``, kept in ``<cache_dir()>/window_times.json``). INT8 not
 yet timed on this machine is assumed ``INT8_ASSUMED_SPEEDUP`` × faster than fp32 OpenVINO (marked
-``"assumed"``). Nothing here imports torch or a model: it is safe to call off a GUI's worker, not on its thread
-(resampling a 512×512×300 CT to the model grid takes a few seconds).
+``"assumed"``). No model is loaded, but ``pipeline`` (which it uses for the grid and crop) imports torch, and
+resampling a 512×512×300 CT to the model grid takes seconds: call it in a worker process, never on a GUI thread
+(Slicer: in the background process that runs the CLI).
 """
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ def resolve_quality(quality: Optional[str], card: ModelCard, *, fast: bool = Fal
         raise InputError(f"--fast contradicts --quality {quality}: use --quality fast (or leave out --fast)")
     if quality == "reference":
         return Preset(quality, False, overlap, "fp32" if precision == "auto" else precision)
-    return Preset(quality, quality == "fast", min(overlap, PRESET_OVERLAP), "int8" if precision == "auto" else precision)
+    return Preset(quality, quality == "fast", min(overlap, PRESET_OVERLAP),
+                  "int8" if precision == "auto" else precision)
 
 
 CASCADE_MARGIN_MM = 6.0

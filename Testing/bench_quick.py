@@ -30,9 +30,11 @@ Same process, same inputs, runs interleaved, best of N. Ends with exactly one li
   resolution (1.5 mm): (windows of the coarse 3 mm pass + full-resolution windows the cascade runs on its box)
   / windows of a full run. (The stretched real CT has the liver on every slice; its fraction is logged.)
 - balanced_windows_ratio: windows of ``--quality balanced`` (overlap 0.5, body crop) / windows of
-  ``reference`` (the published overlap 0.75 and crop) on the 512×512×300 CT, SuPreM's 96³ windows at 1.5 mm. The coarse pass is the pipeline's own (``Segmenter._coarse_box`` with the label network); the
-  full-resolution windows are those of MONAI's placement over the crop ``inference.cover_crop`` gives, as
-  ``infer`` runs them (a full-resolution 42-channel pass of 512×512×300 would need ~10 GB here).
+  ``reference`` (the published overlap 0.75 and crop) on the 512×512×300 CT, SuPreM's 96³ windows at 1.5 mm.
+
+The subset cascade's coarse pass is the pipeline's own (``Segmenter._coarse_box`` with the label network); the
+full-resolution windows are those of MONAI's placement over the crop ``inference.cover_crop`` gives, as
+``infer`` runs them (a full-resolution 42-channel pass of 512×512×300 would need ~10 GB here).
 """
 from __future__ import annotations
 
@@ -341,7 +343,8 @@ def main() -> int:
     min_dice = min(list(dices.values()) + list(dices_ct.values()))
 
     nonnet_pct, pipeline_speedup, frac, ratio = label_runs(work, t_ref, t_int8, t_ov32)
-    log(f"conditions: same process, interleaved, best of N; INT8 {info}; 2 cores shared with other jobs "
+    log(f"conditions: same process, interleaved, best of N; INT8 {info['backend']} {info['precision']}; "
+        f"2 cores shared with other jobs "
         f"(absolute times inflated; the ratios are within this run)")
     print(f"RESULT network_speedup={t_ref / t_int8:.2f} pipeline_speedup={pipeline_speedup:.2f} "
           f"min_dice={min_dice:.4f} nonnet_pct={nonnet_pct:.1f} subset_window_fraction={frac:.3f} "
