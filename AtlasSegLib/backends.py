@@ -474,7 +474,7 @@ def check_int8(reference: Runner, candidate: Runner, windows, *, activation: str
 
 def make_runner(net: torch.nn.Module, roi, device: torch.device, backend: str = "auto",
                 precision: str = "auto", *, windows: Optional[int] = None, calibration=None, check=None,
-                calibration_source: str = "") -> Runner:
+                calibration_source: str = "", fallback: str = "fp32") -> Runner:
     """The predictor that runs ``net`` on windows of size ``roi`` as asked (see the module docstring).
 
     ``windows``: how many windows the run has; with ``backend="auto"`` a run of fewer than ``AUTO_MIN_WINDOWS``
@@ -482,7 +482,8 @@ def make_runner(net: torch.nn.Module, roi, device: torch.device, backend: str = 
 
     ``precision="int8"``: ``calibration`` (windows for a first quantization) and ``check`` (dict: ``windows``
     and ``check_int8``'s keywords) are required; INT8 runs only when ``check_int8`` passes on them, else fp32
-    OpenVINO with the reason in ``note`` and the check in ``int8_check``."""
+    OpenVINO (``fallback``: the precision to run instead, e.g. what ``auto`` picks when a quality preset asked
+    for INT8) with the reason in ``note`` and the check in ``int8_check``."""
     choice = choose(backend, precision, device)
     int8_spec = dict(check or {})
     if choice.backend == "torch":
@@ -501,19 +502,21 @@ def make_runner(net: torch.nn.Module, roi, device: torch.device, backend: str = 
     if choice.precision != "int8":
         return OpenVINORunner(xml, choice.precision)
     fp32 = OpenVINORunner(xml, "fp32")
+
+    def instead(reason: str, record: dict) -> Runner:
+        runner = fp32 if fallback == "fp32" else OpenVINORunner(xml, fallback)
+        log.warning("%s; OpenVINO %s runs the network instead", reason, fallback)
+        runner.note, runner.int8_check = f"{reason}; OpenVINO {fallback} runs the network", record
+        return runner
+
     xml8, info = quantized(net, roi, calibration, source=calibration_source)
     if xml8 is None:
-        fp32.note = f"{info['reason']}; OpenVINO fp32 runs the network"
-        fp32.int8_check = info
-        return fp32
+        return instead(info["reason"], info)
     int8 = OpenVINORunner(xml8, "int8")
     result = check_int8(fp32, int8, int8_spec.pop("windows"), **int8_spec)
     result["quantization"] = info
     if not result["ok"]:
-        log.warning("%s; OpenVINO fp32 runs the network instead", result["reason"])
-        fp32.note = f"{result['reason']}; OpenVINO fp32 runs the network"
-        fp32.int8_check = result
-        return fp32
+        return instead(result["reason"], result)
     int8.int8_check = result
     return int8
 

@@ -310,7 +310,9 @@ class Segmenter:
             n = max(backends.CALIBRATION_WINDOWS, backends.INT8_CHECK_WINDOWS)
             calibration, check = foreground_windows(prep.array, roi, overlap, n)
             names = {c.channel: c.name for c in self.card.classes}
-            kwargs = dict(calibration=calibration[:backends.CALIBRATION_WINDOWS],
+            # A preset's INT8 falls back to what auto picks (bf16 on BF16 CPUs); an explicit --precision int8 to fp32.
+            fallback = "fp32" if self.options.precision == "int8" else choose("auto", "auto", self.device).precision
+            kwargs = dict(calibration=calibration[:backends.CALIBRATION_WINDOWS], fallback=fallback,
                           calibration_source=f"{len(calibration[:backends.CALIBRATION_WINDOWS])} foreground windows "
                           f"of {source.path}",
                           check={"windows": check[:backends.INT8_CHECK_WINDOWS], "activation": inf["activation"],

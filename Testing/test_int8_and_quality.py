@@ -220,3 +220,15 @@ def test_estimate_counts_each_presets_windows_and_times_them_after_a_run(demo_mo
     timed = estimate(image, demo_model.card, qualities=["reference"])["reference"]
     assert timed["timing"] == "measured" and timed["precision"] == "fp32" and timed["backend"] == "torch"
     assert timed["network_s"] == pytest.approx(report["timings_s"]["inference"], rel=0.5)
+
+
+def test_a_presets_int8_that_misses_its_bound_falls_back_to_what_auto_picks(demo_model, phantom, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(backends, "INT8_DICE_BOUND", 1.01)
+    opts = SegmentOptions(device="cpu", backend="openvino", quality="balanced", overview=False)
+    report = Segmenter(demo_model, opts).run(phantom.image, SourceInfo("phantom(seed=7)", "phantom"), tmp_path / "o")
+    auto = backends.choose("auto", "auto", torch.device("cpu")).precision  # bf16 on CPUs with BF16, else fp32
+    assert report["model"]["precision"] == auto and report["model"]["int8_check"]["ok"] is False
+    assert f"OpenVINO {auto} runs" in report["model"]["backend_note"]
+    assert report["settings"]["quality"] == "balanced" and report["settings"]["inference"]["overlap"] == 0.5
