@@ -28,8 +28,9 @@ INT8 (``--precision int8``, and the ``balanced``/``fast`` quality presets where 
 quantization of the checked fp32 IR (``quantized``), once per set of weights, calibrated on
 ``CALIBRATION_WINDOWS`` windows of real anatomy (the foreground windows of the first CT the model runs on; the
 source is recorded in ``quantize.json``), cached under ``<cache_dir()>/openvino/int8-<key>/`` where the key adds
-the NNCF version and ``INT8_FORMAT`` to the fp32 key. It is **checked before use on every new run's CT**
-(``check_int8``): the INT8 and fp32 OpenVINO models predict ``INT8_CHECK_WINDOWS`` foreground windows (not the
+the NNCF version and ``INT8_FORMAT`` to the fp32 key. It is **checked before use on the CT it is about to run on**
+(each ``atlasseg segment``; in a batch, the first case, as the runner is made once per batch) by
+``check_int8``: the INT8 and fp32 OpenVINO models predict ``INT8_CHECK_WINDOWS`` foreground windows (not the
 calibration ones) and, per class, the Dice of the thresholded outputs (sigmoid ≥ the card's threshold, or the
 argmax for softmax models), pooled over those windows and weighted by the gaussian blending weight, must be
 ≥ ``INT8_DICE_BOUND`` for every class with at least ``INT8_MIN_VOXELS`` voxels in either prediction.
