@@ -47,12 +47,14 @@ dicom-tools:
 	    || echo "$$missing could not be installed: the export tests that need them will be skipped"; \
 	else echo "$$missing not installed (needs root with apt-get): the export tests that need them will be skipped"; fi
 
-# Per model and backend (torch, OpenVINO) on a 512x512x300 CT: one window measured, full runs extrapolated and
-# labelled ESTIMATE, SuPreM SegResNet --fast measured end to end (about an hour on 2 cores; README table).
+# Per model and backend (torch, OpenVINO fp32/bf16, INT8) on a 512x512x300 CT: one window measured, the quality
+# presets' full runs extrapolated and labelled ESTIMATE, SuPreM SegResNet balanced and fast measured end to end
+# (about an hour on 2 cores; README table).
 bench: $(VENV)/.installed-test
-	$(BIN)/python Testing/bench_models.py --no-plain --pipeline --pipeline-modes fast
+	$(BIN)/python Testing/bench_models.py --no-plain --backends torch openvino int8 --pipeline --pipeline-modes balanced,fast
 
-# torch fp32 against the backend 'auto' picks (OpenVINO on the CPU), a few minutes; ends in one RESULT line.
+# torch fp32 against OpenVINO INT8 (and fp32), quality presets' windows, the subset cascade on the full-length
+# phantom; under 10 minutes; ends in one RESULT line.
 bench-quick: $(VENV)/.installed-test
 	$(BIN)/python Testing/bench_quick.py
 

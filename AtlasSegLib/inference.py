@@ -47,6 +47,32 @@ def window_starts(n: int, r: int, overlap: float) -> list:
     return [min(i * interval, n - r) for i in range(count)]
 
 
+def foreground_windows(array_ijk: np.ndarray, roi, overlap: float, n: int) -> tuple:
+    """Two disjoint sets of up to ``n`` windows (each (1, 1, *roi) float32) of MONAI's placement over
+    ``array_ijk``, among those with the most tissue (voxels above the HU window's lower end, > 0 after scaling):
+    ranked by that share, even ranks go to the first set (INT8 calibration), odd ranks to the second (its
+    check), so both sample the body and the check never sees a calibration window. Arrays smaller than the
+    window are zero-padded evenly, as MONAI pads them. With a single window both sets hold it."""
+    roi = tuple(int(r) for r in roi)
+    pad = [(p, max(r - s, 0) - p) for p, s, r in zip(_padding_before(array_ijk.shape, roi), array_ijk.shape, roi)]
+    arr = np.pad(array_ijk, pad) if any(a or b for a, b in pad) else array_ijk
+    starts = [window_starts(s, r, overlap) for s, r in zip(arr.shape, roi)]
+    # Tissue share per window from a coarse (every 4th voxel) view: ranking only.
+    tissue = arr[::4, ::4, ::4] > 0
+    scored = []
+    for i in starts[0]:
+        for j in starts[1]:
+            for k in starts[2]:
+                sub = tissue[i // 4:(i + roi[0]) // 4, j // 4:(j + roi[1]) // 4, k // 4:(k + roi[2]) // 4]
+                scored.append((-float(sub.mean()) if sub.size else 0.0, (i, j, k)))
+    scored.sort()
+    picks = [pos for _, pos in scored[:2 * n]]
+    cut = lambda p: np.ascontiguousarray(arr[p[0]:p[0] + roi[0], p[1]:p[1] + roi[1], p[2]:p[2] + roi[2]],
+                                         dtype=np.float32)[None, None]
+    first, second = [cut(p) for p in picks[0::2]], [cut(p) for p in picks[1::2]]
+    return first, (second or first)
+
+
 CONTEXT = 0.25
 """``cover_crop`` covers the box grown by this fraction of the window on each side: a box voxel is then at least a
 quarter window from the crop's faces, where MONAI's gaussian (sigma 1/8 of the window) still weighs the windows

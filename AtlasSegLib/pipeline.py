@@ -26,7 +26,7 @@ from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid, covering_box, oriented, resample, respaced
 from .backends import choose, make_runner
-from .inference import count_windows, infer, pick_device
+from .inference import count_windows, foreground_windows, infer, pick_device
 from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
@@ -45,7 +45,8 @@ class SegmentOptions:
     device: str = "auto"
     fast: bool = False
     backend: str = "auto"  # auto | torch | openvino (see backends.py)
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8
+    quality: Optional[str] = None  # None (the card's settings) | reference | balanced | fast: see QUALITIES
     roi_cascade: bool = True  # with ``structures``: a coarse pass finds their box, the full model runs only there
     structures: Optional[tuple] = None
     postprocess: bool = True
@@ -66,6 +67,44 @@ class Prepared:
     crop_start: tuple
 
 
+QUALITIES = {
+    "reference": "the published settings: full resolution, the card's overlap (SuPreM 0.75), fp32",
+    "balanced": "full resolution, overlap 0.5, INT8 on the CPU where it passes its check on this CT",
+    "fast": "the card's fast spacing (SuPreM 3 mm), overlap 0.5, INT8 on the CPU where it passes its check",
+}
+"""``--quality`` presets. ``precision`` other than auto, and ``backend``, still apply on top of them."""
+PRESET_OVERLAP = 0.5
+"""Overlap of ``balanced`` and ``fast`` (at most the card's): at 0.75 every voxel is covered by up to 64 windows
+of 96³; at 0.5 by up to 8, with MONAI's gaussian blending the centres weigh most either way."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a ``quality`` resolves to for a card: spacing (fast), overlap and the precision asked of the backend
+    (``int8`` means INT8 where available and checked, see backends.py)."""
+
+    quality: Optional[str]
+    fast: bool
+    overlap: float
+    precision: str
+
+
+def resolve_quality(quality: Optional[str], card: ModelCard, *, fast: bool = False, precision: str = "auto") -> Preset:
+    """The settings a ``--quality`` stands for with ``card``; None keeps ``fast``/``precision`` and the card's
+    overlap. Raises InputError for an unknown quality or ``--fast`` with ``reference``/``balanced``."""
+    overlap = float(card.inference["overlap"])
+    if quality is None:
+        return Preset(None, fast, overlap, precision)
+    if quality not in QUALITIES:
+        raise InputError(f"--quality must be one of {', '.join(QUALITIES)}, not '{quality}'")
+    if fast and quality != "fast":
+        raise InputError(f"--fast contradicts --quality {quality}: use --quality fast (or leave out --fast)")
+    if quality == "reference":
+        return Preset(quality, False, overlap, "fp32" if precision == "auto" else precision)
+    return Preset(quality, quality == "fast", min(overlap, PRESET_OVERLAP),
+                  "int8" if precision == "auto" else precision)
+
+
 CASCADE_MARGIN_MM = 6.0
 """Margin around the coarse pass's box of the selected structures (coarse masks at 3 mm can be a voxel or two
 short). The network's context beyond the box comes from ``inference.cover_crop`` (a quarter window each side);
@@ -79,8 +118,41 @@ def model_grid(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Gri
     return respaced(oriented(Grid.of(image), pre["orientation"]), spacing)
 
 
-def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepared:
-    """Orient, resample, window and crop ``image`` as the card says."""
+BODY_OPEN_MM = 5.0
+"""``body_crop``: in-plane opening radius that removes the table top, blankets and the gantry's thin shells (a
+few mm thick) from the foreground before its box is taken; bodies and arms are centimetres across."""
+BODY_MIN_CM2 = 4.0
+"""``body_crop``: components of the opened foreground projection smaller than this are dropped too."""
+
+
+def body_box_2d(fg_ji: np.ndarray, spacing_ji) -> Optional[tuple]:
+    """Box ((j0, j1), (i0, i1)) of the body in a 2-D foreground projection (any slice above the HU window's lower
+    end): opened by a disc of ``BODY_OPEN_MM`` (the table and gantry shells are thinner) and components under
+    ``BODY_MIN_CM2`` dropped; None when nothing is left (then the plain foreground box is used)."""
+    from scipy import ndimage
+
+    r = [max(1, int(round(BODY_OPEN_MM / s))) for s in spacing_ji]
+    jj, ii = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1]
+    disc = (jj / r[0]) ** 2 + (ii / r[1]) ** 2 <= 1.0
+    opened = ndimage.binary_opening(fg_ji, structure=disc)
+    labels, n = ndimage.label(opened)
+    if not n:
+        return None
+    sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing_ji)) / 100.0
+    keep = np.isin(labels, np.nonzero(sizes >= BODY_MIN_CM2)[0] + 1)
+    if not keep.any():
+        return None
+    box = []
+    for axis in range(2):
+        nz = np.nonzero(keep.any(axis=1 - axis))[0]
+        box.append((max(0, int(nz[0]) - r[axis]), min(fg_ji.shape[axis], int(nz[-1]) + 1 + r[axis])))
+    return tuple(box)
+
+
+def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False, body_crop: bool = False) -> Prepared:
+    """Orient, resample, window and crop ``image`` as the card says. ``body_crop`` (the ``balanced`` and
+    ``fast`` presets): the in-plane crop is the body's box (``body_box_2d``), without the table, gantry and
+    air around them that the published crop (every voxel above the window's lower end) keeps."""
     pre = card.preprocessing
     if fast and not pre.get("fast_spacing_mm"):
         log.warning("model %s has no fast mode (no fast_spacing_mm in its card); running at full resolution", card.id)
@@ -105,6 +177,10 @@ def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False) -> Prepar
             other = tuple(x for x in range(3) if x != axis)
             nz = np.nonzero(fg.any(axis=other))[0]
             box.append((int(nz[0]), int(nz[-1]) + 1))
+        if body_crop:
+            body = body_box_2d(fg.any(axis=0), (grid.spacing[1], grid.spacing[0]))
+            if body is not None:  # within the plain box (the opening's margin may reach past it)
+                box[1], box[2] = [(max(p[0], q[0]), min(p[1], q[1])) for p, q in zip(body, box[1:])]
         del fg
         k, j, i = box
         arr = arr[k[0]:k[1], j[0]:j[1], i[0]:i[1]]
@@ -135,7 +211,14 @@ class Segmenter:
         if options.structures:
             self.card = _with_gates(self.card, options.structures)
         self.device = pick_device(options.device)
-        choose(options.backend, options.precision, self.device)  # refuse what cannot run before reading anything
+        self.preset = resolve_quality(options.quality, self.card, fast=options.fast, precision=options.precision)
+        self.inference = dict(self.card.inference, overlap=self.preset.overlap)
+        precision = self.preset.precision
+        if precision == "int8" and options.precision == "auto" and not _int8_available(options.backend, self.device):
+            precision = "auto"  # a preset's INT8 where it can run: fp16 on a GPU, fp32/bf16 without NNCF
+        self._precision = precision
+        self._body_crop = self.preset.quality in ("balanced", "fast")
+        choose(options.backend, precision, self.device)  # refuse what cannot run before reading anything
         self.runner = None  # made in run(), when the number of windows is known (see backends.make_runner)
 
     def run(self, image: sitk.Image, source: SourceInfo, outdir, *, reporter: Optional[Reporter] = None,
@@ -153,7 +236,7 @@ class Segmenter:
         # Plausibility (warnings, never changes): is this the model for this image, is there an abdomen in it.
         profile = body_profile(image)
         warnings = check_model_fit(card.id, image) + check_coverage(profile)
-        need = estimate_memory_bytes(image, card, fast=opts.fast)
+        need = estimate_memory_bytes(image, card, fast=self.preset.fast)
         avail = psutil.virtual_memory().available
         if need > avail:
             raise InputError(f"this volume (size {image.GetSize()}) needs about {need / 2**30:.1f} GB of memory, "
@@ -163,23 +246,27 @@ class Segmenter:
 
         t = time.perf_counter()
         reporter.update("preprocess", 0.0, "resampling to the model grid")
-        prep = prepare(image, card, fast=opts.fast)
+        prep = prepare(image, card, fast=self.preset.fast, body_crop=self._body_crop)
         timings["preprocess"] = time.perf_counter() - t
         reporter.update("preprocess", 1.0, f"model grid {prep.grid.size}")
 
         t = time.perf_counter()
         if self.runner is None or self.runner.provisional:
-            inf = card.inference
-            windows = count_windows(prep.array.shape, inf["roi_size"], float(inf["overlap"]))
-            self.runner = make_runner(self.model.net, inf["roi_size"], self.device, opts.backend, opts.precision,
-                                      windows=windows)
+            self.runner = self._make_runner(prep, source, reporter)
+        t_net = time.perf_counter()  # the network's time, without a first conversion or quantization
         box, self._windows = None, {}
-        if opts.structures and opts.roi_cascade and not opts.fast and card.preprocessing.get("fast_spacing_mm"):
+        if (opts.structures and opts.roi_cascade and not self.preset.fast
+                and card.preprocessing.get("fast_spacing_mm")):
             box = self._coarse_box(image, prep, reporter)
         stats = {}
-        logits = infer(self.runner, prep.array, card.inference, device=self.device, reporter=reporter, box=box,
+        logits = infer(self.runner, prep.array, self.inference, device=self.device, reporter=reporter, box=box,
                        stats=stats)
         self._windows.update(stats)
+        if getattr(self.runner, "backend", None) in ("torch", "openvino"):  # this machine's time per window
+            from .estimate import record_window_time
+
+            record_window_time(card.id, self.runner.backend, self.runner.precision, time.perf_counter() - t_net,
+                               stats.get("windows_run", 0) + self._windows.get("coarse_windows", 0))
         prep.array = None  # the network input is no longer needed; free it before the per-structure stage
         timings["inference"] = time.perf_counter() - t
 
@@ -206,15 +293,43 @@ class Segmenter:
             staging.commit()
         return report
 
+    def _make_runner(self, prep: Prepared, source: SourceInfo, reporter: Reporter):
+        """The backend for this run (backends.make_runner). INT8 is quantized on this CT's foreground windows
+        when no quantization is cached, and checked on others; an INT8 a preset only prefers is skipped, as
+        ``--backend auto`` skips a first conversion, for runs under ``AUTO_MIN_WINDOWS`` windows."""
+        from . import backends
+
+        inf = self.inference
+        roi, overlap = inf["roi_size"], float(inf["overlap"])
+        windows = count_windows(prep.array.shape, roi, overlap)
+        precision, kwargs = self._precision, {}
+        if (precision == "int8" and self.options.precision == "auto" and self.options.backend == "auto"
+                and windows < backends.AUTO_MIN_WINDOWS and not backends.is_quantized(self.model.net, roi)):
+            precision = "auto"
+        if precision == "int8":
+            reporter.update("inference", 0.0, "INT8: checking it against fp32 on this CT")
+            n = max(backends.CALIBRATION_WINDOWS, backends.INT8_CHECK_WINDOWS)
+            calibration, check = foreground_windows(prep.array, roi, overlap, n)
+            names = {c.channel: c.name for c in self.card.classes}
+            # A preset's INT8 falls back to what auto picks (bf16 on BF16 CPUs); an explicit --precision int8 to fp32.
+            fallback = "fp32" if self.options.precision == "int8" else choose("auto", "auto", self.device).precision
+            kwargs = dict(calibration=calibration[:backends.CALIBRATION_WINDOWS], fallback=fallback,
+                          calibration_source=f"{len(calibration[:backends.CALIBRATION_WINDOWS])} foreground windows "
+                          f"of {source.path}",
+                          check={"windows": check[:backends.INT8_CHECK_WINDOWS], "activation": inf["activation"],
+                                 "threshold": float(inf["threshold"]), "names": names})
+        return make_runner(self.model.net, roi, self.device, self.options.backend, precision, windows=windows,
+                           **kwargs)
+
     def _coarse_box(self, image: sitk.Image, prep: Prepared, reporter: Reporter):
         """Region-of-interest cascade (as TotalSegmentator's roi_subset): run the model at its fast spacing, take
         the box of the selected structures (with the organs their tumors are gated to) plus ``CASCADE_MARGIN_MM``
         and return it in ``prep.array`` indices, or None (full run) when the coarse pass finds none of them."""
         card = self.card
-        coarse = prepare(image, card, fast=True)
+        coarse = prepare(image, card, fast=True, body_crop=self._body_crop)
         stats = {}
         reporter.update("inference", 0.0, "coarse pass for the region of interest")
-        logits = infer(self.runner, coarse.array, card.inference, device=self.device, reporter=reporter, stats=stats)
+        logits = infer(self.runner, coarse.array, self.inference, device=self.device, reporter=reporter, stats=stats)
         channels = sorted({c.channel for c in card.classes})
         if card.inference["activation"] == "softmax":
             found = np.isin(torch.argmax(logits, dim=0).numpy(), channels)
@@ -246,11 +361,11 @@ class Segmenter:
         return {
             "windows": dict(getattr(self, "_windows", {})),
             "device": self.device.type, "backend": self.runner.backend, "precision": self.runner.precision,
-            "fast": o.fast, "postprocess": o.postprocess,
+            "quality": o.quality, "fast": self.preset.fast, "postprocess": o.postprocess,
             "structures": list(o.structures) if o.structures else None,
             "model_grid": prep.model_grid.as_dict(), "crop_start_ijk": list(prep.crop_start),
             "crop_size_ijk": list(prep.grid.size),
-            "preprocessing": self.card.preprocessing, "inference": self.card.inference,
+            "preprocessing": self.card.preprocessing, "inference": self.inference,
             "postprocessing": self.card.postprocessing,
             "torch": torch.__version__,
         }
@@ -510,6 +625,13 @@ def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
         o = np.asarray(s) - start
         gate[o[2]:o[2] + z[2], o[1]:o[1] + z[1], o[0]:o[0] + z[0]] |= m
     return (tuple(int(v) for v in start), tuple(int(v) for v in size)), gate
+
+
+def _int8_available(backend: str, device: torch.device) -> bool:
+    from .backends import nncf_version, openvino_version
+
+    return (device.type == "cpu" and backend != "torch" and openvino_version() is not None
+            and nncf_version() is not None)
 
 
 def _with_gates(card: ModelCard, names) -> ModelCard:

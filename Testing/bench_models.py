@@ -11,9 +11,15 @@ the same cached backbone output, interleaved in one process, so machine load aff
 
 ``--pipeline`` also runs the full pipeline (read → preprocess → network → invert/post-process/write) on a real
 CT resampled to 512×512×300 at 0.8×0.8×1.5 mm (built as in Testing/bench_pipeline.py) for suprem-segresnet in
-the modes of --pipeline-modes (full = 1.5 mm, fast = 3 mm; the card's overlap 0.75). The other models would take
-hours on two cores: for them the network time is *estimated* as (number of sliding windows on that input) ×
-(measured time of one window), and printed as an estimate.
+the modes of --pipeline-modes: the quality presets reference (1.5 mm, overlap 0.75, fp32), balanced (1.5 mm,
+overlap 0.5, body crop, INT8 where its check passes) and fast (3 mm, overlap 0.5, INT8 where it passes), or
+the older full/fast (the card's overlap 0.75 at 1.5/3 mm, ``auto`` precision). Every model and preset gets a
+table row with its window count; where not measured end to end, the network time is *estimated* as (windows)
+× (measured time of one window in the precision the preset uses), and printed as an estimate.
+
+The ``int8`` backend is OpenVINO INT8 (NNCF), quantized on foreground windows of the real CT; with random
+weights its self-check is meaningless, so the window rows time it with the check's bound at 0; the pipeline
+runs use the real bound (random weights usually fail it, and then fp32 runs: the row says which ran).
 
     python Testing/bench_models.py [--models ID ...] [--backends torch openvino] [--threads 2] [--repeats 3]
                                    [--no-plain] [--pipeline [--pipeline-modes fast]]
@@ -47,6 +53,7 @@ MODELS = ["suprem-segresnet", "suprem-unet", "suprem-swinunetr", "difftumor-live
 UNIVERSAL = ("suprem-unet", "suprem-swinunetr")
 ROI = 96
 PLAIN_CLASSES = 32
+PRESETS = ("reference", "balanced", "fast")
 
 
 # --- child processes ------------------------------------------------------------------------------------------
@@ -101,7 +108,15 @@ def child_window(args) -> dict:
     x = torch.rand(1, 1, ROI, ROI, ROI)
     result = {"params": params, "backend": "torch", "precision": "fp32"}
     run = net
-    if args.backend != "torch":  # converted once (timed: a first conversion is part of a first run's cost)
+    if args.backend == "int8":  # converted and quantized once on real anatomy (timed)
+        from AtlasSegLib import backends
+
+        cal, chk = _real_ct_windows(args.child)
+        t = time.perf_counter()
+        run = backends.make_runner(net, (ROI,) * 3, torch.device("cpu"), "openvino", "int8", calibration=cal,
+                                   calibration_source="real CT", check={"windows": chk, "bound": 0.0})
+        result.update(backend="openvino", precision=run.precision, convert_s=time.perf_counter() - t)
+    elif args.backend != "torch":  # converted once (timed: a first conversion is part of a first run's cost)
         from AtlasSegLib import backends
 
         t = time.perf_counter()
@@ -135,6 +150,21 @@ def child_window(args) -> dict:
     return result
 
 
+def _real_ct_windows(model_id: str) -> tuple:
+    """INT8 calibration and check windows: the real CT's foreground windows as ``model_id``'s pipeline sees it."""
+    from AtlasSegLib import backends
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.inference import foreground_windows
+    from AtlasSegLib.io import read_image
+    from AtlasSegLib.pipeline import prepare
+    from testdata import ct_data_dir
+
+    card = builtin_card(model_id)
+    image, _ = read_image(str(ct_data_dir() / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"))
+    cal, chk = foreground_windows(prepare(image, card).array, (ROI,) * 3, 0.5, backends.CALIBRATION_WINDOWS)
+    return cal, chk[:backends.INT8_CHECK_WINDOWS]
+
+
 def child_pipeline(args) -> dict:
     """The whole pipeline on ``args.input`` for one model (the code path of ``atlasseg segment``)."""
     import resource
@@ -149,13 +179,18 @@ def child_pipeline(args) -> dict:
     image, source = read_image(args.input)
     read_s = time.perf_counter() - t
     model = load_model(builtin_card(args.child), args.weights)
-    report = Segmenter(model, SegmentOptions(device="cpu", fast=args.fast, backend=args.backend)).run(
+    quality = args.quality or None
+    backend = "openvino" if args.backend == "int8" else args.backend
+    report = Segmenter(model, SegmentOptions(device="cpu", fast=args.fast, backend=backend, quality=quality)).run(
         image, source, args.out)
     result = dict(report["timings_s"])
     result["read"] = read_s
     result["total"] = read_s + report["timings_s"]["total"]
     result["model_grid"] = report["settings"]["crop_size_ijk"]
     result["backend"] = f"{report['model']['backend']} {report['model']['precision']}"
+    result["windows"] = report["settings"]["windows"].get("windows_run")
+    if report["model"].get("int8_check"):
+        result["int8_check_min_dice"] = report["model"]["int8_check"].get("min_dice")
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -235,7 +270,7 @@ def pipeline_tables(windows: dict, models, threads: int, modes, backends=("torch
     from AtlasSegLib.card import builtin_card
     from AtlasSegLib.inference import count_windows
     from AtlasSegLib.io import read_image
-    from AtlasSegLib.pipeline import prepare
+    from AtlasSegLib.pipeline import prepare, resolve_quality
     from bench_pipeline import make_input
     from testdata import ct_data_dir
 
@@ -253,17 +288,22 @@ def pipeline_tables(windows: dict, models, threads: int, modes, backends=("torch
     image, _ = read_image(big)
     grids = {}
     plan = []
+    use_presets = "full" not in modes  # else the older full/fast modes at the card's settings
+    presets = list(PRESETS) if use_presets else ["full", "fast"]
     for model_id in models:
         c = builtin_card(model_id)
-        for mode in ("full", "fast"):
-            fast = mode == "fast"
+        for mode in presets:
+            q = resolve_quality(mode if use_presets else None, c, fast=mode == "fast")
+            fast, body = q.fast, use_presets and mode != "reference"
             pre = c.preprocessing
             spacing = tuple(pre["fast_spacing_mm"] if fast and pre.get("fast_spacing_mm") else pre["spacing_mm"])
-            if spacing not in grids:
-                grids[spacing] = prepare(image, c, fast=fast).array.shape
-            shape = grids[spacing]
-            n = count_windows(shape, c.inference["roi_size"], c.inference["overlap"])
+            if (spacing, body) not in grids:
+                grids[spacing, body] = prepare(image, c, fast=fast, body_crop=body).array.shape
+            shape = grids[spacing, body]
+            n = count_windows(shape, c.inference["roi_size"], q.overlap)
             for backend in backends:
+                if use_presets and (backend == "int8") != (q.precision == "int8"):
+                    continue  # a preset's row in the precision it uses: reference fp32, balanced/fast INT8
                 w = windows.get(model_id if backend == "torch" else f"{model_id}@{backend}", {})
                 est = n * _med(w["window_s"]) if "window_s" in w else None
                 label = f"{w['backend']} {w['precision']}" if "backend" in w else backend
@@ -273,15 +313,17 @@ def pipeline_tables(windows: dict, models, threads: int, modes, backends=("torch
     measured = {}
     for mode in modes:
         for backend in backends:
+            if use_presets and (backend == "int8") != (mode != "reference"):
+                continue
+            preset = ["--quality", mode] if use_presets else (["--fast"] if mode == "fast" else [])
             measured[mode, backend] = run_child(
                 ["--child", "suprem-segresnet", "--pipeline-run", "--input", str(big), "--weights", str(weights),
-                 "--out", str(work / f"out_{mode}_{backend}"), "--backend", backend]
-                + (["--fast"] if mode == "fast" else []), threads)
+                 "--out", str(work / f"out_{mode}_{backend}"), "--backend", backend] + preset, threads)
             print(f"  pipeline suprem-segresnet {mode} {backend} done", file=sys.stderr, flush=True)
 
     print(f"\nFull pipeline on a real CT resampled to 512x512x300 (0.8x0.8x1.5 mm), CPU, torch threads {threads}, "
-          "card settings (overlap 0.75, gaussian)\n")
-    hdr = (f"{'model':<26}{'backend':<16}{'mode':<6}{'spacing':>9}{'model grid':>16}{'windows':>9}{'network s':>11}"
+          f"modes {', '.join(presets)} (presets: see the docstring)\n")
+    hdr = (f"{'model':<26}{'backend':<16}{'mode':<9}{'spacing':>6}{'model grid':>16}{'windows':>9}{'network s':>11}"
            f"{'total s':>10}{'peak RSS MiB':>14}  source")
     print(hdr)
     print("-" * len(hdr))
@@ -289,13 +331,15 @@ def pipeline_tables(windows: dict, models, threads: int, modes, backends=("torch
         grid = "x".join(map(str, shape))
         r = measured.get((mode, backend)) if model_id == "suprem-segresnet" else None
         if r is not None and "error" not in r:
-            print(f"{model_id:<26}{r['backend']:<16}{mode:<6}{spacing[0]:>9.1f}{grid:>16}{n:>9}{r['inference']:>11.0f}"
-                  f"{r['total']:>10.0f}{r['peak_rss_mib']:>14.0f}  measured end to end")
+            note = (f"; INT8 check min Dice {r['int8_check_min_dice']}" if r.get("int8_check_min_dice") is not None
+                    else "")
+            print(f"{model_id:<26}{r['backend']:<16}{mode:<9}{spacing[0]:>6.1f}{grid:>16}{n:>9}{r['inference']:>11.0f}"
+                  f"{r['total']:>10.0f}{r['peak_rss_mib']:>14.0f}  measured end to end{note}")
         elif r is not None:
-            print(f"{model_id:<26}{backend:<16}{mode:<6} failed: {r['error']} {r.get('stderr', '')}")
+            print(f"{model_id:<26}{backend:<16}{mode:<9} failed: {r['error']} {r.get('stderr', '')}")
         else:
             e = f"{est:>11.0f}" if est is not None else f"{'?':>11}"
-            print(f"{model_id:<26}{label:<16}{mode:<6}{spacing[0]:>9.1f}{grid:>16}{n:>9}{e}{'':>10}{'':>14}  "
+            print(f"{model_id:<26}{label:<16}{mode:<9}{spacing[0]:>6.1f}{grid:>16}{n:>9}{e}{'':>10}{'':>14}  "
                   "ESTIMATE: windows x one-window time (network only)")
 
 
@@ -306,9 +350,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed windows after the warm-up (default 3)")
     p.add_argument("--pipeline", action="store_true", help="also run the full pipeline on a 512x512x300 CT")
     p.add_argument("--pipeline-modes", default="full,fast",
-                   help="comma-separated: full (1.5 mm; about an hour for SegResNet on 2 cores), fast (3 mm)")
+                   help="comma-separated: the presets reference, balanced, fast (reference: about an hour for "
+                   "SegResNet on 2 cores), or full (1.5 mm) / fast (3 mm) at the card's settings")
     # child-process options
-    p.add_argument("--backends", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino"],
+    p.add_argument("--backends", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino", "int8"],
                    help="inference backends to measure (default both; OpenVINO conversions go to a temporary cache)")
     p.add_argument("--no-plain", action="store_true", help="skip the universal vs plain head comparison")
     p.add_argument("--backend", default="torch", help=argparse.SUPPRESS)
@@ -319,6 +364,7 @@ def main() -> None:
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quality", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         result = child_pipeline(args) if args.pipeline_run else child_window(args)
@@ -329,15 +375,15 @@ def main() -> None:
     print(f"atlasseg bench_models: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
           f"load average before start {os.getloadavg()[0]:.1f} (other jobs on the machine make timings noisy)",
           flush=True)
-    if "openvino" in args.backends and "ATLASSEG_HOME" not in os.environ:
+    if {"openvino", "int8"} & set(args.backends) and "ATLASSEG_HOME" not in os.environ:
         # Conversions of these seeded random weights would otherwise fill the user's cache (1.4 GB for all models).
         os.environ["ATLASSEG_HOME"] = tempfile.mkdtemp(prefix="atlasseg-bench-home-")
     windows = window_tables(args.models, args.threads, args.repeats, tuple(args.backends), plain=not args.no_plain)
     if args.pipeline:
         modes = [m.strip() for m in args.pipeline_modes.split(",") if m.strip()]
-        bad = [m for m in modes if m not in ("full", "fast")]
+        bad = [m for m in modes if m not in ("full", "fast") + PRESETS]
         if bad:
-            p.error(f"--pipeline-modes: unknown mode(s) {bad}; use full and/or fast")
+            p.error(f"--pipeline-modes: unknown mode(s) {bad}; use reference, balanced, fast (presets) or full")
         pipeline_tables(windows, args.models, args.threads, modes, tuple(args.backends))
 
 
