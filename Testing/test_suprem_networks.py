@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,17 +44,7 @@ def strip_module(state: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-@pytest.fixture(scope="module")
-def parity_checkpoints(tmp_path_factory):
-    """Build the oracle's deterministic checkpoints (released layout) once per test module."""
-    tool = shared_dir() / "tools" / "suprem_parity.py"
-    folder = tmp_path_factory.mktemp("suprem_parity")
-    paths = {}
-    for arch in ARCHS:
-        paths[arch] = folder / f"{arch}.pth"
-        subprocess.run([sys.executable, str(tool), "build", arch, str(paths[arch])], check=True,
-                       capture_output=True, timeout=300)
-    return paths
+# parity_checkpoints (the oracle's checkpoints, built once per machine) is a session fixture in conftest.py.
 
 
 def load_released_layout(arch: str, path: Path) -> torch.nn.Module:

@@ -31,3 +31,15 @@ def make_run(outdir: Path, ct_input, masks: dict, card_id: str = "suprem-segresn
             writer.add_structure(cls, box, masks[cls.name])
     writer.finish(settings={}, timings={})
     return outdir
+
+
+def test_cache_dir() -> Path:
+    """What tests keep between runs on one machine (the SuPreM parity checkpoints and their OpenVINO conversions,
+    minutes to rebuild): $ATLASSEG_TEST_CACHE, else ~/.cache/atlasseg-test. Not pytest's cache: CI runs with
+    ``-p no:cacheprovider``. Entries are keyed by what made them, so a stale one is never read: delete the folder
+    to reclaim the space."""
+    folder = os.environ.get("ATLASSEG_TEST_CACHE")
+    return Path(folder).expanduser() if folder else Path.home() / ".cache" / "atlasseg-test"
+
+
+test_cache_dir.__test__ = False  # a helper, not a test (its name starts with "test")
