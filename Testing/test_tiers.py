@@ -40,6 +40,22 @@ def fixture_of_a_fixture(demo_model_run):
     return demo_model_run
 
 
+@pytest.fixture
+def pipeline_with_a_loaded_model():
+    from AtlasSegLib.networks import load_model
+    from AtlasSegLib.pipeline import Segmenter
+
+    return Segmenter, load_model
+
+
+@pytest.fixture
+def pipeline_with_the_tiny_predictor():
+    from AtlasSegLib.pipeline import Segmenter
+    from models_for_tests import bone_model
+
+    return Segmenter, bone_model
+
+
 def _tiers(request) -> set:
     return {m.name for m in request.node.iter_markers() if m.name in tiers.TIERS}
 
@@ -52,12 +68,21 @@ def test_a_fixture_of_a_fixture_marks_the_test_too(fixture_of_a_fixture, request
     assert _tiers(request) == {"engine"}
 
 
+def test_the_pipeline_runs_a_real_network_unless_given_the_tiny_predictor(pipeline_with_a_loaded_model, request):
+    assert _tiers(request) == {"engine"}
+
+
+def test_pipeline_stage_tests_with_the_tiny_predictor_stay_in_the_quick_tier(pipeline_with_the_tiny_predictor,
+                                                                              request):
+    assert _tiers(request) == set()
+
+
 def test_a_process_started_in_a_helper_marks_the_test_subprocess(cli_helper_user, request):
     assert _tiers(request) == {"subprocess"}
 
 
 def test_a_test_that_only_compares_a_command_word_is_not_marked(request):
-    assert ["python", "-m", "AtlasSegLib", "segment"][3] == "segment" and _tiers(request) == set()
+    assert ["atlasseg", "demo", "--model"][1:] == ["demo", "--model"] and _tiers(request) == set()
 
 
 # Read from a file of its own: words in this test module's own code would mark its tests.

@@ -5,9 +5,10 @@ its fixture closure (``item.fixturenames``: fixtures of fixtures too), and, tran
 or module of the test folder those reference (``_run`` helpers, ``report_cases``, ``chromium_devtools``...).
 Library code is not read: a reference to a library callable that runs a network is itself the evidence.
 
-- ``engine``: runs one of the project's networks: the demo model (``run_demo``, ``atlasseg segment|demo|batch``,
-  ``--model atlasseg-demo``), a SegResNet / SuPreM network (``small_segresnet``, ``load_model``, ``Segmenter``,
-  ``segment``, ``run_batch``), or the Slicer module's engine (``requires_engine``).
+- ``engine``: runs one of the project's networks: the demo model (``run_demo``, ``atlasseg demo``, ``--model ID``),
+  a SegResNet in SuPreM's layout (``small_segresnet``), a batch (``run_batch``), the pipeline (``Segmenter``,
+  ``segment``, ``load_model``) unless it is given the tiny predictor (``bone_model``), or the Slicer module's engine
+  (``requires_engine``).
 - ``subprocess``: starts a process (``subprocess.*``, ``os.system``, a pty): the atlasseg CLI or ``python -c``
   pay an interpreter and torch import each (2-5 s on two cores), an outside tool its own start.
 - ``external``: needs a program outside Python's environment: dciodvfy, plastimatch, Chromium, dcmqi, Ray.
@@ -42,17 +43,21 @@ REPRESENTATIVE = "quick_representative"
 # Under CI, the most a test with no tier may take (setup or call); ATLASSEG_QUICK_LIMIT_S for test_tiers' own check.
 QUICK_LIMIT_S = float(os.environ.get("ATLASSEG_QUICK_LIMIT_S", "5"))
 
-# Library (and test-helper) callables that run a network when called: "module.qualname" of the object.
+# Library and test-helper callables ("module.qualname") whose use means a real network runs.
 ENGINE_CALLABLES = {
-    "AtlasSegLib.demo.run_demo",
-    "AtlasSegLib.batch.run_batch",
-    "AtlasSegLib.pipeline.segment",
-    "AtlasSegLib.pipeline.Segmenter",
-    "AtlasSegLib.networks.load_model",
-    "models_for_tests.small_segresnet",
+    "AtlasSegLib.demo.run_demo",  # the demo model on a phantom
+    "AtlasSegLib.batch.run_batch",  # a model over a folder of cases
+    "models_for_tests.small_segresnet",  # a SegResNet in SuPreM's layout
 }
-# CLI commands that run a model; as a string argument (main([...]), a subprocess argv, a helper's *args).
-ENGINE_COMMANDS = {"segment", "demo", "batch"}
+# The pipeline with whatever model it is given: a real network, unless the code uses the tiny predictor instead
+# (models_for_tests.bone_model: a TorchScript threshold, the pipeline's stages in seconds).
+PIPELINE_CALLABLES = {"AtlasSegLib.pipeline.Segmenter", "AtlasSegLib.pipeline.segment",
+                      "AtlasSegLib.networks.load_model"}
+TINY_PREDICTORS = {"models_for_tests.bone_model"}
+# A CLI argument that picks a built-in model (the demo model, a SuPreM network): "--model", model_id.
+ENGINE_ARGUMENTS = {"--model"}
+# CLI commands that always run a built-in model: ``atlasseg demo``.
+ENGINE_COMMANDS = {"demo"}
 # Marks of the Slicer-module tests that run the engine CLI (in a process the module's runner starts).
 ENGINE_NAMES = {"requires_engine": ("engine", "subprocess")}
 # Identifiers or strings naming an outside program (substring, case-insensitive).
@@ -75,6 +80,14 @@ def _in_testing(obj) -> bool:
     except TypeError:
         return False
     return path is not None and Path(path).resolve().is_relative_to(TESTING) and Path(path).name != "tiers.py"
+
+
+def _outside_calls(node):
+    """``node`` and its descendants, not entering calls."""
+    yield node
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, ast.Call):
+            yield from _outside_calls(child)
 
 
 def _qualname(obj) -> str:
@@ -105,11 +118,12 @@ class _Reader:
             tree = ast.Module([n for n in tree.body if isinstance(n, ast.Assign)
                                and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)], [])
         self.local = self._local_imports(tree)
-        # A command word compared with or joined into a path is data, not a run: command[:7] == [..., "segment"],
-        # tmp_path / "batch".
+        # A word compared with or joined into a path is data, not a run: command[:7] == [..., "--model"],
+        # tmp_path / "demo".
         # Docstrings and other bare strings are prose ("Without plastimatch: ...").
+        # (but a call inside the comparison is a run: assert main(["demo", ...]) == 0).
         self.inert = {id(c) for n in ast.walk(tree) if isinstance(n, (ast.Compare, ast.BinOp))
-                      for c in ast.walk(n) if isinstance(c, ast.Constant)}
+                      for c in _outside_calls(n) if isinstance(c, ast.Constant)}
         self.inert |= {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
         for node in ast.walk(tree):
             self._visit(node)
@@ -169,6 +183,10 @@ class _Reader:
                 qual = _qualname(obj) if not isinstance(obj, types.ModuleType) else obj.__name__
                 if qual in ENGINE_CALLABLES:
                     self._add("engine", qual)
+                if qual in PIPELINE_CALLABLES:
+                    self._add("pipeline", qual)
+                if qual in TINY_PREDICTORS:
+                    self._add("tiny", qual)
                 if qual in EXTERNAL_CALLABLES:
                     self._add("external", qual)
                 if obj is subprocess.run or obj is subprocess.Popen:  # from subprocess import run
@@ -185,12 +203,10 @@ class _Reader:
     def _constants(self, values, where: str) -> None:
         values = [v for v in values if isinstance(v, str)]
         for value in values:
-            if value in ENGINE_COMMANDS:
-                self._add("engine", f"command {value!r}")
+            if value in ENGINE_ARGUMENTS or value in ENGINE_COMMANDS:
+                self._add("engine", f"argument {value!r}")
             if any(w in value.lower() for w in EXTERNAL_WORDS):
                 self._add("external", where)
-        if "atlasseg-demo" in values and "--model" in values:
-            self._add("engine", where)
 
 
 _READERS: dict = {}
@@ -217,6 +233,10 @@ def evidence(roots) -> dict:
         for tier in r.tiers:
             found.setdefault(tier, f"{getattr(obj, '__qualname__', getattr(obj, '__name__', obj))}: {r.why[tier]}")
         todo.extend(r.follow)
+    # The pipeline runs a real network unless the tiny predictor is what it is given.
+    pipeline, tiny = found.pop("pipeline", None), found.pop("tiny", None)
+    if pipeline and not tiny:
+        found.setdefault("engine", pipeline)
     return found
 
 
