@@ -45,15 +45,17 @@ def pipeline_with_a_loaded_model():
     from AtlasSegLib.networks import load_model
     from AtlasSegLib.pipeline import Segmenter
 
-    return Segmenter, load_model
+    return lambda card: Segmenter(load_model(card))  # called, as a test would (here only read)
 
 
 @pytest.fixture
 def pipeline_with_the_tiny_predictor():
+    from AtlasSegLib.card import load_card
+    from AtlasSegLib.networks import load_model
     from AtlasSegLib.pipeline import Segmenter
     from models_for_tests import bone_model
 
-    return Segmenter, bone_model
+    return lambda folder: Segmenter(load_model(load_card(bone_model(folder))))
 
 
 def _tiers(request) -> set:
@@ -70,6 +72,12 @@ def test_a_fixture_of_a_fixture_marks_the_test_too(fixture_of_a_fixture, request
 
 def test_the_pipeline_runs_a_real_network_unless_given_the_tiny_predictor(pipeline_with_a_loaded_model, request):
     assert _tiers(request) == {"engine"}
+
+
+def test_a_pipeline_helper_that_runs_no_model_is_not_engine(request):
+    from AtlasSegLib.pipeline import Segmenter
+
+    assert callable(Segmenter._to_input_grid) and _tiers(request) == set()  # a reference, not a run
 
 
 def test_pipeline_stage_tests_with_the_tiny_predictor_stay_in_the_quick_tier(pipeline_with_the_tiny_predictor,

@@ -125,6 +125,7 @@ class _Reader:
         self.inert = {id(c) for n in ast.walk(tree) if isinstance(n, (ast.Compare, ast.BinOp))
                       for c in _outside_calls(n) if isinstance(c, ast.Constant)}
         self.inert |= {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
+        self.called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         for node in ast.walk(tree):
             self._visit(node)
 
@@ -183,7 +184,7 @@ class _Reader:
                 qual = _qualname(obj) if not isinstance(obj, types.ModuleType) else obj.__name__
                 if qual in ENGINE_CALLABLES:
                     self._add("engine", qual)
-                if qual in PIPELINE_CALLABLES:
+                if qual in PIPELINE_CALLABLES and id(node) in self.called:  # not Segmenter._to_input_grid
                     self._add("pipeline", qual)
                 if qual in TINY_PREDICTORS:
                     self._add("tiny", qual)
