@@ -67,6 +67,7 @@ def test_sigterm_during_segment_cleans_up_like_ctrl_c(tmp_path, ctdata):
     assert _partials(tmp_path) == [] and not out.exists()
 
 
+@pytest.mark.quick_representative  # make test-quick's one CLI subprocess (its run folder is written, not segmented)
 def test_review_into_a_closed_pipe_ends_quietly(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

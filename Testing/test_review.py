@@ -213,10 +213,10 @@ def test_a_broken_review_file_is_refused_clearly(tmp_path):
 def demo_master(tmp_path_factory):
     """A run of the demo phantom written from its truth (testdata.phantom_run), not by the demo model: these tests
     need a run folder with tumor candidates and their probability maps, not the model's accuracy (test_demo_model
-    covers that), and so stay in the quick tier."""
+    covers that), and so stay in the quick tier. A coarser grid than the demo's (3 mm): half a second."""
     from testdata import phantom_run
 
-    return phantom_run(tmp_path_factory.mktemp("demo") / "run")
+    return phantom_run(tmp_path_factory.mktemp("demo") / "run", size=(128, 112, 64), spacing_mm=(3.0, 3.0, 3.75))
 
 
 @pytest.fixture

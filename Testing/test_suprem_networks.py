@@ -115,7 +115,8 @@ def test_unet_batch_norm_uses_batch_statistics_in_eval_mode_and_keeps_buffers():
         assert torch.equal(value, before[key]), f"{key} changed during inference"
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+# slow, by hand (its cost is one Swin UNETR forward, which no reference shows): 14 s measured on the loaded 2 cores.
+@pytest.mark.parametrize("arch", ["unet", pytest.param("swinunetr", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("rows", [25, 9])
 def test_checkpoint_class_count_comes_from_organ_embedding(arch, rows):
     torch.manual_seed(1)

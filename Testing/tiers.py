@@ -126,6 +126,14 @@ class _Reader:
                       for c in _outside_calls(n) if isinstance(c, ast.Constant)}
         self.inert |= {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}
         self.called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        # A command word counts where it is the command of an argv list: main(["demo", ...]), [*CLI, "demo", ...]
+        # (not mktemp("demo"), tmp_path / "demo").
+        self.commands = set()
+        for n in ast.walk(tree):
+            if isinstance(n, (ast.List, ast.Tuple)):
+                first = next((e for e in n.elts if not isinstance(e, ast.Starred)), None)
+                if isinstance(first, ast.Constant):
+                    self.commands.add(id(first))
         for node in ast.walk(tree):
             self._visit(node)
 
@@ -199,12 +207,12 @@ class _Reader:
             elif isinstance(obj, (list, tuple)):  # CLI = [...], DEMO = ["--model", "atlasseg-demo"]
                 self._constants(obj, name)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in self.inert:
-            self._constants([node.value], repr(node.value))
+            self._constants([node.value], repr(node.value), command=id(node) in self.commands)
 
-    def _constants(self, values, where: str) -> None:
+    def _constants(self, values, where: str, *, command: bool = False) -> None:
         values = [v for v in values if isinstance(v, str)]
         for value in values:
-            if value in ENGINE_ARGUMENTS or value in ENGINE_COMMANDS:
+            if value in ENGINE_ARGUMENTS or (command and value in ENGINE_COMMANDS):
                 self._add("engine", f"argument {value!r}")
             if any(w in value.lower() for w in EXTERNAL_WORDS):
                 self._add("external", where)
