@@ -111,9 +111,9 @@ class _Reader:
             self.namespace = getattr(obj, "__globals__", {})
         try:
             source = inspect.getsource(obj)
-        except (OSError, TypeError):
+            tree = ast.parse(textwrap.dedent(source))
+        except (OSError, TypeError, SyntaxError):  # no source, or a lambda's line that is not a statement
             return
-        tree = ast.parse(textwrap.dedent(source))
         if only_pytestmark:  # a module: only its ``pytestmark = ...`` (marks of every test in it)
             tree = ast.Module([n for n in tree.body if isinstance(n, ast.Assign)
                                and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in n.targets)], [])
