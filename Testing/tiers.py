@@ -1,9 +1,11 @@
 """Why a test is expensive, worked out from its code at collection, so the marks never go stale.
 
 A test's tiers come from the code it runs before any assertion of its own: the test function, every fixture in
-its fixture closure (``item.fixturenames``: fixtures of fixtures too), and, transitively, every function, class
-or module of the test folder those reference (``_run`` helpers, ``report_cases``, ``chromium_devtools``...).
-Library code is not read: a reference to a library callable that runs a network is itself the evidence.
+its fixture closure (``item.fixturenames``: fixtures of fixtures too), its module's ``pytestmark``, and,
+transitively, every function or class of the test folder those reference (``_run`` helpers, ``report_cases``,
+``chromium_devtools.Browser``...). Library code is not read: a reference to a library callable that runs a network
+is itself the evidence. Not seen: a fixture fetched by a name computed at run time (``request.getfixturevalue(
+case)``); the CI time rule below catches what that hides.
 
 - ``engine``: runs one of the project's networks: the demo model (``run_demo``, ``atlasseg demo``, ``--model ID``),
   a SegResNet in SuPreM's layout (``small_segresnet``), a batch (``run_batch``), the pipeline (``Segmenter``,
@@ -16,8 +18,8 @@ Library code is not read: a reference to a library callable that runs a network 
   file, with a comment saying why.
 
 A tier someone adds by hand (``@pytest.mark.engine``) is kept; detection only adds. Under CI the conftest fails
-an unmarked test slower than ``QUICK_LIMIT_S`` with its name, so a test this detection misses is found on the
-first CI run, not by a slow quick tier months later.
+a test with no tier whose setup or call takes longer than ``QUICK_LIMIT_S``, with its name, so a test this
+detection misses is found on the first CI run, not by a slow quick tier months later.
 """
 from __future__ import annotations
 
