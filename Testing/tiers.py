@@ -68,11 +68,14 @@ EXTERNAL_WORDS = ("dciodvfy", "plastimatch", "chromium", "segimage2itk", "itkima
 # Modules whose use means an outside runtime (Ray's raylet and GCS processes).
 EXTERNAL_MODULES = {"ray"}
 EXTERNAL_CALLABLES = {"AtlasSegLib.cluster.import_ray"}
+# CLI arguments that start or join Ray: atlasseg batch --workers N / --ray-address.
+EXTERNAL_ARGUMENTS = {"--workers", "--ray-address"}
 SPAWNING = {
     "subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"},
     "os": {"system", "popen", "spawnv", "spawnvp", "spawnl", "spawnlp", "execv", "execvp", "forkpty"},
     "pty": {"spawn", "fork"},
     "asyncio": {"create_subprocess_exec", "create_subprocess_shell"},
+    "multiprocessing": {"Process", "Pool", "get_context"},
 }
 
 
@@ -216,6 +219,8 @@ class _Reader:
         for value in values:
             if value in ENGINE_ARGUMENTS or (command and value in ENGINE_COMMANDS):
                 self._add("engine", f"argument {value!r}")
+            if value in EXTERNAL_ARGUMENTS:
+                self._add("external", f"argument {value!r}")
             if any(w in value.lower() for w in EXTERNAL_WORDS):
                 self._add("external", where)
 
