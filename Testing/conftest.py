@@ -39,6 +39,8 @@ def parity_checkpoints() -> dict:
     built once per machine: kept in the test cache (testdata.test_cache_dir) under a key of the oracle tool's
     bytes and torch's version (the file is torch.save output), so the torch and OpenVINO parity tests share one
     build per session and later sessions none."""
+    # Imported here: torch and the SuPreM test module are only for the tests that use this fixture (conftest is
+    # loaded by every run, the Slicer tests' included).
     import hashlib
     import subprocess
 
