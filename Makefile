@@ -1,13 +1,14 @@
 # AtlasSeg: two commands for a new user.
 #   make demo   set up .venv, then segment a synthetic CT phantom with the shipped demo model (offline)
 #   make test   set up .venv with the test extras, then run the whole test suite
+#   make test-quick   the fast loop while changing code: every test with no tier (Testing/tiers.py) plus one per tier
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # torch first and explicitly: a plain "torch" requirement would pull a multi-GB CUDA build on machines without it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench bench-quick bench-batch bench-review clean chromium dicom-tools
+.PHONY: demo test test-quick screenshots bench bench-quick bench-batch bench-review clean chromium dicom-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,18 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test chromium dicom-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Every test not marked engine, subprocess, external or slow (marks worked out from each test's code, Testing/tiers.py)
+# plus one representative of each of those tiers (quick_representative): a few minutes on two cores (README).
+test-quick: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not (engine or subprocess or external or slow) or quick_representative"
+
+# Refresh the README pictures that tests draw (tests themselves write only into temporary folders) and the overlay.
+# The panel pictures need PySide6 in a throwaway venv: see Testing/slicer_module/render_panel.py.
+screenshots: $(VENV)/.installed-test
+	ATLASSEG_SCREENSHOTS="$(CURDIR)/Resources/Screenshots" $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  Testing/slicer_module/test_review_screenshots.py
+	$(BIN)/python Testing/slicer_module/render_overlay.py
 
 # The report test draws report.html in headless Chromium. Installed when missing and allowed (root with apt-get);
 # elsewhere, or if the install fails, that one test is skipped and says why.

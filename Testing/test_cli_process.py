@@ -34,12 +34,12 @@ def _partials(folder: Path) -> list:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, ctdata):
-    """A finished demo-model run on the real CT (read-only for the tests; copy before editing)."""
-    out = tmp_path_factory.mktemp("cli") / "run"
-    r = subprocess.run([*CLI, "segment", str(ctdata / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"), "-o", str(out),
-                        *DEMO, "--quiet"], cwd=REPO, env=_env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
+    """A finished run on the real CT, written by the engine's OutputWriter from its TotalSegmentator organs and
+    synthetic liver lesions (report_cases.real_ct_output; no model, seconds instead of a demo-model process): the
+    tests using it run review, threshold and export as processes on it. Read-only; copy before editing."""
+    from report_cases import real_ct_output
+
+    return real_ct_output(ctdata, tmp_path_factory.mktemp("cli"))
 
 
 def _wait_for(predicate, proc, timeout=300.0, step=0.005):
@@ -67,6 +67,7 @@ def test_sigterm_during_segment_cleans_up_like_ctrl_c(tmp_path, ctdata):
     assert _partials(tmp_path) == [] and not out.exists()
 
 
+@pytest.mark.quick_representative  # make test-quick's one CLI subprocess (its run folder is written, not segmented)
 def test_review_into_a_closed_pipe_ends_quietly(run_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)

@@ -95,6 +95,7 @@ def test_demo_command_refuses_controls_out_of_range_with_exit_2(args, message, t
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.quick_representative  # make test-quick's one engine run: the demo model, in-process, a few seconds
 def test_demo_command_with_controls_segments_and_shows_only_the_chosen_structures(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--seed", "9004", "--quiet", "--device", "cpu", "--tumor-count", "2",

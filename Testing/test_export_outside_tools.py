@@ -95,6 +95,7 @@ def test_dciodvfy_finds_no_errors_in_seg_and_rtstruct_on_real_series(case, fmt, 
     assert errors == [], f"{case} {fmt}: " + "\n".join(errors)
 
 
+@pytest.mark.quick_representative  # make test-quick's one outside tool: dciodvfy on one export
 @needs_dciodvfy
 def test_source_values_invalid_for_their_vr_are_made_valid_and_logged(sarcoma, caplog, ctdata):
     source = pydicom.dcmread(next((ctdata / "ibsi_sts008_sarcoma_tumor" / "CT" / "image").iterdir()),

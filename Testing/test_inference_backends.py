@@ -203,30 +203,22 @@ def test_openvino_runner_matches_torch_on_a_batch_of_two_windows(tmp_path, monke
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unet", "swinunetr"])
-def test_suprem_parity_window_logits_with_openvino(arch, request, monkeypatch, tmp_path_factory):
+def test_suprem_parity_window_logits_with_openvino(arch, parity_checkpoints, monkeypatch):
     """The converted SuPreM U-Net / Swin UNETR give the published implementation's logits on the parity window.
 
-    A first conversion of these networks takes minutes on two cores, so the parity weights (deterministic, built
-    by the oracle tool) and their conversion are kept in pytest's own cache (.pytest_cache, git-ignored; cleared
-    by --cache-clear), not the session's fresh AtlasSeg cache: later runs load the converted model, whose
-    conversion check (recorded in check.json) passed, and still compare its logits with the published ones. The
-    cache key holds the weights, OpenVINO, torch and ``backends.CONVERSION_FORMAT``, so a change of any
-    reconverts."""
-    from test_suprem_networks import ARCHS, load_released_layout, parity_error, shared_dir
-    import subprocess
-    import sys
+    A first conversion of these networks takes minutes on two cores, so the parity weights (the session fixture
+    ``parity_checkpoints``, shared with test_suprem_networks) and their conversion are kept in the test cache
+    ($ATLASSEG_TEST_CACHE, else ~/.cache/atlasseg-test; not pytest's cache, which CI's -p no:cacheprovider
+    disables), not the session's fresh AtlasSeg cache: later runs load the converted model, whose conversion check
+    (recorded in check.json) passed, and still compare its logits with the published ones. The conversion's key
+    (backends.weights_key) holds the weights, OpenVINO, torch and ``backends.CONVERSION_FORMAT``, so a change of
+    any reconverts."""
+    from test_suprem_networks import load_released_layout, parity_error, shared_dir
+    from testdata import test_cache_dir
 
-    # CI runs pytest with -p no:cacheprovider (no config.cache): then a folder of this session, converted afresh.
-    cache = getattr(request.config, "cache", None)
-    keep = (cache.mkdir("atlasseg-openvino-parity") if cache is not None
-            else tmp_path_factory.mktemp("atlasseg-openvino-parity"))
+    keep = test_cache_dir() / "openvino-parity"
     monkeypatch.setattr(backends, "ov_cache_dir", lambda: keep / "openvino")
-    path = keep / f"{arch}.pth"
-    if not path.is_file():
-        tmp = keep / f".{arch}.pth.tmp"
-        subprocess.run([sys.executable, str(shared_dir() / "tools" / "suprem_parity.py"), "build", arch, str(tmp)],
-                       check=True, capture_output=True, timeout=300)
-        tmp.replace(path)
+    path = parity_checkpoints[arch]
     net = load_released_layout(arch, path)
     x = np.load(shared_dir() / "docs" / "suprem_parity" / "input_96.npy")
     for precision in CPU_PRECISIONS:

@@ -211,17 +211,36 @@ def test_a_broken_review_file_is_refused_clearly(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_master(tmp_path_factory):
-    from AtlasSegLib.demo import run_demo
+    """A run of the demo phantom written from its truth (testdata.phantom_run), not by the demo model: these tests
+    need a run folder with tumor candidates and their probability maps, not the model's accuracy (test_demo_model
+    covers that), and so stay in the quick tier. A coarser grid than the demo's (3 mm): half a second."""
+    from testdata import phantom_run
 
-    out = tmp_path_factory.mktemp("demo") / "run"
-    run_demo(out, overwrite=True)
-    return out
+    return phantom_run(tmp_path_factory.mktemp("demo") / "run", size=(128, 112, 64), spacing_mm=(3.0, 3.0, 3.75))
 
 
 @pytest.fixture
 def demo_run(demo_master, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(demo_master, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_demo_master(tmp_path_factory):
+    """The demo model's own run of the phantom: for a test that needs what the model got wrong (candidates outside
+    the liver at a low threshold), which truth cannot stand in for."""
+    from AtlasSegLib.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo-model") / "run"
+    run_demo(out, overwrite=True)
+    return out
+
+
+@pytest.fixture
+def model_demo_run(model_demo_master, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(model_demo_master, out)
     return out
 
 
@@ -482,14 +501,14 @@ def test_the_run_folder_layer_imports_neither_review_nor_report():
     assert not {"review", "report"} & imported("outputs")
 
 
-def test_a_review_edit_rechecks_the_tumor_flags_on_the_edited_mask(demo_run, capsys):
+def test_a_review_edit_rechecks_the_tumor_flags_on_the_edited_mask(model_demo_run, capsys):
     """After 'atlasseg review --remove' the tumor's flags are those check_structures gives the edited mask (the
     run's would count the removed candidate), with the CT the demo keeps in its folder (ct.nii.gz)."""
     from AtlasSegLib.cli import main
     from AtlasSegLib.geometry import Grid
     from AtlasSegLib.plausibility import check_structures
 
-    out = demo_run
+    out = model_demo_run
     assert main(["threshold", str(out), "--set", "liver_tumor=0.02"]) == 0  # two candidates outside the liver
     before = next(e for e in json.loads((out / "report.json").read_text())["structures"]
                   if e["name"] == "liver_tumor")["flags"]

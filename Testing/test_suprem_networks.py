@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,17 +44,7 @@ def strip_module(state: dict) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-@pytest.fixture(scope="module")
-def parity_checkpoints(tmp_path_factory):
-    """Build the oracle's deterministic checkpoints (released layout) once per test module."""
-    tool = shared_dir() / "tools" / "suprem_parity.py"
-    folder = tmp_path_factory.mktemp("suprem_parity")
-    paths = {}
-    for arch in ARCHS:
-        paths[arch] = folder / f"{arch}.pth"
-        subprocess.run([sys.executable, str(tool), "build", arch, str(paths[arch])], check=True,
-                       capture_output=True, timeout=300)
-    return paths
+# parity_checkpoints (the oracle's checkpoints, built once per machine) is a session fixture in conftest.py.
 
 
 def load_released_layout(arch: str, path: Path) -> torch.nn.Module:
@@ -126,7 +115,8 @@ def test_unet_batch_norm_uses_batch_statistics_in_eval_mode_and_keeps_buffers():
         assert torch.equal(value, before[key]), f"{key} changed during inference"
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+# slow, by hand (its cost is one Swin UNETR forward, which no reference shows): 14 s measured on the loaded 2 cores.
+@pytest.mark.parametrize("arch", ["unet", pytest.param("swinunetr", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("rows", [25, 9])
 def test_checkpoint_class_count_comes_from_organ_embedding(arch, rows):
     torch.manual_seed(1)

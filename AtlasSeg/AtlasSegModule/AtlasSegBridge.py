@@ -1,4 +1,8 @@
-"""The one place that converts between MRML nodes and ``(numpy array, geometry)`` or SimpleITK images.
+"""Whole-volume conversions between MRML nodes and ``(numpy array, geometry)`` or SimpleITK images, the engine's
+input file (``writeVolumeNode``, ``.mha``) and reading its output images; ``VolumeGeometry``, the grid every other
+file of the module uses. Copies, so safe to hand anywhere: code that must not copy a whole volume works on
+numpy views of the node's own buffers instead and says so (``AtlasSegReview`` and ``RemoveFalsePositiveLogic``
+edit labelmap layers in place, ``AtlasSegTeaching`` paints into the CT's voxels).
 
 Conventions (every function in this file follows them):
 
@@ -7,8 +11,9 @@ Conventions (every function in this file follows them):
 * **World coordinates.** Slicer works in RAS, ITK/SimpleITK and the AtlasSeg engine in LPS. ``VolumeGeometry``
   is stored in RAS; ``VolumeGeometry.toLps`` / ``VolumeGeometry.fromSitk`` convert by negating the first two
   world axes, which is exact in floating point (no matrix is inverted or decomposed).
-* **dtype.** Voxel types are preserved: an int16 CT stays int16, a float32 map stays float32. Masks handed to
-  segments are converted to uint8 0/1.
+* **dtype.** Voxel types are preserved: an int16 CT stays int16, a float32 map stays float32. Segment
+  labelmaps are uint8 (``orientedImageFromArray`` keeps the values, so pass 0/1); a segment read back
+  (``arrayFromSegment``) is uint8 0/1.
 * **Ownership.** Arrays returned here are copies owned by the caller; changing them never changes a node.
   Nodes built from arrays deep-copy the voxels, so the caller may reuse or free its array afterwards.
 

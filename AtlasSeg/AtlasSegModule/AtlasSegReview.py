@@ -12,9 +12,15 @@ away each false positive in seconds instead of drawing each missed tumor by hand
   ``AtlasSeg.Review`` (saved with the scene, and undone/redone with the masks) in the format of
   ``AtlasSegLib.review`` (``review.json``).
 
-All numerics come from ``AtlasSegLib.review`` (the CLI computes the same numbers); this file only maps them
-onto MRML: labelmap layers are read and written through numpy views of the shared layer images (see
-``SegmentEditorRemoveFalsePositive.RemoveFalsePositiveLogic``), never through whole-volume copies.
+* ``exportReview`` writes those decisions as the run's ``review.json`` (atomically) for the report.
+* Layer housekeeping: a review session first crops tumor-only labelmap layers to their probability boxes
+  (``compactTumorLayers``: cheaper undo steps), and a preview grows a layer to cover the box it writes into
+  (``ensureLayerCovers``).
+
+The review numerics (candidates, operating points, probability maps, decisions) come from
+``AtlasSegLib.review`` (the CLI computes the same numbers); this file maps them onto MRML: labelmap layers are
+read and written through numpy views of the shared layer images (see ``AtlasSegModule.RemoveFalsePositiveLogic``),
+never through whole-volume copies.
 
 Index conventions: numpy arrays are (k, j, i); ``start_ijk`` and seeds are (i, j, k) indices of the
 segmentation's labelmap grid, which for AtlasSeg results is the input CT's grid.

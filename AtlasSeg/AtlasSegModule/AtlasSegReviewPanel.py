@@ -1,12 +1,15 @@
-"""The "Sensitivity and review" section of the AtlasSeg module panel (Qt). Thin: every computation and scene
-change is in ``AtlasSegReview`` (tested headless); this file builds widgets and forwards clicks.
+"""The "Sensitivity and review" section of the AtlasSeg module panel (Qt): the segmentation selector, one
+sensitivity slider per tumor (debounced preview, Apply/Cancel), the candidate table with keep/remove/next/previous
+and their keyboard shortcuts, the batch clean-up buttons, Undo/Redo and "Export review". Thin: every computation
+and scene change is in ``AtlasSegReview`` (tested headless); this file builds widgets and forwards clicks, and
+listens to the "Remove false positive" effect's clicks to update the table.
 
 Undo: when the Segment Editor module already shows the reviewed segmentation, edits go into its history, so the
 panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove false positive" effect share one history; otherwise
 the panel keeps its own (the Segment Editor is never repointed: that discarded the user's undo history there).
 
-The lead wires it into ``AtlasSeg.py``: ``self.review = ReviewPanel(self.layout, self)`` in ``setup()``,
-``self.review.setSegmentationNode(node)`` after results load, ``self.review.cleanup()`` in ``cleanup()``.
+``AtlasSeg.py`` makes one in ``setup()`` (``self.reviewPanel = ReviewPanel(self.layout, self)``), hands it each
+loaded result (``setSegmentationNode``) and calls ``cleanup()`` when the module closes.
 """
 import ctk
 import qt

@@ -1,6 +1,7 @@
 """What the user sees: a false positive removed with one click disappears from the slice view's overlay and
 comes back on undo. Renders with Slicer's real slice displayable managers (offscreen) and writes
-Resources/Screenshots/review_before.png, review_after_removal.png and review_after_undo.png."""
+review_before.png, review_after_removal.png and review_after_undo.png into the test's own folder; ``make
+screenshots`` writes them into Resources/Screenshots for the README (the ``screenshot_dir`` fixture)."""
 import numpy as np
 
 import slicer_harness
@@ -9,15 +10,13 @@ from slicer_marks import requires_opengl
 from AtlasSegModule.AtlasSegReview import ReviewSession
 from AtlasSegModule.RemoveFalsePositiveLogic import RemoveFalsePositiveLogic
 
-SCREENSHOTS = slicer_harness.REPO_ROOT / "Resources" / "Screenshots"
-
-
 def _colourPixels(rgb, colour, tolerance=40):
     return (np.abs(rgb.astype(int) - np.asarray(colour)[None, None, :]) <= tolerance).all(axis=-1)
 
 
 @requires_opengl
-def test_removed_false_positive_leaves_the_overlay_and_undo_brings_it_back(logic, slicer_app, tmp_path):
+def test_removed_false_positive_leaves_the_overlay_and_undo_brings_it_back(logic, slicer_app, tmp_path,
+                                                                          screenshot_dir):
     scene = makeReviewScene(logic, tmp_path / "out")
     editor = makeEditor(slicer_app, scene.segmentationNode, scene.volume, "liver")
     session = ReviewSession(scene.segmentationNode, saveStateForUndo=editor.SaveStateForUndo)
@@ -31,14 +30,13 @@ def test_removed_false_positive_leaves_the_overlay_and_undo_brings_it_back(logic
     display.SetOpacity2DOutline(1.0)
     fp = scene.boxToFullKji(FP_HIGH_BOX_KJI)
     view.setOffset(scene.rasOfKji(fp)[2])
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    before = view.render(SCREENSHOTS / "review_before.png")
+    before = view.render(screenshot_dir / "review_before.png")
 
     result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).click(scene.rasOfKji(fp))
     assert result.segmentId == "liver_tumor" and result.changed
-    after = view.render(SCREENSHOTS / "review_after_removal.png")
+    after = view.render(screenshot_dir / "review_after_removal.png")
     editor.Undo()
-    undone = view.render(SCREENSHOTS / "review_after_undo.png")
+    undone = view.render(screenshot_dir / "review_after_undo.png")
 
     tumorColour = np.round(np.array(scene.segmentationNode.GetSegmentation().GetSegment("liver_tumor").GetColor())
                            * 255)
