@@ -10,7 +10,8 @@ backend    device      precision ``auto``
 =========  ==========  ====================================================================================
 auto       CUDA        torch with fp16 autocast
 auto       CPU         OpenVINO when installed (bf16 where the CPU reports BF16 in its
-                       ``OPTIMIZATION_CAPABILITIES``, else fp32); torch fp32 when OpenVINO is not installed
+                       ``OPTIMIZATION_CAPABILITIES`` and the network passes ``low_precision_check``, else
+                       fp32); torch fp32 when OpenVINO is not installed
 torch      any         fp16 autocast on CUDA, fp32 on CPU (bf16 autocast on request)
 openvino   CPU only    as for auto on CPU
 =========  ==========  ====================================================================================
@@ -67,6 +68,11 @@ CHECK_RTOL = 5e-3
 """Converted fp32 OpenVINO logits may differ from torch fp32 by at most this × max(1, max |logit|). OpenVINO sums
 in another order: measured 0.3–2e-3 relative on the registry networks (SuPreM U-Net 0.014 on logits up to 6.5 on
 the parity window); a wrong conversion (e.g. batch norm with running statistics) is off by ~100 %."""
+LOWP_RTOL = 0.1
+"""bf16/fp16 OpenVINO logits may differ from the checked fp32 OpenVINO model's by at most this × max(1, max
+|logit|) on the check window, else fp32 runs. Measured on the SuPreM parity weights with a CPU that has AVX-512
+BF16: U-Net 0.038 relative (0.22 on logits up to 6.0), Swin UNETR 3.3 (40 on logits up to 12: 25 % of its
+thresholded voxels flip; its attention does not survive bf16 in OpenVINO's CPU plugin)."""
 CONVERSION_FORMAT = 1
 """Part of the cache key: bump when ``_convert`` changes what it writes, so cached conversions are redone."""
 INT8_FORMAT = 1
@@ -349,6 +355,51 @@ def converted(net: torch.nn.Module, roi) -> tuple:
     return (final / "model.xml" if check["ok"] else None), check
 
 
+def low_precision_check(xml: Path, precision: str, roi) -> dict:
+    """Whether the compiled ``precision`` (bf16/fp16) model gives the fp32 model's logits on the check window
+    (``LOWP_RTOL``). Run once per conversion and precision: the result is kept beside the model
+    (``check-<precision>.json``, rewritten when ``LOWP_RTOL`` changes); a damaged or unwritable record only means
+    the check runs again next time."""
+    record = Path(xml).parent / f"check-{precision}.json"
+    try:
+        cached = json.loads(record.read_text())
+        if cached.get("rtol") == LOWP_RTOL and "ok" in cached:
+            return cached
+    except (OSError, ValueError):
+        pass
+    x = _check_input(roi).numpy()
+    t0 = time.perf_counter()
+    ref = OpenVINORunner(xml, "fp32")(torch.from_numpy(x)).numpy()
+    got = OpenVINORunner(xml, precision)(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(got - ref).max())
+    scale = max(1.0, float(np.abs(ref).max()))
+    ok = bool(np.isfinite(diff) and diff <= LOWP_RTOL * scale)
+    check = {"ok": ok, "precision": precision, "max_abs_diff": round(diff, 5), "max_abs_logit": round(scale, 5),
+             "rtol": LOWP_RTOL, "check_s": round(time.perf_counter() - t0, 2)}
+    if not ok:
+        check["reason"] = (f"OpenVINO {precision} logits differ from fp32 by {diff:.3g} on the check window "
+                           f"(allowed {LOWP_RTOL * scale:.3g})")
+    try:
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(check, indent=1))
+        os.replace(tmp, record)
+    except OSError as exc:
+        log.debug("could not keep the %s check: %s", precision, exc)
+    return check
+
+
+def _openvino_runner(xml: Path, precision: str, roi, note: Optional[str] = None) -> "OpenVINORunner":
+    """An OpenVINO runner in ``precision``; bf16/fp16 only where ``low_precision_check`` passes, else fp32 with
+    the reason in its note (auto picks bf16 on CPUs that have it, so a network bf16 breaks must not run in it)."""
+    if precision in ("bf16", "fp16"):
+        check = low_precision_check(xml, precision, roi)
+        if not check["ok"]:
+            log.warning("%s; OpenVINO fp32 runs the network instead", check["reason"])
+            reason = f"{check['reason']}; OpenVINO fp32 runs the network"
+            return OpenVINORunner(xml, "fp32", note=f"{note}; {reason}" if note else reason)
+    return OpenVINORunner(xml, precision, note=note)
+
+
 def is_converted(net: torch.nn.Module, roi) -> bool:
     """Whether this network's conversion (or its failed check) is already in the cache."""
     return (ov_cache_dir() / weights_key(net, roi) / "check.json").is_file()
@@ -501,13 +552,16 @@ def make_runner(net: torch.nn.Module, roi, device: torch.device, backend: str = 
         log.warning("%s; torch runs the network instead", reason)
         return TorchRunner(net, device, "fp32", f"{reason}; torch fp32 runs the network")
     if choice.precision != "int8":
-        return OpenVINORunner(xml, choice.precision)
+        return _openvino_runner(xml, choice.precision, roi)
     fp32 = OpenVINORunner(xml, "fp32")
 
     def instead(reason: str, record: dict) -> Runner:
-        runner = fp32 if fallback == "fp32" else OpenVINORunner(xml, fallback)
         log.warning("%s; OpenVINO %s runs the network instead", reason, fallback)
-        runner.note, runner.int8_check = f"{reason}; OpenVINO {fallback} runs the network", record
+        runner = fp32 if fallback == "fp32" else _openvino_runner(
+            xml, fallback, roi, note=f"{reason}; OpenVINO {fallback} runs the network")
+        if runner is fp32:
+            runner.note = f"{reason}; OpenVINO fp32 runs the network"
+        runner.int8_check = record
         return runner
 
     xml8, info = quantized(net, roi, calibration, source=calibration_source)
