@@ -34,6 +34,7 @@ from .io import SourceInfo, atomic_write_image
 from .overview import Overview
 from .postprocess import components
 from .progress import Reporter
+from .run import Run
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def write_probability_map(folder: Path, name: str, q_box: np.ndarray, box_grid: 
             "box_size_ijk": [int(v) for v in q_box.shape[::-1]], "input_size_ijk": [int(v) for v in input_size_ijk],
             "gate": gate, "gate_dilation_mm": gate_dilation_mm, "threshold": threshold, "min_component_mm3": min_mm3,
             "encoding": "uint8 p*255"}
-    (Path(folder) / PROB_DIR / f"{name}.json").write_text(json.dumps(meta, indent=1))
+    Run(folder, check=False).write_probability_meta(name, meta)
     return f"{PROB_DIR}/{name}.nii.gz"
 
 
@@ -265,7 +266,7 @@ class OutputWriter:
         warnings = list(warnings) + [hidden_warning(name) for name in hidden]
         write_mask_nifti(self.folder / "combined_labels.nii.gz", self._header or nifti_header(self.grid, self.folder),
                          self.grid.size, ((0, 0, 0), self.grid.size), self.combined)
-        (self.folder / "card.json").write_text(json.dumps(self.card.to_json(), indent=1))
+        Run(self.folder, check=False).write_card_json(self.card.to_json())
         report = {
             "atlasseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -284,7 +285,6 @@ class OutputWriter:
         report["summary"] = tumor_summary(report)
         for text in self.source.warnings:  # e.g. an irregular DICOM series resampled onto a regular grid
             report.setdefault("warnings", []).append(text)
-        from .run import Run
 
         Run(self.folder, check=False).write_report(report)
         if self.overview is not None:
@@ -321,7 +321,6 @@ def load_run(outdir) -> tuple:
     if not rp.is_file() or not cp.is_file():
         raise InputError(f"{outdir} is not an AtlasSeg output folder (no report.json/card.json); "
                          "give the -o folder of an 'atlasseg segment' run")
-    from .run import Run
 
     run = Run(outdir)
     return run.read_report(), run.read_card()
@@ -355,7 +354,6 @@ def commit_edit(outdir: Path, report: dict, card: ModelCard, ref: sitk.Image, hi
     report["summary"] = tumor_summary(report)
     report.setdefault("history", []).append(
         {**history, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    from .run import Run
 
     Run(outdir, check=False).write_report(report)
     return report

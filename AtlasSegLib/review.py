@@ -110,15 +110,15 @@ class ProbabilityMap:
     def from_output(cls, outdir, name: str) -> "ProbabilityMap":
         """Read ``probabilities/<name>`` of an AtlasSeg output folder, with its gate built from the organ masks
         exactly as the run built it."""
+        from .run import Run  # the run folder's one reader (run.py imports review lazily; this keeps it so)
+
         outdir = Path(outdir)
-        meta_path = outdir / "probabilities" / f"{name}.json"
-        image_path = outdir / "probabilities" / f"{name}.nii.gz"
+        run = Run(outdir, check=False)
+        meta_path, image_path = run.probability_meta_path(name), run.probability_path(name)
         if not meta_path.is_file() or not image_path.is_file():
             raise InputError(f"{outdir} keeps no probability map for {name} (probabilities/{name}.nii.gz + .json); "
                              "only tumor structures of a run keep one")
-        from .run import Run  # the run folder's one reader
-
-        meta = Run(outdir, check=False).read_probability_meta(name)
+        meta = run.read_probability_meta(name)
         image = sitk.ReadImage(str(image_path))
         q = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
         box_grid = Grid.of(image)

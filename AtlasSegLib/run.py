@@ -184,6 +184,10 @@ class Run:
         atomic_write_text(json.dumps(doc, indent=1), self.review_path)
         return self.review_path
 
+    def write_card_json(self, card: dict) -> None:
+        """card.json (the model card the run used, as plain JSON), written whole or not at all."""
+        atomic_write_text(json.dumps(card, indent=1), self.card_path)
+
     def read_probability_meta(self, name: str) -> dict:
         return self._read_json(self.probability_meta_path(name), f"probability map description of {name}")
 

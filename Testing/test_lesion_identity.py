@@ -208,7 +208,8 @@ def test_a_copied_or_moved_run_folder_works_with_every_command(run, tmp_path, ca
 
 
 def test_nothing_under_AtlasSeg_parses_the_run_files_itself():
-    """The Slicer module reads and writes run folders only through AtlasSegLib.run."""
+    """The Slicer module reads and writes run folders (report.json, review.json, card.json, the probability maps'
+    descriptions) only through AtlasSegLib.run."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "AtlasSeg"
@@ -216,8 +217,9 @@ def test_nothing_under_AtlasSeg_parses_the_run_files_itself():
     for path in root.rglob("*.py"):
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             code = line.split("#", 1)[0]
-            if re.search(r"""/\s*["'](report|review)\.json["']""", code) or \
-                    (re.search(r"json\.loads?\(", code) and re.search(r"report|review", code, re.I)):
+            if re.search(r"""/\s*["'](report|review|card)\.json["']""", code) or \
+                    re.search(r"""["']probabilities["']|\.glob\(\s*["']\*\.json""", code) or \
+                    (re.search(r"json\.(loads?|dumps?)\(", code) and re.search(r"report|review|card|meta", code, re.I)):
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert not offenders, "parse run files through AtlasSegLib.run.Run:\n" + "\n".join(offenders)
 

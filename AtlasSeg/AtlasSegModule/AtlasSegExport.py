@@ -13,7 +13,6 @@ Both directions go through the library (``AtlasSegLib.export``), so the Slicer m
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import tempfile
@@ -155,7 +154,7 @@ def writeRunFolder(segmentationNode, referenceVolume, folder) -> Path:
     state = AtlasSegReview.loadReviewState(segmentationNode)
     if state.tumors:
         run.write_review(state)
-    (folder / "card.json").write_text(json.dumps(card, indent=1), encoding="utf-8")
+    run.write_card_json(card)
     run.write_report(report)
     return folder
 
@@ -325,7 +324,7 @@ def importAbdomenAtlasCase(logic, caseFolder, *, name: Optional[str] = None) -> 
         classes = [{k: v for k, v in s.items() if k != "file"} for s in case.structures]
         card = {"id": "abdomenatlas-case", "title": f"AbdomenAtlas case {caseName}", "version": "1",
                 "classes": classes}
-        (workDir / "card.json").write_text(json.dumps(card), encoding="utf-8")
+        Run(workDir, check=False).write_card_json(card)
         volume = bridge.volumeNodeFromSitk(ct, caseName)
         results = logic.loadResults(workDir, volume, name=f"{caseName} segmentations")
     except Exception:

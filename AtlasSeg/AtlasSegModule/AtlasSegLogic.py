@@ -443,12 +443,16 @@ def readOutputCard(outputDir) -> dict:
     Raises:
         ValueError: the file is missing, unreadable or has no class table.
     """
-    path = Path(outputDir) / "card.json"
+    from AtlasSegLib.errors import InputError
+    from AtlasSegLib.run import Run
+
+    run = Run(outputDir, check=False)  # the run folder's owner reads card.json
+    path = run.card_path
     if not path.is_file():
         raise ValueError(f"{outputDir} is not an AtlasSeg output folder: card.json is missing")
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        card = run.read_card_json()
+    except (OSError, InputError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     classes = card.get("classes")
     if not isinstance(classes, list) or not classes:
@@ -935,18 +939,20 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _readProbabilities(outputDir: Path, geometry: bridge.VolumeGeometry, names: set) -> dict:
         """tumor name -> (uint8 KJI array, box geometry, metadata) for every probability map of ``names``."""
+        from AtlasSegLib.errors import InputError
+        from AtlasSegLib.run import Run
+
         found = {}
-        folder = outputDir / "probabilities"
-        for metaPath in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-            tumor = metaPath.name[: -len(".json")]
-            imagePath = folder / f"{tumor}.nii.gz"
-            if tumor not in names or not imagePath.is_file():
+        run = Run(outputDir, check=False)  # the run folder's owner knows where maps live and reads their boxes
+        for tumor in sorted(names):
+            metaPath, imagePath = run.probability_meta_path(tumor), run.probability_path(tumor)
+            if not metaPath.is_file() or not imagePath.is_file():
                 continue
             try:
-                meta = json.loads(metaPath.read_text(encoding="utf-8"))
+                meta = run.read_probability_meta(tumor)
                 start, size = list(meta["box_start_ijk"]), list(meta["box_size_ijk"])
                 inputSize = list(meta["input_size_ijk"])
-            except (OSError, json.JSONDecodeError, KeyError) as exc:
+            except (OSError, InputError, KeyError) as exc:
                 raise ValueError(f"cannot read probability box of {tumor} from {metaPath}: {exc}") from None
             if tuple(inputSize) != tuple(geometry.size):
                 raise ValueError(f"probability map {tumor} was made for a {inputSize} volume, not the input's "
