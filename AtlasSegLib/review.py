@@ -138,6 +138,18 @@ class ProbabilityMap:
             pm.gate = dilated_gate(gate, q, box_grid.spacing[::-1], float(meta.get("gate_dilation_mm") or 0.0))
         return pm
 
+    def click_gate(self) -> Optional[np.ndarray]:
+        """Where a click may add a lesion (``addlesion.add_lesion``'s gate): the gate organs themselves, and the
+        dilated gate where the map is not 0. ``gate`` alone is dilated only where the map is non-zero
+        (``postprocess.dilated_gate``: exact for every threshold, free on a healthy organ), so it would refuse
+        every image-path click where the model gave 0. None without gate organs."""
+        if self.gate is None:
+            return None
+        gate = self.gate.astype(bool)
+        for organ in self.organs.values():
+            gate |= organ.astype(bool, copy=False)
+        return gate
+
     def labels(self, threshold: float) -> Labelling:
         """The box's tumor mask at ``threshold`` with its components: the engine's own ``tumor_mask`` rule, so
         the mask equals what the full map gives (p ≥ threshold, gated, dust removed)."""

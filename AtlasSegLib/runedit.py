@@ -442,18 +442,6 @@ class _TumorEdit:
         finish_edit(self.outdir, self.report, self.card, self.image, history)
 
 
-def add_gate(pm: ProbabilityMap) -> Optional[np.ndarray]:
-    """Where a click may add a lesion: the gate organs themselves, and their dilated gate where the map is not 0.
-    ``pm.gate`` alone is dilated only where the map is non-zero (``postprocess.dilated_gate``: exact for every
-    threshold, and free on a healthy organ), so it would refuse every image-path click where the model gave 0."""
-    if pm.gate is None:
-        return None
-    gate = pm.gate.astype(bool)
-    for organ in pm.organs.values():
-        gate |= organ.astype(bool, copy=False)
-    return gate
-
-
 def click_voxel(outdir, *, add_at: Optional[str] = None, add_at_voxel: Optional[str] = None) -> tuple:
     """The (i, j, k) voxel of ``--add-at R,A,S`` (mm, RAS as Slicer shows it) or ``--add-at-voxel I,J,K`` on the
     run's input grid (InputError outside the image)."""
@@ -494,7 +482,7 @@ def add_lesion_at(outdir, structure: str, ijk, *, reviewer: Optional[str] = None
         raise InputError(f"adding a lesion needs the run's CT: {note}")
     ct_box = sitk.GetArrayViewFromImage(ct)[pm.box_slices]
     labels = edit.lab.labels
-    found = add_lesion(ct_box, pm.box_grid.spacing[::-1], pm.q, labels, kji, gate=add_gate(pm))
+    found = add_lesion(ct_box, pm.box_grid.spacing[::-1], pm.q, labels, kji, gate=pm.click_gate())
     if found.action == "select":
         return {"action": "select", "id": int(edit.ids[int(labels[kji])]), "ijk": list(ijk)}
     if found.action != "added":

@@ -235,3 +235,56 @@ class _ThreeDView:
         self.renderer.ResetCamera()
         self.renderer.ResetCameraClippingRange()
         self.window.Render()
+
+
+# ----------------------------------------------------------------------------------------- add a missed tumor
+MISSED_KJI = (12, 30, 24)  # full grid, in the liver, where the model's map is 0 (away from every blob)
+
+
+def _insertMissedTumor(scene, radius=3):
+    """A -45 HU ball in the CT's liver where the probability map holds nothing: a tumor the model missed."""
+    from review_scene import SHAPE, ball
+
+    ct = slicer.util.arrayFromVolume(scene.volume)
+    inside = ball(SHAPE, MISSED_KJI, radius)
+    ct[inside] -= 45
+    slicer.util.arrayFromVolumeModified(scene.volume)
+    return inside
+
+
+def test_add_mode_adds_a_missed_tumor_from_the_image_and_undo_restores_the_exact_labelmap(scene):
+    scene, editor = scene
+    truth = _insertMissedTumor(scene)
+    before = _arrays(scene)
+    assert not before["liver_tumor"][MISSED_KJI]
+    logic = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo)
+
+    result = logic.addAt(scene.rasOfKji(MISSED_KJI))
+
+    after = _arrays(scene)
+    added = after["liver_tumor"].astype(bool) & ~before["liver_tumor"].astype(bool)
+    assert result.changed and result.addedOrigin == "added: image", result.message
+    assert result.changedVoxels == int(added.sum()) and added[MISSED_KJI]
+    dice = 2 * (added & truth).sum() / (added.sum() + truth.sum())
+    assert dice > 0.6, dice
+    assert after["liver_tumor"][tuple(result.addedSeedIjk[::-1])]
+    # Only new voxels: every other segment and every earlier tumor voxel as it was.
+    np.testing.assert_array_equal(after["liver_tumor"][~added], before["liver_tumor"][~added])
+    np.testing.assert_array_equal(after["liver"], before["liver"])
+    np.testing.assert_array_equal(after["spleen"], before["spleen"])
+
+    editor.Undo()  # one undo step: the exact labelmap of before
+    for name in ALL:
+        np.testing.assert_array_equal(segmentArray(scene, name), before[name])
+    assert not editor.CanUndo()
+
+
+def test_add_mode_click_inside_an_existing_tumor_selects_it_and_takes_no_undo_step(scene):
+    scene, editor = scene
+    before = _arrays(scene)
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(scene.boxToFullKji(TRUE_TUMOR_BOX_KJI)))
+    assert not result.changed and "inside an existing" in result.message
+    assert not editor.CanUndo()
+    for name in ALL:
+        np.testing.assert_array_equal(segmentArray(scene, name), before[name])
