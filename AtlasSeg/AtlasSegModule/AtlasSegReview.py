@@ -560,6 +560,17 @@ class ReviewSession:
         if not result.changed or tumor not in self.controllers:
             return
         self._recordRemovedSeeds(tumor, result.removedSeedsIjk)
+        if getattr(result, "addedOrigin", ""):
+            # An "Add missed tumor" click: the new lesion is kept, and says where it came from.
+            self.refresh()
+            labels = self._labels.get(tumor)
+            kji = review.seed_kji(result.addedSeedIjk, self.controllers[tumor].map.start_ijk, labels.shape) \
+                if labels is not None else None
+            row = next((r for r in self.rows if r["tumor"] == tumor and kji is not None
+                        and r.get("label") == int(labels[kji])), None)
+            if row is not None:
+                self.state.decide(tumor, row, "kept", origin=result.addedOrigin,
+                                  threshold=getattr(result, "addedThreshold", None))
         self._storeState()
         self.refresh()
 

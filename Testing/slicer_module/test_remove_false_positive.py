@@ -288,3 +288,19 @@ def test_add_mode_click_inside_an_existing_tumor_selects_it_and_takes_no_undo_st
     assert not editor.CanUndo()
     for name in ALL:
         np.testing.assert_array_equal(segmentArray(scene, name), before[name])
+
+
+def test_an_added_tumor_is_recorded_by_the_review_session_as_kept_with_its_origin(scene):
+    from AtlasSegModule.AtlasSegReview import ReviewSession, loadReviewState
+
+    scene, editor = scene
+    _insertMissedTumor(scene)
+    session = ReviewSession(scene.segmentationNode, saveStateForUndo=editor.SaveStateForUndo)
+    before = {r["id"] for r in session.rows}
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(MISSED_KJI))
+    session.recordClick(result)
+    new = [r for r in session.rows if r["id"] not in before]
+    assert len(new) == 1 and new[0]["status"] == "kept" and new[0]["origin"] == "added: image"
+    stored = loadReviewState(scene.segmentationNode).decisions("liver_tumor")
+    assert [d["origin"] for d in stored if d["id"] == new[0]["id"]] == ["added: image"]
