@@ -347,8 +347,8 @@ class SensitivityController:
         """
         labelling = self.map.labels(threshold)
         # False positives removed in this review stay removed whatever the threshold (their seed voxel is kept).
-        removed = loadReviewState(self.segmentationNode).removed_labels(self.tumor, labelling.labels,
-                                                                        self.map.start_ijk)
+        state = loadReviewState(self.segmentationNode)
+        removed = state.removed_labels(self.tumor, labelling.labels, self.map.start_ijk)
         image, region = self.box()
         label = self.label()
         parts = [(slc, labelling.labels[slc] == value) for value, slc, _ in labelling.parts if value not in removed]
@@ -364,6 +364,10 @@ class SensitivityController:
             # First preview of a round: keep the box for Cancel/Apply, and where the segment is now.
             self._original = region.copy()
             self._written = boundingSlices(self._original == label)
+        # Lesions a reviewer added by a click (the map may not hold them) stay, as they were before the preview.
+        added = self._addedLesions(state, label)
+        if added is not None:
+            parts += [(slc, added[slc]) for slc in boundingSlices(added)]
         for slc in self._written:
             view = region[slc]
             view[view == label] = 0
@@ -374,6 +378,22 @@ class SensitivityController:
         self.threshold = float(threshold)
         self.labelling = labelling
         return int(sum(int(np.count_nonzero(inside)) for _, inside in parts))
+
+    def _addedLesions(self, state, label) -> Optional[np.ndarray]:
+        """The components of the box before the preview that hold the seed of a kept "added: ..." decision
+        (``RemoveFalsePositiveLogic.addAt`` + ``ReviewSession.recordClick``), or None."""
+        seeds = [d["seed_ijk"] for d in state.decisions(self.tumor)
+                 if str(d.get("origin") or "").startswith("added") and d.get("status") == "kept"]
+        if not seeds or self._original is None:
+            return None
+        own = self._original == label
+        labels = cc3d.connected_components(own, connectivity=26)
+        values = set()
+        for seed in seeds:
+            kji = review.seed_kji(seed, self.map.start_ijk, own.shape)
+            if kji is not None and labels[kji]:
+                values.add(int(labels[kji]))
+        return np.isin(labels, sorted(values)) if values else None
 
     def apply(self) -> bool:
         """Keep the previewed threshold as one undo step (undo brings back the mask before the preview)."""

@@ -304,3 +304,24 @@ def test_an_added_tumor_is_recorded_by_the_review_session_as_kept_with_its_origi
     assert len(new) == 1 and new[0]["status"] == "kept" and new[0]["origin"] == "added: image"
     stored = loadReviewState(scene.segmentationNode).decisions("liver_tumor")
     assert [d["origin"] for d in stored if d["id"] == new[0]["id"]] == ["added: image"]
+
+
+def test_an_added_tumor_stays_when_the_sensitivity_slider_moves(scene):
+    from AtlasSegModule.AtlasSegReview import ReviewSession
+
+    scene, editor = scene
+    _insertMissedTumor(scene)
+    session = ReviewSession(scene.segmentationNode, saveStateForUndo=editor.SaveStateForUndo)
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(MISSED_KJI))
+    session.recordClick(result)
+    added = segmentArray(scene, "liver_tumor").astype(bool)
+    addedId = next(r["id"] for r in session.rows if r.get("origin") == "added: image")
+    controller = session.controllers["liver_tumor"]
+    for threshold in (0.8, 0.3, 0.5):  # the map holds nothing there: without the paste it would vanish
+        controller.preview(threshold)
+        now = segmentArray(scene, "liver_tumor").astype(bool)
+        lesion = _component(added, MISSED_KJI)
+        assert np.array_equal(now & lesion, lesion), threshold
+    session.applyThreshold("liver_tumor")
+    assert any(r["id"] == addedId and r["present"] for r in session.rows)
