@@ -402,7 +402,8 @@ class ReviewState:
         seed = [int(v) for v in comp["seed_ijk"]]
         if key is None and isinstance(candidate, dict) and candidate.get("id") is not None:
             key = int(candidate["id"])
-        earlier = [d for d in entry["decisions"] if d["seed_ijk"] == seed or (key is not None and d.get("id") == int(key))]
+        earlier = [d for d in entry["decisions"]
+                   if d["seed_ijk"] == seed or (key is not None and d.get("id") == int(key))]
         for d in earlier:
             origin = origin if origin is not None else d.get("origin")
             threshold = threshold if threshold is not None else d.get("threshold")

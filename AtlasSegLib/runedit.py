@@ -389,8 +389,8 @@ class _TumorEdit:
         if structure not in tumors:
             raise InputError(f"{structure} is not a tumor structure of this run; tumors: {', '.join(tumors) or 'none'}")
         if not tumors[structure].get("probability_file"):
-            raise InputError(f"{structure} keeps no probability map in {self.outdir}: adding or resizing a lesion works "
-                             "inside the tumor's probability box; rerun 'atlasseg segment' (it keeps the map)")
+            raise InputError(f"{structure} keeps no probability map in {self.outdir}: adding or resizing a lesion "
+                             "works inside the tumor's probability box; rerun 'atlasseg segment' (it keeps the map)")
         self.name = structure
         self.run = Run(self.outdir)
         self.pm = ProbabilityMap.from_output(self.outdir, structure)

@@ -20,7 +20,7 @@ from AtlasSegLib import cli
 from AtlasSegLib import export as ex
 from AtlasSegLib.errors import InputError
 from AtlasSegLib.geometry import LPS_TO_RAS, Grid
-from AtlasSegLib.review import ProbabilityMap, ReviewState
+from AtlasSegLib.review import ReviewState
 from AtlasSegLib.run import Run
 from AtlasSegLib.runedit import add_lesion_at, resize_lesions
 

@@ -447,7 +447,9 @@ def loadReviewState(segmentationNode) -> review.ReviewState:
             entry = review.ReviewState.from_json(
                 '{"version": 1, "tumors": {"t": ' + str(value) + '}}').tumors["t"]
             tumors[segment.GetName()] = entry
-    return review.ReviewState(tumors)
+    # Who reviewed and when: the segmentation node's attributes (saved with the scene).
+    return review.ReviewState(tumors, reviewer=segmentationNode.GetAttribute(REVIEWER_ATTRIBUTE) or None,
+                              reviewed_at=segmentationNode.GetAttribute(REVIEWED_AT_ATTRIBUTE) or None)
 
 
 def storeReviewState(segmentationNode, state: review.ReviewState) -> None:
@@ -459,6 +461,13 @@ def storeReviewState(segmentationNode, state: review.ReviewState) -> None:
             text = json.dumps(entry, separators=(",", ":"))
             # Slicer stores tags as "key:value|" pairs in .seg.nrrd: a '|' inside the JSON would split it.
             segmentation.GetSegment(segmentId).SetTag(REVIEW_ATTRIBUTE, text.replace("|", "\\u007c"))
+    for name, value in ((REVIEWER_ATTRIBUTE, state.reviewer), (REVIEWED_AT_ATTRIBUTE, state.reviewed_at)):
+        if value:
+            segmentationNode.SetAttribute(name, str(value))
+
+
+REVIEWER_ATTRIBUTE = "AtlasSeg.Reviewer"  # review.json "reviewer", on the segmentation node
+REVIEWED_AT_ATTRIBUTE = "AtlasSeg.ReviewedAt"
 
 
 @dataclass(frozen=True)
@@ -487,6 +496,7 @@ class ReviewSession:
                             for t in reviewableTumors(segmentationNode)}
         self.remover = RemoveFalsePositiveLogic(segmentationNode, saveStateForUndo)
         self.state = loadReviewState(segmentationNode)
+        self.reviewer: Optional[str] = None  # the review panel's Reviewer field (remembered in the settings)
         self.rows: list = []
         self._labels: dict = {}
         self._idMaps: dict = {}  # tumor -> AtlasSegLib.lesions.IdMap: lesion ids matched by overlap, as the CLI
@@ -706,6 +716,8 @@ class ReviewSession:
 
     # --------------------------------------------------------------------------------------- state
     def _storeState(self) -> None:
+        # Every stored decision records when, and who when the panel's Reviewer field names someone.
+        self.state.touch(self.reviewer)
         storeReviewState(self.segmentationNode, self.state)
 
     def exportReview(self, path) -> Path:
