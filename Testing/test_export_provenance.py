@@ -125,4 +125,8 @@ def test_a_run_with_an_added_lesion_is_semiautomatic_by_its_recorded_reviewer_an
     ds = pydicom.dcmread(dest)
     assert _rt_types(dest) == {"liver": "AUTOMATIC", "liver_tumor": "SEMIAUTOMATIC"}
     assert ds.ApprovalStatus == "APPROVED" and str(ds.ReviewerName) == "Roe^Rick"
+    # The added lesion's id and origin: in the tumor's ROI and segment descriptions, nowhere else.
+    text = "lesion #2 (added: image) added by a reviewer"
+    assert {str(r.ROIName): r.get("ROIDescription") for r in ds.StructureSetROISequence}["liver_tumor"] == text
+    assert [s.get("SegmentDescription") for s in pydicom.dcmread(seg.path).SegmentSequence] == [None, text]
     assert dciodvfy_errors(seg.path) == [] and dciodvfy_errors(dest) == []
