@@ -1408,11 +1408,11 @@ def _topics(warnings: list) -> list:
 
 def unreviewed_candidates(outdir) -> dict:
     """Tumor structure -> ids of its candidates nobody has kept or removed (``atlasseg review``)."""
-    from .review import review_rows
+    from .review import TO_REVIEW, review_rows
 
     out = {}
     for name, rows in review_rows(outdir).items():
-        ids = [r.get("id") for r in rows if r.get("status") == "unreviewed"]
+        ids = [r.get("id") for r in rows if r.get("status") in (TO_REVIEW, "unreviewed")]  # "unreviewed": v1 word
         if ids:
             out[name] = ids
     return out
