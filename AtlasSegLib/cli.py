@@ -137,7 +137,7 @@ def _add_review_parser(sub) -> None:
     r.add_argument("--add-at", metavar="R,A,S", help="add a missed tumor by one click at this point (mm, RAS as "
                    "Slicer shows coordinates): the model's probability region around it, else a region of similar "
                    "attenuation in the CT; a new id, status kept, origin 'added: probability' or 'added: image'; a "
-                   "point inside a candidate selects it (nothing added)")
+                   "point inside a candidate selects it (nothing added). A negative first value needs '=': --add-at=-12.5,40,103")
     r.add_argument("--add-at-voxel", metavar="I,J,K", help="as --add-at, at a voxel of the input grid")
     r.add_argument("--lesion-threshold", action="append", default=[], metavar="ID=P",
                    help="give lesion ID its own probability threshold P (grows or shrinks that lesion alone, never into "
