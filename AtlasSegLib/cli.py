@@ -139,6 +139,16 @@ def _add_review_parser(sub) -> None:
                    help="remove components whose highest probability is below P (kept candidates are spared)")
     r.add_argument("--keep-largest", type=int, metavar="N",
                    help="keep the N largest components: organs only (stray islands); refused for tumors")
+    r.add_argument("--add-at", metavar="R,A,S", help="add a missed tumor by one click at this point (mm, RAS as "
+                   "Slicer shows coordinates): the model's probability region around it, else a region of similar "
+                   "attenuation in the CT; a new id, status kept, origin 'added: probability' or 'added: image'; a "
+                   "point inside a candidate selects it (nothing added). A negative first value needs '=': --add-at=-12.5,40,103")
+    r.add_argument("--add-at-voxel", metavar="I,J,K", help="as --add-at, at a voxel of the input grid")
+    r.add_argument("--lesion-threshold", action="append", default=[], metavar="ID=P",
+                   help="give lesion ID its own probability threshold P (grows or shrinks that lesion alone, never into "
+                   "a neighbour); kept through later 'atlasseg threshold' changes; repeatable")
+    r.add_argument("--reviewer", metavar="NAME", help="who reviews (recorded in review.json with the time; exports "
+                   "name it, e.g. 'Doe^Jane')")
     r.add_argument("--json", action="store_true", help="print the candidate table as JSON")
 
 

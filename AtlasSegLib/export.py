@@ -405,9 +405,19 @@ class Provenance:
     reviewed_at: Optional[str] = None  # ISO 8601, from review.json
     approved: bool = False
     approved_at: Optional[_dt.datetime] = None
+    added: tuple = ()  # ((structure, lesion id, origin), ...): lesions a reviewer added by a click
 
     def algorithm_type(self, name: str) -> str:
         return "SEMIAUTOMATIC" if name in self.edited else "AUTOMATIC"
+
+    def description(self, name: str) -> Optional[str]:
+        """A structure's words on what a person added to it (SEG Segment Description, RTSTRUCT ROI Description),
+        e.g. "lesion #18 added by a reviewer (added: image)"; None when nothing was added."""
+        added = [(rid, origin) for structure, rid, origin in self.added if structure == name]
+        if not added:
+            return None
+        lesions = ", ".join(f"#{rid} ({origin})" for rid, origin in added)
+        return f"lesion{'s' if len(added) > 1 else ''} {lesions} added by a reviewer"
 
 
 def review_provenance(outdir, report: Optional[dict] = None) -> tuple:
@@ -451,7 +461,24 @@ def provenance_for(run: RunFolder, *, approve: bool = False, reviewer: Optional[
         raise InputError("--approve records who approved the structures: give --reviewer NAME (e.g. "
                          "--reviewer 'Doe^Jane'), or review the run with a reviewer recorded")
     return Provenance(edited=edited, reviewer=name, reviewed_at=reviewed_at, approved=bool(approve),
-                      approved_at=_dt.datetime.now() if approve else None)
+                      approved_at=_dt.datetime.now() if approve else None, added=added_lesions(run.path))
+
+
+def added_lesions(outdir) -> tuple:
+    """``((structure, lesion id, origin), ...)`` of the lesions a reviewer added (review.json decisions with an
+    "added: ..." origin, not removed since), in id order per structure."""
+    from .review import load_review
+
+    state = load_review(outdir)
+    out = []
+    for tumor, entry in sorted((state.tumors or {}).items()):
+        latest = {}
+        for d in entry.get("decisions") or ():
+            if d.get("id") is not None:
+                latest[int(d["id"])] = d
+        out += [(tumor, rid, str(d["origin"])) for rid, d in sorted(latest.items())
+                if str(d.get("origin") or "").startswith("added") and d.get("status") != "removed"]
+    return tuple(out)
 
 
 def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: bool = False,
@@ -489,6 +516,8 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
             tracking_uid=hd.UID(), tracking_id=structure.name[:64],
             anatomic_regions=[_code(entry["region"])] if entry.get("region") else None,
             display_color=hd.color.CIELabColor.from_rgb(*structure.color))
+        if provenance.description(structure.name):
+            description.SegmentDescription = provenance.description(structure.name)[:64]  # LO
         modifier = _code(entry.get("type_modifier"))
         if modifier is not None:
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
@@ -988,6 +1017,8 @@ def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type
         roi.ROIName = structure.display_name[:64]
         roi.ROIGenerationAlgorithm = provenance.algorithm_type(structure.name)
         roi.ROIGenerationDescription = f"AtlasSeg {run.model['id']} {run.model['version']}"[:64]
+        if provenance.description(structure.name):
+            roi.ROIDescription = provenance.description(structure.name)[:1024]  # ST
         rois.append(roi)
         item = Dataset()
         item.ROIDisplayColor = [int(v) for v in structure.color]

@@ -32,6 +32,7 @@ from .io import atomic_write_image
 
 ID_DIR = "lesions"
 ID_DTYPE = np.uint32
+ADDED_SUFFIX = ".added.nii.gz"
 
 
 class IdMap:
@@ -134,6 +135,13 @@ class IdMap:
     @staticmethod
     def path(outdir, name: str) -> Path:
         return Path(outdir) / ID_DIR / f"{name}.nii.gz"
+
+    @staticmethod
+    def added_path(outdir, name: str) -> Path:
+        """The lesions a person added (one click), each under its id, on the same box: a threshold change rebuilds
+        the mask from the probability map, which may not hold them (an image-path lesion), so they are pasted
+        back from here."""
+        return Path(outdir) / ID_DIR / f"{name}{ADDED_SUFFIX}"
 
     @classmethod
     def read(cls, path, start_ijk, shape, *, floor: int = 0) -> Optional["IdMap"]:

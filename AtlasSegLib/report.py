@@ -83,7 +83,7 @@ CSV_COLUMNS = ("section", "case", "model_id", "model_version", "structure", "kin
                "volume_ml", "mean_hu", "longest_axial_diameter_cm", "perpendicular_diameter_cm", "max_probability",
                "mean_probability", "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "threshold", "count",
                "largest_volume_ml", "largest_diameter_cm", "image", "side", "location", "dice", "truth_ml",
-               "inside_organ_pct", "flags")
+               "inside_organ_pct", "flags", "origin")
 REPORT_FILES = ("report.json", "report.csv", "report.html")
 ANONYMIZED_CASE = "anonymized case"
 ANONYMIZED_INPUT = "(input)"
@@ -1044,6 +1044,7 @@ def _tumor_row(name: str, row: dict) -> dict:
         "flags": list(row.get("flags") or ()),
         "status": status_text(row),
         "status_text": status_text(row),
+        "origin": row.get("origin") or "model",  # "added: probability" / "added: image": a reviewer's click made it
         "volume_ml": _clean(row.get("volume_ml"), 2),
         "longest_axial_diameter_cm": cm(row.get("longest_axial_diameter_mm")),
         "perpendicular_diameter_cm": cm(row.get("perpendicular_diameter_mm")),
@@ -1158,6 +1159,7 @@ def report_csv(report: dict) -> str:
         writer.writerow({**common, "section": "tumor_component", "structure": r["structure"], "kind": "tumor",
                          "component": r["component"], "organ": r["organ"], "status": r["status"],
                          "inside_organ_pct": r.get("inside_organ_pct"), "flags": "; ".join(r.get("flags") or ()),
+                         "origin": r.get("origin") or "model",
                          "volume_ml": r["volume_ml"], "mean_hu": r["mean_hu"],
                          "longest_axial_diameter_cm": r["longest_axial_diameter_cm"],
                          "perpendicular_diameter_cm": r["perpendicular_diameter_cm"],
@@ -1422,6 +1424,8 @@ def _components_table(rows: list) -> str:
     for r in rows:
         status = r["status"]
         label = r.get("status_text") or status_text(r)
+        if (r.get("origin") or "model") != "model":
+            label = f"{label} ({r['origin']})"  # a lesion a reviewer added by a click says so
         css = {TO_REVIEW: "unreviewed", "kept, below threshold": "kept"}.get(status, status)
         pct = r.get("inside_organ_pct")
         flags = "; ".join(r.get("flags") or ()) or "–"
@@ -1454,7 +1458,8 @@ def table_rows(report: dict) -> list:
             organ = f"{organ} ⚑ {'; '.join(r['flags'])}"
         rows.append([name, organ, _fmt(r["volume_ml"], 2),
                      f"{_fmt(r['longest_axial_diameter_cm'])} x {_fmt(r['perpendicular_diameter_cm'])}",
-                     _fmt(r["max_probability"], 2), r.get("status_text") or status_text(r)])
+                     _fmt(r["max_probability"], 2), (r.get("status_text") or status_text(r))
+                     + ("" if (r.get("origin") or "model") == "model" else f" ({r['origin']})")])
     for r in sec["organs"]:
         rows.append([r["structure"], r["kind"] or "", _fmt(r["volume_ml"], 1), "", "",
                      "" if r["mean_hu"] is None else f"{r['mean_hu']} HU"])

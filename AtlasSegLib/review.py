@@ -138,6 +138,18 @@ class ProbabilityMap:
             pm.gate = dilated_gate(gate, q, box_grid.spacing[::-1], float(meta.get("gate_dilation_mm") or 0.0))
         return pm
 
+    def click_gate(self) -> Optional[np.ndarray]:
+        """Where a click may add a lesion (``addlesion.add_lesion``'s gate): the gate organs themselves, and the
+        dilated gate where the map is not 0. ``gate`` alone is dilated only where the map is non-zero
+        (``postprocess.dilated_gate``: exact for every threshold, free on a healthy organ), so it would refuse
+        every image-path click where the model gave 0. None without gate organs."""
+        if self.gate is None:
+            return None
+        gate = self.gate.astype(bool)
+        for organ in self.organs.values():
+            gate |= organ.astype(bool, copy=False)
+        return gate
+
     def labels(self, threshold: float) -> Labelling:
         """The box's tumor mask at ``threshold`` with its components: the engine's own ``tumor_mask`` rule, so
         the mask equals what the full map gives (p ≥ threshold, gated, dust removed)."""
@@ -331,9 +343,23 @@ class ReviewState:
     """What a reviewer decided per tumor structure: a list of decisions, each with the lesion's id and a seed
     voxel (latest wins). The file's schema: AtlasSegLib/schema/review.schema.json."""
     tumors: dict = field(default_factory=dict)
+    reviewer: Optional[str] = None  # who reviewed (``--reviewer``; DICOM person name, e.g. "Doe^Jane")
+    reviewed_at: Optional[str] = None  # ISO 8601 UTC of the last review action
 
     def to_json(self) -> str:
-        return json.dumps({"version": REVIEW_VERSION, "tumors": self.tumors}, indent=1)
+        doc = {"version": REVIEW_VERSION, "tumors": self.tumors}
+        # Optional fields: a review without them (older files, a scene's) reads and writes as before.
+        if self.reviewer:
+            doc["reviewer"] = self.reviewer
+        if self.reviewed_at:
+            doc["reviewed_at"] = self.reviewed_at
+        return json.dumps(doc, indent=1)
+
+    def touch(self, reviewer: Optional[str] = None) -> None:
+        """Record a review action now (``reviewed_at``) and, when given, who made it."""
+        if reviewer is not None and str(reviewer).strip():
+            self.reviewer = str(reviewer).strip()
+        self.reviewed_at = _now()
 
     @classmethod
     def from_json(cls, text: Optional[str]) -> "ReviewState":
@@ -353,7 +379,7 @@ class ReviewState:
                 # A decision to review again is no decision (version 1 could hold "unreviewed" ones).
                 entry["decisions"] = [d for d in entry["decisions"] if isinstance(d, dict)
                                       and _OLD_STATUS.get(d.get("status"), d.get("status")) != TO_REVIEW]
-        return cls(doc["tumors"])
+        return cls(doc["tumors"], reviewer=doc.get("reviewer") or None, reviewed_at=doc.get("reviewed_at") or None)
 
     def decisions(self, tumor: str) -> list:
         return self.tumors.get(tumor, {}).get("decisions", [])
@@ -361,10 +387,13 @@ class ReviewState:
     def set_threshold(self, tumor: str, threshold: float) -> None:
         self.tumors.setdefault(tumor, {"threshold": None, "decisions": []})["threshold"] = float(threshold)
 
-    def decide(self, tumor: str, candidate, status: str, *, key: Optional[int] = None) -> None:
+    def decide(self, tumor: str, candidate, status: str, *, key: Optional[int] = None, origin: Optional[str] = None,
+               threshold: Optional[float] = None) -> None:
         """Record ``status`` ("kept", "removed" or "to review" to forget earlier decisions) for a candidate
         (a ``Candidate`` or its ``as_dict()``); ``key``: its lesion id (default: the row's "id" when it has
-        one), which the decision follows across thresholds."""
+        one), which the decision follows across thresholds. ``origin`` ("added: probability" / "added: image";
+        absent = "model") and ``threshold`` (the lesion's own probability threshold) are kept from the lesion's
+        earlier decision unless given: a later keep or remove does not forget that a person added or resized it."""
         status = _OLD_STATUS.get(status, status)
         if status not in STATUSES:
             raise InputError(f"review status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -373,6 +402,11 @@ class ReviewState:
         seed = [int(v) for v in comp["seed_ijk"]]
         if key is None and isinstance(candidate, dict) and candidate.get("id") is not None:
             key = int(candidate["id"])
+        earlier = [d for d in entry["decisions"]
+                   if d["seed_ijk"] == seed or (key is not None and d.get("id") == int(key))]
+        for d in earlier:
+            origin = origin if origin is not None else d.get("origin")
+            threshold = threshold if threshold is not None else d.get("threshold")
         # Latest decision wins; dropping earlier ones for the same lesion keeps the list short.
         entry["decisions"] = [d for d in entry["decisions"]
                               if d["seed_ijk"] != seed and (key is None or d.get("id") != int(key))]
@@ -383,6 +417,10 @@ class ReviewState:
             if key is not None:
                 decision["id"] = int(key)
                 comp["id"] = int(key)
+            if origin and origin != ORIGIN_MODEL:
+                decision["origin"] = str(origin)
+            if threshold is not None:
+                decision["threshold"] = round(float(threshold), 4)
             entry["decisions"].append(decision)
 
     def decided_ids(self, tumor: str, idmap=None, *, labels_box=None, ids: Optional[dict] = None,
@@ -485,11 +523,15 @@ class ReviewState:
             row = cand.as_dict()
             if ids is not None:
                 row["id"] = ids[cand.label]
+            d = None
             if by_id is not None:
                 d = by_id.get(row["id"])
                 row["status"] = d["status"] if d else TO_REVIEW
             else:
                 row["status"] = self.status_of(tumor, labels_box, start_ijk, cand.label)
+            row["origin"] = origin_of(d)
+            if d is not None and d.get("threshold") is not None:
+                row["lesion_threshold"] = d["threshold"]
             row["present"] = True
             shown.add(row["id"])
             rows.append(row)
@@ -504,6 +546,7 @@ class ReviewState:
             if d["status"] == REMOVED or (absent_kept and d["status"] == KEPT):
                 row = dict(d["component"])
                 row["status"] = d["status"]
+                row["origin"] = origin_of(d)
                 row["present"] = False
                 if d["status"] == KEPT:
                     row["below_threshold"] = True
@@ -513,6 +556,23 @@ class ReviewState:
                 row["id"] = rid
                 rows.append(row)
         return rows
+
+
+ORIGIN_MODEL = "model"  # a lesion the model found; added ones say "added: probability" / "added: image"
+
+
+def origin_of(decision: Optional[dict]) -> str:
+    """Where a lesion came from, by its decision: "model" (no decision, or none that says otherwise)."""
+    return str((decision or {}).get("origin") or ORIGIN_MODEL)
+
+
+def added_ids(state: "ReviewState", tumor: str) -> dict:
+    """``{id: decision}`` of the lesions a person added (origin "added: ..."), latest decision each."""
+    out = {}
+    for d in state.decisions(tumor):
+        if d.get("id") is not None and str(d.get("origin") or "").startswith("added"):
+            out[int(d["id"])] = d
+    return out
 
 
 def seed_kji(seed_ijk, start_ijk, shape) -> Optional[tuple]:

@@ -11,6 +11,8 @@ A run folder::
     segmentations/<name>.nii.gz   one 0/1 mask per structure, on the input grid
     probabilities/<name>.nii.gz + .json   a tumor's kept probability map (uint8 p*255) on its box, and that box
     lesions/<name>.nii.gz    a tumor's lesion id map on the same box (``lesions.IdMap``)
+    lesions/<name>.added.nii.gz   lesions a reviewer added by a click, under their ids (same box; pasted back
+                             after every threshold change)
     combined_labels.nii.gz, overview.png, report.html, report.csv, pictures/   derived, rewritten on each change
     ct.nii.gz                the CT, when the run keeps it (the demo's phantom)
 
@@ -98,6 +100,12 @@ class Run:
         from .lesions import IdMap
 
         return IdMap.path(self.folder, name)
+
+    def added_path(self, name: str) -> Path:
+        """``lesions/<name>.added.nii.gz``: the voxels of lesions added by a click, under their ids."""
+        from .lesions import IdMap
+
+        return IdMap.added_path(self.folder, name)
 
     def ct_candidates(self, report: Optional[dict] = None) -> list:
         """``[(path, series_uid or None)]`` where the run's CT may be, in the order every command tries them:

@@ -22,9 +22,9 @@ from .lesions import IdMap, drop_ids, merge_lesion_checks
 from .outputs import SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
 from .plausibility import recheck_tumor
 from .postprocess import ranked_components
-from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, adopt_decisions, candidates_of, counter_text, id_map,
-                     keep_largest, organ_text, remove_at, remove_below_probability, remove_smaller_than, review_rows,
-                     seed_kji, status_text)
+from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, added_ids, adopt_decisions, candidates_of,
+                     counter_text, id_map, keep_largest, organ_text, origin_of, remove_at, remove_below_probability,
+                     remove_smaller_than, review_rows, seed_kji, status_text)
 from .run import Run
 
 
@@ -136,6 +136,10 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         removed = {rid for rid, d in state.decided_ids(name, idmap).items() if d["status"] == REMOVED}
         if drop_ids(mask, lab, idmap.assign(lab), idmap, removed):
             lab = ranked_components(mask != 0)
+        # Lesions a person added (which the map may not hold) come back, and each lesion's own threshold is
+        # applied again, keeping their ids.
+        if reapply_lesion_edits(mask, pmap, idmap, state, name, read_added(run, name, pmap)):
+            lab = ranked_components(mask != 0)
         ids = idmap.ids_in_rank_order(lab, update=True)
         idmap.write(run.id_map_path(name), pmap.box_grid)
         full = np.zeros(tuple(grid.size[::-1]), np.uint8)
@@ -145,6 +149,7 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         update_entry(report, name, mask, grid.sub(*box), box[0], q_box=pmap.q, ids=ids)
         meta["threshold"] = float(t)
         run.write_probability_meta(name, meta)
+        mark_origins(report, name, state, idmap)
         warnings += _kept_below(state, name, idmap, set(ids), float(t))
         changed.append((name, box, mask, pmap, ids))
     if warnings or "warnings" in report:
@@ -176,7 +181,8 @@ def _kept_below(state: ReviewState, name: str, idmap: IdMap, present: set, thres
 
 # ---------------------------------------------------------------------------------------------- review
 def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
-             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None) -> dict:
+             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None,
+             reviewer: Optional[str] = None) -> dict:
     """Review a finished run from the command line: remove or keep tumor candidates (by their stable ids, as
     ``review_rows`` lists them), remove tumor components by size or probability, or keep an organ's largest
     components; rewrites the structure's mask, the combined labels, report.json and review.json (each
@@ -309,11 +315,260 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
                                 ids=new_ids)
     if tumor:
         idmap.write(run.id_map_path(structure), pm.box_grid if pm is not None else grid)
+        state.touch(reviewer)
+        mark_origins(report, structure, state, idmap)
         run.write_review(state)  # before the report is rebuilt: it lists the statuses
     result = {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed, "spared": spared}
     finish_edit(outdir, report, card, image, {"action": "review", "structure": structure, **result},
                 masks_changed=bool(changed))
     return result
+
+
+# ------------------------------------------------------------------------------- added and resized lesions
+def read_added(run: Run, name: str, pm: ProbabilityMap) -> IdMap:
+    """The lesions added by a click (``lesions/<name>.added.nii.gz``, each under its id) over the tumor's box; an
+    empty one when there are none (or the box changed: a redone run)."""
+    found = IdMap.read(run.added_path(name), pm.start_ijk, pm.q.shape)
+    return found if found is not None else IdMap(np.zeros(pm.q.shape, np.uint32), pm.start_ijk)
+
+
+def reapply_lesion_edits(mask_box: np.ndarray, pm: ProbabilityMap, idmap: IdMap, state: ReviewState, name: str,
+                         added: Optional[IdMap]) -> bool:
+    """After a threshold rebuilt ``mask_box`` (0/1, the tumor's box) from the probability map: paste back every
+    added lesion a reviewer has not removed (its stored voxels), then give every other lesion with its own
+    threshold (``--lesion-threshold``) that threshold again (``addlesion.resize_lesion``: it never takes another
+    lesion's voxels). Returns whether the mask changed."""
+    from .addlesion import resize_lesion
+
+    before = mask_box.copy()
+    decided = state.decided_ids(name, idmap)
+    adds = added_ids(state, name)
+    if added is not None and added.memory.any():
+        for rid in adds:
+            if (decided.get(rid) or {}).get("status") == REMOVED:
+                continue
+            mask_box[added.memory == rid] = 1
+    own = {rid: float(d["threshold"]) for rid, d in decided.items()
+           if d.get("threshold") is not None and d["status"] != REMOVED and rid not in adds}
+    if own:
+        lab = ranked_components(mask_box != 0)
+        ids = idmap.assign(lab)
+        label_of = {rid: label for label, rid in ids.items()}
+        labels = lab.labels.astype(np.int64)
+        for rid, t in sorted(own.items()):
+            label = label_of.get(rid)
+            if label is None:
+                # Not in the mask at this threshold: its remembered voxels (where no other lesion is) are its core.
+                core = idmap.remembered(rid) & (labels == 0)
+                if not core.any():
+                    continue
+                label = int(labels.max()) + 1
+                labels[core] = label
+            resized = resize_lesion(pm.q, labels, label, t, gate=pm.gate)
+            resized.apply(labels)
+            resized.apply(mask_box, 1)
+    return bool(np.any(before != mask_box))
+
+
+def mark_origins(report: dict, name: str, state: ReviewState, idmap: Optional[IdMap]) -> None:
+    """Each report.json component of ``name`` says where it came from ("model", "added: probability", "added:
+    image"), by its lesion id's decision."""
+    decided = state.decided_ids(name, idmap)
+    for comp in ((report.get("tumors") or {}).get(name) or {}).get("components") or ():
+        comp["origin"] = origin_of(decided.get(int(comp["id"]))) if comp.get("id") is not None else "model"
+
+
+class _TumorEdit:
+    """One tumor of a run opened for a lesion edit (add, resize): its mask, probability map, id map, review state
+    and added-lesion store, and ``commit`` that writes them all back in the order every edit uses."""
+
+    def __init__(self, outdir, structure: str):
+        self.outdir = Path(outdir)
+        self.report, self.card = load_run(self.outdir)
+        tumors = self.report.get("tumors") or {}
+        if structure not in tumors:
+            raise InputError(f"{structure} is not a tumor structure of this run; tumors: {', '.join(tumors) or 'none'}")
+        if not tumors[structure].get("probability_file"):
+            raise InputError(f"{structure} keeps no probability map in {self.outdir}: adding or resizing a lesion "
+                             "works inside the tumor's probability box; rerun 'atlasseg segment' (it keeps the map)")
+        self.name = structure
+        self.run = Run(self.outdir)
+        self.pm = ProbabilityMap.from_output(self.outdir, structure)
+        self.image = sitk.ReadImage(str(self.run.mask_path(structure)))
+        self.grid = Grid.of(self.image)
+        self.full = sitk.GetArrayFromImage(self.image).astype(np.uint8, copy=False)
+        self.region = self.full[self.pm.box_slices]  # a view: edits land in ``full``
+        self.state = self.run.read_review()
+        self.lab, self.cands = self.pm.candidates(self.region)
+        self.idmap = id_map(self.run, structure, self.pm.start_ijk, self.pm.q.shape, self.state)
+        self.ids = self.idmap.assign(self.lab, update=True)
+        adopt_decisions(self.state, structure, self.idmap)
+        self.added = read_added(self.run, structure, self.pm)
+
+    def candidate(self, rid: int):
+        """(Candidate, ids) of lesion ``rid`` in the current mask (after ``relabel``), or (None, ids)."""
+        return next((c for c in self.cands if self.ids[c.label] == rid), None), self.ids
+
+    def relabel(self) -> list:
+        """The mask's components after a change, their ids remembered; returns the ids largest first."""
+        self.lab, self.cands = self.pm.candidates(self.region)
+        self.ids = self.idmap.assign(self.lab, update=True)
+        return [self.ids[p[0]] for p in self.lab.parts]
+
+    def decide(self, rid: int, status: str, *, fallback: Optional[dict] = None, **extra) -> None:
+        """Record a decision on lesion ``rid`` with its current statistics (``fallback``: its row from before
+        the change, when the change emptied it)."""
+        cand, _ = self.candidate(rid)
+        row = cand.as_dict() if cand is not None else (dict(fallback) if fallback else None)
+        if row is not None:
+            row["id"] = rid
+            self.state.decide(self.name, row, status, key=rid, **extra)
+
+    def commit(self, history: dict, reviewer: Optional[str]) -> None:
+        atomic_write_image(_mask_image(self.full, self.image), self.run.mask_path(self.name))
+        ordered = [self.ids[p[0]] for p in self.lab.parts]
+        update_entry(self.report, self.name, self.region, self.pm.box_grid, self.pm.start_ijk, q_box=self.pm.q,
+                     ids=ordered)
+        gate = next((c.gate for c in self.card.classes if c.name == self.name), None)
+        box_ijk = (tuple(int(v) for v in self.pm.start_ijk), tuple(int(v) for v in self.region.shape[::-1]))
+        refresh_tumor_flags(self.report, self.name, box_ijk, self.region, self.pm.organs, gate,
+                            _RunCT(self.outdir, self.report, self.grid), ids=ordered)
+        self.idmap.write(self.run.id_map_path(self.name), self.pm.box_grid)
+        if self.added.memory.any() or self.run.added_path(self.name).is_file():
+            self.added.write(self.run.added_path(self.name), self.pm.box_grid)
+        self.state.touch(reviewer)
+        mark_origins(self.report, self.name, self.state, self.idmap)
+        self.run.write_review(self.state)  # before the report is rebuilt: it lists the statuses and origins
+        finish_edit(self.outdir, self.report, self.card, self.image, history)
+
+
+def click_voxel(outdir, *, add_at: Optional[str] = None, add_at_voxel: Optional[str] = None) -> tuple:
+    """The (i, j, k) voxel of ``--add-at R,A,S`` (mm, RAS as Slicer shows it) or ``--add-at-voxel I,J,K`` on the
+    run's input grid (InputError outside the image)."""
+    from .addlesion import parse_point, ras_to_ijk, voxel_to_ijk
+
+    run = Run(outdir)
+    report = run.read_report()
+    # The masks lie on the input grid voxel for voxel: any one's header is the grid (no pixels read).
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(run.mask_path(report["structures"][0]["name"])))
+    reader.ReadImageInformation()
+    grid = Grid(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                tuple(reader.GetDirection()))
+    if add_at is not None:
+        return ras_to_ijk(parse_point(add_at, "--add-at"), grid)
+    return voxel_to_ijk(add_at_voxel, grid)
+
+
+def add_lesion_at(outdir, structure: str, ijk, *, reviewer: Optional[str] = None) -> dict:
+    """One click at voxel ``ijk`` (i, j, k of the input grid) of tumor ``structure``: ``addlesion.add_lesion`` on the
+    tumor's probability box. Returns ``{"action": "select", "id"}`` (the click is inside candidate ``id``: nothing
+    changes) or ``{"action": "added", "id", "origin", "threshold", "voxels", "volume_ml"}`` (the new lesion: a new
+    id, status kept, its origin, in the mask, the id map, the added-lesion store, review.json and the report).
+    InputError (exit 2) outside the box, without the CT, or where nothing plausible is there."""
+    from .addlesion import add_lesion
+
+    edit = _TumorEdit(outdir, structure)
+    pm = edit.pm
+    kji = seed_kji(ijk, pm.start_ijk, pm.q.shape)
+    box_end = tuple(int(a) + int(n) - 1 for a, n in zip(pm.start_ijk, pm.q.shape[::-1]))
+    if kji is None:
+        raise InputError(f"voxel {tuple(ijk)} (i, j, k) is outside {structure}'s search box (voxels "
+                         f"{tuple(pm.start_ijk)} to {box_end}, around its organ): click inside the organ")
+    from .report import load_run_ct  # heavy (pictures): only here
+
+    ct, _, note = load_run_ct(edit.outdir, edit.report)
+    if ct is None:
+        raise InputError(f"adding a lesion needs the run's CT: {note}")
+    ct_box = sitk.GetArrayViewFromImage(ct)[pm.box_slices]
+    labels = edit.lab.labels
+    found = add_lesion(ct_box, pm.box_grid.spacing[::-1], pm.q, labels, kji, gate=pm.click_gate())
+    if found.action == "select":
+        return {"action": "select", "id": int(edit.ids[int(labels[kji])]), "ijk": list(ijk)}
+    if found.action != "added":
+        raise InputError(f"nothing added at voxel {tuple(ijk)}: {found.reason}")
+    rid = edit.idmap.next_id  # never used before: ids are never reused
+    new = np.zeros(edit.region.shape, bool)
+    found.paste(new, True)
+    edit.region[new] = 1
+    edit.idmap.memory[new] = rid
+    edit.idmap.floor = max(edit.idmap.floor, rid)
+    edit.added.memory[new] = rid
+    edit.relabel()
+    edit.decide(rid, KEPT, origin=found.origin, threshold=found.threshold)
+    volume_ml = round(found.voxels * pm.box_grid.voxel_volume_mm3 / 1000.0, 4)
+    result = {"action": "added", "id": rid, "origin": found.origin, "threshold": found.threshold,
+              "voxels": found.voxels, "volume_ml": volume_ml, "ijk": list(ijk)}
+    edit.commit({"action": "review", "structure": structure, "added": rid, "origin": found.origin,
+                 "changed_voxels": found.voxels}, reviewer)
+    return result
+
+
+def parse_lesion_thresholds(items) -> dict:
+    """``--lesion-threshold ID=P`` (repeatable) → ``{id: p}``; InputError for a malformed one or p not in (0, 1)."""
+    out = {}
+    for item in items or ():
+        rid, sep, p = str(item).partition("=")
+        try:
+            rid, p = int(rid), float(p)
+        except ValueError:
+            rid = None
+        if not sep or rid is None or rid < 1:
+            raise InputError(f"--lesion-threshold takes ID=P, e.g. 3=0.35 (got '{item}')")
+        if not 0.0 < p < 1.0:
+            raise InputError(f"--lesion-threshold {item}: the threshold must be a probability in (0, 1)")
+        out[rid] = p
+    return out
+
+
+def resize_lesions(outdir, structure: str, thresholds: dict, *, reviewer: Optional[str] = None) -> dict:
+    """Each lesion ``id`` of ``thresholds`` at its own probability threshold (``addlesion.resize_lesion``: that
+    lesion alone grows or shrinks on the map, never taking another lesion's voxels or its one-voxel rim), recorded
+    on its decision (``threshold``; status kept unless decided otherwise) so every later threshold change applies
+    it again. Returns ``{id: {"voxels_before", "voxels", "changed_voxels"}}``."""
+    from .addlesion import ORIGIN_IMAGE, resize_lesion
+
+    edit = _TumorEdit(outdir, structure)
+    decided = edit.state.decided_ids(structure, edit.idmap)
+    label_of = {rid: label for label, rid in edit.ids.items()}
+    for rid in thresholds:
+        if rid not in label_of:
+            gone = decided.get(rid)
+            why = f"lesion {rid} is no longer in the mask ({gone['status']})" if gone else f"no lesion {rid}"
+            raise InputError(f"{structure} has {why}; lesions now: {', '.join(map(str, sorted(label_of))) or 'none'}")
+        if origin_of(decided.get(rid)) == ORIGIN_IMAGE:
+            raise InputError(f"lesion {rid} was added from the image (the model's map holds nothing there): its size "
+                             "cannot follow a probability threshold; remove it and click again to redo it")
+    labels = edit.lab.labels.astype(np.int64)
+    rows_before = {rid: edit.candidate(rid)[0].as_dict() for rid in thresholds}
+    out = {}
+    for rid, t in sorted(thresholds.items()):
+        label = label_of[rid]
+        resized = resize_lesion(edit.pm.q, labels, label, t, gate=edit.pm.gate)
+        out[rid] = {"threshold": t, "voxels_before": int(np.count_nonzero(resized.before)),
+                    "voxels": resized.voxels, "changed_voxels": resized.changed_voxels}
+        resized.apply(labels)
+        resized.apply(edit.region, 1)
+        if rid in added_ids(edit.state, structure):  # an added lesion's stored voxels follow its new size
+            edit.added.memory[edit.added.memory == rid] = 0
+            edit.added.memory[labels == label] = rid
+    edit.relabel()
+    for rid, t in thresholds.items():
+        status = (decided.get(rid) or {}).get("status") or KEPT
+        edit.decide(rid, status, threshold=t, fallback=rows_before[rid])
+    changed = sum(v["changed_voxels"] for v in out.values())
+    edit.commit({"action": "review", "structure": structure, "lesion_thresholds": {str(k): v for k, v in
+                                                                                   thresholds.items()},
+                 "changed_voxels": changed}, reviewer)
+    return out
+
+
+def record_reviewer(outdir, reviewer: str) -> None:
+    """``--reviewer NAME`` alone: record who reviews (and now) in review.json."""
+    run = Run(outdir)
+    state = run.read_review()
+    state.touch(reviewer)
+    run.write_review(state)
 
 
 def _decide(state: ReviewState, tumor: str, lab, start, cand, status: str, ids: dict) -> None:
@@ -332,16 +587,41 @@ def _candidate_holding(cands, lab, start_ijk, seed_ijk):
 def cmd_review(args) -> int:
     actions = (args.remove or args.keep or args.remove_smaller_than is not None
                or args.remove_below_probability is not None or args.keep_largest is not None)
+    add_at, add_voxel = getattr(args, "add_at", None), getattr(args, "add_at_voxel", None)
+    reviewer = getattr(args, "reviewer", None)
+    # Every option is checked before anything changes: a bad --lesion-threshold must not follow a done --remove.
+    lesion_thresholds = parse_lesion_thresholds(getattr(args, "lesion_threshold", None))
+    if add_at is not None and add_voxel is not None:
+        raise InputError("give the point once: --add-at R,A,S (mm) or --add-at-voxel I,J,K, not both")
+    if (actions or add_at is not None or add_voxel is not None or lesion_thresholds) and not args.structure:
+        raise InputError("name the structure to edit with --structure (e.g. --structure liver_tumor)")
+    if reviewer is not None and not str(reviewer).strip():
+        raise InputError("--reviewer needs a name (e.g. --reviewer 'Doe^Jane')")
+    ijk = click_voxel(args.outdir, add_at=add_at, add_at_voxel=add_voxel) \
+        if add_at is not None or add_voxel is not None else None
     if actions:
-        if not args.structure:
-            raise InputError("name the structure to edit with --structure (e.g. --structure liver_tumor)")
         result = edit_run(args.outdir, args.structure, remove_ids=tuple(args.remove), keep_ids=tuple(args.keep),
                           remove_smaller_ml=args.remove_smaller_than,
                           remove_below_probability_p=args.remove_below_probability,
-                          keep_largest_n=args.keep_largest)
+                          keep_largest_n=args.keep_largest, reviewer=reviewer)
         spared = f"; {result['spared']} kept candidate(s) spared by the rules" if result["spared"] else ""
         print(f"{args.structure}: {result['removed']} removed, {result['kept']} kept "
               f"({result['changed_voxels']} voxels changed{spared})")
+    if ijk is not None:
+        added = add_lesion_at(args.outdir, args.structure, ijk, reviewer=reviewer)
+        if added["action"] == "select":
+            print(f"{args.structure}: voxel {','.join(map(str, ijk))} is inside candidate {added['id']} "
+                  "(nothing added)")
+        else:
+            how = f" at p >= {added['threshold']:g}" if added.get("threshold") is not None else ""
+            print(f"{args.structure}: added lesion {added['id']} ({added['origin']}{how}, {added['volume_ml']:.2f} ml, "
+                  f"{added['voxels']} voxels), kept")
+    if lesion_thresholds:
+        for rid, r in resize_lesions(args.outdir, args.structure, lesion_thresholds, reviewer=reviewer).items():
+            print(f"{args.structure}: lesion {rid} at its own threshold {r['threshold']:g}: {r['voxels_before']} -> "
+                  f"{r['voxels']} voxels")
+    if reviewer is not None and not (actions or ijk is not None or lesion_thresholds):
+        record_reviewer(args.outdir, reviewer)
     rows = review_rows(args.outdir)
     # The run's plausibility warnings (report.json "warnings") come first: they may make every candidate moot.
     try:
@@ -356,7 +636,7 @@ def cmd_review(args) -> int:
     for tumor, tumor_rows in rows.items():
         print(f"{tumor}: {counter_text(tumor_rows)}")
         print(f"  {'id':>3}  {'organ':<14} {'in %':>5} {'ml':>8} {'long cm':>8} {'short cm':>8} {'max p':>6}  "
-              f"{'seed i,j,k':<14} {'status':<22} flags")
+              f"{'seed i,j,k':<14} {'status':<22} {'origin':<18} flags")
         for row in tumor_rows:
             rid = row["id"] if row.get("id") is not None else "-"
             seed = ",".join(str(v) for v in row.get("seed_ijk") or ())
@@ -365,5 +645,5 @@ def cmd_review(args) -> int:
                   f"{row['volume_ml']:>8.2f} "
                   f"{row['longest_axial_diameter_mm'] / 10:>8.1f} {row['perpendicular_diameter_mm'] / 10:>8.1f} "
                   f"{row['max_probability']:>6.2f}  {seed:<14} {status_text(row):<22} "
-                  f"{'; '.join(row.get('flags') or ()) or '-'}")
+                  f"{row.get('origin') or 'model':<18} {'; '.join(row.get('flags') or ()) or '-'}")
     return 0

@@ -23,7 +23,8 @@ Measured (median of repeats, wall time on this machine):
     SimpleITK ConnectedThreshold with the same interval on the whole volume from the same seed;
   * AtlasSegLib per-lesion resize (``addlesion.resize_lesion`` + apply) of the true tumor over a range of thresholds,
     against re-thresholding and labelling the whole liver box (``ProbabilityMap.labels``, what the slider does).
-  Add and resize are the library's part of the Slicer path (the Slicer "Add" mode is not wired yet).
+  * AtlasSeg Slicer add click = ``RemoveFalsePositiveLogic.addAt`` (the effect's "Add missed tumor" mode) at the
+    same centres on the scene: probability map and gate from the scene, add_lesion, SaveStateForUndo, paste.
 
     python Testing/bench_review.py [--size 512 512 300] [--fps 30] [--repeats 5] [--z keep|stretch] [--adds 6]
 
@@ -168,8 +169,12 @@ ADD_ROW = "AtlasSegLib add at a missed tumor (image path, paste into box mask)"
 RESIZE_ROW = "AtlasSegLib resize one lesion (resize_lesion + apply)"
 
 
-def bench_add_and_resize(ct, pmap, tumor_full, args, rng) -> tuple:
-    """Rows for one-click add and per-lesion resize on the liver box, with their plain baselines."""
+SLICER_ADD_ROW = "AtlasSeg Slicer add click (RemoveFalsePositiveLogic.addAt + undo state)"
+
+
+def bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add=None) -> tuple:
+    """Rows for one-click add and per-lesion resize on the liver box, with their plain baselines. ``slicer_add``:
+    ``(ct_box, [full-grid kji]) -> [ms]``, the same clicks through the Slicer effect's logic on the scene."""
     import cc3d
 
     from AtlasSegLib.addlesion import add_lesion, resize_lesion
@@ -206,6 +211,8 @@ def bench_add_and_resize(ct, pmap, tumor_full, args, rng) -> tuple:
             seed = [int(v) for v in (np.asarray(c) + [s.start for s in box])[::-1]]
             base_ms.append(timed(sitk.ConnectedThreshold, whole, seedList=[seed], lower=float(added.hu_range[0]),
                                  upper=float(added.hu_range[1]))[0])
+    slicer_ms = slicer_add(ct_box, [tuple(int(a) + s.start for a, s in zip(t["center_zyx"], box))
+                                    for t in synth.tumors]) if slicer_add is not None else []
     # Resize: the true tumor (largest candidate) through a range of thresholds and back.
     lesion = int(np.bincount(labels.ravel())[1:].argmax() + 1)
     work = labels.copy()
@@ -223,6 +230,7 @@ def bench_add_and_resize(ct, pmap, tumor_full, args, rng) -> tuple:
     slider_base = [timed(pmap.labels, thr)[0] for thr in (0.3, 0.5, 0.2, 0.7)]
     rows = {ADD_ROW: add_ms,
             "  baseline: SimpleITK ConnectedThreshold, whole volume, same interval": base_ms or [float("nan")],
+            SLICER_ADD_ROW: slicer_ms or [float("nan")],
             RESIZE_ROW: resize_ms,
             "  baseline: threshold + label the whole liver box (ProbabilityMap.labels)": slider_base}
     info = (f"adds: {len(add_ms)} synthetic tumors 15-30 mm at -40 HU; paths {', '.join(sorted(set(origins)))}; "
@@ -326,7 +334,22 @@ def main() -> int:
     rows["  editor Undo after an Islands-path click"] = [timed(editor.Undo)[0]]
     print(f"tumor layer extent after the Islands path: {extent()}", flush=True)
 
-    add_rows, add_info = bench_add_and_resize(ct, pmap, tumor_full, args, rng)
+    def slicer_add(ct_box, centres):
+        """The missed tumors into the scene's CT, then one Add-mode click at each centre (the effect's path)."""
+        import slicer
+
+        array = slicer.util.arrayFromVolume(volume)
+        array[pmap.box_slices] = ct_box
+        slicer.util.arrayFromVolumeModified(volume)
+        out = []
+        for c in centres:
+            ms, result = timed(plain.addAt, ras(c))
+            out.append(ms)
+            if not result.changed:
+                print(f"Slicer add at {c}: {result.message}", flush=True)
+        return out
+
+    add_rows, add_info = bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add)
     rows.update(add_rows)
 
     print()
@@ -342,6 +365,7 @@ def main() -> int:
     print(add_info)
     print("machine: shared with 5 other sessions (2 cores); medians, not best-of")
     print(f"RESULT add_ms={statistics.median(rows[ADD_ROW]):.1f} resize_ms={statistics.median(rows[RESIZE_ROW]):.1f} "
+          f"slicer_add_ms={statistics.median(rows[SLICER_ADD_ROW]):.1f} "
           f"click_ms={statistics.median(rows['AtlasSeg click, compacted tumor layer']):.1f} "
           f"slider_ms={statistics.median(rows['AtlasSeg slider update (threshold + components + segment)']):.1f}")
     slicer_harness.teardown()

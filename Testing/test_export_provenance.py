@@ -12,6 +12,8 @@ import SimpleITK as sitk
 
 from AtlasSegLib import cli
 from AtlasSegLib import export as ex
+from AtlasSegLib.review import review_rows
+from AtlasSegLib.run import Run
 from AtlasSegLib.runedit import edit_run
 from test_export_outside_tools import dciodvfy_errors, needs_dciodvfy
 from testdata import make_run
@@ -34,7 +36,16 @@ def runs(tmp_path_factory, ctdata):
     edited = make_run(root / "edited", series, masks)
     result = edit_run(edited, "liver_tumor", remove_ids=(2,))
     assert result["removed"] == 1
-    return {"root": root, "plain": plain, "edited": edited, "series": series}
+    # ``added``: candidate 2 recorded as a lesion a reviewer added by a click (its decision's origin), and the
+    # reviewer recorded in review.json, as 'atlasseg review --add-at ... --reviewer NAME' records them.
+    added = make_run(root / "added", series, masks)
+    run = Run(added)
+    state = run.read_review()
+    row = next(r for r in review_rows(added)["liver_tumor"] if r["id"] == 2)
+    state.decide("liver_tumor", row, "kept", key=2, origin="added: image")
+    state.touch("Roe^Rick")
+    run.write_review(state)
+    return {"root": root, "plain": plain, "edited": edited, "added": added, "series": series}
 
 
 def _seg_types(path) -> dict:
@@ -49,7 +60,8 @@ def _rt_types(path) -> dict:
 
 def test_review_provenance_names_the_structures_a_person_edited(runs):
     edited, reviewer, reviewed_at = ex.review_provenance(runs["edited"])
-    assert edited == {"liver_tumor"} and reviewer is None and reviewed_at is None
+    # Every review action records when (review.json reviewed_at); who only with --reviewer.
+    assert edited == {"liver_tumor"} and reviewer is None and reviewed_at is not None
     assert ex.review_provenance(runs["plain"])[0] == frozenset()
 
 
@@ -97,3 +109,24 @@ def test_approve_without_a_reviewer_or_on_a_seg_is_refused_before_anything_is_wr
                      "--reviewer", "Doe^Jane"]) == 2
     assert "no approval" in capsys.readouterr().err
     assert not dest.exists()
+
+
+@needs_dciodvfy
+def test_a_run_with_an_added_lesion_is_semiautomatic_by_its_recorded_reviewer_and_passes_dciodvfy(runs, capsys):
+    edited, reviewer, reviewed_at = ex.review_provenance(runs["added"])
+    assert edited == {"liver_tumor"} and reviewer == "Roe^Rick" and reviewed_at
+    root = runs["root"]
+    seg = ex.export(runs["added"], "dicom-seg", root / "added-seg.dcm")
+    assert _seg_types(seg.path) == {"liver": "AUTOMATIC", "liver_tumor": "SEMIAUTOMATIC"}
+    assert str(pydicom.dcmread(seg.path).ContentCreatorName) == "Roe^Rick", "the reviewer review.json records"
+    dest = root / "added-rt.dcm"
+    # --approve needs no --reviewer when review.json records one.
+    assert cli.main(["export", str(runs["added"]), "--format", "rtstruct", "-o", str(dest), "--approve"]) == 0
+    ds = pydicom.dcmread(dest)
+    assert _rt_types(dest) == {"liver": "AUTOMATIC", "liver_tumor": "SEMIAUTOMATIC"}
+    assert ds.ApprovalStatus == "APPROVED" and str(ds.ReviewerName) == "Roe^Rick"
+    # The added lesion's id and origin: in the tumor's ROI and segment descriptions, nowhere else.
+    text = "lesion #2 (added: image) added by a reviewer"
+    assert {str(r.ROIName): r.get("ROIDescription") for r in ds.StructureSetROISequence}["liver_tumor"] == text
+    assert [s.get("SegmentDescription") for s in pydicom.dcmread(seg.path).SegmentSequence] == [None, text]
+    assert dciodvfy_errors(seg.path) == [] and dciodvfy_errors(dest) == []

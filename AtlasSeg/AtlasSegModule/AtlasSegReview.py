@@ -353,8 +353,8 @@ class SensitivityController:
         """
         labelling = self.map.labels(threshold)
         # False positives removed in this review stay removed whatever the threshold (their seed voxel is kept).
-        removed = loadReviewState(self.segmentationNode).removed_labels(self.tumor, labelling.labels,
-                                                                        self.map.start_ijk)
+        state = loadReviewState(self.segmentationNode)
+        removed = state.removed_labels(self.tumor, labelling.labels, self.map.start_ijk)
         image, region = self.box()
         label = self.label()
         parts = [(slc, labelling.labels[slc] == value) for value, slc, _ in labelling.parts if value not in removed]
@@ -370,6 +370,10 @@ class SensitivityController:
             # First preview of a round: keep the box for Cancel/Apply, and where the segment is now.
             self._original = region.copy()
             self._written = boundingSlices(self._original == label)
+        # Lesions a reviewer added by a click (the map may not hold them) stay, as they were before the preview.
+        added = self._addedLesions(state, label)
+        if added is not None:
+            parts += [(slc, added[slc]) for slc in boundingSlices(added)]
         for slc in self._written:
             view = region[slc]
             view[view == label] = 0
@@ -380,6 +384,22 @@ class SensitivityController:
         self.threshold = float(threshold)
         self.labelling = labelling
         return int(sum(int(np.count_nonzero(inside)) for _, inside in parts))
+
+    def _addedLesions(self, state, label) -> Optional[np.ndarray]:
+        """The components of the box before the preview that hold the seed of a kept "added: ..." decision
+        (``RemoveFalsePositiveLogic.addAt`` + ``ReviewSession.recordClick``), or None."""
+        seeds = [d["seed_ijk"] for d in state.decisions(self.tumor)
+                 if str(d.get("origin") or "").startswith("added") and d.get("status") == "kept"]
+        if not seeds or self._original is None:
+            return None
+        own = self._original == label
+        labels = cc3d.connected_components(own, connectivity=26)
+        values = set()
+        for seed in seeds:
+            kji = review.seed_kji(seed, self.map.start_ijk, own.shape)
+            if kji is not None and labels[kji]:
+                values.add(int(labels[kji]))
+        return np.isin(labels, sorted(values)) if values else None
 
     def apply(self) -> bool:
         """Keep the previewed threshold as one undo step (undo brings back the mask before the preview)."""
@@ -433,7 +453,9 @@ def loadReviewState(segmentationNode) -> review.ReviewState:
             entry = review.ReviewState.from_json(
                 '{"version": 1, "tumors": {"t": ' + str(value) + '}}').tumors["t"]
             tumors[segment.GetName()] = entry
-    return review.ReviewState(tumors)
+    # Who reviewed and when: the segmentation node's attributes (saved with the scene).
+    return review.ReviewState(tumors, reviewer=segmentationNode.GetAttribute(REVIEWER_ATTRIBUTE) or None,
+                              reviewed_at=segmentationNode.GetAttribute(REVIEWED_AT_ATTRIBUTE) or None)
 
 
 def storeReviewState(segmentationNode, state: review.ReviewState) -> None:
@@ -445,6 +467,13 @@ def storeReviewState(segmentationNode, state: review.ReviewState) -> None:
             text = json.dumps(entry, separators=(",", ":"))
             # Slicer stores tags as "key:value|" pairs in .seg.nrrd: a '|' inside the JSON would split it.
             segmentation.GetSegment(segmentId).SetTag(REVIEW_ATTRIBUTE, text.replace("|", "\\u007c"))
+    for name, value in ((REVIEWER_ATTRIBUTE, state.reviewer), (REVIEWED_AT_ATTRIBUTE, state.reviewed_at)):
+        if value:
+            segmentationNode.SetAttribute(name, str(value))
+
+
+REVIEWER_ATTRIBUTE = "AtlasSeg.Reviewer"  # review.json "reviewer", on the segmentation node
+REVIEWED_AT_ATTRIBUTE = "AtlasSeg.ReviewedAt"
 
 
 @dataclass(frozen=True)
@@ -473,6 +502,7 @@ class ReviewSession:
                             for t in reviewableTumors(segmentationNode)}
         self.remover = RemoveFalsePositiveLogic(segmentationNode, saveStateForUndo)
         self.state = loadReviewState(segmentationNode)
+        self.reviewer: Optional[str] = None  # the review panel's Reviewer field (remembered in the settings)
         self.rows: list = []
         self._labels: dict = {}
         self._idMaps: dict = {}  # tumor -> AtlasSegLib.lesions.IdMap: lesion ids matched by overlap, as the CLI
@@ -566,6 +596,17 @@ class ReviewSession:
         if not result.changed or tumor not in self.controllers:
             return
         self._recordRemovedSeeds(tumor, result.removedSeedsIjk)
+        if getattr(result, "addedOrigin", ""):
+            # An "Add missed tumor" click: the new lesion is kept, and says where it came from.
+            self.refresh()
+            labels = self._labels.get(tumor)
+            kji = review.seed_kji(result.addedSeedIjk, self.controllers[tumor].map.start_ijk, labels.shape) \
+                if labels is not None else None
+            row = next((r for r in self.rows if r["tumor"] == tumor and kji is not None
+                        and r.get("label") == int(labels[kji])), None)
+            if row is not None:
+                self.state.decide(tumor, row, "kept", origin=result.addedOrigin,
+                                  threshold=getattr(result, "addedThreshold", None))
         self._storeState()
         self.refresh()
 
@@ -681,6 +722,8 @@ class ReviewSession:
 
     # --------------------------------------------------------------------------------------- state
     def _storeState(self) -> None:
+        # Every stored decision records when, and who when the panel's Reviewer field names someone.
+        self.state.touch(self.reviewer)
         storeReviewState(self.segmentationNode, self.state)
 
     def exportReview(self, path) -> Path:

@@ -17,6 +17,8 @@ import qt
 import slicer
 
 
+REVIEWER_SETTING = "AtlasSeg/Reviewer"  # the Reviewer field, remembered across sessions
+
 
 def _reviewLogic():
     """``AtlasSegReview``, imported on first use: it needs packages the module installs on first run (cc3d, …),
@@ -116,6 +118,13 @@ class ReviewPanel:
         self.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.setSegmentationNode)
         form = qt.QFormLayout()
         form.addRow("Segmentation:", self.segmentationSelector)
+        self.reviewerEdit = qt.QLineEdit()
+        self.reviewerEdit.setPlaceholderText("e.g. Doe^Jane")
+        self.reviewerEdit.setToolTip("Who reviews: recorded with the decisions (review.json 'reviewer') and named "
+                                     "by exports. Remembered for the next session.")
+        self.reviewerEdit.text = str(qt.QSettings().value(REVIEWER_SETTING, "") or "")
+        self.reviewerEdit.connect("editingFinished()", self.onReviewerChanged)
+        form.addRow("Reviewer:", self.reviewerEdit)
         layout.addLayout(form)
 
         self.slidersBox = qt.QGroupBox("Sensitivity (probability threshold per tumor)")
@@ -291,6 +300,7 @@ class ReviewPanel:
                 review = _reviewLogic()
                 if review.reviewableTumors(node):
                     self.session = review.ReviewSession(node, saveStateForUndo=self._saveStateForUndo)
+                    self.session.reviewer = self.reviewerEdit.text.strip() or None
                     if not self._listening:
                         _removeLogic().clickObservers.append(self._onEffectClick)
                         self._listening = True
@@ -439,6 +449,12 @@ class ReviewPanel:
             self._history().redo()
             self.session.refresh()
             self._fillTable()
+
+    def onReviewerChanged(self):
+        name = self.reviewerEdit.text.strip()
+        qt.QSettings().setValue(REVIEWER_SETTING, name)
+        if self.session is not None:
+            self.session.reviewer = name or None
 
     def _onEffectClick(self, segmentationNode, result):
         if self.session is not None and _nodeId(segmentationNode) == _nodeId(self.session.segmentationNode):

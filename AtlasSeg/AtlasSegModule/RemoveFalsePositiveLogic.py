@@ -1,7 +1,8 @@
 """Qt-free logic of the "Remove false positive" Segment Editor effect, on real MRML classes.
 
 A click removes the 26-connected component under the cursor from *the segment under the cursor* (the topmost
-visible one there), not only from the selected segment; Shift-click keeps only that component. Each click is
+visible one there), not only from the selected segment; Shift-click keeps only that component; in Add mode (or
+Ctrl+click) a click adds the missed tumor around the point (``addAt``: ``AtlasSegLib.addlesion``). Each click is
 one step of the Segment Editor's undo history.
 
 Why it is fast: AtlasSeg loads segments into shared labelmap layers (organs in one, tumors in another), so a
@@ -223,6 +224,9 @@ class ClickResult:
     keepOnly: bool = False
     edit: object = None  # AtlasSegLib.review.Edit (its region indexes the edited part of the layer), or None
     removedSeedsIjk: tuple = ()  # full-grid (i, j, k) of a voxel of each removed component
+    addedOrigin: str = ""  # an add: "added: probability" / "added: image" (AtlasSegLib.addlesion)
+    addedSeedIjk: tuple = ()  # an add: full-grid (i, j, k) of a voxel of the added lesion
+    addedThreshold: Optional[float] = None  # an add on the model's map: the threshold its region was made at
 
     @property
     def changed(self) -> bool:
@@ -283,6 +287,104 @@ class RemoveFalsePositiveLogic:
         else:
             message = f"Removed a {name} component: {edit.changed_voxels:,} voxels ({ml:.2f} ml). Undo restores it."
         return ClickResult(message, hit.segmentId, edit.changed_voxels, ml, keepOnly, edit, seeds)
+
+
+    # ----------------------------------------------------------------------------------- add a missed tumor
+    def addAt(self, ras, tumor: Optional[str] = None) -> ClickResult:
+        """Add the missed tumor around world point ``ras`` to a tumor segment with a linked probability volume
+        (``tumor``: its name; default the first such segment): ``AtlasSegLib.addlesion.add_lesion`` on the
+        tumor's probability box and the CT (the segmentation's input volume) — the model's region at the
+        highest threshold that holds the point, else a region of similar attenuation bounded by the organ. A
+        point inside an existing component of the tumor selects it (nothing changes). One undo step, taken just
+        before the paste; the new voxels take only empty voxels of the layer (never another segment's)."""
+        from AtlasSegLib.addlesion import add_lesion
+        from AtlasSegModule import AtlasSegReview
+
+        node = self.segmentationNode
+        tumors = AtlasSegReview.reviewableTumors(node)
+        if tumor is None:
+            tumor = tumors[0] if tumors else None
+        if tumor not in tumors:
+            return ClickResult("Add missed tumor: no tumor segment with a probability map here; it works on "
+                               "tumors loaded from an AtlasSeg run.")
+        reference = node.GetNodeReference("AtlasSegInputVolume")
+        if reference is None or reference.GetImageData() is None:
+            return ClickResult("Add missed tumor: the CT this segmentation was made from is not in the scene.")
+        controller = AtlasSegReview.SensitivityController(node, tumor, probabilityMap=_probabilityMap(node, tumor))
+        pm = controller.map
+        image, region = controller.box()
+        label = controller.label()
+        _, low = layerArray(image)
+        local = worldToImageKji(node, image, ras) - np.asarray(pm.start_ijk)[::-1]
+        if np.any(local < 0) or np.any(local >= np.asarray(pm.q.shape)):
+            return ClickResult(f"Add missed tumor: the click is outside {tumor}'s search box (around its organ).",
+                               controller.segmentId)
+        start = np.asarray(pm.start_ijk)[::-1]
+        # The box in the CT's own index grid (the layers are normally on it: offset 0).
+        ctStart = start - np.asarray(AtlasSegReview._boxStartInLayer(image, reference))[::-1]
+        box = tuple(slice(int(a), int(a + n)) for a, n in zip(ctStart, pm.q.shape))
+        ct = slicer.util.arrayFromVolume(reference)[box]
+        if ct.shape != pm.q.shape:
+            return ClickResult("Add missed tumor: the CT does not cover the tumor's probability box.",
+                               controller.segmentId)
+        own = region == label
+        # A 0/1 mask is enough: add_lesion only asks whether the click is inside a component, and keeps every
+        # component's rim free (no labelling of the whole box per click).
+        labels = own.view(np.uint8)
+        gate = pm.click_gate()
+        free = (region == 0) | own  # never another segment's voxels
+        gate = free if gate is None else gate & free
+        found = add_lesion(ct, pm.box_grid.spacing[::-1], pm.q, labels, tuple(int(v) for v in local), gate=gate)
+        if found.action == "select":
+            return ClickResult(f"Add missed tumor: the click is inside an existing {tumor} component; nothing "
+                               "added (click outside the segment to add one).", controller.segmentId)
+        if found.action != "added":
+            return ClickResult(f"Add missed tumor: nothing added — {found.reason}.", controller.segmentId)
+        if self.saveStateForUndo is not None:
+            self.saveStateForUndo()
+        new = np.zeros(region.shape, bool)
+        found.paste(new, True)
+        new &= region == 0
+        region[new] = label
+        notifyLayerModified(node, image)
+        voxels = int(new.sum())
+        ml = voxels * voxelVolumeMm3(image) / 1000.0
+        seed = tuple(int(v) for v in (np.argwhere(new)[0] + start)[::-1])
+        how = f" at p ≥ {found.threshold:g}" if found.threshold is not None else ""
+        return ClickResult(f"Added a {tumor} lesion ({found.origin}{how}): {voxels:,} voxels ({ml:.2f} ml). "
+                           "Undo removes it.", controller.segmentId, voxels, ml, addedOrigin=found.origin,
+                           addedSeedIjk=seed, addedThreshold=found.threshold)
+
+
+_mapCache: dict = {}  # (segmentation node id, tumor) -> (stamp, ProbabilityMap): the last map built for an add
+
+
+def _probabilityMap(segmentationNode, tumor: str):
+    """The tumor's ``ProbabilityMap`` (probability volume + gate from the organ segments), built once and reused
+    while neither the probability volume nor a gate organ's layer changes: building it reads and dilates the whole
+    box (most of an add click's time on a 512×512×300 CT)."""
+    from AtlasSegModule import AtlasSegReview
+
+    probability = AtlasSegReview.probabilityVolume(segmentationNode, tumor)
+    segmentation = segmentationNode.GetSegmentation()
+    organs = [o.strip() for o in (probability.GetAttribute("AtlasSeg.Gate") or "").split(",") if o.strip()]
+    images = [layerImage(segmentation, AtlasSegReview.segmentIdByName(segmentationNode, o)) for o in organs]
+    tumorImage = layerImage(segmentation, AtlasSegReview.segmentIdByName(segmentationNode, tumor))
+    # The box's place in the tumor layer depends only on the layer's index grid (its image-to-world matrix).
+    grid = vtk.vtkMatrix4x4()
+    if tumorImage is not None:
+        tumorImage.GetImageToWorldMatrix(grid)
+    stamp = (probability.GetID(), probability.GetMTime(), probability.GetImageData().GetMTime(),
+             tuple(image.GetMTime() if image is not None else 0 for image in images),
+             tumorImage is not None, tuple(grid.GetElement(r, c) for r in range(4) for c in range(4)))
+    key = (segmentationNode.GetID(), tumor)
+    cached = _mapCache.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    pm = AtlasSegReview.probabilityMapFor(segmentationNode, tumor, probability)
+    _mapCache.clear()  # one map at a time: a box of a 512×512×300 CT is tens of MB
+    _mapCache[key] = (stamp, pm)
+    return pm
 
 
 # Called with (segmentationNode, ClickResult) after every click of the effect that changed something, so the

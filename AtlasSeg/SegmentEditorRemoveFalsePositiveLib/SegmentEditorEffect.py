@@ -1,6 +1,7 @@
 """Segment Editor effect "Remove false positive": a click removes the connected component under the cursor
 from the segment under the cursor (whichever visible segment is drawn there, topmost first); Shift-click keeps
-only that component. Each click is one undo step. The work is done by ``RemoveFalsePositiveLogic`` (Qt-free,
+only that component; with "Add missed tumor" checked a click adds the missed tumor there. Each click is one undo
+step. The work is done by ``RemoveFalsePositiveLogic`` (Qt-free,
 tested headless); this file only turns clicks into world points and shows the result in the status bar.
 
 Registered at startup by ``AtlasSegModule.effects.registerEffects()``. Slicer loads this file as a module named
@@ -30,9 +31,14 @@ HELP_TEXT = """<html>Remove false positives with one click.<p>
 whichever visible segment is drawn there (the topmost one), not only the selected segment. Tumor candidates
 from an over-sensitive AtlasSeg run are removed in one click each.<br>
 <b>Shift+click</b> keeps only the clicked region and removes all other regions of that segment.<br>
+<b>Add missed tumor</b> (check the box): a click inside a tumor the model missed adds it to the tumor segment
+&mdash; the model's own probability region around the point, or, where the model gave nothing, a region of similar
+attenuation in the CT bounded by the organ. A click inside an existing tumor region adds nothing.<br>
 In 3D views, click on a segment's surface. Clicking background does nothing.<br>
 Each click is one undo step (Ctrl+Z / Undo button).</html>"""
 
+
+ADD_MODE = "AtlasSeg.AddMissedTumor"  # effect parameter: "1" while the Add toggle is on
 
 _explained = set()
 
@@ -73,15 +79,29 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         label = qt.QLabel("Click: remove the region under the cursor. Shift+click: keep only that region.")
         label.wordWrap = True
         self.scriptedEffect.addOptionsWidget(label)
+        self.addCheckBox = qt.QCheckBox("Add missed tumor")
+        self.addCheckBox.toolTip = ("While checked, a click inside a tumor the model missed adds it to the tumor "
+                                    "segment (one undo step); uncheck to remove false positives again.")
+        self.addCheckBox.connect("toggled(bool)", lambda checked: self.updateMRMLFromGUI())
+        self.scriptedEffect.addOptionsWidget(self.addCheckBox)
 
     def setMRMLDefaults(self):
-        pass
+        self.scriptedEffect.setParameterDefault(ADD_MODE, "0")
 
     def updateGUIFromMRML(self):
-        pass
+        checkBox = getattr(self, "addCheckBox", None)
+        if checkBox is not None:
+            wasBlocked = checkBox.blockSignals(True)
+            checkBox.checked = self._addMode()
+            checkBox.blockSignals(wasBlocked)
 
     def updateMRMLFromGUI(self):
-        pass
+        checkBox = getattr(self, "addCheckBox", None)
+        if checkBox is not None:
+            self.scriptedEffect.setParameter(ADD_MODE, "1" if checkBox.checked else "0")
+
+    def _addMode(self) -> bool:
+        return self.scriptedEffect.parameterDefined(ADD_MODE) and self.scriptedEffect.parameter(ADD_MODE) == "1"
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
         if eventId != vtk.vtkCommand.LeftButtonPressEvent or callerInteractor.GetControlKey() \
@@ -119,8 +139,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         logic = _logic().RemoveFalsePositiveLogic(segmentationNode, self.scriptedEffect.saveStateForUndo)
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            result = logic.click(ras, keepOnly=bool(callerInteractor.GetShiftKey()),
-                                 searchRadiusVoxels=searchRadius)
+            if self._addMode():
+                result = logic.addAt(ras)
+            else:
+                result = logic.click(ras, keepOnly=bool(callerInteractor.GetShiftKey()),
+                                     searchRadiusVoxels=searchRadius)
         finally:
             qt.QApplication.restoreOverrideCursor()
         slicer.util.showStatusMessage(result.message, 5000)

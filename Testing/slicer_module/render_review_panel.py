@@ -257,7 +257,8 @@ def installQtShims():
                 setattr(qt, name, getattr(module, name))
     for base in (QtWidgets.QWidget, QtWidgets.QLabel, QtWidgets.QPushButton, QtWidgets.QCheckBox,
                  QtWidgets.QComboBox, QtWidgets.QGroupBox, QtWidgets.QSlider, QtWidgets.QSpinBox,
-                 QtWidgets.QDoubleSpinBox, QtWidgets.QTableWidget, QtCore.QTimer, QtGui.QShortcut):
+                 QtWidgets.QDoubleSpinBox, QtWidgets.QTableWidget, QtWidgets.QLineEdit, QtCore.QTimer,
+                 QtGui.QShortcut):
         setattr(qt, base.__name__, _shim(base))
     qt.QFileDialog = _Dialogs
     sys.modules["qt"] = qt
@@ -350,7 +351,9 @@ def main(argv) -> int:
     container.resize(PANEL_WIDTH, 100)
     container.show()
 
-    # Review: the result loads, the liver_tumor slider goes to "maximum sensitivity", Apply, keep one, remove one.
+    # Review: the reviewer names herself, the result loads, the liver_tumor slider goes to "maximum sensitivity",
+    # Apply, keep one, remove one.
+    review.reviewerEdit.text = "Doe^Jane"
     review.setSegmentationNode(scene.segmentationNode)
     presets = [w for w in review.slidersBox.findChildren(QtWidgets.QPushButton)
                if w.text == "maximum sensitivity"]  # PythonQt spelling: the panel's buttons are shims

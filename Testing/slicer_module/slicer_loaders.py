@@ -212,6 +212,7 @@ class ScriptedEffect:
         self.undoStates = 0
         self.swallowed = []  # exceptions the app would only print
         self.version = _CURRENT["version"]
+        self.parameters = {}  # the effect's parameters in the Segment Editor node (name -> text)
 
     def setPythonSource(self, path) -> bool:
         path = Path(str(path))
@@ -253,6 +254,19 @@ class ScriptedEffect:
 
     def addOptionsWidget(self, widget):
         pass
+
+    # qSlicerSegmentEditorAbstractEffect's parameters (stored as text in the Segment Editor node)
+    def parameter(self, name):
+        return self.parameters.get(name, "")
+
+    def parameterDefined(self, name):
+        return name in self.parameters
+
+    def setParameter(self, name, value):
+        self.parameters[name] = str(value)
+
+    def setParameterDefault(self, name, value):
+        self.parameters.setdefault(name, str(value))
 
 
 class AbstractScriptedSegmentEditorEffect:

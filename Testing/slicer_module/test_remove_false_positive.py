@@ -235,3 +235,93 @@ class _ThreeDView:
         self.renderer.ResetCamera()
         self.renderer.ResetCameraClippingRange()
         self.window.Render()
+
+
+# ----------------------------------------------------------------------------------------- add a missed tumor
+MISSED_KJI = (12, 30, 24)  # full grid, in the liver, where the model's map is 0 (away from every blob)
+
+
+def _insertMissedTumor(scene, radius=3):
+    """A -45 HU ball in the CT's liver where the probability map holds nothing: a tumor the model missed."""
+    from review_scene import SHAPE, ball
+
+    ct = slicer.util.arrayFromVolume(scene.volume)
+    inside = ball(SHAPE, MISSED_KJI, radius)
+    ct[inside] -= 45
+    slicer.util.arrayFromVolumeModified(scene.volume)
+    return inside
+
+
+def test_add_mode_adds_a_missed_tumor_from_the_image_and_undo_restores_the_exact_labelmap(scene):
+    scene, editor = scene
+    truth = _insertMissedTumor(scene)
+    before = _arrays(scene)
+    assert not before["liver_tumor"][MISSED_KJI]
+    logic = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo)
+
+    result = logic.addAt(scene.rasOfKji(MISSED_KJI))
+
+    after = _arrays(scene)
+    added = after["liver_tumor"].astype(bool) & ~before["liver_tumor"].astype(bool)
+    assert result.changed and result.addedOrigin == "added: image", result.message
+    assert result.changedVoxels == int(added.sum()) and added[MISSED_KJI]
+    dice = 2 * (added & truth).sum() / (added.sum() + truth.sum())
+    assert dice > 0.6, dice
+    assert after["liver_tumor"][tuple(result.addedSeedIjk[::-1])]
+    # Only new voxels: every other segment and every earlier tumor voxel as it was.
+    np.testing.assert_array_equal(after["liver_tumor"][~added], before["liver_tumor"][~added])
+    np.testing.assert_array_equal(after["liver"], before["liver"])
+    np.testing.assert_array_equal(after["spleen"], before["spleen"])
+
+    editor.Undo()  # one undo step: the exact labelmap of before
+    for name in ALL:
+        np.testing.assert_array_equal(segmentArray(scene, name), before[name])
+    assert not editor.CanUndo()
+
+
+def test_add_mode_click_inside_an_existing_tumor_selects_it_and_takes_no_undo_step(scene):
+    scene, editor = scene
+    before = _arrays(scene)
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(scene.boxToFullKji(TRUE_TUMOR_BOX_KJI)))
+    assert not result.changed and "inside an existing" in result.message
+    assert not editor.CanUndo()
+    for name in ALL:
+        np.testing.assert_array_equal(segmentArray(scene, name), before[name])
+
+
+def test_an_added_tumor_is_recorded_by_the_review_session_as_kept_with_its_origin(scene):
+    from AtlasSegModule.AtlasSegReview import ReviewSession, loadReviewState
+
+    scene, editor = scene
+    _insertMissedTumor(scene)
+    session = ReviewSession(scene.segmentationNode, saveStateForUndo=editor.SaveStateForUndo)
+    before = {r["id"] for r in session.rows}
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(MISSED_KJI))
+    session.recordClick(result)
+    new = [r for r in session.rows if r["id"] not in before]
+    assert len(new) == 1 and new[0]["status"] == "kept" and new[0]["origin"] == "added: image"
+    stored = loadReviewState(scene.segmentationNode).decisions("liver_tumor")
+    assert [d["origin"] for d in stored if d["id"] == new[0]["id"]] == ["added: image"]
+
+
+def test_an_added_tumor_stays_when_the_sensitivity_slider_moves(scene):
+    from AtlasSegModule.AtlasSegReview import ReviewSession
+
+    scene, editor = scene
+    _insertMissedTumor(scene)
+    session = ReviewSession(scene.segmentationNode, saveStateForUndo=editor.SaveStateForUndo)
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(MISSED_KJI))
+    session.recordClick(result)
+    added = segmentArray(scene, "liver_tumor").astype(bool)
+    addedId = next(r["id"] for r in session.rows if r.get("origin") == "added: image")
+    controller = session.controllers["liver_tumor"]
+    for threshold in (0.8, 0.3, 0.5):  # the map holds nothing there: without the paste it would vanish
+        controller.preview(threshold)
+        now = segmentArray(scene, "liver_tumor").astype(bool)
+        lesion = _component(added, MISSED_KJI)
+        assert np.array_equal(now & lesion, lesion), threshold
+    session.applyThreshold("liver_tumor")
+    assert any(r["id"] == addedId and r["present"] for r in session.rows)

@@ -323,3 +323,17 @@ def test_table_ids_follow_each_lesion_across_thresholds(scene):
         walk.append(sorted((r["id"], r["voxels"]) for r in rows))
     assert sorted(seen) == [1, 2, 3]  # three lesions over the walk, three numbers
     assert walk[0] == walk[3] and walk[1] == walk[4]  # back at a threshold: the same numbers on the same lesions
+
+
+def test_the_reviewer_is_recorded_with_the_decisions_and_exported(scene, tmp_path):
+    import json
+
+    scene, editor = scene
+    session = _session(scene, editor)
+    session.reviewer = "Doe^Jane"  # the panel's Reviewer field
+    session.select(0)
+    session.keep()
+    state = AtlasSegReview.loadReviewState(scene.segmentationNode)
+    assert state.reviewer == "Doe^Jane" and state.reviewed_at
+    doc = json.loads(session.exportReview(tmp_path).read_text())
+    assert doc["reviewer"] == "Doe^Jane" and doc["reviewed_at"] == state.reviewed_at

@@ -127,6 +127,21 @@ after = int(review_scene.segmentArray(scene, "liver_tumor").sum())
 out["effectConsumed"] = bool(consumed)
 out["effectRemovedVoxels"] = before - after
 out["undoStates"] = effect.undoStates
+# The effect's "Add missed tumor" toggle on: a click on a tumor the model missed (a dark ball in the liver where the
+# map holds nothing) adds it, one more undo step.
+from review_scene import SHAPE, ball
+missed = (12, 30, 24)
+ct = slicer.util.arrayFromVolume(scene.volume)
+ct[ball(SHAPE, missed, 3)] -= 45
+slicer.util.arrayFromVolumeModified(scene.volume)
+effect.self().setMRMLDefaults()
+effect.setParameter("AtlasSeg.AddMissedTumor", "1")
+before = int(review_scene.segmentArray(scene, "liver_tumor").sum())
+effect.processInteractionEvents(L.InteractorStandIn(), vtk.vtkCommand.LeftButtonPressEvent,
+                                L.SliceViewStandIn(scene.rasOfKji(missed)))
+out["addSwallowed"] = effect.swallowed
+out["effectAddedVoxels"] = int(review_scene.segmentArray(scene, "liver_tumor").sum()) - before
+out["undoStatesAfterAdd"] = effect.undoStates
 print("RESULT " + json.dumps(out))
 """
 
@@ -167,6 +182,8 @@ def test_first_launch_without_packages_then_install_then_review_export_and_effec
     assert out["effectConsumed"] is True
     assert out["effectRemovedVoxels"] > 0
     assert out["undoStates"] == 1  # one undo step for the click
+    assert out["addSwallowed"] == [] and out["effectAddedVoxels"] > 0  # Add mode: the missed tumor is added
+    assert out["undoStatesAfterAdd"] == 2
 
 
 def test_effect_folder_is_not_imported_as_a_package_anywhere():
