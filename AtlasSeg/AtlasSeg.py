@@ -58,7 +58,8 @@ from AtlasSegModule.AtlasSegRunner import RunState
 
 DEVICE_CHOICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
 BACKEND_CHOICES = (("auto", "Auto"), ("torch", "PyTorch"), ("openvino", "OpenVINO (CPU)"))
-PRECISION_CHOICES = (("auto", "Auto"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
+PRECISION_CHOICES = (("auto", "Auto"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"),
+                     ("int8", "INT8 (CPU, checked on this CT)"))
 POLL_INTERVAL_MS = 200
 APPLY_TOOLTIP = ("Segment the input volume with the selected model. The model runs in a separate process: "
                  "Slicer stays usable and this button turns into Cancel.")
@@ -183,7 +184,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "once per model, then 1.5-4x faster), PyTorch on the GPU.")
         self.precisionComboBox = qt.QComboBox()
         self.precisionComboBox.toolTip = _("Arithmetic precision. Auto: bf16 where the CPU supports it, else fp32; "
-                                           "fp16 on the GPU. Masks agree with fp32 (Dice >= 0.99).")
+                                           "fp16 on the GPU. Masks agree with fp32 (Dice >= 0.99). INT8: quantized "
+                                           "once, checked against fp32 on each CT (fp32 runs where it disagrees).")
         for combo, choices in ((self.backendComboBox, BACKEND_CHOICES), (self.precisionComboBox, PRECISION_CHOICES)):
             for value, title in choices:
                 combo.addItem(title, value)
@@ -748,11 +750,14 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 quality=_(QUALITY_TITLES.get(quality, quality)))
         else:
             entry = result.presets[quality]
-            label = _("{quality}: {estimate} on this CT ({runs})").format(
-                quality=_(QUALITY_TITLES.get(quality, quality)), estimate=result.text(quality),
-                runs=f"{entry.get('backend', '')} {entry.get('precision', '')}".strip())
+            runs = f"{entry.get('backend', '')} {entry.get('precision', '')}".strip()
+            title = _(QUALITY_TITLES.get(quality, quality))
             if entry.get("total_s") is None:
-                label += _(" — times appear after this computer's first run of the model")
+                label = _("{quality}: {windows} windows on this CT ({runs}); the time shows after this computer's "
+                          "first run of the model").format(quality=title, windows=entry["windows"], runs=runs)
+            else:
+                label = _("{quality}: {estimate} on this CT ({runs})").format(
+                    quality=title, estimate=result.text(quality), runs=runs)
         self.ui.qualityEstimateLabel.text = label
 
     def onDeviceChanged(self, index):

@@ -73,7 +73,7 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
     """quality -> {"windows", "window_s", "network_s", "total_s", "timing"} for this CT. ``timing`` is
     "measured" (this machine ran this model so before), "assumed" (INT8 from fp32 × ``INT8_ASSUMED_SPEEDUP``)
     or None (not yet timed here: only the window count is known; the seconds are None)."""
-    from .backends import cpu_capabilities, nncf_version, openvino_version
+    from .backends import AUTO_MIN_WINDOWS, cpu_capabilities, nncf_version, openvino_version
     from .inference import count_windows
     from .pipeline import QUALITIES, prepare, resolve_quality
 
@@ -94,6 +94,15 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
             precision = ("bf16" if "BF16" in cpu_capabilities() else "fp32") if preset.precision == "auto" \
                 else preset.precision
         per, timing = window_seconds(card.id, backend, precision), "measured"
+        if per is None and precision == "int8" and windows < AUTO_MIN_WINDOWS:
+            # A run this small skips a preset's first quantization (pipeline.Segmenter._make_runner) and runs what
+            # auto runs: OpenVINO where this machine converted the model before, else torch fp32.
+            auto = "bf16" if "BF16" in cpu_capabilities() else "fp32"
+            for backend_, precision_ in (("openvino", auto), ("openvino", "fp32"), ("torch", "fp32")):
+                per = window_seconds(card.id, backend_, precision_)
+                if per:
+                    backend, precision = backend_, precision_
+                    break
         if per is None and precision == "int8":
             fp32 = window_seconds(card.id, backend, "fp32")
             per, timing = (fp32 / INT8_ASSUMED_SPEEDUP if fp32 else None), "assumed"

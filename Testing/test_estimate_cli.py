@@ -93,3 +93,23 @@ def test_estimate_refuses_bad_input_with_exit_2_before_torch(args, words, small_
     code, stderr, heavy = run_cli(tmp_path, "estimate", *args)
     assert code == 2 and words in stderr, stderr
     assert heavy == []
+
+
+def test_a_small_runs_preset_is_estimated_with_what_it_runs_not_with_an_int8_it_skips(small_ct, tmp_path,
+                                                                                      monkeypatch):
+    """Runs under backends.AUTO_MIN_WINDOWS windows skip a preset's first quantization and run what auto runs
+    (pipeline.Segmenter._make_runner): after such a run the estimate must use its time, not stay 'not timed'."""
+    from AtlasSegLib.backends import AUTO_MIN_WINDOWS
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.estimate import estimate, record_window_time
+    from AtlasSegLib.io import read_image
+
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path))
+    image = read_image(str(small_ct))[0]
+    card = builtin_card("atlasseg-demo")
+    before = estimate(image, card, device="cpu")["balanced"]
+    assert before["windows"] < AUTO_MIN_WINDOWS and before["total_s"] is None
+    record_window_time(card.id, "torch", "fp32", 2.0, 10)  # as the balanced run of the demo model records it
+    after = estimate(image, card, device="cpu")["balanced"]
+    assert (after["backend"], after["precision"], after["timing"]) == ("torch", "fp32", "measured")
+    assert after["window_s"] == 0.2 and after["network_s"] == pytest.approx(0.2 * after["windows"])

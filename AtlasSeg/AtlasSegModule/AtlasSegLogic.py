@@ -52,7 +52,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # The engine's --backend / --precision choices (AtlasSegLib.backends.BACKENDS/PRECISIONS; not imported here:
 # that module imports torch, which Slicer may not have yet when the panel is built).
 BACKENDS = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # The engine's --quality presets (AtlasSegLib.pipeline.QUALITIES, which imports torch), as the panel offers them.
 QUALITIES = ("reference", "balanced", "fast")
 QUALITY_TITLES = {"reference": "Reference", "balanced": "Balanced", "fast": "Fast (3 mm)"}
@@ -88,7 +88,8 @@ if parameterNodeWrapper is not None:
         modelId: id of the selected model card.
         excludedStructures: comma-separated structures the user unticked (all others are produced).
         device: "auto", "cpu" or "cuda".
-        backend, precision: the engine's --backend (auto, torch, openvino) and --precision (auto, fp32, bf16, fp16).
+        backend, precision: the engine's --backend (auto, torch, openvino) and --precision (auto, fp32, bf16,
+            fp16, int8).
         quality: the engine's --quality preset (reference, balanced, fast), see QUALITY_TOOLTIP.
         overwrite: put the result into ``outputSegmentation`` instead of a new segmentation node.
         outputSegmentation: the segmentation to overwrite.
