@@ -367,8 +367,8 @@ def qualityHint(device: DeviceInfo, requestedDevice: str, fast: bool) -> str:
         hints.append("GPU was chosen but none is available: the run will fail; choose Auto or CPU.")
     onCpu = requestedDevice == "cpu" or not device.hasGpu
     if onCpu and not fast:
-        hints.append("On the CPU a full-resolution run takes many minutes: Quality Fast mode (3 mm) gives a "
-                     "result in a few minutes, Balanced a fifth of Reference's windows.")
+        hints.append("On the CPU a full-resolution run takes many minutes: choose Quality Fast mode (3 mm) for a "
+                     "result in a few minutes; Balanced runs a fifth of Reference's windows.")
     elif not onCpu and device.gpuMemoryGiB < SMALL_GPU_GIB and not fast:
         hints.append(f"This GPU has {device.gpuMemoryGiB:.1f} GiB; full resolution may run out of GPU memory "
                      "(the engine then continues on the CPU, slowly). Fast mode needs far less.")
