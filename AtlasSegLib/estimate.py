@@ -110,6 +110,8 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
             # Small runs of 'auto' are run by torch (no first conversion): their times are torch's.
             per = window_seconds(card.id, "torch", "fp32")
             backend, precision = ("torch", "fp32") if per else (backend, precision)
+        if per is None and backend == "openvino" and windows < AUTO_MIN_WINDOWS:
+            backend, precision = "torch", "fp32"  # nothing converted here yet: auto converts nothing for so few
         network = windows * per if per else None
         out[quality] = {"windows": windows, "backend": backend, "precision": precision,
                         "window_s": round(per, 3) if per else None,

@@ -109,6 +109,7 @@ def test_a_small_runs_preset_is_estimated_with_what_it_runs_not_with_an_int8_it_
     card = builtin_card("atlasseg-demo")
     before = estimate(image, card, device="cpu")["balanced"]
     assert before["windows"] < AUTO_MIN_WINDOWS and before["total_s"] is None
+    assert (before["backend"], before["precision"]) == ("torch", "fp32")  # what a fresh machine runs for so few
     record_window_time(card.id, "torch", "fp32", 2.0, 10)  # as the balanced run of the demo model records it
     after = estimate(image, card, device="cpu")["balanced"]
     assert (after["backend"], after["precision"], after["timing"]) == ("torch", "fp32", "measured")
