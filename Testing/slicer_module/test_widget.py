@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 
 PRELUDE = """
@@ -303,6 +305,7 @@ out["shown"] = shown
     assert len(out["shown"]) == 1 and "skipped" in out["shown"][0]
 
 
+@pytest.mark.engine  # Apply runs the demo model in the engine (inside the script string, which tier detection misses)
 def test_the_panel_offers_the_presets_with_this_cts_estimate_and_passes_the_chosen_one_to_the_engine():
     """Issue 24: the presets with an estimated time for this CT before Apply. The estimate runs in the engine's
     Python (``atlasseg estimate``, which imports torch) and arrives through the panel's timer; the chosen preset
