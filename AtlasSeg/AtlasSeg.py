@@ -46,7 +46,8 @@ except ImportError:  # Slicer < 5.4 has no translation support
 
 from AtlasSegModule import AtlasSegBridge as bridge
 from AtlasSegModule import AtlasSegDependencies as deps
-from AtlasSegModule.AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, AtlasSegLogic, RunOptions,
+from AtlasSegModule.AtlasSegLogic import (DEMO_MODEL_ID, DEMO_PHANTOM_SEED, QUALITIES, QUALITY_TITLES,
+                                          QUALITY_TOOLTIP, AtlasSegLogic, QualityEstimate, RunOptions,
                                           applyBlocker, describeVolume, formatDuration, modelDetailsHtml,
                                           progressText, qualityHint)
 from AtlasSegModule.AtlasSegExportPanel import ExportPanel
@@ -57,7 +58,8 @@ from AtlasSegModule.AtlasSegRunner import RunState
 
 DEVICE_CHOICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
 BACKEND_CHOICES = (("auto", "Auto"), ("torch", "PyTorch"), ("openvino", "OpenVINO (CPU)"))
-PRECISION_CHOICES = (("auto", "Auto"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"))
+PRECISION_CHOICES = (("auto", "Auto"), ("fp32", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"),
+                     ("int8", "INT8 (CPU, checked on this CT)"))
 POLL_INTERVAL_MS = 200
 APPLY_TOOLTIP = ("Segment the input volume with the selected model. The model runs in a separate process: "
                  "Slicer stays usable and this button turns into Cancel.")
@@ -159,6 +161,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installing = False  # pip or light-the-torch is running (under a modal dialog)
         self._importing = False  # 'models import' runs in the engine's Python; events are pumped meanwhile
         self._fillingStructures = False
+        self._estimateKey = None  # what the shown (or running) estimate is for: volume, voxels' time, model, device
+        self._estimateResult: Optional[QualityEstimate] = None
 
     # ------------------------------------------------------------------------------------------- setup
     def setup(self):
@@ -171,13 +175,17 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for value, title in DEVICE_CHOICES:
             self.ui.deviceComboBox.addItem(title, value)
+        for value in QUALITIES:  # the item texts gain this CT's estimate when it arrives (_showEstimate)
+            self.ui.qualityComboBox.addItem(_(QUALITY_TITLES[value]), value)
+        self.ui.qualityComboBox.toolTip = _(QUALITY_TOOLTIP)
         # Backend and precision rows, built here (not in the .ui file), saved with the scene like the device.
         self.backendComboBox = qt.QComboBox()
         self.backendComboBox.toolTip = _("What runs the network. Auto: OpenVINO on the CPU when installed (converted "
                                          "once per model, then 1.5-4x faster), PyTorch on the GPU.")
         self.precisionComboBox = qt.QComboBox()
         self.precisionComboBox.toolTip = _("Arithmetic precision. Auto: bf16 where the CPU supports it, else fp32; "
-                                           "fp16 on the GPU. Masks agree with fp32 (Dice >= 0.99).")
+                                           "fp16 on the GPU. Masks agree with fp32 (Dice >= 0.99). INT8: quantized "
+                                           "once, checked against fp32 on each CT (fp32 runs where it disagrees).")
         for combo, choices in ((self.backendComboBox, BACKEND_CHOICES), (self.precisionComboBox, PRECISION_CHOICES)):
             for value, title in choices:
                 combo.addItem(title, value)
@@ -196,6 +204,9 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probeTimer = qt.QTimer()
         self._probeTimer.setInterval(POLL_INTERVAL_MS)
         self._probeTimer.connect("timeout()", self._onProbeTimer)
+        self._estimateTimer = qt.QTimer()
+        self._estimateTimer.setInterval(POLL_INTERVAL_MS)
+        self._estimateTimer.connect("timeout()", self._onEstimateTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -212,6 +223,8 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.selectNoStructuresButton.connect("clicked(bool)", lambda: self._checkAllStructures(False))
         self.ui.structureTreeWidget.connect("itemChanged(QTreeWidgetItem*,int)", self.onStructureChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.qualityComboBox.connect("currentIndexChanged(int)",
+                                        lambda i: self._setChoice("quality", self.ui.qualityComboBox, i))
         self.backendComboBox.connect("currentIndexChanged(int)", lambda i: self._setChoice("backend", self.backendComboBox, i))
         self.precisionComboBox.connect("currentIndexChanged(int)",
                                        lambda i: self._setChoice("precision", self.precisionComboBox, i))
@@ -245,6 +258,10 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         if getattr(self, "_probeTimer", None) is not None:
             self._probeTimer.stop()
+        if getattr(self, "_estimateTimer", None) is not None:
+            self._estimateTimer.stop()
+        if self.logic is not None:
+            self.logic.cancelEstimate()
         if getattr(self, "reviewPanel", None) is not None:
             self.reviewPanel.cleanup()
         if getattr(self, "teachingPanel", None) is not None:
@@ -310,14 +327,16 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         index = self.ui.deviceComboBox.findData(params.device)
         if index >= 0 and index != self.ui.deviceComboBox.currentIndex:
             self.ui.deviceComboBox.setCurrentIndex(index)
-        for combo, value in ((self.backendComboBox, params.backend), (self.precisionComboBox, params.precision)):
+        for combo, value in ((self.backendComboBox, params.backend), (self.precisionComboBox, params.precision),
+                             (self.ui.qualityComboBox, params.quality)):
             index = combo.findData(value)
             if index >= 0 and index != combo.currentIndex:
                 combo.setCurrentIndex(index)
         self.ui.inputInfoLabel.text = describeVolume(params.inputVolume)
         self.ui.outputSegmentationSelector.enabled = params.overwrite and self._job is None
         device = self.logic.cachedDeviceInfo()
-        self.ui.qualityHintLabel.text = qualityHint(device, params.device, params.fast) if device else ""
+        self.ui.qualityHintLabel.text = qualityHint(device, params.device, params.quality == "fast") if device else ""
+        self._refreshEstimate()
         self.ui.undoButton.enabled = self._job is None and self.logic.canUndo(params.outputSegmentation)
         self.ui.undoButton.toolTip = (
             _("Restore the segmentation (and its probability maps) as it was before the last run overwrote it.")
@@ -668,6 +687,79 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceInfoLabel.text = _("Detected: {summary}").format(summary=info.summary())
         self._updateGui()
 
+    # ----------------------------------------------------------------------------------------- estimate
+    def _refreshEstimate(self):
+        """Estimate each quality for this CT and model when either (or the device) changed: in the engine's
+        Python, a process of its own (it imports torch and resamples the CT), polled by ``_estimateTimer``."""
+        params = self._parameterNode
+        volume = params.inputVolume if params is not None else None
+        model = self._selectedModel()
+        if volume is None or volume.GetImageData() is None or model is None or self._torchMissing \
+                or self._missingRequirements:
+            if self._estimateKey is not None or self._estimateResult is not None:
+                self.logic.cancelEstimate()
+                self._estimateTimer.stop()
+                self._estimateKey, self._estimateResult = None, None
+            self._showEstimate()
+            return
+        if self._job is not None and self._job.kind == "run":
+            self._showEstimate()
+            return  # not beside a run (both want the cores); it is asked again once the run has ended
+        key = self.logic.estimateKey(volume, model.id, params.device)
+        if key == self._estimateKey:
+            self._showEstimate()
+            return
+        self._estimateKey, self._estimateResult = key, None
+        try:
+            self._estimateResult = self.logic.startEstimate(volume, model.id, params.device)
+        except Exception as exc:  # noqa: BLE001 - no estimate is no reason to stop the panel (e.g. a full disk)
+            logging.warning("AtlasSeg: no time estimate: %s", exc)
+            self._estimateResult = QualityEstimate(error=str(exc))
+        if self._estimateResult is None:
+            self._estimateTimer.start()
+        self._showEstimate()
+
+    def _onEstimateTimer(self):
+        result = self.logic.pollEstimate()
+        if result is not None:
+            self._estimateTimer.stop()
+            self._estimateResult = result
+            self._showEstimate()
+        elif not self.logic.estimating():
+            self._estimateTimer.stop()
+
+    def _showEstimate(self):
+        """Each quality's item with its estimate ("Balanced — 150 windows, ~4 min") and the chosen one below."""
+        result = self._estimateResult
+        combo = self.ui.qualityComboBox
+        for index in range(combo.count):
+            quality = combo.itemData(index)
+            text = result.text(quality) if result is not None else ""
+            title = _(QUALITY_TITLES.get(quality, quality))
+            combo.setItemText(index, f"{title} — {text}" if text else title)
+        params = self._parameterNode
+        quality = params.quality if params is not None else ""
+        if self._estimateKey is None:
+            label = ""
+        elif result is None:
+            label = _("Estimating the time for this CT…")
+        elif result.error:
+            label = _("No time estimate: {error}").format(error=result.error)
+        elif not result.text(quality):
+            label = _("{quality}: no estimate (this model has no coarse spacing; it runs at full resolution)").format(
+                quality=_(QUALITY_TITLES.get(quality, quality)))
+        else:
+            entry = result.presets[quality]
+            runs = f"{entry.get('backend', '')} {entry.get('precision', '')}".strip()
+            title = _(QUALITY_TITLES.get(quality, quality))
+            if entry.get("total_s") is None:
+                label = _("{quality}: {windows} windows on this CT ({runs}); the time shows after this computer's "
+                          "first run of the model").format(quality=title, windows=entry["windows"], runs=runs)
+            else:
+                label = _("{quality}: {estimate} on this CT ({runs})").format(
+                    quality=title, estimate=result.text(quality), runs=runs)
+        self.ui.qualityEstimateLabel.text = label
+
     def onDeviceChanged(self, index):
         if self._parameterNode is not None and index >= 0:
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
@@ -700,7 +792,7 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         model = self._selectedModel()
         options = RunOptions(modelId=model.id,
                              structures=() if len(selected) == len(model.structures) else selected,
-                             device=params.device, fast=params.fast, backend=params.backend,
+                             device=params.device, quality=params.quality, backend=params.backend,
                              precision=params.precision)
         prepared = self.logic.prepareRun(params.inputVolume, options)
         try:
@@ -804,6 +896,10 @@ class AtlasSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          windowTitle=_("AtlasSeg"), detailedText="\n".join(result.logTail))
         finally:
             job.prepared.cleanup()
+            if result.state is RunState.SUCCEEDED:
+                # The run recorded this computer's seconds per window: the estimates can now say (better) times.
+                self.logic.forgetEstimates()
+                self._estimateKey = None
 
     def _showResults(self, results, job, elapsedSeconds):
         segmentationNode = results.segmentationNode

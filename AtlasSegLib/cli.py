@@ -33,6 +33,7 @@ EXAMPLES = """examples:
   atlasseg report out                             # report.html/.csv/.json + pictures/ of a finished run
   atlasseg batch AbdomenAtlas/ -o results --model suprem-segresnet --fast
   atlasseg models list
+  atlasseg estimate ct.nii.gz --model suprem-segresnet   # windows and time of each --quality preset, before a run
   atlasseg export out --format rtstruct --reference-dicom ct_dicom/   # also dicom-seg, seg-nrrd, abdomenatlas
   atlasseg synthesize ct.nii.gz -o synth --organ liver --run out --count 3 --diameter 10-30   # tumors + truth
 
@@ -247,6 +248,25 @@ def _add_evaluate_parser(sub) -> None:
     e.add_argument("--json", action="store_true", help="print evaluation.json instead of the summary")
 
 
+def _add_estimate_parser(sub) -> None:
+    # Here, not in estimate.py: building the parser must not import SimpleITK (startup time).
+    e = sub.add_parser(
+        "estimate", help="windows and estimated time of each --quality preset for a CT on this machine",
+        description="Prints, per --quality preset (reference, balanced, fast), the windows the network would run "
+        "on this CT (the pipeline's own grid, crop and placement) and the estimated time on this machine, from "
+        "the seconds per window earlier runs of the model recorded here ('not timed yet on this machine' before "
+        "the first run). Loads no model; reads and resamples the CT (seconds for a 512x512x300 CT).")
+    e.add_argument("input", help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM folder")
+    m = e.add_mutually_exclusive_group(required=True)
+    m.add_argument("--model", help="built-in model id (see 'atlasseg models list'); its weights are not needed")
+    m.add_argument("--model-card", help="JSON model card of your own model")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="the device the run would use (auto: the GPU when torch sees one)")
+    e.add_argument("--series", help="DICOM series UID when the folder holds several")
+    e.add_argument("--json", action="store_true", help="one JSON object on stdout: input, model, device, cpus and "
+                   "presets (quality -> windows, backend, precision, window_s, network_s, total_s, timing)")
+
+
 def _add_summarize_parser(sub) -> None:
     # Here, not in summarize.py: building the parser must not import numpy/SimpleITK (startup time).
     s = sub.add_parser(
@@ -396,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_summarize_parser(sub)
     _add_evaluate_parser(sub)
     _add_export_parser(sub)
+    _add_estimate_parser(sub)
     _verbose_everywhere(sub)
     return p
 
@@ -853,6 +874,10 @@ def _run(args) -> int:
             from .synthesize import cmd_synthesize
 
             return cmd_synthesize(args)
+        if args.command == "estimate":
+            from .estimate import cmd_estimate
+
+            return cmd_estimate(args)
     except BrokenPipeError:
         raise
     except AtlasSegError as exc:

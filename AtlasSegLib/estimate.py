@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Optional
 
 import SimpleITK as sitk
@@ -72,7 +73,7 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
     """quality -> {"windows", "window_s", "network_s", "total_s", "timing"} for this CT. ``timing`` is
     "measured" (this machine ran this model so before), "assumed" (INT8 from fp32 × ``INT8_ASSUMED_SPEEDUP``)
     or None (not yet timed here: only the window count is known; the seconds are None)."""
-    from .backends import cpu_capabilities, nncf_version, openvino_version
+    from .backends import AUTO_MIN_WINDOWS, cpu_capabilities, nncf_version, openvino_version
     from .inference import count_windows
     from .pipeline import QUALITIES, prepare, resolve_quality
 
@@ -93,6 +94,15 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
             precision = ("bf16" if "BF16" in cpu_capabilities() else "fp32") if preset.precision == "auto" \
                 else preset.precision
         per, timing = window_seconds(card.id, backend, precision), "measured"
+        if per is None and precision == "int8" and windows < AUTO_MIN_WINDOWS:
+            # A run this small skips a preset's first quantization (pipeline.Segmenter._make_runner) and runs what
+            # auto runs: OpenVINO where this machine converted the model before, else torch fp32.
+            auto = "bf16" if "BF16" in cpu_capabilities() else "fp32"
+            for backend_, precision_ in (("openvino", auto), ("openvino", "fp32"), ("torch", "fp32")):
+                per = window_seconds(card.id, backend_, precision_)
+                if per:
+                    backend, precision = backend_, precision_
+                    break
         if per is None and precision == "int8":
             fp32 = window_seconds(card.id, backend, "fp32")
             per, timing = (fp32 / INT8_ASSUMED_SPEEDUP if fp32 else None), "assumed"
@@ -100,6 +110,8 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
             # Small runs of 'auto' are run by torch (no first conversion): their times are torch's.
             per = window_seconds(card.id, "torch", "fp32")
             backend, precision = ("torch", "fp32") if per else (backend, precision)
+        if per is None and backend == "openvino" and windows < AUTO_MIN_WINDOWS:
+            backend, precision = "torch", "fp32"  # nothing converted here yet: auto converts nothing for so few
         network = windows * per if per else None
         out[quality] = {"windows": windows, "backend": backend, "precision": precision,
                         "window_s": round(per, 3) if per else None,
@@ -107,3 +119,61 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
                         "total_s": round(network / (1 - NONNET_SHARE), 1) if network else None,
                         "timing": timing if per else None}
     return out
+
+
+NOT_TIMED = "not timed yet on this machine"
+
+
+def duration_text(seconds: Optional[float]) -> str:
+    """``251`` -> ``"~4 min"``, ``40`` -> ``"~40 s"``, ``5400`` -> ``"~1.5 h"``; None -> ``NOT_TIMED``. Rounded:
+    an estimate is not a stopwatch."""
+    if seconds is None:
+        return NOT_TIMED
+    if seconds < 90:
+        return f"~{max(10, int(round(seconds / 10.0)) * 10)} s"
+    if seconds < 90 * 60:
+        return f"~{int(round(seconds / 60.0))} min"
+    return f"~{seconds / 3600.0:.1f} h"
+
+
+def describe(entry: dict) -> str:
+    """One preset's estimate in words, e.g. "150 windows, ~4 min" (the panel's and the CLI's wording)."""
+    text = f"{entry['windows']} window{'s' if entry['windows'] != 1 else ''}, {duration_text(entry.get('total_s'))}"
+    if entry.get("timing") == "assumed":
+        text += " (INT8 assumed)"
+    return text
+
+
+def cmd_estimate(args) -> int:
+    """``atlasseg estimate CT --model ID``: per preset the windows and the estimated seconds (``--json``: one
+    object). Options and input are checked (exit 2) before torch is imported."""
+    import sys
+
+    from .card import builtin_card, load_card
+    from .preflight import check_estimate
+
+    card = load_card(args.model_card) if args.model_card else builtin_card(args.model)
+    check_estimate(args, card)
+    from .inference import pick_device
+    from .io import read_image
+
+    device = pick_device(args.device).type
+    image, _ = read_image(args.input, series_uid=args.series)
+    result = estimate(image, card, device=device)
+    if args.json:
+        print(json.dumps({"input": str(Path(args.input).resolve()), "model": card.id, "device": device, "cpus": os.cpu_count(), "presets": result}))
+        return 0
+    print(f"{card.title} on {args.input} ({device}, {os.cpu_count()} cpus)")
+    print(f"{'quality':<11}{'windows':>8}  {'estimated':<31}what runs")
+    for quality, entry in result.items():
+        runs = f"{entry['backend']} {entry['precision']}"
+        if entry["timing"] == "assumed":
+            runs += f" (INT8 assumed {INT8_ASSUMED_SPEEDUP}x faster than fp32)"
+        elif entry["timing"] == "measured":
+            runs += f", {entry['window_s']} s per window measured here"
+        print(f"{quality:<11}{entry['windows']:>8}  {duration_text(entry['total_s']):<31}{runs}")
+    skipped = [q for q in ("reference", "balanced", "fast") if q not in result]
+    if skipped:
+        print(f"atlasseg: warning: {card.id} has no fast spacing: no estimate for {', '.join(skipped)}",
+              file=sys.stderr)
+    return 0

@@ -244,3 +244,11 @@ def _thresholds(args) -> dict:
     from .cli import _parse_pairs
 
     return _parse_pairs(args.threshold, "--threshold")
+
+
+def check_estimate(args, card) -> None:
+    """``estimate``: the input, before the pipeline (torch) is imported (``card`` was loaded by the caller:
+    an unknown model or a bad card is refused there)."""
+    if args.series and Path(args.input).is_file() and Path(args.input).suffix.lower() != ".dcm":
+        raise InputError("--series applies to DICOM folders only; the input is a file")
+    probe_image_file(args.input)

@@ -52,7 +52,18 @@ DEVICES = ("auto", "cpu", "cuda")
 # The engine's --backend / --precision choices (AtlasSegLib.backends.BACKENDS/PRECISIONS; not imported here:
 # that module imports torch, which Slicer may not have yet when the panel is built).
 BACKENDS = ("auto", "torch", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# The engine's --quality presets (AtlasSegLib.pipeline.QUALITIES, which imports torch), as the panel offers them.
+QUALITIES = ("reference", "balanced", "fast")
+QUALITY_TITLES = {"reference": "Reference", "balanced": "Balanced", "fast": "Fast (3 mm)"}
+QUALITY_TOOLTIP = (
+    "Reference: the published settings (1.5 mm, overlap 0.75, fp32): the most windows, the slowest, what the "
+    "papers report.\n"
+    "Balanced: 1.5 mm, overlap 0.5, INT8 on the CPU where it agrees with fp32 on this CT (else fp32/bf16): about "
+    "a fifth of the windows, the choice on a CPU without a GPU.\n"
+    "Fast: 3 mm, overlap 0.5, INT8 where it agrees: minutes on a CPU, less detail on small structures and tumors.\n"
+    "The estimate beside each is for this CT on this computer (windows; time once this computer has run the model).")
+DEFAULT_QUALITY = "balanced"  # the README's "Which preset on a CPU"; on a GPU its INT8 becomes fp16
 # GPUs with less memory than this run out of memory at full resolution (the users' 8 GB cards, minus overhead).
 SMALL_GPU_GIB = 7.0
 
@@ -77,8 +88,9 @@ if parameterNodeWrapper is not None:
         modelId: id of the selected model card.
         excludedStructures: comma-separated structures the user unticked (all others are produced).
         device: "auto", "cpu" or "cuda".
-        backend, precision: the engine's --backend (auto, torch, openvino) and --precision (auto, fp32, bf16, fp16).
-        fast: run at the model's coarse spacing (3 mm) instead of full resolution.
+        backend, precision: the engine's --backend (auto, torch, openvino) and --precision (auto, fp32, bf16,
+            fp16, int8).
+        quality: the engine's --quality preset (reference, balanced, fast), see QUALITY_TOOLTIP.
         overwrite: put the result into ``outputSegmentation`` instead of a new segmentation node.
         outputSegmentation: the segmentation to overwrite.
         show3D: build closed surfaces and show them in 3D after a run.
@@ -90,7 +102,7 @@ if parameterNodeWrapper is not None:
         device: Annotated[str, Choice(list(DEVICES))] = "auto"
         backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
         precision: Annotated[str, Choice(list(PRECISIONS))] = "auto"
-        fast: bool = False
+        quality: Annotated[str, Choice(list(QUALITIES))] = DEFAULT_QUALITY
         overwrite: bool = False
         outputSegmentation: vtkMRMLSegmentationNode
         show3D: bool = False
@@ -117,7 +129,9 @@ EXPORT_TUMOR_ROI_TYPES = TUMOR_ROI_TYPE_LABELS
 class RunOptions:
     """What to run. Exactly one of ``modelId`` / ``modelCardPath`` names the model.
 
-    ``structures`` empty means every structure of the model.
+    ``structures`` empty means every structure of the model. ``quality`` is the engine's ``--quality`` ("" = the
+    card's settings, as ``fast``/``precision`` say); ``fast`` goes with "" or "fast" only (the engine refuses
+    ``--fast`` with reference/balanced).
     """
 
     modelId: str = DEMO_MODEL_ID
@@ -128,8 +142,13 @@ class RunOptions:
     fast: bool = False
     backend: str = "auto"
     precision: str = "auto"
+    quality: str = ""
 
     def __post_init__(self):
+        if self.quality and self.quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {', '.join(QUALITIES)} (or empty), not '{self.quality}'")
+        if self.fast and self.quality not in ("", "fast"):
+            raise ValueError(f"fast contradicts quality '{self.quality}': use quality 'fast'")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not '{self.device}'")
         if self.backend not in BACKENDS:
@@ -308,7 +327,9 @@ def engineCommand(python: str, inputPath, outputDir, options: RunOptions) -> lis
     if options.structures:
         command += ["--structures", ",".join(options.structures)]
     command += ["--device", options.device, "--backend", options.backend, "--precision", options.precision]
-    if options.fast:
+    if options.quality:
+        command += ["--quality", options.quality]
+    elif options.fast:
         command.append("--fast")
     command.append("--progress-json")
     return command
@@ -346,8 +367,8 @@ def qualityHint(device: DeviceInfo, requestedDevice: str, fast: bool) -> str:
         hints.append("GPU was chosen but none is available: the run will fail; choose Auto or CPU.")
     onCpu = requestedDevice == "cpu" or not device.hasGpu
     if onCpu and not fast:
-        hints.append("On the CPU a full-resolution run takes many minutes: tick Fast mode (3 mm) for a result "
-                     "in a few minutes.")
+        hints.append("On the CPU a full-resolution run takes many minutes: choose Quality Fast mode (3 mm) for a "
+                     "result in a few minutes; Balanced runs a fifth of Reference's windows.")
     elif not onCpu and device.gpuMemoryGiB < SMALL_GPU_GIB and not fast:
         hints.append(f"This GPU has {device.gpuMemoryGiB:.1f} GiB; full resolution may run out of GPU memory "
                      "(the engine then continues on the CPU, slowly). Fast mode needs far less.")
@@ -555,6 +576,84 @@ def probeDevice(python: Optional[str] = None) -> DeviceInfo:
     return DeviceProbe(python).wait()
 
 
+@dataclass(frozen=True)
+class QualityEstimate:
+    """What ``atlasseg estimate --json`` said for one CT and model: per quality {"windows", "total_s", "timing",
+    "backend", "precision", ...} (``presets``), or why there is no estimate (``error``)."""
+
+    presets: dict = field(default_factory=dict)
+    device: str = ""
+    error: str = ""
+
+    def text(self, quality: str) -> str:
+        """E.g. "150 windows, ~4 min"; "" when this preset has no estimate (a model without a fast spacing)."""
+        from AtlasSegLib.estimate import describe  # plain Python: no torch
+
+        entry = self.presets.get(quality)
+        return describe(entry) if entry else ""
+
+
+def estimateCommand(python: str, inputPath, modelId: str = "", modelCardPath: str = "", device: str = "auto") -> list:
+    """The engine command line that estimates each preset for a CT (``python -m AtlasSegLib estimate --help``)."""
+    command = [python, "-m", "AtlasSegLib", "estimate", str(inputPath)]
+    command += ["--model-card", str(modelCardPath)] if modelCardPath else ["--model", modelId]
+    return command + ["--device", device, "--json"]
+
+
+def parseEstimateOutput(output: str, returnCode: int) -> QualityEstimate:
+    """The ``QualityEstimate`` of ``estimateCommand``'s output: its JSON object, else the engine's error line."""
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if returnCode == 0 and line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict) and isinstance(data.get("presets"), dict):
+                return QualityEstimate(presets=data["presets"], device=str(data.get("device", "")))
+    said = [line.split("error:", 1)[1].strip() for line in output.splitlines() if "error:" in line]
+    tail = " ".join(output.strip().splitlines()[-2:])
+    return QualityEstimate(error=said[-1] if said else f"the estimate failed ({tail or f'exit code {returnCode}'})")
+
+
+class EstimateProbe:
+    """``atlasseg estimate`` for a volume node in the engine's Python, without blocking: the volume is written
+    to a temporary ``.mha`` as the run's input is (``AtlasSegBridge.writeVolumeNode``: the estimate crops the
+    body, so it needs the voxels, not only the geometry), then ``poll()`` returns the ``QualityEstimate`` once the
+    process has ended (else None) and deletes the file. Torch is imported there, never here."""
+
+    def __init__(self, volumeNode, modelId: str, device: str = "auto", python: Optional[str] = None,
+                 timeoutSeconds: float = 300):
+        self.result: Optional[QualityEstimate] = None
+        self._tempDir = Path(tempfile.mkdtemp(prefix="AtlasSeg-estimate-"))
+        try:
+            inputPath = bridge.writeVolumeNode(volumeNode, self._tempDir / "input.mha")
+            pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
+            self._process = ProcessOutput(estimateCommand(python or pythonExecutable(), inputPath, modelId,
+                                                          device=device),
+                                          env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)},
+                                          cwd=str(LIBRARY_PARENT_DIR), timeoutSeconds=timeoutSeconds)
+        except Exception:
+            shutil.rmtree(self._tempDir, ignore_errors=True)
+            raise
+
+    def poll(self) -> Optional[QualityEstimate]:
+        if self.result is None and self._process.poll():
+            self.result = parseEstimateOutput(self._process.output, self._process.returnCode)
+            shutil.rmtree(self._tempDir, ignore_errors=True)
+        return self.result
+
+    def wait(self) -> QualityEstimate:
+        while self.poll() is None:
+            time.sleep(0.05)
+        return self.result
+
+    def cancel(self) -> None:
+        self._process.cancel()
+        self._process.wait()
+        shutil.rmtree(self._tempDir, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------------ logic
 class AtlasSegLogic(ScriptedLoadableModuleLogic):
     """Computation and scene changes of the AtlasSeg module; usable from scripts without the widget.
@@ -572,6 +671,8 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         self._snapshots = {}  # segmentation node ID -> _OverwriteSnapshot
         self._deviceInfo: Optional[DeviceInfo] = None
         self._deviceProbe: Optional[DeviceProbe] = None
+        self._estimate = None  # (key, EstimateProbe) while an estimate runs
+        self._estimates = {}  # estimateKey -> QualityEstimate
 
     def getParameterNode(self):
         node = super().getParameterNode()
@@ -691,6 +792,52 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
     def cachedDeviceInfo(self) -> Optional[DeviceInfo]:
         """The last ``deviceInfo()`` result, without probing (None before the first probe)."""
         return self._deviceInfo
+
+    # ---------------------------------------------------------------------------------------- estimate
+    @staticmethod
+    def estimateKey(volumeNode, modelId: str, device: str) -> tuple:
+        """What an estimate depends on: the volume (node and voxels' modification time), the model, the device."""
+        image = volumeNode.GetImageData() if volumeNode is not None else None
+        return (volumeNode.GetID() if volumeNode is not None else None, image.GetMTime() if image else 0,
+                modelId, device)
+
+    def startEstimate(self, volumeNode, modelId: str, device: str = "auto") -> Optional[QualityEstimate]:
+        """Estimate each quality preset for ``volumeNode`` with ``modelId`` in a process of its own. Returns the
+        estimate at once when this volume/model/device was estimated before (then nothing is started), else None
+        (``pollEstimate`` gives it later). A running estimate for something else is cancelled."""
+        key = self.estimateKey(volumeNode, modelId, device)
+        if key in self._estimates:
+            self.cancelEstimate()
+            return self._estimates[key]
+        if self._estimate is not None and self._estimate[0] == key:
+            return None
+        self.cancelEstimate()
+        self._estimate = (key, EstimateProbe(volumeNode, modelId, device))
+        return None
+
+    def pollEstimate(self) -> Optional[QualityEstimate]:
+        """The started estimate once its process has ended (remembered for its volume/model/device), else None."""
+        if self._estimate is None:
+            return None
+        key, probe = self._estimate
+        result = probe.poll()
+        if result is not None:
+            self._estimate = None
+            if not result.error:
+                self._estimates[key] = result
+        return result
+
+    def forgetEstimates(self) -> None:
+        """Drop the remembered estimates (after a run: this computer's seconds per window changed)."""
+        self._estimates.clear()
+
+    def estimating(self) -> bool:
+        return self._estimate is not None
+
+    def cancelEstimate(self) -> None:
+        if self._estimate is not None:
+            self._estimate[1].cancel()
+            self._estimate = None
 
     # -------------------------------------------------------------------------------------------- input
     def loadDemoPhantom(self, seed: int = DEMO_PHANTOM_SEED, name: str = "AtlasSeg phantom", **tumorControls):

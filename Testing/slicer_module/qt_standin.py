@@ -319,6 +319,10 @@ class ComboBox(Widget):
     def _m_setItemData(self, index, value, role=None):
         pass
 
+    def _m_setItemText(self, index, text):
+        if 0 <= index < len(self._items):
+            self._items[index] = (text, self._items[index][1])
+
     @property
     def count(self):
         return len(self._items)

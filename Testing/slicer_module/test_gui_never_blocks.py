@@ -222,3 +222,59 @@ def test_importing_a_weights_file_load_checks_it_in_the_engine_and_never_imports
     assert "not a loadable PyTorch checkpoint" in out["refused"]
     assert Path(out["installed"]).is_file() and str(tmp_path / "cache") in out["installed"]
     assert out["pumped"] > 0 and out["torchImported"] is False
+
+
+ESTIMATE_IN_SLICERS_PROCESS = r"""
+import json, sys, time
+sys.path[:0] = [{here!r}, {module!r}, {repo!r}]
+import vtk
+import slicer
+import slicer_harness
+slicer_harness.setup()
+slicer_harness.installScriptedLoadableModuleStub()
+from AtlasSegModule import AtlasSegBridge, AtlasSegLogic
+volume = AtlasSegBridge.volumeNodeFromSitk(AtlasSegBridge.readImage({ct!r}), "real CT")
+logic = AtlasSegLogic.AtlasSegLogic()
+started = time.monotonic()
+first = logic.startEstimate(volume, "suprem-segresnet", "cpu")
+startSeconds = time.monotonic() - started
+polls = 0
+while (result := logic.pollEstimate()) is None:
+    polls += 1
+    time.sleep(0.05)
+again = logic.startEstimate(volume, "suprem-segresnet", "cpu")  # the same CT and model: remembered, no process
+print("RESULT " + json.dumps({{"first": first, "startSeconds": startSeconds, "polls": polls,
+                              "presets": result.presets, "error": result.error,
+                              "again": again.presets if again else None, "running": logic.estimating(),
+                              "torchImported": "torch" in sys.modules}}))
+"""
+
+
+def test_the_panels_estimate_of_a_real_ct_runs_in_the_engine_and_never_imports_torch_into_slicers_process(
+        ctdata, tmp_path):
+    """Issue 24: the presets' estimate for the CT in the scene (a real MRML volume of the real DICOM CT, written
+    as the run's input is) comes from the engine's Python through polling; Slicer's process starts it in well
+    under a second and never imports torch."""
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.estimate import estimate
+    from AtlasSegLib.io import read_image
+
+    ct = ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom"
+    nifti = tmp_path / "ct.nii.gz"  # the bridge reads files; the DICOM series as SimpleITK reads it
+    import SimpleITK as sitk
+
+    image = read_image(str(ct))[0]
+    sitk.WriteImage(image, str(nifti))
+    script = ESTIMATE_IN_SLICERS_PROCESS.format(here=str(Path(__file__).resolve().parent),
+                                                module=str(REPO_ROOT / "AtlasSeg"), repo=str(REPO_ROOT),
+                                                ct=str(nifti))
+    env = dict(os.environ, ATLASSEG_HOME=str(tmp_path / "home"))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, r.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["first"] is None and out["polls"] > 0 and out["error"] == ""
+    assert out["presets"] == estimate(image, builtin_card("suprem-segresnet"), device="cpu")
+    assert out["again"] == out["presets"] and out["running"] is False
+    assert out["torchImported"] is False
+    assert out["startSeconds"] < 2.0, out["startSeconds"]  # writing a 512x512x20 CT and starting a process

@@ -154,6 +154,38 @@ def test_chosen_backend_and_precision_reach_the_engine_command_line():
     assert (args.backend, args.precision) == ("openvino", "fp32")
 
 
+def test_the_chosen_quality_reaches_the_engine_command_line_and_the_engine_accepts_it():
+    from AtlasSegLib.cli import build_parser
+    from AtlasSegLib.pipeline import QUALITIES
+
+    assert tuple(QUALITIES) == AtlasSegLogic.QUALITIES  # the panel offers exactly the engine's presets
+    for quality in QUALITIES:
+        command = engineCommand("/py", "in", "out", RunOptions(modelId="atlasseg-demo", quality=quality))
+        assert command[command.index("--quality") + 1] == quality and "--fast" not in command
+        assert build_parser().parse_args(command[3:]).quality == quality
+    # The engine refuses --fast with reference/balanced: so does RunOptions, before a process is started.
+    with pytest.raises(ValueError, match="fast contradicts quality 'balanced'"):
+        RunOptions(quality="balanced", fast=True)
+    with pytest.raises(ValueError, match="quality must be one of reference, balanced, fast"):
+        RunOptions(quality="best")
+
+
+def test_the_estimate_command_is_the_engines_and_its_answer_or_refusal_is_read_back():
+    from AtlasSegLib.cli import build_parser
+
+    command = AtlasSegLogic.estimateCommand("/py", "/t/in.mha", "suprem-segresnet", device="cpu")
+    args = build_parser().parse_args(command[3:])
+    assert (args.command, args.input, args.model, args.device, args.json) == (
+        "estimate", "/t/in.mha", "suprem-segresnet", "cpu", True)
+    answer = AtlasSegLogic.parseEstimateOutput(
+        'a warning line\n{"model": "m", "device": "cpu", "presets": {"balanced": {"windows": 150, "total_s": 250.0, '
+        '"timing": "measured"}}}\n', 0)
+    assert answer.error == "" and answer.text("balanced") == "150 windows, ~4 min" and answer.text("fast") == ""
+    refused = AtlasSegLogic.parseEstimateOutput("atlasseg: error: no voxel is above -175 HU: the image holds no "
+                                                "body to segment\n", 2)
+    assert refused.error.startswith("no voxel is above -175 HU") and refused.presets == {}
+
+
 def test_backend_in_use_is_read_from_the_runs_report(tmp_path):
     import json
 

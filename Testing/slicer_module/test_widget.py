@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 
 PRELUDE = """
@@ -34,9 +36,9 @@ def test_the_widget_sets_up_enters_exits_and_cleans_up_under_the_validating_qt()
 env = widget_harness.start()
 widget = env.createWidget()
 widget.enter()
-# The parameter node is bound to the .ui: ticking Fast reaches it, and the scene's first CT fills the input.
-widget.ui.fastCheckBox.checked = True
-out["fast"] = widget._parameterNode.fast
+# The parameter node is bound to the .ui (Show 3D reaches it), and the scene's first CT fills the input.
+widget.ui.show3DCheckBox.checked = True
+out["fast"] = widget._parameterNode.show3D
 volume = widget.logic.loadDemoPhantom()
 widget.exit(); widget.enter()
 out["input"] = widget._parameterNode.inputVolume is not None
@@ -301,3 +303,80 @@ test.runTest()  # raised unittest.SkipTest before
 out["shown"] = shown
 """)
     assert len(out["shown"]) == 1 and "skipped" in out["shown"][0]
+
+
+@pytest.mark.engine  # Apply runs the demo model in the engine (inside the script string, which tier detection misses)
+def test_the_panel_offers_the_presets_with_this_cts_estimate_and_passes_the_chosen_one_to_the_engine():
+    """Issue 24: the presets with an estimated time for this CT before Apply. The estimate runs in the engine's
+    Python (``atlasseg estimate``, which imports torch) and arrives through the panel's timer; the chosen preset
+    goes to the engine as --quality and is kept in the parameter node."""
+    out = _run("""
+env = widget_harness.start()
+widget = env.createWidget()
+widget.enter()
+import time
+def pump(timer, until, seconds=240):
+    deadline = time.time() + seconds
+    while not until() and time.time() < deadline:
+        timer.fire(); time.sleep(0.05)
+volume = widget.logic.loadDemoPhantom()
+widget.exit(); widget.enter()
+out["default"] = widget._parameterNode.quality
+out["waiting"] = widget.ui.qualityEstimateLabel.text
+pump(widget._estimateTimer, lambda: not widget.logic.estimating())
+combo = widget.ui.qualityComboBox
+out["items"] = [combo.itemText(i) for i in range(combo.count)]
+out["label"] = widget.ui.qualityEstimateLabel.text
+out["estimate"] = widget._estimateResult.presets
+out["startedAgain"] = (widget._updateGui(), widget.logic.estimating())[1]  # same CT and model: no new process
+combo.setCurrentIndex(combo.findData("reference"))
+out["param"] = widget._parameterNode.quality
+out["referenceLabel"] = widget.ui.qualityEstimateLabel.text
+combo.setCurrentIndex(combo.findData("balanced"))
+commands = []
+realPrepare = widget.logic.prepareRun
+def spyPrepare(*a, **k):
+    prepared = realPrepare(*a, **k)
+    commands.append(prepared.command)
+    return prepared
+widget.logic.prepareRun = spyPrepare
+widget.onApplyButton()
+pump(widget._timer, lambda: widget._job is None)
+out["command"] = commands[-1][3:] if commands else None
+out["status"] = widget.ui.runStatusLabel.text
+# After the run this computer has timed the model: the estimate is asked again and now says seconds.
+widget._updateGui()
+pump(widget._estimateTimer, lambda: not widget.logic.estimating())
+out["after"] = widget._estimateResult.presets
+out["afterLabel"] = widget.ui.qualityEstimateLabel.text
+out["torchImported"] = "torch" in sys.modules
+widget.exit(); widget.cleanup()
+out["errors"] = env.qt.ERRORS
+out["dialogs"] = env.dialogs.errors
+""")
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.estimate import estimate
+    from AtlasSegLib.phantom import make_phantom
+    from AtlasSegModule.AtlasSegLogic import DEMO_PHANTOM_SEED
+
+    assert out["errors"] == [] and out["dialogs"] == [], out
+    assert out["default"] == "balanced" and out["waiting"] == "Estimating the time for this CT…"
+    assert out["torchImported"] is False
+    # What the panel shows is what the library estimates for this CT (the demo phantom) and model.
+    expected = estimate(make_phantom(seed=DEMO_PHANTOM_SEED, tumors=True).image, builtin_card("atlasseg-demo"),
+                        device="cpu")
+    assert {q: e["windows"] for q, e in out["estimate"].items()} == {q: e["windows"] for q, e in expected.items()}
+    balanced = expected["balanced"]["windows"]
+    assert out["items"][1].startswith(f"Balanced — {balanced} windows, ")
+    assert out["label"].startswith(f"Balanced: {balanced} windows on this CT")
+    assert out["items"][2] == "Fast (3 mm)"  # the demo model has no coarse spacing: no estimate for it
+    assert out["startedAgain"] is False
+    assert out["param"] == "reference" and out["referenceLabel"].startswith(
+        f"Reference: {expected['reference']['windows']} windows")
+    command = out["command"]
+    assert command[command.index("--quality") + 1] == "balanced" and "--fast" not in command
+    assert out["status"].startswith("Done in "), out["status"]
+    # The run timed this computer: the chosen preset's estimate now has seconds (what the run itself ran).
+    after = out["after"]["balanced"]
+    assert after["timing"] == "measured" and after["total_s"] is not None, out["after"]
+    assert out["afterLabel"].startswith(f"Balanced: {balanced} windows, ~") and "s on this CT" in out["afterLabel"]
