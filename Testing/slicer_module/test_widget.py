@@ -6,6 +6,7 @@ confirm: drawing, focus and modality (the stand-in checks names and drives the s
 real parameterNodeWrapper's GUI connectors (modelled here for the widget classes the .ui binds).
 """
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,10 @@ out = {{}}
 """
 
 
-def _run(body: str, **format) -> dict:
+def _run(body: str, env: dict = None, **format) -> dict:
     script = PRELUDE.format(here=str(HERE)) + body + '\nprint("RESULT " + json.dumps(out))\n'
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=str(HERE))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=str(HERE),
+                       env=None if env is None else {**os.environ, **env})
     lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
     assert r.returncode == 0 and lines, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return json.loads(lines[-1][len("RESULT "):])
@@ -306,11 +308,12 @@ out["shown"] = shown
 
 
 @pytest.mark.engine  # Apply runs the demo model in the engine (inside the script string, which tier detection misses)
-def test_the_panel_offers_the_presets_with_this_cts_estimate_and_passes_the_chosen_one_to_the_engine():
+def test_the_panel_offers_the_presets_with_this_cts_estimate_and_passes_the_chosen_one_to_the_engine(tmp_path):
     """Issue 24: the presets with an estimated time for this CT before Apply. The estimate runs in the engine's
     Python (``atlasseg estimate``, which imports torch) and arrives through the panel's timer; the chosen preset
-    goes to the engine as --quality and is kept in the parameter node."""
-    out = _run("""
+    goes to the engine as --quality and is kept in the parameter node. A cache of its own: this computer has timed
+    nothing yet (other tests of the session record window times in the session's cache)."""
+    out = _run(env={"ATLASSEG_HOME": str(tmp_path / "home")}, body="""
 env = widget_harness.start()
 widget = env.createWidget()
 widget.enter()
