@@ -174,8 +174,15 @@ def test_cancelling_the_real_engine_kills_it_and_changes_nothing(logic, slicer_a
     finally:
         prepared.cleanup()
     assert result.state is RunState.CANCELLED
+    # No process of the engine's group is left. Killed with SIGKILL, a member can still be in the process table for
+    # a few milliseconds until it is reaped (seen on 2 cores: gone by the time 'ps' looked), so allow 5 s.
+    deadline = time.monotonic() + 5
     with pytest.raises(ProcessLookupError):
-        os.killpg(runner.pid, 0)  # no process of the engine's group is left
+        while True:
+            os.killpg(runner.pid, 0)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     assert slicer.mrmlScene.GetNumberOfNodes() == nodesBefore
     assert not prepared.tempDir.exists()
 

@@ -71,4 +71,4 @@ def test_report_leaves_out_a_3d_picture_older_than_the_masks(case, slicer_app):
 def test_render_refuses_a_folder_without_masks(tmp_path, capsys):
     (tmp_path / "report.json").write_text("{}")
     assert AtlasSegRender.main([str(tmp_path), "--no-report"]) == 2
-    assert "not an AtlasSeg output folder" in capsys.readouterr().err
+    assert "is not an AtlasSeg" in capsys.readouterr().err  # the run owner: no run folder, or a report.json that is none
