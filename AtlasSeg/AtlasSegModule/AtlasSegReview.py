@@ -611,6 +611,13 @@ class ReviewSession:
         self._storeState()
         self.refresh()
 
+    def lesionThreshold(self, index: Optional[int] = None) -> float:
+        """The probability threshold a candidate is at now: its own (a resize) or its tumor's."""
+        row = self._row(index)
+        if row.get("lesion_threshold") is not None:
+            return float(row["lesion_threshold"])
+        return float(self.controllers[row["tumor"]].appliedThreshold)
+
     def resizeLesion(self, index: Optional[int] = None, threshold: float = 0.5) -> str:
         """Grow or shrink one candidate alone at its own probability ``threshold`` (``AtlasSegLib.addlesion.
         resize_lesion``, as ``atlasseg review --lesion-threshold ID=P``): it never takes another lesion's voxels or
