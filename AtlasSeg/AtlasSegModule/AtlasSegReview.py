@@ -670,7 +670,9 @@ class ReviewSession:
         newRow = next((r for r in self.rows if r["tumor"] == tumor and r.get("label") == newLabel), row)
         self.state.decide(tumor, newRow, status, key=row["id"], threshold=threshold)
         self._storeState()
-        self.refresh()
+        # The row as the next refresh would make it (one refresh per resize: the table statistics of every
+        # candidate are most of a resize's time on a real CT).
+        newRow.update(status=status, lesion_threshold=round(threshold, 4))
         self.selected = next((i for i, r in enumerate(self.rows) if r["tumor"] == tumor and r["id"] == row["id"]),
                              self.selected)
         grown = resized.voxels - int(np.count_nonzero(resized.before))

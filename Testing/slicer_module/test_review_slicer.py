@@ -436,3 +436,14 @@ def test_a_resized_lesions_threshold_is_exported_to_review_json(scene, tmp_path)
     state = review.load_review(scene.outdir)
     [decision] = [d for d in state.decisions("liver_tumor") if d.get("id") == lesionId]
     assert decision["threshold"] == 0.7
+
+
+def test_after_a_resize_the_table_rows_are_what_a_fresh_refresh_makes(scene):
+    scene, editor = scene
+    session = _session(scene, editor)
+    session.controllers["liver_tumor"].preview(0.1)
+    session.applyThreshold("liver_tumor")
+    session.resizeLesion(_trueTumorRow(session), 0.3)
+    rows = [dict(r) for r in session.rows]
+    session.refresh()
+    assert rows == session.rows
