@@ -2,7 +2,8 @@
 sensitivity slider per tumor (debounced preview, Apply/Cancel), the candidate table with keep/remove/next/previous
 and their keyboard shortcuts, the selected lesion's own threshold ("Resize lesion"), the batch clean-up buttons,
 Undo/Redo and "Export review". Thin: every computation and scene change is in ``AtlasSegReview`` (tested headless);
-this file builds widgets and forwards clicks, and listens to the "Remove false positive" effect's clicks to update the table.
+this file builds widgets and forwards clicks, and listens to the "Remove false positive" effect's clicks to update
+the table.
 
 Undo: when the Segment Editor module already shows the reviewed segmentation, edits go into its history, so the
 panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove false positive" effect share one history; otherwise
