@@ -359,6 +359,8 @@ class SensitivityController:
         image, region = self.box()
         label = self.label()
         parts = [(slc, labelling.labels[slc] == value) for value, slc, _ in labelling.parts if value not in removed]
+        # Lesions a reviewer resized (ReviewSession.resizeLesion) keep their own threshold.
+        parts = self._resizedLesions(state, labelling, parts, removed)
         if any(((region[slc] != 0) & (region[slc] != label) & inside).any() for slc, inside in parts):
             # Another segment of the shared layer is where this tumor now grows: give the tumor a layer of its own
             # rather than overwrite its neighbour.
@@ -385,6 +387,33 @@ class SensitivityController:
         self.threshold = float(threshold)
         self.labelling = labelling
         return int(sum(int(np.count_nonzero(inside)) for _, inside in parts))
+
+    def _resizedLesions(self, state, labelling, parts, removed) -> list:
+        """``parts`` with each lesion that has its own threshold (a kept model lesion's decision ``threshold``,
+        found at its seed) at that threshold (``addlesion.resize_lesion``: never into another lesion)."""
+        own = [(d["seed_ijk"], float(d["threshold"])) for d in state.decisions(self.tumor)
+               if d.get("threshold") is not None and d.get("status") == review.KEPT
+               and not str(d.get("origin") or "").startswith("added")]
+        if not own:
+            return parts
+        from AtlasSegLib.addlesion import resize_lesion
+
+        labels = labelling.labels.copy()
+        byValue = {value: slc for value, slc, _ in labelling.parts if value not in removed}
+        resizedParts = {}
+        for seed, threshold in own:
+            kji = review.seed_kji(seed, self.map.start_ijk, labels.shape)
+            value = int(labels[kji]) if kji is not None else 0
+            if value not in byValue:
+                continue
+            resized = resize_lesion(self.map.q, labels, value, threshold, gate=self.map.gate, seed_kji=kji,
+                                    bounds=byValue[value])
+            resized.apply(labels)
+            resizedParts[value] = (resized.region, resized.mask)
+        if not resizedParts:
+            return parts
+        values = [value for value, _, _ in labelling.parts if value not in removed]
+        return [resizedParts.get(value, part) for value, part in zip(values, parts)]
 
     def _addedLesions(self, state, label) -> Optional[np.ndarray]:
         """The components of the box before the preview that hold the seed of a kept "added: ..." decision

@@ -447,3 +447,20 @@ def test_after_a_resize_the_table_rows_are_what_a_fresh_refresh_makes(scene):
     rows = [dict(r) for r in session.rows]
     session.refresh()
     assert rows == session.rows
+
+
+def test_a_resized_lesion_keeps_its_own_threshold_when_the_tumor_slider_moves(scene):
+    scene, editor = scene
+    session = _session(scene, editor)
+    controller = session.controllers["liver_tumor"]
+    controller.preview(0.1)
+    session.applyThreshold("liver_tumor")
+    at01 = segmentArray(scene, "liver_tumor")
+    session.resizeLesion(_trueTumorRow(session), 0.3)
+    resized = segmentArray(scene, "liver_tumor")
+    assert (resized != at01).any()
+    controller.preview(0.3)
+    controller.preview(0.1)  # back at the tumor's threshold: the other lesions at 0.1, this one still at 0.3
+    np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), resized)
+    controller.cancel()
+    np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), resized)
