@@ -370,6 +370,10 @@ def main() -> int:
     print(f"Slicer resizes: {messages[0]} … {messages[-1]}", flush=True)
     rows[SLICER_RESIZE_ROW] = resize_ms
     rows["  of which candidate table refresh (one per resize)"] = [timed(session.refresh)[0] for _ in range(3)]
+    resizedController = session.controllers["liver_tumor"]
+    rows["AtlasSeg slider update with that resized lesion (kept at its own threshold)"] = [
+        timed(resizedController.preview, t)[0] for t in thresholds[:4]]
+    resizedController.cancel()
 
     print()
     print(f"{'operation':66s} {'median ms':>10s} {'min':>8s} {'max':>8s} {'n':>3s}")
