@@ -25,6 +25,9 @@ Measured (median of repeats, wall time on this machine):
     against re-thresholding and labelling the whole liver box (``ProbabilityMap.labels``, what the slider does).
   * AtlasSeg Slicer add click = ``RemoveFalsePositiveLogic.addAt`` (the effect's "Add missed tumor" mode) at the
     same centres on the scene: probability map and gate from the scene, add_lesion, SaveStateForUndo, paste.
+  * AtlasSeg Slicer resize = ``ReviewSession.resizeLesion`` (the review panel's "Resize lesion") of the true tumor
+    over a range of thresholds on the scene: resize_lesion on the box, SaveStateForUndo, the segment update, the
+    decision (its threshold) and the candidate table refreshed (reported alone too).
 
     python Testing/bench_review.py [--size 512 512 300] [--fps 30] [--repeats 5] [--z keep|stretch] [--adds 6]
 
@@ -167,6 +170,7 @@ def timed(fn, *args, **kwargs):
 
 ADD_ROW = "AtlasSegLib add at a missed tumor (image path, paste into box mask)"
 RESIZE_ROW = "AtlasSegLib resize one lesion (resize_lesion + apply)"
+SLICER_RESIZE_ROW = "AtlasSeg Slicer resize one lesion (ReviewSession.resizeLesion, one undo step)"
 
 
 SLICER_ADD_ROW = "AtlasSeg Slicer add click (RemoveFalsePositiveLogic.addAt + undo state)"
@@ -352,6 +356,25 @@ def main() -> int:
     add_rows, add_info = bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add)
     rows.update(add_rows)
 
+    # 5. "Resize lesion" in the review panel: the true tumor (the largest candidate) at its own thresholds, on the
+    # scene, one undo step each (ReviewSession.resizeLesion: resize_lesion on the box, the segment update, the
+    # decision and the table).
+    session = AtlasSegReview.ReviewSession(node, saveStateForUndo=editor.SaveStateForUndo, compact=False)
+    resize_ms, messages = [], []
+    for t in [0.3, 0.2, 0.5, 0.15, 0.4, 0.25] * max(1, n // 3):
+        index = max(range(len(session.rows)), key=lambda i: session.rows[i].get("voxels", 0)
+                    if "label" in session.rows[i] else -1)
+        ms, message = timed(session.resizeLesion, index, t)
+        resize_ms.append(ms)
+        messages.append(message)
+    print(f"Slicer resizes: {messages[0]} … {messages[-1]}", flush=True)
+    rows[SLICER_RESIZE_ROW] = resize_ms
+    rows["  of which candidate table refresh (one per resize)"] = [timed(session.refresh)[0] for _ in range(3)]
+    resizedController = session.controllers["liver_tumor"]
+    rows["AtlasSeg slider update with that resized lesion (kept at its own threshold)"] = [
+        timed(resizedController.preview, t)[0] for t in thresholds[:4]]
+    resizedController.cancel()
+
     print()
     print(f"{'operation':66s} {'median ms':>10s} {'min':>8s} {'max':>8s} {'n':>3s}")
     for name, values in rows.items():
@@ -366,6 +389,7 @@ def main() -> int:
     print("machine: shared with 5 other sessions (2 cores); medians, not best-of")
     print(f"RESULT add_ms={statistics.median(rows[ADD_ROW]):.1f} resize_ms={statistics.median(rows[RESIZE_ROW]):.1f} "
           f"slicer_add_ms={statistics.median(rows[SLICER_ADD_ROW]):.1f} "
+          f"slicer_resize_ms={statistics.median(rows[SLICER_RESIZE_ROW]):.1f} "
           f"click_ms={statistics.median(rows['AtlasSeg click, compacted tumor layer']):.1f} "
           f"slider_ms={statistics.median(rows['AtlasSeg slider update (threshold + components + segment)']):.1f}")
     slicer_harness.teardown()

@@ -8,7 +8,8 @@ away each false positive in seconds instead of drawing each missed tumor by hand
   change one step of the Segment Editor's undo history, Cancel puts the box back.
 * ``ReviewSession`` holds the candidate table (one row per tumor component: organ, ml, diameters, max
   probability, review status), keep/remove/next/previous, the counter text, centring the slice views on a
-  candidate, and the batch operations. Review decisions are stored per tumor as JSON in the segment tag
+  candidate, resizing one lesion on its own probability threshold (``resizeLesion``), and the batch
+  operations. Review decisions are stored per tumor as JSON in the segment tag
   ``AtlasSeg.Review`` (saved with the scene, and undone/redone with the masks) in the format of
   ``AtlasSegLib.review`` (``review.json``).
 
@@ -358,6 +359,8 @@ class SensitivityController:
         image, region = self.box()
         label = self.label()
         parts = [(slc, labelling.labels[slc] == value) for value, slc, _ in labelling.parts if value not in removed]
+        # Lesions a reviewer resized (ReviewSession.resizeLesion) keep their own threshold.
+        parts = self._resizedLesions(state, labelling, parts, removed)
         if any(((region[slc] != 0) & (region[slc] != label) & inside).any() for slc, inside in parts):
             # Another segment of the shared layer is where this tumor now grows: give the tumor a layer of its own
             # rather than overwrite its neighbour.
@@ -384,6 +387,33 @@ class SensitivityController:
         self.threshold = float(threshold)
         self.labelling = labelling
         return int(sum(int(np.count_nonzero(inside)) for _, inside in parts))
+
+    def _resizedLesions(self, state, labelling, parts, removed) -> list:
+        """``parts`` with each lesion that has its own threshold (a kept model lesion's decision ``threshold``,
+        found at its seed) at that threshold (``addlesion.resize_lesion``: never into another lesion)."""
+        own = [(d["seed_ijk"], float(d["threshold"])) for d in state.decisions(self.tumor)
+               if d.get("threshold") is not None and d.get("status") == review.KEPT
+               and not str(d.get("origin") or "").startswith("added")]
+        if not own:
+            return parts
+        from AtlasSegLib.addlesion import resize_lesion
+
+        labels = labelling.labels.copy()
+        byValue = {value: slc for value, slc, _ in labelling.parts if value not in removed}
+        resizedParts = {}
+        for seed, threshold in own:
+            kji = review.seed_kji(seed, self.map.start_ijk, labels.shape)
+            value = int(labels[kji]) if kji is not None else 0
+            if value not in byValue:
+                continue
+            resized = resize_lesion(self.map.q, labels, value, threshold, gate=self.map.gate, seed_kji=kji,
+                                    bounds=byValue[value])
+            resized.apply(labels)
+            resizedParts[value] = (resized.region, resized.mask)
+        if not resizedParts:
+            return parts
+        values = [value for value, _, _ in labelling.parts if value not in removed]
+        return [resizedParts.get(value, part) for value, part in zip(values, parts)]
 
     def _addedLesions(self, state, label) -> Optional[np.ndarray]:
         """The components of the box before the preview that hold the seed of a kept "added: ..." decision
@@ -609,6 +639,75 @@ class ReviewSession:
                                   threshold=getattr(result, "addedThreshold", None))
         self._storeState()
         self.refresh()
+
+    def lesionThreshold(self, index: Optional[int] = None) -> float:
+        """The probability threshold a candidate is at now: its own (a resize) or its tumor's."""
+        row = self._row(index)
+        if row.get("lesion_threshold") is not None:
+            return float(row["lesion_threshold"])
+        return float(self.controllers[row["tumor"]].appliedThreshold)
+
+    def resizeLesion(self, index: Optional[int] = None, threshold: float = 0.5) -> str:
+        """Grow or shrink one candidate alone at its own probability ``threshold`` (``AtlasSegLib.addlesion.
+        resize_lesion``, as ``atlasseg review --lesion-threshold ID=P``): it never takes another lesion's voxels or
+        their one-voxel rim (so it never merges into a neighbour's id) nor another segment's voxels, and no other
+        voxel changes. One undo step, decision included: the lesion is recorded with its ``threshold`` (status kept
+        unless it was decided otherwise), which ``exportReview`` writes to review.json."""
+        from AtlasSegLib.addlesion import ORIGIN_IMAGE, resize_lesion
+        from AtlasSegLib.errors import InputError
+
+        row = self._row(index)
+        tumor = row["tumor"]
+        if "label" not in row:
+            return f"{tumor} candidate {row['id']} was removed; undo the removal to resize it."
+        if row.get("origin") == ORIGIN_IMAGE:
+            return (f"{tumor} lesion {row['id']} was added from the image (the model's map holds nothing there): its "
+                    "size cannot follow a probability threshold.")
+        controller = self.controllers[tumor]
+        if controller.pending:
+            return f"Apply or cancel the {tumor} threshold preview first, then resize one lesion."
+        threshold = float(threshold)
+        image, region = controller.box()
+        tumorLabel = controller.label()
+        labels = self._labels[tumor]
+        pm = controller.map
+        # The new voxels may take only empty voxels of the layer or the tumor's own (never another segment's).
+        free = region == 0
+        free |= region == tumorLabel
+        gate = free if pm.gate is None else np.logical_and(pm.gate, free, out=free)
+        seed = review.seed_kji(row["seed_ijk"], pm.start_ijk, labels.shape)
+        try:
+            resized = resize_lesion(pm.q, labels, int(row["label"]), threshold, gate=gate, seed_kji=seed)
+        except InputError as error:
+            return f"{tumor} lesion {row['id']}: {error}."
+        if not (region[resized.region][resized.before] == tumorLabel).all():
+            # The segment changed since the table was made (an edit elsewhere): make the table again first.
+            self.refresh()
+            return f"The candidate table was out of date; it is updated now: resize lesion {row['id']} again."
+        if not resized.mask.any():
+            return (f"{tumor} lesion {row['id']} has no voxel at p ≥ {threshold:g}: nothing changed (lower the "
+                    "threshold, or Remove it).")
+        if self.saveStateForUndo is not None:
+            self.saveStateForUndo()
+        resized.apply(region, tumorLabel)
+        notifyLayerModified(self.segmentationNode, image)
+        # The decision follows the lesion's id to its new extent (a shrunk lesion may no longer hold the old seed).
+        status = row["status"] if row["status"] in (review.KEPT, review.REMOVED) else review.KEPT
+        self.refresh()
+        voxel = tuple(int(v) for v in np.argwhere(resized.mask)[0] + np.asarray(resized.offset_kji))
+        newLabel = int(self._labels[tumor][voxel])
+        newRow = next((r for r in self.rows if r["tumor"] == tumor and r.get("label") == newLabel), row)
+        self.state.decide(tumor, newRow, status, key=row["id"], threshold=threshold)
+        self._storeState()
+        # The row as the next refresh would make it (one refresh per resize: the table statistics of every
+        # candidate are most of a resize's time on a real CT).
+        newRow.update(status=status, lesion_threshold=round(threshold, 4))
+        self.selected = next((i for i, r in enumerate(self.rows) if r["tumor"] == tumor and r["id"] == row["id"]),
+                             self.selected)
+        grown = resized.voxels - int(np.count_nonzero(resized.before))
+        ml = abs(grown) * pm.box_grid.voxel_volume_mm3 / 1000.0
+        return (f"{tumor} lesion {row['id']} at p ≥ {threshold:g}: {'grew' if grown >= 0 else 'shrank'} by "
+                f"{abs(grown):,} voxels ({ml:.2f} ml). Undo restores it.")
 
     def _recordRemovedSeeds(self, tumor: str, seedsIjk) -> int:
         """Mark the candidates (of the last refresh) that hold these seeds as removed."""

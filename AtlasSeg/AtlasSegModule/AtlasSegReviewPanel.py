@@ -1,8 +1,9 @@
 """The "Sensitivity and review" section of the AtlasSeg module panel (Qt): the segmentation selector, one
 sensitivity slider per tumor (debounced preview, Apply/Cancel), the candidate table with keep/remove/next/previous
-and their keyboard shortcuts, the batch clean-up buttons, Undo/Redo and "Export review". Thin: every computation
-and scene change is in ``AtlasSegReview`` (tested headless); this file builds widgets and forwards clicks, and
-listens to the "Remove false positive" effect's clicks to update the table.
+and their keyboard shortcuts, the selected lesion's own threshold ("Resize lesion"), the batch clean-up buttons,
+Undo/Redo and "Export review". Thin: every computation and scene change is in ``AtlasSegReview`` (tested headless);
+this file builds widgets and forwards clicks, and listens to the "Remove false positive" effect's clicks to update
+the table.
 
 Undo: when the Segment Editor module already shows the reviewed segmentation, edits go into its history, so the
 panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove false positive" effect share one history; otherwise
@@ -165,6 +166,18 @@ class ReviewPanel:
         self.redoButton = self._button(buttons, "Redo", "Redo", self.onRedo)
         layout.addLayout(buttons)
 
+        # Resize one lesion: the selected candidate alone at its own probability threshold (one undo step).
+        resizeRow = qt.QHBoxLayout()
+        resizeRow.addWidget(qt.QLabel("Selected lesion at p ≥"))
+        self.lesionThresholdSpin = self._spin(0.01, 0.99, 0.5, 0.05, 2, "")
+        self.lesionThresholdSpin.setToolTip("The selected lesion's own probability threshold: lower grows it, "
+                                            "higher shrinks it, on its probability map; other lesions stay as "
+                                            "they are.")
+        resizeRow.addWidget(self.lesionThresholdSpin)
+        self.resizeButton = self._button(resizeRow, "Resize lesion", "Grow or shrink the selected lesion alone to "
+                                         "this threshold (undoable; recorded in review.json)", self.onResizeLesion)
+        layout.addLayout(resizeRow)
+
         batch = qt.QGroupBox("Batch clean-up")
         batchLayout = qt.QGridLayout(batch)
         self.minMlSpin = self._spin(0.0, 100.0, 0.5, 0.01, 2, " ml")
@@ -218,7 +231,7 @@ class ReviewPanel:
         self._listening = False  # to "Remove false positive" clicks (from the first review session on)
         self._tooltips = {w: w.toolTip for w in (self.applyButton, self.cancelButton, self.exportButton,
                                                  self.previousButton, self.nextButton, self.keepButton,
-                                                 self.removeButton)}
+                                                 self.removeButton, self.resizeButton)}
         self._updateEnabled()
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -264,7 +277,8 @@ class ReviewPanel:
         hasSession = self.session is not None
         hasRows = hasSession and bool(self.session.rows)
         pending = hasSession and any(c.pending for c in self.session.controllers.values())
-        for widget in (self.previousButton, self.nextButton, self.keepButton, self.removeButton):
+        for widget in (self.previousButton, self.nextButton, self.keepButton, self.removeButton, self.resizeButton,
+                       self.lesionThresholdSpin):
             widget.enabled = hasRows
         self.undoButton.enabled = hasSession
         self.redoButton.enabled = hasSession
@@ -413,11 +427,23 @@ class ReviewPanel:
             return
         self.session.select(index)
         self.session.centreOn(index)
+        self._showLesionThreshold()
+
+    def _showLesionThreshold(self):
+        if self.session is not None and 0 <= self.session.selected < len(self.session.rows):
+            self.lesionThresholdSpin.setValue(self.session.lesionThreshold())
+
+    def onResizeLesion(self):
+        if self.session is not None and self.session.rows:
+            with slicer.util.tryWithErrorDisplay("Cannot resize this lesion."):
+                self._message(self.session.resizeLesion(threshold=self.lesionThresholdSpin.value))
+            self._fillTable()
 
     def _go(self, row):
         if row is not None:
             self.table.selectRow(self.session.selected)
             self.session.centreOn()
+            self._showLesionThreshold()
 
     def onNext(self):
         if self.session is not None:

@@ -337,3 +337,130 @@ def test_the_reviewer_is_recorded_with_the_decisions_and_exported(scene, tmp_pat
     assert state.reviewer == "Doe^Jane" and state.reviewed_at
     doc = json.loads(session.exportReview(tmp_path).read_text())
     assert doc["reviewer"] == "Doe^Jane" and doc["reviewed_at"] == state.reviewed_at
+
+
+def _trueTumorRow(session):
+    centre = tuple(np.asarray(session.controllers["liver_tumor"].map.start_ijk) + np.asarray(TRUE_TUMOR_BOX_KJI)[::-1])
+    labels = session._labels["liver_tumor"]
+    kji = review.seed_kji(centre, session.controllers["liver_tumor"].map.start_ijk, labels.shape)
+    return next(i for i, r in enumerate(session.rows) if r.get("label") == int(labels[kji]))
+
+
+def test_resizing_one_lesion_changes_only_its_voxels_and_undo_restores_the_exact_labelmap(scene):
+    scene, editor = scene
+    session = _session(scene, editor)
+    session.controllers["liver_tumor"].preview(0.1)
+    session.applyThreshold("liver_tumor")
+    before = {name: segmentArray(scene, name) for name in ("liver_tumor", "liver", "spleen")}
+    index = _trueTumorRow(session)
+    lesionId = session.rows[index]["id"]
+    own = session._labels["liver_tumor"] == session.rows[index]["label"]
+    ownFull = np.zeros(before["liver_tumor"].shape, bool)
+    start = session.controllers["liver_tumor"].map.start_ijk
+    ownFull[tuple(slice(s, s + n) for s, n in zip(start[::-1], own.shape))] = own
+    ids = {r["id"]: r["voxels"] for r in session.rows}
+    assert len(ids) == 3
+
+    message = session.resizeLesion(index, 0.3)  # the true tumor (at 0.1 now) shrinks to its p >= 0.3 part
+    assert "shrank" in message
+    after = segmentArray(scene, "liver_tumor")
+    changed = after != before["liver_tumor"]
+    assert changed.any()
+    # Only that lesion's voxels changed: every other voxel (the other two lesions included) is identical.
+    assert not (changed & ~ownFull).any()
+    np.testing.assert_array_equal(after[~ownFull], before["liver_tumor"][~ownFull])
+    for name in ("liver", "spleen"):
+        np.testing.assert_array_equal(segmentArray(scene, name), before[name])
+    rows = {r["id"]: r for r in session.rows}
+    assert rows[lesionId]["voxels"] < ids[lesionId]  # the same id, smaller
+    assert {i: v for i, v in ids.items() if i != lesionId} == {i: rows[i]["voxels"] for i in ids if i != lesionId}
+    decision = next(d for d in session.state.decisions("liver_tumor") if d.get("id") == lesionId)
+    assert decision["threshold"] == 0.3 and decision["status"] == "kept"
+
+    editor.Undo()  # one step: the exact labelmap, and the decision forgotten
+    np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), before["liver_tumor"])
+    session.refresh()
+    assert not any(d.get("threshold") for d in session.state.decisions("liver_tumor"))
+
+
+def test_resizing_a_lesion_never_merges_it_into_a_neighbour(scene):
+    scene, editor = scene
+    session = _session(scene, editor)
+    session.controllers["liver_tumor"].preview(0.1)
+    session.applyThreshold("liver_tumor")
+    count = len(session.rows)
+    index = _trueTumorRow(session)
+    lesionId = session.rows[index]["id"]
+    others = {r["id"]: r["voxels"] for r in session.rows if r["id"] != lesionId}
+    grownFrom = session.rows[index]["voxels"]
+    # The map gets a p 0.2 bridge from the true tumor to the 0.35 false positive: at p >= 0.1 the tumor's region
+    # runs into its neighbour, and must stop a voxel short of it.
+    q = session.controllers["liver_tumor"].map.q
+    for t in np.linspace(0.0, 1.0, 64):
+        k, j, i = np.rint(np.asarray(TRUE_TUMOR_BOX_KJI) * (1 - t) + np.asarray(FP_HIGH_BOX_KJI) * t).astype(int)
+        view = q[k - 1:k + 2, j - 1:j + 2, i - 1:i + 2]
+        np.maximum(view, 51, out=view)
+    before = segmentArray(scene, "liver_tumor")
+    fp = tuple(np.asarray(scene.boxToFullKji(FP_HIGH_BOX_KJI)))
+    message = session.resizeLesion(index, 0.1)
+    assert "grew" in message
+    rows = {r["id"]: r for r in session.rows}
+    assert len(rows) == count and rows[lesionId]["voxels"] > grownFrom
+    assert {i: rows[i]["voxels"] for i in others} == others
+    # Still two components: the neighbour keeps its id, and its voxels are untouched.
+    labels = session._labels["liver_tumor"]
+    fpLabel = labels[review.seed_kji(tuple(int(v) for v in np.asarray(fp)[::-1]),
+                                     session.controllers["liver_tumor"].map.start_ijk, labels.shape)]
+    assert fpLabel != rows[lesionId]["label"]
+    after = segmentArray(scene, "liver_tumor")
+    np.testing.assert_array_equal(after[labels_full(scene, session, fpLabel)], before[labels_full(scene, session,
+                                                                                                  fpLabel)])
+
+
+def labels_full(scene, session, label):
+    labels = session._labels["liver_tumor"]
+    full = np.zeros(segmentArray(scene, "liver_tumor").shape, bool)
+    start = session.controllers["liver_tumor"].map.start_ijk
+    full[tuple(slice(s, s + n) for s, n in zip(start[::-1], labels.shape))] = labels == label
+    return full
+
+
+def test_a_resized_lesions_threshold_is_exported_to_review_json(scene, tmp_path):
+    scene, editor = scene
+    session = _session(scene, editor)
+    index = _trueTumorRow(session)
+    lesionId = session.rows[index]["id"]
+    session.resizeLesion(index, 0.7)  # shrinks
+    assert [r for r in session.rows if r["id"] == lesionId][0]["status"] == "kept"
+    session.exportReview(scene.outdir)
+    state = review.load_review(scene.outdir)
+    [decision] = [d for d in state.decisions("liver_tumor") if d.get("id") == lesionId]
+    assert decision["threshold"] == 0.7
+
+
+def test_after_a_resize_the_table_rows_are_what_a_fresh_refresh_makes(scene):
+    scene, editor = scene
+    session = _session(scene, editor)
+    session.controllers["liver_tumor"].preview(0.1)
+    session.applyThreshold("liver_tumor")
+    session.resizeLesion(_trueTumorRow(session), 0.3)
+    rows = [dict(r) for r in session.rows]
+    session.refresh()
+    assert rows == session.rows
+
+
+def test_a_resized_lesion_keeps_its_own_threshold_when_the_tumor_slider_moves(scene):
+    scene, editor = scene
+    session = _session(scene, editor)
+    controller = session.controllers["liver_tumor"]
+    controller.preview(0.1)
+    session.applyThreshold("liver_tumor")
+    at01 = segmentArray(scene, "liver_tumor")
+    session.resizeLesion(_trueTumorRow(session), 0.3)
+    resized = segmentArray(scene, "liver_tumor")
+    assert (resized != at01).any()
+    controller.preview(0.3)
+    controller.preview(0.1)  # back at the tumor's threshold: the other lesions at 0.1, this one still at 0.3
+    np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), resized)
+    controller.cancel()
+    np.testing.assert_array_equal(segmentArray(scene, "liver_tumor"), resized)

@@ -383,3 +383,38 @@ out["dialogs"] = env.dialogs.errors
     after = out["after"]["balanced"]
     assert after["timing"] == "measured" and after["total_s"] is not None, out["after"]
     assert out["afterLabel"].startswith(f"Balanced: {balanced} windows, ~") and "s on this CT" in out["afterLabel"]
+
+
+def test_the_review_panels_lesion_threshold_resizes_the_selected_lesion_alone_in_one_undo_step(tmp_path):
+    out = _run("""
+import numpy as np
+from pathlib import Path
+env = widget_harness.start()
+widget = env.createWidget()
+panel = widget.reviewPanel
+from review_scene import TRUE_TUMOR_BOX_KJI, makeReviewScene
+import os
+scene = makeReviewScene(widget.logic, Path(os.environ["REVIEW_SCENE_FOLDER"]))
+panel.setSegmentationNode(scene.segmentationNode)
+node = scene.segmentationNode
+def tumor():
+    return slicer.util.arrayFromSegmentBinaryLabelmap(node, node.GetSegmentation().GetSegmentIdBySegmentName(
+        "liver_tumor"), scene.volume).copy()
+before = tumor()
+out["enabled"] = bool(panel.resizeButton.enabled)
+panel.table.selectRow(0)  # the true tumor (the only candidate at the engine's 0.5)
+out["shown"] = panel.lesionThresholdSpin.value
+panel.lesionThresholdSpin.setValue(0.7)
+panel.resizeButton.emit("clicked()")
+after = tumor()
+out["message"] = panel.messageLabel.text
+out["shrunk"] = int(before.sum() - after.sum())
+out["onlyRemoved"] = bool(((after != before) <= (before == 1)).all())
+out["recorded"] = [d.get("threshold") for d in panel.session.state.decisions("liver_tumor")]
+panel.undoButton.emit("clicked()")
+out["undone"] = bool((tumor() == before).all())
+""", env={"REVIEW_SCENE_FOLDER": str(tmp_path / "out")})
+    assert out["enabled"] and out["shown"] == 0.5
+    assert "shrank" in out["message"] and out["shrunk"] > 0 and out["onlyRemoved"]
+    assert out["recorded"] == [0.7]
+    assert out["undone"]
