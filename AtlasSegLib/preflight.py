@@ -240,10 +240,26 @@ def check_batch(args, card) -> None:
                          "CT)")
 
 
-def _thresholds(args) -> dict:
-    from .cli import _parse_pairs
+def parse_pairs(values, what: str) -> dict:
+    """``name=value`` options (``--threshold``, ``--set``; repeated or comma-separated) as {name: float}; a
+    malformed one is refused (exit 2) before anything loads."""
+    out = {}
+    for item in values or []:
+        for part in item.split(","):
+            if not part:
+                continue
+            if "=" not in part:
+                raise InputError(f"{what} must look like name=value (e.g. liver_tumor=0.3), got '{part}'")
+            name, value = part.split("=", 1)
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise InputError(f"{what} value for {name} must be a number, got '{value}'") from None
+    return out
 
-    return _parse_pairs(args.threshold, "--threshold")
+
+def _thresholds(args) -> dict:
+    return parse_pairs(args.threshold, "--threshold")
 
 
 def check_estimate(args, card) -> None:
