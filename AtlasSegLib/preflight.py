@@ -138,13 +138,13 @@ def probe_image_file(path) -> None:
 def _check_nifti_length(path: Path) -> None:
     """A truncated NIfTI, found cheaply: a .nii shorter than its header says, or a .nii.gz whose gzip trailer
     (the uncompressed length mod 2^32) is not what the header promises. Only then is the whole stream read
-    (``io._check_nifti_complete``) for the exact message; a file that passes is read in full later anyway."""
+    (``io.check_nifti_complete``) for the exact message; a file that passes is read in full later anyway."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
     import nibabel as nib
 
-    from .io import _check_nifti_complete
+    from .io import check_nifti_complete
 
     try:
         header = nib.load(str(path)).header
@@ -153,7 +153,7 @@ def _check_nifti_length(path: Path) -> None:
             voxels *= int(n)
         expected = int(header["vox_offset"]) + voxels * int(header.get_data_dtype().itemsize)
     except Exception:  # noqa: BLE001 - the full check below gives the message
-        _check_nifti_complete(path)
+        check_nifti_complete(path)
         return
     if name.endswith(".gz"):
         with open(path, "rb") as fh:
@@ -163,7 +163,7 @@ def _check_nifti_length(path: Path) -> None:
             return
     elif path.stat().st_size >= expected:
         return
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
 
 
 # ------------------------------------------------------------------------------------------- per command
