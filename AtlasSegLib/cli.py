@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AtlasSegError, Cancelled, InputError, Terminated
+from .preflight import parse_pairs  # cheap: no numpy/SimpleITK/torch at load time
 from .progress import clear_interrupt, note_interrupt
 
 log = logging.getLogger("atlasseg")
@@ -96,21 +97,6 @@ QUALITY_HELP = ("reference = the published settings (full resolution, overlap 0.
                 "resolution, overlap 0.5, INT8 on the CPU where it passes its check on this CT (about 5x fewer "
                 "windows than reference); fast = coarse spacing (3 mm), overlap 0.5, INT8 where it passes. "
                 "Default: the model card's settings as the other options say")
-
-def _parse_pairs(values, what: str) -> dict:
-    out = {}
-    for item in values or []:
-        for part in item.split(","):
-            if not part:
-                continue
-            if "=" not in part:
-                raise InputError(f"{what} must look like name=value (e.g. liver_tumor=0.3), got '{part}'")
-            name, value = part.split("=", 1)
-            try:
-                out[name.strip()] = float(value)
-            except ValueError:
-                raise InputError(f"{what} value for {name} must be a number, got '{value}'") from None
-    return out
 
 
 def _add_review_parser(sub) -> None:
@@ -491,7 +477,7 @@ def _options(args):
         quality=getattr(args, "quality", None),
         structures=tuple(s.strip() for s in args.structures.split(",") if s.strip()) if args.structures else None,
         postprocess=not getattr(args, "no_postprocess", False),
-        thresholds=_parse_pairs(args.threshold, "--threshold"), force=getattr(args, "force", False),
+        thresholds=parse_pairs(args.threshold, "--threshold"), force=getattr(args, "force", False),
         overwrite=args.overwrite, series_uid=getattr(args, "series", None))
 
 
@@ -671,7 +657,7 @@ def _parse_range_mm(text, option: str):
 def cmd_threshold(args) -> int:
     from .runedit import below_threshold_warnings, rethreshold
 
-    values = _parse_pairs(args.set, "--set")
+    values = parse_pairs(args.set, "--set")
     report = rethreshold(args.outdir, values)
     for name in values:
         info = report["tumors"][name]

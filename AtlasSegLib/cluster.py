@@ -30,8 +30,9 @@ from pathlib import Path
 from .errors import Cancelled, InputError, Terminated
 from .progress import clear_interrupt
 
-# AtlasSegLib.batch (torch, SimpleITK) is imported where it is used: '--workers 2' without Ray must answer with
-# the install hint at once, and Ray's workers import this module before they load the model.
+# AtlasSegLib.batch (torch, SimpleITK) and AtlasSegLib.batchrecord (SimpleITK, through io) are imported where they
+# are used: '--workers 2' without Ray must answer with the install hint at once, and Ray's workers import this
+# module before they load the model.
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,8 @@ class CaseWorker:
         return dict(self._state)
 
     def segment(self, name: str, path: str, outdir: str) -> dict:
-        from .batch import _row, segment_case
+        from .batch import segment_case
+        from .batchrecord import case_row
         from .progress import Reporter
 
         def progress(stage, fraction, message):
@@ -94,7 +96,7 @@ class CaseWorker:
                                 Reporter(progress=progress))
         except Exception as exc:  # noqa: BLE001 - a bug on one case must not end the dataset: reported as failed
             log.exception("case %s: internal error", name)
-            row = _row(name, path, outdir, "failed", f"internal error: {type(exc).__name__}: {exc}")
+            row = case_row(name, path, outdir, "failed", f"internal error: {type(exc).__name__}: {exc}")
             return row
         finally:
             self._state = {"case": None, "stage": "idle", "fraction": 0.0}
@@ -127,7 +129,8 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
     (keyword arguments) one event per case state change. Interrupted (Ctrl-C, SIGTERM, ``cancel``): the workers
     are stopped, the summary and manifest say which cases finished, which were stopped, which never started;
     the exception is re-raised with ``written`` saying so."""
-    from .batch import (SUMMARY, Manifest, _read_summary, _row, _write_summary, find_cases, remove_stale_staging)
+    from .batch import find_cases
+    from .batchrecord import SUMMARY, Manifest, case_row, read_summary, remove_stale_staging, write_summary
     from .pipeline import SegmentOptions
 
     options = options or SegmentOptions()
@@ -135,7 +138,7 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
     cases = find_cases(root)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
-    earlier = _read_summary(out_root / SUMMARY)
+    earlier = read_summary(out_root / SUMMARY)
     manifest = Manifest(out_root, root, card.id, workers=workers)
     remove_stale_staging(out_root, [name for name, _ in cases])
     rows = {}
@@ -143,7 +146,7 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
     for name, path in cases:
         outdir = out_root / name
         if outdir.exists() and not options.overwrite:
-            rows[name] = _row(name, path, outdir, "skipped", "output exists (use --overwrite to re-run)")
+            rows[name] = case_row(name, path, outdir, "skipped", "output exists (use --overwrite to re-run)")
             manifest.finish(rows[name])
         else:
             todo.append((name, path))
@@ -154,7 +157,7 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
         return [rows[name] for name, _ in cases if name in rows]
 
     if not todo:
-        _write_summary(out_root / SUMMARY, ordered(), earlier)
+        write_summary(out_root / SUMMARY, ordered(), earlier)
         manifest.save(force=True)
         return ordered()
     driver = _Driver(ray, todo, out_root, manifest, rows, card=card, weights=weights, options=options,
@@ -178,9 +181,9 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
         stopped = driver.stop()
         for name, path in todo:
             if name not in rows:
-                rows[name] = _row(name, path, out_root / name, "not run", "the batch was stopped before this case")
+                rows[name] = case_row(name, path, out_root / name, "not run", "the batch was stopped before this case")
                 manifest.finish(rows[name])
-        _write_summary(out_root / SUMMARY, ordered(), earlier)
+        write_summary(out_root / SUMMARY, ordered(), earlier)
         manifest.save(force=True)
         done = sum(1 for name, _ in todo if rows[name]["status"] == "done")
         failed = sum(1 for name, _ in todo if rows[name]["status"] == "failed")
@@ -199,7 +202,7 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
         sigterm.uninstall()
         # Staging folders of cases whose workers were stopped: those processes are gone now.
         remove_stale_staging(out_root, [name for name, _ in todo if rows.get(name, {}).get("status") != "done"])
-    _write_summary(out_root / SUMMARY, ordered(), earlier)
+    write_summary(out_root / SUMMARY, ordered(), earlier)
     manifest.save(force=True)
     return ordered()
 
@@ -373,13 +376,14 @@ class _Driver:
     def stop(self) -> int:
         """Interrupted: the cases in progress are marked interrupted (their outputs were not written); their
         workers are killed by ``shutdown``. Returns how many were stopped."""
-        from .batch import _row
+        from .batchrecord import case_row
 
         stopped = 0
         for w in self.pool:
             if w.task is not None:
                 _, name, path, _ = w.task
-                row = _row(name, path, self.out_root / name, "interrupted", "stopped here; its output was not written")
+                row = case_row(name, path, self.out_root / name, "interrupted",
+                               "stopped here; its output was not written")
                 if _committed_since(self.out_root / name, w.started_wall):
                     # Its output was committed just before the stop: the result is kept, but the row says so.
                     row.update(status="done", message="finished as the batch was stopped (see its report.json)")
@@ -441,7 +445,7 @@ class _Driver:
                       attempt=self.attempts[name])
 
     def _collect_results(self):
-        from .batch import _row
+        from .batchrecord import case_row
 
         busy = {w.task[0]: w for w in self.pool if w.task is not None}
         if not busy:
@@ -461,11 +465,11 @@ class _Driver:
                 self._worker_died(w, name, path, started, exc)
                 continue
             except self.ray.exceptions.RayError as exc:  # the task itself failed in Ray (not in AtlasSeg)
-                row = _row(name, path, self.out_root / name, "failed", f"worker error: {_first_line(exc)}")
+                row = case_row(name, path, self.out_root / name, "failed", f"worker error: {_first_line(exc)}")
             self._finish(row, w)
 
     def _worker_died(self, w, name, path, started, exc):
-        from .batch import _row, remove_stale_staging
+        from .batchrecord import case_row, remove_stale_staging
 
         w.deaths += 1
         reason = f"worker {w.label} ({w.where}) died after {time.monotonic() - started:.0f} s on this case"
@@ -475,7 +479,7 @@ class _Driver:
         outdir = self.out_root / name
         if _committed_since(outdir, w.started_wall):
             # The worker committed the case (one rename) and died before answering: the output is complete.
-            row = _row(name, path, outdir, "done", "finished (its worker died right after writing it)")
+            row = case_row(name, path, outdir, "done", "finished (its worker died right after writing it)")
             self._finish(row, w)
         elif self.attempts[name] >= MAX_ATTEMPTS:
             self._fail(name, path, f"its worker died {self.attempts[name]} times while segmenting it (out of "
@@ -497,9 +501,9 @@ class _Driver:
                   seconds=row["seconds"], message=row["message"])
 
     def _fail(self, name, path, reason, worker=None):
-        from .batch import _row
+        from .batchrecord import case_row
 
-        self._finish(_row(name, path, self.out_root / name, "failed", reason), worker)
+        self._finish(case_row(name, path, self.out_root / name, "failed", reason), worker)
 
     def _poll_states(self):
         """Each busy worker's stage (its ``state()``, answered while it segments), one call in flight per worker,

@@ -4,7 +4,7 @@
 placement as the pipeline: ``pipeline.prepare`` at the preset's spacing, then ``inference.count_windows`` at
 its overlap) and, where this machine has timed the model before, the network time: windows × the seconds per
 window of the backend and precision the preset would use, as finished runs recorded them
-(``record_window_time``, called by ``Segmenter.run``, kept in ``<cache_dir()>/window_times.json``). INT8 not
+(``windowtimes.record_window_time``, called by ``Segmenter.run``, kept in ``<cache_dir()>/window_times.json``). INT8 not
 yet timed on this machine is assumed ``INT8_ASSUMED_SPEEDUP`` × faster than fp32 OpenVINO (marked
 ``"assumed"``). No model is loaded, but ``pipeline`` (which it uses for the grid and crop) imports torch, and
 resampling a 512×512×300 CT to the model grid takes seconds: call it in a worker process, never on a GUI thread
@@ -20,53 +20,13 @@ from typing import Optional
 import SimpleITK as sitk
 
 from .card import ModelCard
+from .windowtimes import window_seconds
 
 INT8_ASSUMED_SPEEDUP = 1.8
 """INT8 over fp32 OpenVINO per window, used until this machine has timed INT8 itself (SuPreM SegResNet on two
 AVX2 cores: 1.8-3.4× measured in bench-quick, depending on the load)."""
 NONNET_SHARE = 0.12
 """Non-network time as a share of the whole run (bench-quick's nonnet_pct: ≤ 12 % with compact masks)."""
-
-
-def _times_file():
-    from .download import cache_dir
-
-    return cache_dir() / "window_times.json"
-
-
-def _key(card_id: str, backend: str, precision: str) -> str:
-    return f"{card_id}|{backend}|{precision}|{os.cpu_count()} cpus"
-
-
-def record_window_time(card_id: str, backend: str, precision: str, seconds: float, windows: int) -> None:
-    """Remember this machine's seconds per window (running mean over runs, weighted by windows). Best effort:
-    an unwritable cache only loses the estimate."""
-    if windows <= 0 or seconds <= 0:
-        return
-    from .io import atomic_write_text
-
-    path = _times_file()
-    try:
-        table = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        table = {}
-    entry = table.get(_key(card_id, backend, precision), {"seconds": 0.0, "windows": 0})
-    entry = {"seconds": entry["seconds"] + float(seconds), "windows": entry["windows"] + int(windows)}
-    table[_key(card_id, backend, precision)] = entry
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json.dumps(table, indent=1), path)
-    except OSError:
-        pass
-
-
-def window_seconds(card_id: str, backend: str, precision: str) -> Optional[float]:
-    """This machine's recorded seconds per window, or None."""
-    try:
-        entry = json.loads(_times_file().read_text()).get(_key(card_id, backend, precision))
-    except (OSError, ValueError):
-        return None
-    return entry["seconds"] / entry["windows"] if entry and entry["windows"] else None
 
 
 def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualities=None) -> dict:

@@ -101,10 +101,14 @@ def _draw_projection(case):
 
 
 # ------------------------------------------------------------------------------------------------ page
-def write_gallery(cases: list, marks, results: Path, path: Path, *, single: bool = False, progress=None) -> int:
-    """Write the page atomically; returns its size in bytes."""
-    from .summarize import MARKS_JSON, MIN_CASES_FOR_OUTLIERS, Z_LIMIT, marks_document
+def write_gallery(cases: list, marks, results: Path, path: Path, *, document: dict, marks_name: str, z_limit: float,
+                  min_cases: int, single: bool = False, progress=None) -> int:
+    """Write the page atomically; returns its size in bytes.
 
+    What the page states but ``summarize`` owns comes as arguments (this module imports nothing of summarize,
+    which imports it): ``document``, the header of the marks file *Download marks* writes
+    (``summarize.marks_document`` without its marks); ``marks_name``, that file's name; ``z_limit`` and
+    ``min_cases``, the outlier rule (``summarize.Z_LIMIT``, ``summarize.MIN_CASES_FOR_OUTLIERS``)."""
     cards = []
     for n, case in enumerate(cases):
         if progress is not None:
@@ -112,14 +116,14 @@ def write_gallery(cases: list, marks, results: Path, path: Path, *, single: bool
         cards.append(_card(case, n + 1, results, single))
     data = {"key": f"atlasseg-review-marks:{results.resolve()}", "results": str(results.resolve()),
             "file_marks": marks.marks, "stamps": {c.name: c.labels_stamp for c in cases if c.report is not None},
-            "document": {k: v for k, v in marks_document({}, results.resolve()).items() if k != "marks"}}
+            "document": {k: v for k, v in document.items() if k != "marks"}}
     reviewable = sum(c.report is not None for c in cases)
     rule = (f"Order: failed runs, then the number of plausibility warnings, then the number of organ volumes that "
             f"are outliers for this dataset, then the largest outlier score. Outlier: modified z-score "
-            f"0.6745&nbsp;×&nbsp;(volume&nbsp;−&nbsp;median)&nbsp;/&nbsp;MAD beyond ±{Z_LIMIT} among the cases with "
-            f"that organ (Iglewicz &amp; Hoaglin; only organs present in at least {MIN_CASES_FOR_OUTLIERS} cases; "
+            f"0.6745&nbsp;×&nbsp;(volume&nbsp;−&nbsp;median)&nbsp;/&nbsp;MAD beyond ±{z_limit} among the cases with "
+            f"that organ (Iglewicz &amp; Hoaglin; only organs present in at least {min_cases} cases; "
             f"tumors are not scored).")
-    where = html.escape(str(results.resolve() / MARKS_JSON))
+    where = html.escape(str(results.resolve() / marks_name))
     page = (_HEAD.replace("@TITLE@", html.escape(f"AtlasSeg review: {results.resolve().name}"))
             + f"<header><h1>Dataset review: {html.escape(results.resolve().name)}</h1>"
             f"<div class=sub>{len(cases)} case(s) · {html.escape(str(results.resolve()))}</div>"
@@ -146,8 +150,6 @@ def _json_for_script(data) -> str:
 
 
 def _card(case, rank: int, results: Path, single: bool) -> str:
-    from .summarize import Z_LIMIT
-
     esc = html.escape
     name = esc(case.name)
     if case.report is None:
@@ -173,7 +175,7 @@ def _card(case, rank: int, results: Path, single: bool) -> str:
     for entry in case.report["structures"]:
         color = ",".join(str(int(v)) for v in (entry.get("color") or (200, 200, 200)))
         z = case.z.get(entry["name"])
-        cls = " class=out" if z is not None and abs(z) > Z_LIMIT else ""
+        cls = " class=out" if entry["name"] in case.outliers else ""  # |z| beyond summarize's limit
         if entry["name"] in tumors:
             comps = tumors[entry["name"]].get("components") or []
             big = max((c.get("longest_axial_diameter_mm") or 0.0 for c in comps), default=0.0)

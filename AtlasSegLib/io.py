@@ -69,7 +69,7 @@ def read_image(path, *, series_uid: Optional[str] = None) -> tuple:
         if path.suffix.lower() == ".dcm":
             image, source = _read_dicom_folder(path.parent, series_uid)
         else:
-            _check_nifti_complete(path)
+            check_nifti_complete(path)
             try:
                 image = sitk.ReadImage(str(path))
             except RuntimeError as exc:
@@ -81,7 +81,7 @@ def read_image(path, *, series_uid: Optional[str] = None) -> tuple:
     return image, source
 
 
-def _check_nifti_complete(path: Path) -> None:
+def check_nifti_complete(path: Path) -> None:
     """ITK silently zero-fills a truncated NIfTI; compare the data length with what the header promises."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):

@@ -59,7 +59,8 @@ def _structure_entry(cls, mask, grid: Grid, ct_kji, box) -> dict:
             "file": f"{SEG_DIR}/{cls.name}.nii.gz"}
 
 
-def _mask_image(full: np.ndarray, reference: sitk.Image) -> sitk.Image:
+def mask_image(full: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """A mask array (k, j, i) as an image on ``reference``'s grid (origin, spacing, direction)."""
     img = sitk.GetImageFromArray(full)
     img.CopyInformation(reference)
     return img
@@ -372,7 +373,7 @@ def _rewrite_combined(outdir: Path, card: ModelCard, ref: sitk.Image) -> None:
                                      for _, _, label, name, sl, packed, shape in _paint_order(masks)))
     for name in hidden:
         log.warning(hidden_warning(name))
-    atomic_write_image(_mask_image(combined, ref), outdir / "combined_labels.nii.gz")
+    atomic_write_image(mask_image(combined, ref), outdir / "combined_labels.nii.gz")
 
 
 def _packed_box(mask: np.ndarray) -> tuple:

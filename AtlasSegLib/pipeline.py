@@ -34,6 +34,7 @@ from .plausibility import body_profile, check_coverage, check_model_fit, check_s
 from .lesions import merge_lesion_checks
 from .postprocess import (dilated_gate, largest_component, largest_per_side, quantize, tumor_mask)
 from .progress import Reporter
+from .windowtimes import record_window_time
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,6 @@ class Segmenter:
                        stats=stats)
         self._windows.update(stats)
         if getattr(self.runner, "backend", None) in ("torch", "openvino"):  # this machine's time per window
-            from .estimate import record_window_time
-
             record_window_time(card.id, self.runner.backend, self.runner.precision, time.perf_counter() - t_net,
                                stats.get("windows_run", 0) + self._windows.get("coarse_windows", 0))
         prep.array = None  # the network input is no longer needed; free it before the per-structure stage

@@ -58,7 +58,7 @@ def remove_small(mask: np.ndarray, voxel_mm3: float, min_mm3: float) -> np.ndarr
     """Drop 26-connected components whose volume is below ``min_mm3`` (kept if volume ≥ min_mm3)."""
     if min_mm3 <= 0 or not mask.any():
         return mask
-    min_voxels = _min_voxels(voxel_mm3, min_mm3)
+    min_voxels = min_voxels_of(voxel_mm3, min_mm3)
     return cc3d.dust(mask, threshold=min_voxels, connectivity=26, in_place=False).astype(np.uint8, copy=False)
 
 
@@ -113,10 +113,11 @@ def tumor_labels(q_box: np.ndarray, gate_box, *, threshold: float, voxel_mm3: fl
     mask = q_box >= threshold_level(threshold)
     if gate_box is not None:
         mask &= gate_box.astype(bool, copy=False)
-    return ranked_components(mask, min_voxels=_min_voxels(voxel_mm3, min_mm3))
+    return ranked_components(mask, min_voxels=min_voxels_of(voxel_mm3, min_mm3))
 
 
-def _min_voxels(voxel_mm3: float, min_mm3: float) -> int:
+def min_voxels_of(voxel_mm3: float, min_mm3: float) -> int:
+    """The fewest voxels of ``voxel_mm3`` each that make at least ``min_mm3`` (0: no minimum)."""
     return int(math.ceil(min_mm3 / voxel_mm3 - 1e-9)) if min_mm3 > 0 else 0
 
 

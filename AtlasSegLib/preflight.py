@@ -138,13 +138,13 @@ def probe_image_file(path) -> None:
 def _check_nifti_length(path: Path) -> None:
     """A truncated NIfTI, found cheaply: a .nii shorter than its header says, or a .nii.gz whose gzip trailer
     (the uncompressed length mod 2^32) is not what the header promises. Only then is the whole stream read
-    (``io._check_nifti_complete``) for the exact message; a file that passes is read in full later anyway."""
+    (``io.check_nifti_complete``) for the exact message; a file that passes is read in full later anyway."""
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
     import nibabel as nib
 
-    from .io import _check_nifti_complete
+    from .io import check_nifti_complete
 
     try:
         header = nib.load(str(path)).header
@@ -153,7 +153,7 @@ def _check_nifti_length(path: Path) -> None:
             voxels *= int(n)
         expected = int(header["vox_offset"]) + voxels * int(header.get_data_dtype().itemsize)
     except Exception:  # noqa: BLE001 - the full check below gives the message
-        _check_nifti_complete(path)
+        check_nifti_complete(path)
         return
     if name.endswith(".gz"):
         with open(path, "rb") as fh:
@@ -163,7 +163,7 @@ def _check_nifti_length(path: Path) -> None:
             return
     elif path.stat().st_size >= expected:
         return
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
 
 
 # ------------------------------------------------------------------------------------------- per command
@@ -240,10 +240,26 @@ def check_batch(args, card) -> None:
                          "CT)")
 
 
-def _thresholds(args) -> dict:
-    from .cli import _parse_pairs
+def parse_pairs(values, what: str) -> dict:
+    """``name=value`` options (``--threshold``, ``--set``; repeated or comma-separated) as {name: float}; a
+    malformed one is refused (exit 2) before anything loads."""
+    out = {}
+    for item in values or []:
+        for part in item.split(","):
+            if not part:
+                continue
+            if "=" not in part:
+                raise InputError(f"{what} must look like name=value (e.g. liver_tumor=0.3), got '{part}'")
+            name, value = part.split("=", 1)
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise InputError(f"{what} value for {name} must be a number, got '{value}'") from None
+    return out
 
-    return _parse_pairs(args.threshold, "--threshold")
+
+def _thresholds(args) -> dict:
+    return parse_pairs(args.threshold, "--threshold")
 
 
 def check_estimate(args, card) -> None:

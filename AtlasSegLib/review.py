@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .geometry import Grid
-from .postprocess import (Component, Labelling, _min_voxels, dilated_gate, labelled_components, ranked_components,
+from .postprocess import (Component, Labelling, dilated_gate, labelled_components, min_voxels_of, ranked_components,
                           tumor_labels)
 
 REVIEW_FILE = "review.json"
@@ -309,7 +309,7 @@ def _remove_where(mask: np.ndarray, label, description: str, drop) -> Optional[E
 
 def remove_smaller_than(mask: np.ndarray, voxel_mm3: float, min_ml: float, *, label=None) -> Optional[Edit]:
     """Remove every component smaller than ``min_ml`` millilitres."""
-    min_voxels = _min_voxels(voxel_mm3, min_ml * 1000.0)
+    min_voxels = min_voxels_of(voxel_mm3, min_ml * 1000.0)
     return _remove_where(mask, label, f"remove components < {min_ml:g} ml",
                          lambda rank, part, labels: part[2] < min_voxels)
 

@@ -19,7 +19,7 @@ from .errors import InputError
 from .geometry import Grid
 from .io import atomic_write_image
 from .lesions import IdMap, drop_ids, merge_lesion_checks
-from .outputs import SEG_DIR, _box_slices, _mask_image, commit_edit, load_run, update_entry
+from .outputs import SEG_DIR, _box_slices, mask_image, commit_edit, load_run, update_entry
 from .plausibility import recheck_tumor
 from .postprocess import ranked_components
 from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, added_ids, adopt_decisions, candidates_of,
@@ -144,7 +144,7 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         idmap.write(run.id_map_path(name), pmap.box_grid)
         full = np.zeros(tuple(grid.size[::-1]), np.uint8)
         full[_box_slices(box)] = mask
-        atomic_write_image(_mask_image(full, ref), seg_path)
+        atomic_write_image(mask_image(full, ref), seg_path)
         report["tumors"][name]["threshold"] = float(t)
         update_entry(report, name, mask, grid.sub(*box), box[0], q_box=pmap.q, ids=ids)
         meta["threshold"] = float(t)
@@ -425,7 +425,7 @@ class _TumorEdit:
             self.state.decide(self.name, row, status, key=rid, **extra)
 
     def commit(self, history: dict, reviewer: Optional[str]) -> None:
-        atomic_write_image(_mask_image(self.full, self.image), self.run.mask_path(self.name))
+        atomic_write_image(mask_image(self.full, self.image), self.run.mask_path(self.name))
         ordered = [self.ids[p[0]] for p in self.lab.parts]
         update_entry(self.report, self.name, self.region, self.pm.box_grid, self.pm.start_ijk, q_box=self.pm.q,
                      ids=ordered)

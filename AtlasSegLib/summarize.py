@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .batchrecord import SUMMARY
 from .errors import InputError
+from .gallery import write_gallery
 from .io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 SUMMARY_CSV = "summary.csv"
 GALLERY_HTML = "gallery.html"
 MARKS_JSON = "review_marks.json"
-BATCH_SUMMARY = "batch_summary.csv"  # batch.SUMMARY (not imported: batch pulls in torch and the pipeline)
+BATCH_SUMMARY = SUMMARY  # the batch's summary (batchrecord owns its name and format)
 CACHE_JSON = ".summarize-cache.json"  # organ component counts per case, keyed by the case's files (see _stamp)
 MARKS_FORMAT = "atlasseg-review-marks"
 MARKS = ("accept", "revise")
@@ -422,7 +424,6 @@ def summarize(results, *, marks=None, export_to=None, overwrite: bool = False, r
         reports: build the missing ``report.html`` of each case (``report.build_report``) so every gallery link
             opens a report; otherwise a case without one links to its report.json.
     """
-    from .gallery import write_gallery
 
     t0 = time.perf_counter()
     results = Path(results).resolve()
@@ -445,7 +446,9 @@ def summarize(results, *, marks=None, export_to=None, overwrite: bool = False, r
     cases = sort_cases(cases)
     write_summary(summary_rows(cases, marks_obj), results / SUMMARY_CSV)
     gallery_path = results / GALLERY_HTML
-    size = write_gallery(cases, marks_obj, results, gallery_path, single=single, progress=progress)
+    size = write_gallery(cases, marks_obj, results, gallery_path, document=marks_document({}, results.resolve()),
+                         marks_name=MARKS_JSON, z_limit=Z_LIMIT, min_cases=MIN_CASES_FOR_OUTLIERS, single=single,
+                         progress=progress)
     statuses = [marks_obj.status(c) for c in cases]
     counts = {"cases": len(cases), "failed": sum(c.report is None for c in cases),
               "accepted": statuses.count("accepted"), "revise": statuses.count("revise"),

@@ -49,7 +49,8 @@ def test_cli_estimate_on_a_real_ct_says_what_estimate_says(which, ctdata, tmp_pa
 
 
 def test_once_this_machine_has_timed_the_model_the_cli_gives_seconds(small_ct, tmp_path, monkeypatch):
-    from AtlasSegLib.estimate import duration_text, record_window_time
+    from AtlasSegLib.estimate import duration_text
+    from AtlasSegLib.windowtimes import record_window_time
 
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path))
     # As a finished run records it (Segmenter.run): 20 windows of OpenVINO fp32 in 60 s here.
@@ -101,7 +102,8 @@ def test_a_small_runs_preset_is_estimated_with_what_it_runs_not_with_an_int8_it_
     (pipeline.Segmenter._make_runner): after such a run the estimate must use its time, not stay 'not timed'."""
     from AtlasSegLib.backends import AUTO_MIN_WINDOWS
     from AtlasSegLib.card import builtin_card
-    from AtlasSegLib.estimate import estimate, record_window_time
+    from AtlasSegLib.estimate import estimate
+    from AtlasSegLib.windowtimes import record_window_time
     from AtlasSegLib.io import read_image
 
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path))
