@@ -204,16 +204,17 @@ def _python() -> str:
     return pythonExecutable()
 
 
-def runCommand(command, *, pump=None, onLine=None, what: str = "") -> None:
+def runCommand(command, *, pump=None, onLine=None, what: str = "", env=None, cwd=None) -> None:
     """Run ``command`` in its own process and wait, calling ``pump()`` every 30 ms (the GUI processes events
-    there) and ``onLine(line)`` for each line it prints.
+    there) and ``onLine(line)`` for each line it prints. ``env``: variables added to this process's environment;
+    ``cwd``: its working folder.
 
     Raises:
         DependencyError: it failed; the message has its last lines.
     """
     from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState
 
-    runner = EngineRunner(command, logCallback=onLine, expectDone=False)
+    runner = EngineRunner(command, env=env, cwd=cwd, logCallback=onLine, expectDone=False)
     runner.start()
     while runner.state is RunState.RUNNING:
         if pump is not None:

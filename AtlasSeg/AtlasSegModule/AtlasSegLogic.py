@@ -740,21 +740,17 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
             InputError: the file was refused; the message is the engine's own (what was wrong, what to do).
         """
         from AtlasSegLib.errors import InputError
+        from AtlasSegModule.AtlasSegDependencies import DependencyError, runCommand
 
         pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
-        runner = EngineRunner([pythonExecutable(), "-m", "AtlasSegLib", "models", "import", modelId, str(path)],
-                              env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)},
-                              cwd=str(LIBRARY_PARENT_DIR), expectDone=False)
-        runner.start()
-        while runner.state is RunState.RUNNING:
-            if pump is not None:
-                pump()
-            time.sleep(0.03)  # releases the GIL: the runner's reader threads get to run
-            runner.poll()
-        lines = list(runner.result.logTail)
-        if runner.state is not RunState.SUCCEEDED:
+        lines = []
+        try:
+            runCommand([pythonExecutable(), "-m", "AtlasSegLib", "models", "import", modelId, str(path)],
+                       pump=pump, onLine=lines.append, what="Importing the weights file",
+                       env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)}, cwd=str(LIBRARY_PARENT_DIR))
+        except DependencyError as exc:
             said = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
-            raise InputError(said[-1] if said else "\n".join(lines[-8:]) or f"exit code {runner.result.returnCode}")
+            raise InputError(said[-1] if said else str(exc)) from None
         # 'models import' prints the installed file's path on stdout; stderr lines (warnings) interleave with it.
         installed = [Path(line.strip()) for line in lines if Path(line.strip()).is_file()]
         if not installed:
