@@ -563,36 +563,38 @@ def _default_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def atomic_write_image(image: sitk.Image, path, *, compress: bool = True) -> None:
-    """Write ``image`` to ``path`` through a temporary file in the same folder, then rename."""
+@contextmanager
+def atomic_path(path, *, suffix: Optional[str] = None):
+    """The one atomic-write rule: yield a temporary path in ``path``'s folder (created if missing) for a writer to
+    fill; when the block ends normally, make it as readable as a plain open() would (mkstemp's private 0600 would
+    keep colleagues and web servers out) and rename it over ``path``; on any exception, delete it and leave
+    ``path`` as it was. ``suffix`` (default: the name's suffix, ``.nii.gz`` kept whole) lets writers that choose
+    the format by extension (SimpleITK, pydicom, slicerio) see the right one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    if suffix is None:
+        suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, useCompression=compress)
+        yield Path(tmp)
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_image(image: sitk.Image, path, *, compress: bool = True) -> None:
+    """Write ``image`` to ``path`` through a temporary file in the same folder, then rename."""
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
 
 
 def atomic_write_bytes(data: bytes, path) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename (readable as a plain
-    open() would make it: mkstemp's private 0600 would keep colleagues and web servers out)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    with atomic_path(path, suffix="") as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(text: str, path) -> None:

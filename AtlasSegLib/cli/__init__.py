@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .errors import AtlasSegError, Cancelled, InputError, Terminated
-from .preflight import parse_pairs  # cheap: no numpy/SimpleITK/torch at load time
-from .progress import clear_interrupt, note_interrupt
+from .. import __version__
+from ..errors import AtlasSegError, Cancelled, InputError, Terminated
+from ..preflight import parse_pairs  # cheap: no numpy/SimpleITK/torch at load time
+from ..progress import clear_interrupt, note_interrupt
 
 log = logging.getLogger("atlasseg")
 
@@ -175,7 +175,7 @@ def _add_synthesize_parser(sub) -> None:
 
 def _add_export_parser(sub) -> None:
     # Here, not in export.py: building the parser must not import numpy/SimpleITK/pydicom (startup time).
-    from . import roinames  # plain Python
+    from .. import roinames  # plain Python
 
     e = sub.add_parser("export", help="export a finished run as DICOM SEG, RTSTRUCT, .seg.nrrd or AbdomenAtlas case",
                        description="Export the structures of an AtlasSeg output folder. DICOM SEG and RTSTRUCT "
@@ -428,7 +428,7 @@ def default_model() -> str:
     """The model ``segment``/``batch`` use without --model: the first of DEFAULT_MODELS whose weights are cached.
 
     Raises InputError (exit 2) naming how to get one when none is."""
-    from . import download
+    from .. import download
 
     for model_id in DEFAULT_MODELS:
         if download.is_cached(model_id):
@@ -443,7 +443,7 @@ def default_model() -> str:
 
 
 def _resolve_model(args):
-    from .card import builtin_card, load_card
+    from ..card import builtin_card, load_card
 
     if args.model_card:
         return load_card(args.model_card), args.weights
@@ -458,7 +458,7 @@ def _resolve_model(args):
     weights = args.weights
     if weights is None and not card.weights.get("file") and card.architecture["type"] != "torchscript":
         try:
-            from .download import cached_path
+            from ..download import cached_path
         except ImportError:  # the download module is optional for offline use of shipped models
             cached_path = None
         path = cached_path(card) if cached_path else None
@@ -470,7 +470,7 @@ def _resolve_model(args):
 
 
 def _options(args):
-    from .pipeline import SegmentOptions
+    from ..pipeline import SegmentOptions
 
     return SegmentOptions(
         device=args.device, fast=args.fast, backend=args.backend, precision=args.precision,
@@ -482,11 +482,11 @@ def _options(args):
 
 
 def cmd_segment(args, sink) -> int:
-    from .preflight import check_segment
+    from ..preflight import check_segment
 
     card, weights = _resolve_model(args)
     check_segment(args, card)  # options and input before torch and the model load: a refusal comes at once
-    from .pipeline import segment
+    from ..pipeline import segment
 
     opts = _options(args)
     t0 = time.perf_counter()
@@ -532,13 +532,13 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
 def cmd_batch(args, sink) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
-    from .preflight import check_batch
+    from ..preflight import check_batch
 
     card, weights = _resolve_model(args)
     check_batch(args, card)  # before Ray, torch and the first case
     not_cases = []
     if args.workers > 1 or args.ray_address:
-        from .cluster import DatasetBar, import_ray, run_batch_ray
+        from ..cluster import DatasetBar, import_ray, run_batch_ray
 
         import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
         _print_batch_engine(args, not_cases)
@@ -551,7 +551,7 @@ def cmd_batch(args, sink) -> int:
         finally:
             bar.close()
     else:
-        from .batch import run_batch
+        from ..batch import run_batch
 
         _print_batch_engine(args, not_cases)
         rows = run_batch(args.input, args.output, card=card, weights=weights, options=_options(args), progress=sink)
@@ -588,7 +588,7 @@ def cmd_batch(args, sink) -> int:
 def _print_batch_engine(args, not_cases: list) -> None:
     """The first line of a batch (stderr): how many cases and where they run. Fills ``not_cases`` with the files
     of the dataset folder that are no case (listed at the end)."""
-    from .batch import find_cases
+    from ..batch import find_cases
 
     n = len(find_cases(args.input, not_cases))
     if args.ray_address:
@@ -604,7 +604,7 @@ def _print_batch_engine(args, not_cases: list) -> None:
 
 
 def cmd_demo(args, sink) -> int:
-    from .phantom import check_structures, check_tumor_options
+    from ..phantom import check_structures, check_tumor_options
 
     # Checked before the demo's model code (torch) is imported: a mistyped option is refused at once.
     diameter = _parse_range_mm(args.tumor_diameter, "--tumor-diameter")
@@ -614,12 +614,12 @@ def cmd_demo(args, sink) -> int:
     if args.no_tumors and (args.tumor_count, diameter, args.tumor_contrast) != (None, None, None):
         raise InputError("tumor controls (count, diameter, contrast) were given together with --no-tumors: "
                          "leave out one or the other")
-    from .demo import run_demo
+    from ..demo import run_demo
 
     result = run_demo(args.output, seed=args.seed, tumors=not args.no_tumors, device=args.device,
                       overwrite=args.overwrite, progress=sink, tumor_count=args.tumor_count,
                       tumor_diameter_mm=diameter, tumor_contrast_hu=args.tumor_contrast, structures=structures)
-    from .report import build_report
+    from ..report import build_report
 
     # The demo shows the whole product: the tumor candidates, their sizes in cm and the pictures, in one page.
     html = build_report(args.output).html_path
@@ -655,7 +655,7 @@ def _parse_range_mm(text, option: str):
 
 
 def cmd_threshold(args) -> int:
-    from .runedit import below_threshold_warnings, rethreshold
+    from ..runedit import below_threshold_warnings, rethreshold
 
     values = parse_pairs(args.set, "--set")
     report = rethreshold(args.outdir, values)
@@ -669,7 +669,7 @@ def cmd_threshold(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from . import download
+    from .. import download
 
     action = args.models_command or "list"
     if action == "path":
@@ -719,7 +719,7 @@ def _route_library_warnings(verbose: bool) -> None:
     the log, shown with -v, instead of raw onto stderr between the command's own lines."""
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
-    from .io import route_itk_messages_to_logging
+    from ..io import route_itk_messages_to_logging
 
     route_itk_messages_to_logging()  # ITK's text at INFO (shown with -v), its errors at WARNING
 
@@ -823,7 +823,7 @@ def _run(args) -> int:
     try:
         if args.command != "models":
             _route_library_warnings(getattr(args, "verbose", False))
-            from .preflight import check_output_places
+            from ..preflight import check_output_places
 
             check_output_places(args)  # an unwritable output place is refused before any work
         if args.command == "segment":
@@ -837,31 +837,31 @@ def _run(args) -> int:
         if args.command == "models":
             return cmd_models(args)
         if args.command == "review":
-            from .runedit import cmd_review
+            from ..runedit import cmd_review
 
             return cmd_review(args)
         if args.command == "report":
-            from .report import cmd_report
+            from ..report import cmd_report
 
             return cmd_report(args, sink)
         if args.command == "evaluate":
-            from .evaluate import cmd_evaluate
+            from ..evaluate import cmd_evaluate
 
             return cmd_evaluate(args)
         if args.command == "export":
-            from .export import cmd_export
+            from ..export import cmd_export
 
             return cmd_export(args)
         if args.command == "summarize":
-            from .summarize import cmd_summarize
+            from ..summarize import cmd_summarize
 
             return cmd_summarize(args, sink)
         if args.command == "synthesize":
-            from .synthesize import cmd_synthesize
+            from ..synthesize import cmd_synthesize
 
             return cmd_synthesize(args)
         if args.command == "estimate":
-            from .estimate import cmd_estimate
+            from ..estimate import cmd_estimate
 
             return cmd_estimate(args)
     except BrokenPipeError:
