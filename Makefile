@@ -64,20 +64,20 @@ dicom-tools:
 # presets' full runs extrapolated and labelled ESTIMATE, SuPreM SegResNet balanced and fast measured end to end
 # (about an hour on 2 cores; README table).
 bench: $(VENV)/.installed-test
-	$(BIN)/python Testing/bench_models.py --no-plain --backends torch openvino int8 --pipeline --pipeline-modes balanced,fast
+	$(BIN)/python Testing/bench/bench_models.py --no-plain --backends torch openvino int8 --pipeline --pipeline-modes balanced,fast
 
 # torch fp32 against OpenVINO INT8 (and fp32), quality presets' windows, the subset cascade on the full-length
 # phantom; under 10 minutes; ends in one RESULT line.
 bench-quick: $(VENV)/.installed-test
-	$(BIN)/python Testing/bench_quick.py
+	$(BIN)/python Testing/bench/bench_quick.py
 
 # atlasseg batch: cases/hour in-process vs Ray with 1 and 2 workers on this machine (a few minutes).
 bench-batch: $(VENV)/.installed-test
-	$(BIN)/python Testing/bench_batch.py
+	$(BIN)/python Testing/bench/bench_batch.py
 
 # Sensitivity slider and one-click removal vs Slicer's Islands-effect path, 512x512x300 real CT.
 bench-review: $(VENV)/.installed-test
-	$(BIN)/python Testing/bench_review.py
+	$(BIN)/python Testing/bench/bench_review.py
 
 clean:
 	rm -rf $(VENV) demo_output

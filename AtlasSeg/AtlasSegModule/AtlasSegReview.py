@@ -194,7 +194,7 @@ def compactTumorLayers(segmentationNode, margin: int = 0) -> int:
     voxels; returns how many layers were cropped.
 
     Why: the editor's undo step copies the whole layer an edit touches, so a tumor layer of the size of the
-    liver box makes a click ~10× cheaper than a whole-volume layer (see Testing/bench_review.py). Call it before
+    liver box makes a click ~10× cheaper than a whole-volume layer (see Testing/bench/bench_review.py). Call it before
     editing starts (the first undo state would otherwise hold the large layer).
     """
     segmentation = segmentationNode.GetSegmentation()

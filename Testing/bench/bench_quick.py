@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 

@@ -1,6 +1,6 @@
 """How long ``synthesize.insert_tumors`` takes on the real CTs of shared/ctdata (a benchmark, not a test).
 
-    .venv/bin/python Testing/bench_synthesize.py [--repeat 3] [--png out.png]
+    .venv/bin/python Testing/bench/bench_synthesize.py [--repeat 3] [--png out.png]
 
 For each CT (the 122×101×30 NIfTI at 3 mm; the 512×512×20 JPEG 2000 DICOM series at 0.98×0.98×2 mm, its liver
 label resampled onto the series by physical position) and tumor count: best of N of ``insert_tumors`` (liver
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 

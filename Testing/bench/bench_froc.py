@@ -1,6 +1,6 @@
 """The demo model's FROC on synthetic liver tumors in phantoms (the closing-note numbers of issue 15).
 
-    .venv/bin/python Testing/bench_froc.py [--seeds 8] [--count 4] [--diameter 5-45] [--work /tmp/bench_froc]
+    .venv/bin/python Testing/bench/bench_froc.py [--seeds 8] [--count 4] [--diameter 5-45] [--work /tmp/bench_froc]
 
 Per seed: a phantom without its own tumors (``make_phantom(tumors=False)``), ``count`` tumors inserted into its
 liver by ``atlasseg synthesize`` (its truth, tumors.json), the dataset segmented by ``atlasseg batch`` with the
@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from AtlasSegLib.batch import run_batch  # noqa: E402
 from AtlasSegLib.card import builtin_card  # noqa: E402

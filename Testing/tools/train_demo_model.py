@@ -17,7 +17,7 @@ At the end it prints the per-structure Dice on phantoms it never saw, both on th
 nearest-neighbour resampling back to the phantom's grid.
 
 Usage:
-    .venv/bin/python Testing/train_demo_model.py --out AtlasSegLib/data/atlasseg-demo.pt
+    .venv/bin/python Testing/tools/train_demo_model.py --out AtlasSegLib/data/atlasseg-demo.pt
 
 Runtime: about 17 minutes on 2 idle CPU cores (1 minute of phantoms, 1400 steps at about 0.65 s, under a
 minute of evaluation); the committed weights took 52 minutes because the 2 cores were shared with other jobs.
@@ -38,10 +38,10 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from AtlasSegLib.phantom import make_phantom  # noqa: E402
 
-CARD_PATH = Path(__file__).resolve().parents[1] / "AtlasSegLib" / "cards" / "atlasseg-demo.json"
+CARD_PATH = Path(__file__).resolve().parents[2] / "AtlasSegLib" / "cards" / "atlasseg-demo.json"
 CHANNELS = ("liver", "spleen", "kidney_right", "kidney_left", "pancreas", "aorta", "vertebrae", "liver_tumor")
 EVAL_SEEDS = (1000, 1001, 1002, 1003, 1004)
 

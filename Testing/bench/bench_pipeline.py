@@ -5,7 +5,7 @@ Input: a real CT (../shared/ctdata totalseg_abdomen_sm) resampled to 512×512×3
 anatomy stretched to fill the field, so the HU content is real CT), plus the original small CT.
 Network: SuPreM's SegResNet (32 classes, seeded random weights; speed does not depend on the weights).
 
-    python Testing/bench_pipeline.py [--size 512 512 300] [--fast] [--overlap 0.5] [--skip-reference]
+    python Testing/bench/bench_pipeline.py [--size 512 512 300] [--fast] [--overlap 0.5] [--skip-reference]
 
 Not a test: nothing is asserted; the numbers go into the closing notes.
 """
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))

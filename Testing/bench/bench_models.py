@@ -10,7 +10,7 @@ Two comparisons: the whole window (universal vs plain, separate processes) and t
 the same cached backbone output, interleaved in one process, so machine load affects both alike).
 
 ``--pipeline`` also runs the full pipeline (read → preprocess → network → invert/post-process/write) on a real
-CT resampled to 512×512×300 at 0.8×0.8×1.5 mm (built as in Testing/bench_pipeline.py) for suprem-segresnet in
+CT resampled to 512×512×300 at 0.8×0.8×1.5 mm (built as in Testing/bench/bench_pipeline.py) for suprem-segresnet in
 the modes of --pipeline-modes: the quality presets reference (1.5 mm, overlap 0.75, fp32), balanced (1.5 mm,
 overlap 0.5, body crop, INT8 where its check passes) and fast (3 mm, overlap 0.5, INT8 where it passes), or
 the older full/fast (the card's overlap 0.75 at 1.5/3 mm, ``auto`` precision). Every model and preset gets a
@@ -21,7 +21,7 @@ The ``int8`` backend is OpenVINO INT8 (NNCF), quantized on foreground windows of
 weights its self-check is meaningless, so the window rows time it with the check's bound at 0; the pipeline
 runs use the real bound (random weights usually fail it, and then fp32 runs: the row says which ran).
 
-    python Testing/bench_models.py [--models ID ...] [--backends torch openvino] [--threads 2] [--repeats 3]
+    python Testing/bench/bench_models.py [--models ID ...] [--backends torch openvino] [--threads 2] [--repeats 3]
                                    [--no-plain] [--pipeline [--pipeline-modes fast]]
 
 Each model runs with each of --backends (OpenVINO: converted once into a temporary cache, conversion time shown;
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))

@@ -29,7 +29,7 @@ Measured (median of repeats, wall time on this machine):
     over a range of thresholds on the scene: resize_lesion on the box, SaveStateForUndo, the segment update, the
     decision (its threshold) and the candidate table refreshed (reported alone too).
 
-    python Testing/bench_review.py [--size 512 512 300] [--fps 30] [--repeats 5] [--z keep|stretch] [--adds 6]
+    python Testing/bench/bench_review.py [--size 512 512 300] [--fps 30] [--repeats 5] [--z keep|stretch] [--adds 6]
 
 Not a test: nothing is asserted; the numbers go into the closing notes.
 """
@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 REPO = HERE.parent
 for path in (HERE / "slicer_module", REPO / "AtlasSeg", REPO, HERE):
     sys.path.insert(0, str(path))

@@ -1,7 +1,7 @@
 """Quality of one-click adds (``addlesion.add_lesion``) on synthetic tumors in a real CT's liver (a benchmark, not a
 test: it prints a table and asserts nothing).
 
-    .venv/bin/python Testing/bench_add_quality.py [--cases 6] [--count 4] [--threshold 0.9] [--ct real|phantom]
+    .venv/bin/python Testing/bench/bench_add_quality.py [--cases 6] [--count 4] [--threshold 0.9] [--ct real|phantom]
         [--gate liver|run] [--png out.png] [--json rows.json]
 
 Per case (seed): ``atlasseg synthesize`` inserts ``--count`` liver tumors (10-40 mm, -20 to -60 HU) into the real
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # Testing/ (this script lives one folder below it)
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 

@@ -6,7 +6,7 @@ Input: a synthetic tumor probability box the size of a real liver box at 0.8×0.
 6.9 M voxels) with ``--lesions`` smooth blobs (p up to 1) and low noise, thresholded at 0.3, 0.8, 0.5 in turn
 (the id map remembering each). Reported: median wall time over ``--repeats`` per step.
 
-    python Testing/bench_lesion_ids.py [--size 256 224 120] [--lesions 60] [--repeats 5]
+    python Testing/bench/bench_lesion_ids.py [--size 256 224 120] [--lesions 60] [--repeats 5]
 
 Not a test: nothing is asserted.
 """
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
