@@ -63,25 +63,34 @@ def run_batch(root, out_root, *, card, weights=None, options: SegmentOptions = S
     remove_stale_staging(out_root, [name for name, _ in cases])
     segmenter = Segmenter(load_model(card, weights), options)
     rows = []
+    started = time.time()
     try:
         _run_cases(cases, out_root, segmenter, options, progress, cancel, earlier, rows, manifest)
     except (KeyboardInterrupt, Cancelled) as exc:
         clear_interrupt()  # delivered: the summary below must not be interrupted again by a progress check
-        done = sum(1 for r in rows if r["status"] == "done")
-        current = len(rows)
-        if current < len(cases):
-            name, path = cases[current]
-            rows.append(case_row(name, path, out_root / name, "interrupted",
-                                 "stopped here; its output was not written"))
+        first_unrecorded = len(rows)
+        in_progress = None  # the case the stop came in, when its output was not written
+        if first_unrecorded < len(cases):
+            name, path = cases[first_unrecorded]
+            if _finished_since(out_root / name, started):
+                # Stopped after the case's folder was swapped in but before its row was kept: the folder is
+                # complete (it is renamed into place whole), so the summary must say so, not "not written".
+                rows.append(case_row(name, path, out_root / name, "done", "finished as the batch was stopped"))
+            else:
+                in_progress = name
+                rows.append(case_row(name, path, out_root / name, "interrupted",
+                                     "stopped here; its output was not written"))
         for name, path in cases[len(rows):]:
             rows.append(case_row(name, path, out_root / name, "not run", "the batch was stopped before this case"))
         write_summary(out_root / SUMMARY, rows, earlier)
-        for row in rows[current:]:
+        for row in rows[first_unrecorded:]:
             manifest.finish(row)
         manifest.save(force=True)
-        written = (f"{done} case(s) finished and kept in {out_root}, the case in progress was not written, "
-                   f"{len(cases) - current - 1 if current < len(cases) else 0} not started; "
-                   f"summary: {out_root / SUMMARY}")
+        done = sum(1 for r in rows if r["status"] == "done")
+        not_started = sum(1 for r in rows if r["status"] == "not run")
+        written = (f"{done} case(s) finished and kept in {out_root}, "
+                   + ("the case in progress was not written, " if in_progress else "")
+                   + f"{not_started} not started; summary: {out_root / SUMMARY}")
         if isinstance(exc, Cancelled):
             raise Cancelled(f"batch cancelled: {written}") from None
         exc.written = written
@@ -89,6 +98,15 @@ def run_batch(root, out_root, *, card, weights=None, options: SegmentOptions = S
     write_summary(out_root / SUMMARY, rows, earlier)
     manifest.save(force=True)
     return rows
+
+
+def _finished_since(outdir: Path, started: float) -> bool:
+    """Whether ``outdir`` holds a run folder this batch completed (its report.json written after ``started``)."""
+    report = outdir / "report.json"
+    try:
+        return report.stat().st_mtime >= started
+    except OSError:
+        return False
 
 
 def segment_case(segmenter, name, path, outdir, options, reporter) -> dict:

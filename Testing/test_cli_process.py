@@ -239,7 +239,11 @@ def test_batch_interrupted_writes_a_truthful_summary_and_a_rerun_keeps_earlier_r
     results = tmp_path / "results"
     args = [*CLI, "batch", str(root), "-o", str(results), *DEMO, "--quiet"]
     proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert _wait_for(lambda: (results / "case1").is_dir(), proc), "the batch ended before its first case"
+    # Stop once case2 is under way (its staging folder exists): case1's folder alone appearing does not mean its
+    # row was kept yet, and a stop in between is a different, also truthful, summary (the test below).
+    assert _wait_for(lambda: (results / "case1").is_dir() and any(".case2.partial-" in p.name
+                                                                   for p in results.iterdir()), proc), \
+        "the batch ended before its second case"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -282,3 +286,33 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_is_raised_at_the_next_progress_check(
     finally:
         restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_after_a_case_folder_is_complete_but_before_its_row_counts_that_case_as_done(tmp_path, monkeypatch):
+    """Ctrl-C between the moment a case's folder is renamed into place (complete) and the moment its summary row is
+    kept: the summary says the case is done (its folder is whole) and nothing is called "not written"."""
+    import SimpleITK as sitk
+
+    from AtlasSegLib import batch
+    from AtlasSegLib.card import builtin_card
+    from AtlasSegLib.phantom import make_phantom
+    from AtlasSegLib.pipeline import SegmentOptions
+
+    data = tmp_path / "dataset"
+    data.mkdir()
+    for n in (1, 2):
+        sitk.WriteImage(make_phantom(n, size=(96, 80, 48), spacing_mm=(4.0, 4.0, 5.0)).image, str(data / f"case{n}.nii.gz"))
+    real = batch.segment_case
+
+    def segment_then_stop(*args, **kwargs):
+        real(*args, **kwargs)  # the case's folder is written and swapped in
+        raise KeyboardInterrupt  # ... and the stop comes before its row is returned
+
+    monkeypatch.setattr(batch, "segment_case", segment_then_stop)
+    results = tmp_path / "results"
+    with pytest.raises(KeyboardInterrupt) as info:
+        batch.run_batch(data, results, card=builtin_card("atlasseg-demo"), options=SegmentOptions(device="cpu"))
+    rows = {r["case"]: r for r in csv.DictReader(open(results / "batch_summary.csv"))}
+    assert rows["case1"]["status"] == "done" and (results / "case1" / "report.json").is_file()
+    assert rows["case2"]["status"] == "not run"
+    assert "1 case(s) finished" in info.value.written and "not written" not in info.value.written
