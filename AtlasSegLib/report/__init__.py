@@ -49,16 +49,16 @@ import SimpleITK as sitk
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from . import __version__
-from .errors import InputError
-from .geometry import Grid, oriented, reorient_array
-from .io import SourceInfo, atomic_write_bytes, read_image
-from .outputs import SEG_DIR, load_run
-from .overview import WINDOW_HU, Overview, _font, short_scan_note
-from .progress import Reporter
-from .review import TO_REVIEW, component_at, operating_points, organ_text, review_rows, status_text
-from .run import Run
-from .run import validate as validate_run_file
+from .. import __version__
+from ..errors import InputError
+from ..geometry import Grid, oriented, reorient_array
+from ..io import SourceInfo, atomic_write_bytes, read_image
+from ..outputs import SEG_DIR, load_run
+from ..overview import WINDOW_HU, Overview, _font, short_scan_note
+from ..progress import Reporter
+from ..review import TO_REVIEW, component_at, operating_points, organ_text, review_rows, status_text
+from ..run import Run
+from ..run import validate as validate_run_file
 
 log = logging.getLogger(__name__)
 
@@ -1080,7 +1080,7 @@ def _truth_row(name: str, inside: np.ndarray, truth_path: Path, voxel_ml: float,
            "segmented_ml": round(float(np.count_nonzero(inside)) * voxel_ml, 1)}
     if tumor:
         # Lesion by lesion, as 'atlasseg evaluate' counts (any overlap detects a true tumor).
-        from .evaluate import lesion_detection
+        from ..evaluate import lesion_detection
 
         d = lesion_detection(inside, truth)
         row["lesions"] = {"truth": d.lesions, "found": len(d.detected), "missed": d.missed,
