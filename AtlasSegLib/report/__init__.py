@@ -28,7 +28,8 @@ patient's side of the body's midline on that slice and the third of its organ's 
 Review status comes from the sensitivity workflow (``review.review_rows``): "kept", "removed" or "unreviewed".
 Components a reviewer removed are listed (status "removed") but count in no total.
 
-The package, along the report's steps (``build_report`` runs them in this order)::
+The package, along the report's steps (``build_report`` runs measure → pictures → assemble → csv/html, then
+writes every file, pictures first and report.json last)::
 
     measure.py      the run's CT read again, each mask's ml and mean HU, tumor rows in cm, lesion location
     dicomfacts.py   a DICOM input's header facts and slice numbers; the header block
@@ -41,7 +42,6 @@ The package, along the report's steps (``build_report`` runs them in this order)
 Demo truth scoring (Dice, lesion counts against ``OUTDIR/ground_truth``) is ``evaluate``'s; the ``atlasseg report``
 command is ``cli/report.py``.
 """
-
 from __future__ import annotations
 
 import re
