@@ -5,11 +5,11 @@ import time
 
 from .card import builtin_card
 from .errors import InputError
+from .evaluate import truth_scores
 from .io import SourceInfo
 from .networks import load_model
 from .pipeline import SegmentOptions, Segmenter
 from .progress import Reporter
-from .report import truth_scores
 
 DEMO_MODEL = "atlasseg-demo"
 
@@ -53,7 +53,7 @@ def run_demo(outdir, *, seed: int = 2024, tumors: bool = True, device: str = "au
 
         atomic_write_text(json.dumps({"seed": seed, "tumors": list(phantom.tumors)}, indent=1),
                           Path(outdir) / "ground_truth" / "tumors.json")
-    # The same numbers as the report's truth table (report.truth_scores reads the masks and OUTDIR/ground_truth).
+    # The same numbers as the report's truth table (evaluate.truth_scores reads the masks and OUTDIR/ground_truth).
     scores = truth_scores(outdir, [cls.name for cls in model.card.classes
                                    if cls.name in phantom.labels and cls.name in shown])
     return {"model": card.id, "dice": scores, "report": report, "seconds": time.perf_counter() - t0,

@@ -40,6 +40,7 @@ from scipy.spatial import ConvexHull, QhullError
 from .errors import InputError
 from .geometry import LPS_TO_RAS, Grid
 from .io import atomic_write_bytes, atomic_write_text
+from .masks import dice
 from .outputs import SEG_DIR, load_run
 from .postprocess import ranked_components
 from .review import ProbabilityMap, operating_points
@@ -80,6 +81,45 @@ def size_class(diameter_mm: float) -> str:
         if lo <= diameter_mm < hi:
             return name
     raise ValueError(f"diameter must be a length in mm >= 0, got {diameter_mm}")
+
+
+# ------------------------------------------------------------------------------------------ demo truth
+TRUTH_DIR = "ground_truth"  # OUTDIR/ground_truth/<structure>.nii.gz: a known truth (the demo's phantom)
+
+
+def truth_row(name: str, inside: np.ndarray, truth_path: Path, voxel_ml: float, *, tumor: bool = False) -> dict:
+    """A mask (``inside``, on the run's grid) against its truth file: Dice, truth and segmented ml, and for a tumor
+    the lesion-by-lesion count (``lesion_detection``); the row of the report's truth table."""
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(truth_path))) != 0  # not a view: the image is temporary
+    if truth.shape != inside.shape:
+        return {"structure": name, "dice": None, "truth_ml": None, "segmented_ml": None,
+                "note": f"{TRUTH_DIR}/{truth_path.name} is not on the masks' grid"}
+    row = {"structure": name, "dice": round(dice(inside, truth), 3),
+           "truth_ml": round(float(np.count_nonzero(truth)) * voxel_ml, 1),
+           "segmented_ml": round(float(np.count_nonzero(inside)) * voxel_ml, 1)}
+    if tumor:
+        # Lesion by lesion, as 'atlasseg evaluate' counts (any overlap detects a true tumor).
+        d = lesion_detection(inside, truth)
+        row["lesions"] = {"truth": d.lesions, "found": len(d.detected), "missed": d.missed,
+                          "false_positives": d.false_positives}
+    return row
+
+
+def truth_scores(outdir, names) -> dict:
+    """Dice and volumes of each structure's mask in ``outdir/segmentations`` against ``outdir/ground_truth``
+    (the numbers the report's truth table shows): name -> {"dice", "truth_ml", "pred_ml"}."""
+    outdir = Path(outdir)
+    scores = {}
+    for name in names:
+        truth_path = outdir / TRUTH_DIR / f"{name}.nii.gz"
+        pred_path = outdir / SEG_DIR / f"{name}.nii.gz"
+        if not (truth_path.is_file() and pred_path.is_file()):
+            continue
+        pred_image = sitk.ReadImage(str(pred_path))
+        row = truth_row(name, sitk.GetArrayViewFromImage(pred_image) != 0, truth_path,
+                        float(np.prod(pred_image.GetSpacing())) / 1000.0)
+        scores[name] = {"dice": row["dice"], "truth_ml": row["truth_ml"], "pred_ml": row["segmented_ml"]}
+    return scores
 
 
 def longest_diameter_mm(sub_kji: np.ndarray, grid: Grid) -> float:

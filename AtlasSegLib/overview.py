@@ -121,8 +121,8 @@ class Overview:
         return self._decorate(img, title, short_scan_note(self.grid))
 
     def _decorate(self, img: Image.Image, title: str, note: str = "") -> Image.Image:
-        font = _font(16)
-        small = _font(13)
+        font = text_font(16)
+        small = text_font(13)
         legend_w = 210
         below = 24 if note else 0
         canvas = Image.new("RGB", (img.width + legend_w, max(img.height + 30 + below, 40 + 20 * len(self.layers))),
@@ -153,7 +153,8 @@ def short_scan_note(grid: Grid) -> str:
             "check them on axial and coronal slices")
 
 
-def _font(size: int):
+def text_font(size: int):
+    """Pillow's default font at ``size`` px (the one font of every picture AtlasSeg draws)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(
     "'make test' installs it when run as root)")
 
 WIDTH, HEIGHT = 1280, 1800
-HEADER_BLUE = (0x1F, 0x3A, 0x5F)  # report.py CSS: header band
-TABLE_HEAD = (0xDD, 0xE6, 0xF2)  # report.py CSS: th background
+HEADER_BLUE = (0x1F, 0x3A, 0x5F)  # report/html_page.py CSS: header band
+TABLE_HEAD = (0xDD, 0xE6, 0xF2)  # report/html_page.py CSS: th background
 
 
 def screenshot(page, png, tmp_path):

@@ -7,7 +7,9 @@ from PIL import Image
 
 from AtlasSegLib.cli import main
 from AtlasSegLib.phantom import make_phantom
-from AtlasSegLib.report import LECTURE_HEIGHT_PX, LECTURE_WIDTH_PX, _draw_outlines, _font, build_report
+from AtlasSegLib.overview import text_font
+from AtlasSegLib.report import LECTURE_HEIGHT_PX, LECTURE_WIDTH_PX, build_report
+from AtlasSegLib.report.pictures import _draw_outlines
 from testdata import make_run
 
 COARSE = {"size": (96, 80, 48), "spacing_mm": (4.0, 4.0, 5.0)}
@@ -47,7 +49,7 @@ def test_structure_names_are_written_inside_the_structure_in_its_colour_at_the_f
     mask[60:240, 80:420] = True
     colour = (230, 40, 40)
     for size in (11, 28):
-        rgb = np.asarray(_draw_outlines(grey, [("liver", colour, mask)], (500, 300), font=_font(size), line=2))
+        rgb = np.asarray(_draw_outlines(grey, [("liver", colour, mask)], (500, 300), font=text_font(size), line=2))
         inner = np.zeros_like(mask)
         inner[70:230, 90:410] = True  # away from the outline: only the name can be coloured there
         rows, cols = np.nonzero(inner & (np.abs(rgb.astype(int) - colour).max(axis=-1) <= 30))

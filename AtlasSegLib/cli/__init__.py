@@ -841,7 +841,7 @@ def _run(args) -> int:
 
             return cmd_review(args)
         if args.command == "report":
-            from ..report import cmd_report
+            from .report import cmd_report
 
             return cmd_report(args, sink)
         if args.command == "evaluate":
