@@ -837,7 +837,7 @@ def _run(args) -> int:
         if args.command == "models":
             return cmd_models(args)
         if args.command == "review":
-            from ..runedit import cmd_review
+            from .review import cmd_review
 
             return cmd_review(args)
         if args.command == "report":
@@ -845,7 +845,7 @@ def _run(args) -> int:
 
             return cmd_report(args, sink)
         if args.command == "evaluate":
-            from ..evaluate import cmd_evaluate
+            from .evaluate import cmd_evaluate
 
             return cmd_evaluate(args)
         if args.command == "export":
@@ -853,11 +853,11 @@ def _run(args) -> int:
 
             return cmd_export(args)
         if args.command == "summarize":
-            from ..summarize import cmd_summarize
+            from .summarize import cmd_summarize
 
             return cmd_summarize(args, sink)
         if args.command == "synthesize":
-            from ..synthesize import cmd_synthesize
+            from .synthesize import cmd_synthesize
 
             return cmd_synthesize(args)
         if args.command == "estimate":
