@@ -274,19 +274,14 @@ def _add_summarize_parser(sub) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="atlasseg", description="AbdomenAtlas CT segmentation (SuPreM, DiffTumor, "
-                                "your own models): organs and tumors on the input grid.",
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"atlasseg {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def _add_progress_options(sp) -> None:
+    """--quiet and --progress-json, for the commands that report progress."""
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--progress-json", action="store_true",
+                    help="write progress as JSON lines on stdout (for GUIs, e.g. the Slicer module)")
 
-    def common(sp):
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
-        sp.add_argument("--progress-json", action="store_true",
-                        help="write progress as JSON lines on stdout (for GUIs, e.g. the Slicer module)")
 
+def _add_segment_parser(sub) -> None:
     s = sub.add_parser("segment", help="segment a CT (file or DICOM folder)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("input", help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM folder")
@@ -312,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "small-component removal)")
     s.add_argument("--force", action="store_true", help="run even if the values do not look like CT")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    common(s)
+    _add_progress_options(s)
 
+
+def _add_batch_parser(sub) -> None:
     b = sub.add_parser("batch", help="segment every case of a dataset folder (model loaded once)",
                        description="Cases: AbdomenAtlas-style <root>/<case>/ct.nii.gz, CT files directly in the "
                        "folder (.nii.gz, .nrrd, .mha), or one DICOM series per subfolder. Each case goes to "
@@ -346,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs each Ray worker reserves (e.g. 1, or 0.5 to share one); default 0")
     b.add_argument("--cpus-per-worker", type=int, metavar="C",
                    help="CPU cores each Ray worker reserves and uses (default: the cores shared out among workers)")
-    common(b)
+    _add_progress_options(b)
 
+
+def _add_demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="make a synthetic phantom, segment it with the demo model, print Dice")
     d.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
     d.add_argument("--seed", type=int, default=2024, help="phantom seed")
@@ -361,12 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated structures to segment and show, e.g. liver,liver_tumor (default: all)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    common(d)
+    _add_progress_options(d)
 
+
+def _add_threshold_parser(sub) -> None:
     t = sub.add_parser("threshold", help="change tumor thresholds of a finished run (no re-run)")
     t.add_argument("outdir")
     t.add_argument("--set", action="append", required=True, metavar="NAME=P", help="e.g. liver_tumor=0.3")
 
+
+def _add_report_parser(sub) -> None:
     # Defined here, not in report.py: importing the report's picture code would slow every command's start.
     r = sub.add_parser("report", help="write report.html, report.csv, report.json and pictures/ for a run",
                        description="Write a one-page report of a finished run into its folder: report.html "
@@ -383,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write pictures for slides into pictures/lecture/: 1920 px wide (tumor slices 1080 px), "
                    "text 2.5x larger, each structure named on the image")
 
-    _add_review_parser(sub)
 
+def _add_models_parser(sub) -> None:
     mo = sub.add_parser("models", help="list, download, import model weights")
     msub = mo.add_subparsers(dest="models_command", metavar="ACTION")
     msub.add_parser("list", help="built-in models and whether their weights are cached")
@@ -398,11 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("model_id")
     msub.add_parser("path", help="print the cache folder")
 
-    _add_synthesize_parser(sub)
-    _add_summarize_parser(sub)
-    _add_evaluate_parser(sub)
-    _add_export_parser(sub)
-    _add_estimate_parser(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``atlasseg`` parser: one ``_add_<command>_parser`` per command, in the order --help lists them.
+    Building it imports no numpy/SimpleITK/torch (each command's module is imported when it runs)."""
+    p = argparse.ArgumentParser(prog="atlasseg", description="AbdomenAtlas CT segmentation (SuPreM, DiffTumor, "
+                                "your own models): organs and tumors on the input grid.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"atlasseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_segment_parser, _add_batch_parser, _add_demo_parser, _add_threshold_parser, _add_report_parser,
+                _add_review_parser, _add_models_parser, _add_synthesize_parser, _add_summarize_parser,
+                _add_evaluate_parser, _add_export_parser, _add_estimate_parser):
+        add(sub)
     _verbose_everywhere(sub)
     return p
 
