@@ -32,10 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
 from .batchrecord import SUMMARY
 from .errors import InputError
 from .gallery import write_gallery
-from .io import atomic_write_text
+from .io import StagingDir, atomic_write_text
+from .run import Run  # the run folder's one reader
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +135,6 @@ def find_cases(results) -> list:
 
 
 def _read_report(folder: Path) -> dict:
-    from .run import Run  # the run folder's one reader
-
     path = folder / "report.json"
     try:
         report = Run(folder, check=False).read_report()
@@ -205,10 +208,6 @@ def count_components(cases: list, results: Path, progress=None) -> None:
 
 
 def _organ_components(case: Case) -> dict:
-    import cc3d
-    import numpy as np
-    import SimpleITK as sitk
-
     out = {}
     tumors = case.report.get("tumors") or {}
     for entry in case.report["structures"]:
@@ -374,8 +373,8 @@ def export_accepted(cases: list, marks: Marks, dest, *, results, overwrite: bool
     ``DEST/<case>/ct.nii.gz, segmentations/, combined_labels.nii.gz, labels.json`` (``export.write_abdomenatlas``)
     plus ``DEST/summary.csv`` (their rows) and ``DEST/review_marks.json`` (their marks). Written into a staging
     folder renamed when complete: an interrupted export leaves no half dataset. Returns the exported names."""
+    # here: only with --export-accepted; the export code (DICOM writers) loads only then
     from .export import load_run_folder, write_abdomenatlas
-    from .io import StagingDir
 
     accepted = [c for c in cases if marks.status(c) == "accepted"]
     if not accepted:
@@ -432,6 +431,7 @@ def summarize(results, *, marks=None, export_to=None, overwrite: bool = False, r
         raise InputError(f"{export_to} already exists; choose another folder or pass --overwrite")
     single = len(cases) == 1 and cases[0].folder == results
     if reports:
+        # here: only with --reports; the report's picture code loads only then
         from .report import build_report
 
         for n, case in enumerate(cases):

@@ -11,12 +11,14 @@ import os
 import signal
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .. import __version__
 from ..errors import AtlasSegError, Cancelled, InputError, Terminated
-from ..preflight import parse_pairs  # cheap: no numpy/SimpleITK/torch at load time
+# preflight is cheap (no numpy/SimpleITK/torch at load time): the checks run before anything heavy is imported
+from ..preflight import check_batch, check_output_places, check_segment, parse_pairs
 from ..progress import clear_interrupt, note_interrupt
 
 log = logging.getLogger("atlasseg")
@@ -74,6 +76,7 @@ class _ProgressSink:
             print(json.dumps({"event": "progress", "stage": stage, "fraction": round(fraction, 4), "message": message}),
                   flush=True)
         if self.want_bar and self.bar is None:
+            # tqdm here: loaded only when a bar is drawn (a terminal), not at every command's start
             from tqdm import tqdm
 
             self.bar = tqdm(total=100, file=sys.stderr, unit="%", bar_format="{desc:<28}{percentage:3.0f}%|{bar}| {elapsed}")
@@ -440,6 +443,7 @@ def default_model() -> str:
     """The model ``segment``/``batch`` use without --model: the first of DEFAULT_MODELS whose weights are cached.
 
     Raises InputError (exit 2) naming how to get one when none is."""
+    # here: download imports card (jsonschema); the parser and the other commands start without it
     from .. import download
 
     for model_id in DEFAULT_MODELS:
@@ -455,6 +459,7 @@ def default_model() -> str:
 
 
 def _resolve_model(args):
+    # here: card imports jsonschema, only needed once a model is chosen
     from ..card import builtin_card, load_card
 
     if args.model_card:
@@ -470,7 +475,7 @@ def _resolve_model(args):
     weights = args.weights
     if weights is None and not card.weights.get("file") and card.architecture["type"] != "torchscript":
         try:
-            from ..download import cached_path
+            from ..download import cached_path  # here: as the card above (jsonschema)
         except ImportError:  # the download module is optional for offline use of shipped models
             cached_path = None
         path = cached_path(card) if cached_path else None
@@ -482,6 +487,7 @@ def _resolve_model(args):
 
 
 def _options(args):
+    # here: pipeline imports torch; only after the options and input are checked
     from ..pipeline import SegmentOptions
 
     return SegmentOptions(
@@ -494,10 +500,9 @@ def _options(args):
 
 
 def cmd_segment(args, sink) -> int:
-    from ..preflight import check_segment
-
     card, weights = _resolve_model(args)
     check_segment(args, card)  # options and input before torch and the model load: a refusal comes at once
+    # here, after the checks: torch and the model load only for a run that will happen
     from ..pipeline import segment
 
     opts = _options(args)
@@ -544,12 +549,11 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
 def cmd_batch(args, sink) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
-    from ..preflight import check_batch
-
     card, weights = _resolve_model(args)
     check_batch(args, card)  # before Ray, torch and the first case
     not_cases = []
     if args.workers > 1 or args.ray_address:
+        # here: only a Ray batch needs the cluster module
         from ..cluster import DatasetBar, import_ray, run_batch_ray
 
         import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
@@ -563,6 +567,7 @@ def cmd_batch(args, sink) -> int:
         finally:
             bar.close()
     else:
+        # here: batch imports torch; only after the checks
         from ..batch import run_batch
 
         _print_batch_engine(args, not_cases)
@@ -600,6 +605,7 @@ def cmd_batch(args, sink) -> int:
 def _print_batch_engine(args, not_cases: list) -> None:
     """The first line of a batch (stderr): how many cases and where they run. Fills ``not_cases`` with the files
     of the dataset folder that are no case (listed at the end)."""
+    # here: batch imports torch; called after the checks
     from ..batch import find_cases
 
     n = len(find_cases(args.input, not_cases))
@@ -616,6 +622,7 @@ def _print_batch_engine(args, not_cases: list) -> None:
 
 
 def cmd_demo(args, sink) -> int:
+    # here: phantom (numpy, SimpleITK, scipy) only for the demo
     from ..phantom import check_structures, check_tumor_options
 
     # Checked before the demo's model code (torch) is imported: a mistyped option is refused at once.
@@ -626,11 +633,13 @@ def cmd_demo(args, sink) -> int:
     if args.no_tumors and (args.tumor_count, diameter, args.tumor_contrast) != (None, None, None):
         raise InputError("tumor controls (count, diameter, contrast) were given together with --no-tumors: "
                          "leave out one or the other")
+    # here, after the checks: demo imports torch
     from ..demo import run_demo
 
     result = run_demo(args.output, seed=args.seed, tumors=not args.no_tumors, device=args.device,
                       overwrite=args.overwrite, progress=sink, tumor_count=args.tumor_count,
                       tumor_diameter_mm=diameter, tumor_contrast_hu=args.tumor_contrast, structures=structures)
+    # here: the report's picture code (scipy, PIL) only for the demo's page
     from ..report import build_report
 
     # The demo shows the whole product: the tumor candidates, their sizes in cm and the pictures, in one page.
@@ -667,6 +676,7 @@ def _parse_range_mm(text, option: str):
 
 
 def cmd_threshold(args) -> int:
+    # here: runedit (numpy, SimpleITK) only for this command
     from ..runedit import below_threshold_warnings, rethreshold
 
     values = parse_pairs(args.set, "--set")
@@ -681,6 +691,7 @@ def cmd_threshold(args) -> int:
 
 
 def cmd_models(args) -> int:
+    # here: download imports card (jsonschema); the parser and the other commands start without it
     from .. import download
 
     action = args.models_command or "list"
@@ -697,6 +708,7 @@ def cmd_models(args) -> int:
     elif action == "fetch":
         bar = None
         if not args.quiet and sys.stderr.isatty():
+            # tqdm here: loaded only when a bar is drawn (a terminal), not at every command's start
             from tqdm import tqdm
 
             bar = tqdm(unit="B", unit_scale=True, file=sys.stderr)
@@ -731,6 +743,7 @@ def _route_library_warnings(verbose: bool) -> None:
     the log, shown with -v, instead of raw onto stderr between the command's own lines."""
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # here: io imports SimpleITK and numpy, which 'models' never needs
     from ..io import route_itk_messages_to_logging
 
     route_itk_messages_to_logging()  # ITK's text at INFO (shown with -v), its errors at WARNING
@@ -754,8 +767,6 @@ def _on_sigint(signum, frame):
 def install_signal_handlers():
     """SIGTERM and SIGINT handlers for a CLI run (main thread only); returns a function that restores the
     previous ones."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     clear_interrupt()
@@ -835,8 +846,6 @@ def _run(args) -> int:
     try:
         if args.command != "models":
             _route_library_warnings(getattr(args, "verbose", False))
-            from ..preflight import check_output_places
-
             check_output_places(args)  # an unwritable output place is refused before any work
         if args.command == "segment":
             return cmd_segment(args, sink)
@@ -849,6 +858,7 @@ def _run(args) -> int:
         if args.command == "models":
             return cmd_models(args)
         if args.command == "review":
+            # here: each command's module loads numpy/SimpleITK: only when it runs
             from .review import cmd_review
 
             return cmd_review(args)
@@ -857,6 +867,7 @@ def _run(args) -> int:
 
             return cmd_report(args, sink)
         if args.command == "evaluate":
+            # here: each command's module loads numpy/SimpleITK: only when it runs
             from .evaluate import cmd_evaluate
 
             return cmd_evaluate(args)
@@ -865,10 +876,12 @@ def _run(args) -> int:
 
             return cmd_export(args)
         if args.command == "summarize":
+            # here: each command's module loads numpy/SimpleITK: only when it runs
             from .summarize import cmd_summarize
 
             return cmd_summarize(args, sink)
         if args.command == "synthesize":
+            # here: each command's module loads numpy/SimpleITK: only when it runs
             from .synthesize import cmd_synthesize
 
             return cmd_synthesize(args)
