@@ -55,6 +55,8 @@ from AtlasSegModule.AtlasSegReportPanel import ReportPanel
 from AtlasSegModule.AtlasSegReviewPanel import ReviewPanel
 from AtlasSegModule.AtlasSegTeachingPanel import TeachingPanel
 from AtlasSegModule.AtlasSegRunner import RunState
+from AtlasSegModule.effects import registerEffects
+from AtlasSegModule.terminology import loadTerminology
 
 DEVICE_CHOICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "GPU (CUDA)"))
 BACKEND_CHOICES = (("auto", "Auto"), ("torch", "PyTorch"), ("openvino", "OpenVINO (CPU)"))
@@ -118,9 +120,6 @@ def _startupCompleted() -> bool:
 
 
 def _registerEffects():
-    from AtlasSegModule.effects import registerEffects
-    from AtlasSegModule.terminology import loadTerminology
-
     registerEffects()
     try:
         loadTerminology()
@@ -987,6 +986,7 @@ class AtlasSegTest(ScriptedLoadableModuleTest):
         self.test_DemoModelOnPhantom()
 
     def test_DemoModelOnPhantom(self):
+        # here: the self-test needs scipy (through phantom), installed by the module on first run
         import SimpleITK as sitk
         from AtlasSegLib.phantom import make_phantom
 

@@ -23,7 +23,10 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +54,7 @@ def import_ray(ray_address=None):
         # Token authentication (Ray's default for a new cluster), without Ray's notice about it; read at import.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
-        import ray
+        import ray  # here: optional (atlasseg[cluster]); refused with INSTALL_HINT below
     except ImportError:
         raise InputError(f"--workers > 1 and --ray-address run on Ray, which is not installed: {INSTALL_HINT} "
                          "(or run with --workers 1, in this process)") from None
@@ -63,6 +66,7 @@ class CaseWorker:
     ``state()`` answers while ``segment()`` runs."""
 
     def __init__(self, card, weights, options, threads: int):
+        # here: in the Ray worker only (see the note at the top)
         import torch
 
         from .networks import load_model
@@ -75,14 +79,13 @@ class CaseWorker:
         self._state = {"case": None, "stage": "idle", "fraction": 0.0}
 
     def ready(self) -> dict:
-        import socket
-
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": self.segmenter.device.type}
 
     def state(self) -> dict:
         return dict(self._state)
 
     def segment(self, name: str, path: str, outdir: str) -> dict:
+        # here: torch and SimpleITK load in the worker, not at import (see the note at the top)
         from .batch import segment_case
         from .batchrecord import case_row
         from .progress import Reporter
@@ -129,6 +132,7 @@ def run_batch_ray(root, out_root, *, card, weights=None, options=None, workers: 
     (keyword arguments) one event per case state change. Interrupted (Ctrl-C, SIGTERM, ``cancel``): the workers
     are stopped, the summary and manifest say which cases finished, which were stopped, which never started;
     the exception is re-raised with ``written`` saying so."""
+    # here: see the note at the top (batch: torch; batchrecord: SimpleITK)
     from .batch import find_cases
     from .batchrecord import SUMMARY, Manifest, case_row, read_summary, remove_stale_staging, write_summary
     from .pipeline import SegmentOptions
@@ -275,21 +279,15 @@ class _RayPrintsToLog:
 
     @classmethod
     def install(cls) -> "_RayPrintsToLog":
-        import sys
-
         guard = cls(sys.stdout)
         sys.stdout = guard
         return guard
 
     def uninstall(self) -> None:
-        import sys
-
         if sys.stdout is self:
             sys.stdout = self.stream
 
     def write(self, text):
-        import threading
-
         if threading.current_thread().name.startswith("ray_"):
             if text.strip():
                 log.info("ray: %s", text.strip())
@@ -301,8 +299,6 @@ class _RayPrintsToLog:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 
@@ -376,6 +372,7 @@ class _Driver:
     def stop(self) -> int:
         """Interrupted: the cases in progress are marked interrupted (their outputs were not written); their
         workers are killed by ``shutdown``. Returns how many were stopped."""
+        # here: batchrecord imports SimpleITK (see the note at the top)
         from .batchrecord import case_row
 
         stopped = 0
@@ -445,6 +442,7 @@ class _Driver:
                       attempt=self.attempts[name])
 
     def _collect_results(self):
+        # here: batchrecord imports SimpleITK (see the note at the top)
         from .batchrecord import case_row
 
         busy = {w.task[0]: w for w in self.pool if w.task is not None}
@@ -469,6 +467,7 @@ class _Driver:
             self._finish(row, w)
 
     def _worker_died(self, w, name, path, started, exc):
+        # here: batchrecord imports SimpleITK (see the note at the top)
         from .batchrecord import case_row, remove_stale_staging
 
         w.deaths += 1
@@ -501,6 +500,7 @@ class _Driver:
                   seconds=row["seconds"], message=row["message"])
 
     def _fail(self, name, path, reason, worker=None):
+        # here: batchrecord imports SimpleITK (see the note at the top)
         from .batchrecord import case_row
 
         self._finish(case_row(name, path, self.out_root / name, "failed", reason), worker)
@@ -567,7 +567,7 @@ def _committed_since(outdir: Path, since: float) -> bool:
     """Whether ``outdir`` holds a case committed after ``since`` (its report.json is written last, in the
     staging folder, before the one rename): not an earlier run's output that --overwrite was replacing."""
     try:
-        from .run import Run
+        from .run import Run  # here: run imports numpy/SimpleITK (as batchrecord)
 
         return Run(outdir, check=False).report_path.stat().st_mtime >= since - 1.0
     except OSError:
@@ -612,8 +612,7 @@ class DatasetBar:
         if not self.sink.want_bar:
             return
         if self.bar is None:
-            import sys
-
+            # tqdm here: only when a bar is drawn
             from tqdm import tqdm
 
             self.bar = tqdm(total=1000, file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:20}| {elapsed} {desc}")

@@ -1,13 +1,16 @@
 """``atlasseg demo``: a synthetic phantom, segmented by the committed demo model, scored against its truth."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from .card import builtin_card
 from .errors import InputError
 from .evaluate import truth_scores
-from .io import SourceInfo
+from .io import SourceInfo, atomic_write_text
 from .networks import load_model
+from .phantom import check_structures, check_tumor_options, make_phantom
 from .pipeline import SegmentOptions, Segmenter
 from .progress import Reporter
 
@@ -25,9 +28,6 @@ def run_demo(outdir, *, seed: int = 2024, tumors: bool = True, device: str = "au
     the liver) as in ``phantom.make_phantom``; ``structures`` limits what is segmented and shown (and the truth
     written) to those names. Left at None, the run is the plain demo. The inserted tumors (centre, diameter,
     contrast) are returned as ``tumors`` and written to ``OUTDIR/ground_truth/tumors.json``."""
-    from .io import atomic_write_text
-    from .phantom import check_structures, check_tumor_options, make_phantom
-
     shown = check_structures(structures)
     check_tumor_options(tumor_count, tumor_diameter_mm, tumor_contrast_hu)
     controlled = (tumor_count, tumor_diameter_mm, tumor_contrast_hu) != (None, None, None)
@@ -48,9 +48,6 @@ def run_demo(outdir, *, seed: int = 2024, tumors: bool = True, device: str = "au
     report = Segmenter(model, SegmentOptions(device=device, overwrite=overwrite, structures=subset)).run(
         phantom.image, source, outdir, reporter=Reporter(progress=progress, cancel=cancel), extra_files=extra)
     if tumors:
-        import json
-        from pathlib import Path
-
         atomic_write_text(json.dumps({"seed": seed, "tumors": list(phantom.tumors)}, indent=1),
                           Path(outdir) / "ground_truth" / "tumors.json")
     # The same numbers as the report's truth table (evaluate.truth_scores reads the masks and OUTDIR/ground_truth).

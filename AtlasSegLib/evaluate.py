@@ -759,8 +759,9 @@ def _plot(ev: Evaluation, path: Path) -> None:
     atomic_write_bytes(buf.getvalue(), path)
 
 
-# --------------------------------------------------------------------------------------------------- CLI
+# ------------------------------------------------------------------------------------------- summary text
 def summary_lines(ev: Evaluation) -> list:
+    """The summary of an evaluation as text lines (what 'atlasseg evaluate' prints without --json)."""
     lines = [f"evaluated {len(ev.cases)} case(s) in {ev.seconds:.1f} s -> {ev.outdir}"]
     lines += [f"note: {n}" for n in ev.notes]
     for name, t in ev.tumors.items():
@@ -804,13 +805,3 @@ def summary_lines(ev: Evaluation) -> list:
             lines.append(f"{name:<20}{m['cases']:>6}{f(m['dice'], 3):>8}{f(m['assd_mm'], 2):>9}{f(m['hd95_mm'], 2):>9}")
     lines.append("files: " + ", ".join(sorted(ev.files)))
     return lines
-
-
-def cmd_evaluate(args) -> int:
-    structures = [s.strip() for s in (args.structures or "").split(",") if s.strip()] or None
-    ev = evaluate(args.run, args.truth, args.output, structures=structures)
-    if args.json:
-        print((ev.outdir / "evaluation.json").read_text(), end="")
-    else:
-        print("\n".join(summary_lines(ev)))
-    return 0

@@ -21,7 +21,14 @@ import json
 import logging
 from pathlib import Path
 
-from .io import atomic_write_text
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from .card import complete_class
+from .geometry import Grid, oriented
+from .io import atomic_write_text, read_image
+from .overview import Overview
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,6 @@ LEGEND_PX = 210
 # ------------------------------------------------------------------------------------------- thumbnails
 def thumbnail(case) -> tuple:
     """(JPEG bytes, width, height) of the case's frontal projection, or (None, 0, 0) when it cannot be drawn."""
-    from PIL import Image
-
     picture = case.folder / "overview.png"
     try:
         if picture.is_file():
@@ -58,8 +63,6 @@ def thumbnail(case) -> tuple:
 def _projection_part(img, report: dict):
     """The projection inside an overview.png: below the title band, left of the legend, as tall as the scan's
     head-to-foot length is to its width (the canvas below it may be padding for a long legend or a note)."""
-    from .geometry import Grid, oriented
-
     width = img.width - LEGEND_PX
     g = oriented(Grid.from_dict(report["input"]["grid"]), "LAS")
     height = round(width * g.size[2] * g.spacing[2] / max(g.size[0] * g.spacing[0], 1e-6))
@@ -70,20 +73,12 @@ def _projection_part(img, report: dict):
 def _draw_projection(case):
     """overview.py's projection for a run without overview.png: the CT (the run's input, else OUTDIR/ct.nii.gz;
     without one, the masks over black) and every non-empty mask."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from .card import complete_class
-    from .overview import Overview
-
     report = case.report
     masks = [(e, case.folder / (e.get("file") or f"segmentations/{e['name']}.nii.gz")) for e in report["structures"]]
     masks = [(e, p) for e, p in masks if p.is_file()]
     ct_path = next((p for p in (report.get("input", {}).get("path"), case.folder / "ct.nii.gz")
                     if p and Path(p).exists()), None)
     if ct_path is not None:
-        from .io import read_image
-
         image, _ = read_image(ct_path, series_uid=report.get("input", {}).get("series_uid"))
     elif masks:
         ref = sitk.ReadImage(str(masks[0][1]))

@@ -5,11 +5,13 @@ direction cosines as a row-major 3×3 matrix whose columns are the index axes' d
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import shutil
 import sys
 import tempfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +88,8 @@ def check_nifti_complete(path: Path) -> None:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
-    import gzip
-    import zlib
 
+    # here: nibabel (about 0.1 s to import) only for NIfTI inputs
     import nibabel as nib
 
     try:
@@ -371,6 +372,7 @@ class SliceStack:
         widened to cover every slice's shifted footprint (no source pixel is cut off). Along the normal: the median
         slice step, adjusted so that the first and last slices lie on grid planes (with missing slices or gantry
         tilt every acquired slice then lies on a plane and is copied, not interpolated)."""
+        # here: geometry imports nibabel; only DICOM slice stacks need the Grid
         from .geometry import Grid
 
         dx, dy = self.pixel_spacing

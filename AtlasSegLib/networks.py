@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 
+from . import suprem
 from .card import ModelCard
 from .errors import InputError
 
@@ -76,6 +77,7 @@ def construct(card: ModelCard, num_outputs: Optional[int] = None) -> torch.nn.Mo
     arch = card.architecture
     kwargs = dict(arch.get("kwargs", {}))
     if arch["type"] == "monai":
+        # here: MONAI takes seconds to import; only cards of type monai need it
         import monai.networks.nets as nets
 
         cls = getattr(nets, arch["name"], None)
@@ -88,8 +90,6 @@ def construct(card: ModelCard, num_outputs: Optional[int] = None) -> torch.nn.Mo
         except TypeError as exc:
             raise InputError(f"model card {card.id}: cannot build {arch['name']} with {kwargs}: {exc}") from None
     if arch["type"] == "atlasseg":
-        from . import suprem
-
         n = num_outputs if num_outputs is not None else len(card.classes)
         return suprem.build_network(arch["name"], num_classes=n, **kwargs)
     raise InputError(f"model card {card.id}: architecture type '{arch['type']}' cannot be constructed")

@@ -108,6 +108,7 @@ def probe_image_file(path) -> None:
     check_input_exists(path)
     if path.is_dir() or path.suffix.lower() == ".dcm":
         return
+    # here: this module stays cheap (see its docstring): SimpleITK only to probe a file
     import SimpleITK as sitk
 
     from .io import itk_messages_to_log
@@ -142,6 +143,7 @@ def _check_nifti_length(path: Path) -> None:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return
+    # here: this module stays cheap (see its docstring): nibabel only for a NIfTI
     import nibabel as nib
 
     from .io import check_nifti_complete

@@ -27,16 +27,20 @@ import io as _io
 import json
 import logging
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+
 from .batchrecord import SUMMARY
 from .errors import InputError
 from .gallery import write_gallery
-from .io import atomic_write_text
+from .io import StagingDir, atomic_write_text
+from .run import Run  # the run folder's one reader
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +135,6 @@ def find_cases(results) -> list:
 
 
 def _read_report(folder: Path) -> dict:
-    from .run import Run  # the run folder's one reader
-
     path = folder / "report.json"
     try:
         report = Run(folder, check=False).read_report()
@@ -206,10 +208,6 @@ def count_components(cases: list, results: Path, progress=None) -> None:
 
 
 def _organ_components(case: Case) -> dict:
-    import cc3d
-    import numpy as np
-    import SimpleITK as sitk
-
     out = {}
     tumors = case.report.get("tumors") or {}
     for entry in case.report["structures"]:
@@ -375,8 +373,8 @@ def export_accepted(cases: list, marks: Marks, dest, *, results, overwrite: bool
     ``DEST/<case>/ct.nii.gz, segmentations/, combined_labels.nii.gz, labels.json`` (``export.write_abdomenatlas``)
     plus ``DEST/summary.csv`` (their rows) and ``DEST/review_marks.json`` (their marks). Written into a staging
     folder renamed when complete: an interrupted export leaves no half dataset. Returns the exported names."""
+    # here: only with --export-accepted; the export code (DICOM writers) loads only then
     from .export import load_run_folder, write_abdomenatlas
-    from .io import StagingDir
 
     accepted = [c for c in cases if marks.status(c) == "accepted"]
     if not accepted:
@@ -433,6 +431,7 @@ def summarize(results, *, marks=None, export_to=None, overwrite: bool = False, r
         raise InputError(f"{export_to} already exists; choose another folder or pass --overwrite")
     single = len(cases) == 1 and cases[0].folder == results
     if reports:
+        # here: only with --reports; the report's picture code loads only then
         from .report import build_report
 
         for n, case in enumerate(cases):
@@ -466,33 +465,3 @@ def summarize(results, *, marks=None, export_to=None, overwrite: bool = False, r
                                           progress=progress)
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def cmd_summarize(args, sink=None) -> int:
-    """``atlasseg summarize RESULTS [--marks FILE] [--export-accepted DIR] [--reports]`` (parser in cli.py)."""
-    result = summarize(args.results, marks=args.marks, export_to=args.export_accepted, overwrite=args.overwrite,
-                       reports=args.reports, progress=sink)
-    if sink is not None:
-        sink.close()
-    c = result.counts
-    print(f"{c['cases']} case(s): {c['accepted']} accepted, {c['revise']} to revise, {c['unreviewed']} unreviewed"
-          + (f", {c['stale']} marked before their labels changed (review again)" if c["stale"] else "")
-          + (f", {c['failed']} failed" if c["failed"] else ""))
-    print(f"warnings: {c['warnings']} in {c['cases_with_warnings']} case(s); volume outliers (|modified z| > "
-          f"{Z_LIMIT}): {c['outliers']} in {c['cases_with_outliers']} case(s)")
-    for case in result.cases:
-        if result.marks.status(case) == "revise":
-            note = result.marks.of(case).get("note")
-            print(f"  revise {case.name}" + (f": {note}" if note else ""))
-    if result.unknown_marks:
-        print(f"atlasseg: warning: {len(result.unknown_marks)} mark(s) for cases not in {args.results}: "
-              f"{', '.join(result.unknown_marks[:10])}", file=sys.stderr)
-    marks_note = (str(result.marks.path) if result.marks.path else
-                  f"none yet (gallery.html → 'Download marks', save as {result.summary_path.parent / MARKS_JSON})")
-    print(f"summary: {result.summary_path}\ngallery: {result.gallery_path} "
-          f"({result.gallery_bytes / 1e6:.2f} MB, {result.gallery_bytes / max(c['cases'], 1) / 1e3:.1f} kB per case)"
-          f"\nmarks: {marks_note}")
-    if args.export_accepted:
-        print(f"exported {len(result.exported)} accepted case(s) as an AbdomenAtlas dataset: "
-              f"{Path(args.export_accepted).resolve()}")
-    return 0

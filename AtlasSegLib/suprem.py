@@ -208,6 +208,7 @@ class SwinUNETRBackbone(nn.Module):
 
 def _basic_layer_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``monai.networks.nets.swin_unetr.BasicLayer.forward`` for 3D inputs, without ``einops``."""
+    # imported here, as in SwinBackbone: only the Swin UNETR needs MONAI
     from monai.networks.nets.swin_unetr import compute_mask, get_window_size
 
     b, _, d, h, w = x.shape

@@ -8,10 +8,11 @@ import json
 import os
 from typing import Optional
 
+from .download import cache_dir
+from .io import atomic_write_text
+
 
 def _times_file():
-    from .download import cache_dir
-
     return cache_dir() / "window_times.json"
 
 
@@ -24,8 +25,6 @@ def record_window_time(card_id: str, backend: str, precision: str, seconds: floa
     an unwritable cache only loses the estimate."""
     if windows <= 0 or seconds <= 0:
         return
-    from .io import atomic_write_text
-
     path = _times_file()
     try:
         table = json.loads(path.read_text()) if path.is_file() else {}

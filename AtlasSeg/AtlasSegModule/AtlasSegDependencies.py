@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import os
 import re
 import sys
 import tempfile
@@ -38,6 +39,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+from AtlasSegModule import LIBRARY_PARENT_DIR
+from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState, pythonExecutable
 
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 REQUESTER = "AtlasSeg"
@@ -108,7 +112,7 @@ def isSatisfied(requirement: str, version: Optional[str]) -> bool:
     if version is None:
         return False
     try:
-        from packaging.requirements import Requirement
+        from packaging.requirements import Requirement  # here: optional (see the docstring)
         from packaging.version import InvalidVersion
     except ImportError:
         return True
@@ -169,7 +173,7 @@ def pipEnsureArguments(requirements, constraintsPath, requester: str) -> dict:
     """Keyword arguments for Slicer >= 5.11's ``pip_ensure``: the constraints file pins Slicer's packages, so no
     ``skip_packages`` (that switches pip_ensure to ``--no-deps`` installs and a resolver-less walk of the tree
     that only logs a dependency that failed). AtlasSeg asks before installing and advises the restart itself."""
-    from packaging.requirements import Requirement
+    from packaging.requirements import Requirement  # here: optional (see the docstring)
 
     return dict(requirements=[Requirement(r) for r in requirements], constraints=str(constraintsPath),
                 prompt_install=False, prompt_restart=False, requester=requester)
@@ -199,8 +203,6 @@ def _pipInstall(requirements, requester: str, pump=None, onLine=None, python: Op
 
 
 def _python() -> str:
-    from AtlasSegModule.AtlasSegRunner import pythonExecutable
-
     return pythonExecutable()
 
 
@@ -212,8 +214,6 @@ def runCommand(command, *, pump=None, onLine=None, what: str = "", env=None, cwd
     Raises:
         DependencyError: it failed; the message has its last lines.
     """
-    from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState
-
     runner = EngineRunner(command, env=env, cwd=cwd, logCallback=onLine, expectDone=False)
     runner.start()
     while runner.state is RunState.RUNNING:
@@ -368,11 +368,6 @@ def smokeImports(requirements=None) -> list:
 def smokeTest(python: Optional[str] = None, pump=None, modules=None) -> dict:
     """``{module: error}`` for each module in ``modules`` (default ``smokeImports()``) that the engine's Python
     cannot import with this extension's AtlasSegLib; empty when everything imports."""
-    import os
-
-    from AtlasSegModule import LIBRARY_PARENT_DIR
-    from AtlasSegModule.AtlasSegRunner import EngineRunner, RunState
-
     names = list(modules if modules is not None else smokeImports())
     pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
     runner = EngineRunner([python or _python(), "-c", SMOKE_SCRIPT, *names], expectDone=False,
@@ -446,7 +441,7 @@ def featureStatus(feature: Feature, versionOf: Callable[[str], Optional[str]] = 
 
 def _pythonMatches(specifier: str, pythonVersion: str) -> bool:
     try:
-        from packaging.specifiers import SpecifierSet
+        from packaging.specifiers import SpecifierSet  # here: optional, as in isSatisfied
     except ImportError:  # only ">=X.Y" is used in FEATURES
         wanted = tuple(int(v) for v in specifier.lstrip(">=").split("."))
         return tuple(int(v) for v in pythonVersion.split(".")[:len(wanted)]) >= wanted

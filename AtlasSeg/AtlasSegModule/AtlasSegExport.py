@@ -191,6 +191,7 @@ def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: boo
     report.html/.csv/.json and pictures, the 3D view drawn by Slicer's renderer. Returns the library's
     ``ReportResult``. ``folder`` must be new or empty: a report is never mixed with other files. ``anonymize``:
     no patient name, ID, dates, UIDs or file names in the page, CSV and pictures (``build_report``)."""
+    # here: the report's picture code loads only when a report is made
     from AtlasSegLib.report import build_report
 
     folder = Path(folder)
@@ -210,6 +211,7 @@ def makeReport(segmentationNode, folder, *, referenceVolume=None, picture3D: boo
         report["input"]["path"] = str(folder / "ct.mha")
         run.write_report(report)
         if picture3D:
+            # here: the offscreen renderer loads only when the 3D view is drawn
             from AtlasSegModule import AtlasSegRender
 
             AtlasSegRender.renderOutputFolder(staging)

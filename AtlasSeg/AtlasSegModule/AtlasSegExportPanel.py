@@ -17,6 +17,7 @@ from AtlasSegLib.errors import AtlasSegError
 def _exportLogic():
     """``AtlasSegExport``, imported on first use: it needs packages the module installs on first run (cc3d,
     highdicom, …), and the panel must appear before they are there."""
+    # here: see the docstring (packages installed on first run)
     from AtlasSegModule import AtlasSegExport
 
     return AtlasSegExport

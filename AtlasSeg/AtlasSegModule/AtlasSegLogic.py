@@ -11,6 +11,7 @@ real Slicer classes from ``slicer-core``. Responsibilities:
   segmentation is overwritten.
 """
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +33,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from AtlasSegModule import LIBRARY_PARENT_DIR, MODULE_DIR  # noqa: F401  (importing the package puts AtlasSegLib on sys.path)
 from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegModule import AtlasSegDependencies as deps
 from AtlasSegModule.AtlasSegRunner import (EngineRunner, ProcessOutput, RunState, downloadCommand,
                                            pythonExecutable)
 
@@ -118,7 +121,9 @@ EXPORT_FORMATS = (
     ("abdomenatlas", "AbdomenAtlas case folder (NIfTI)"),
 )
 # The Export section's "ROI names" choices (the library's name schemes, or the user's mapping file over the model
-# names) and RTSTRUCT tumor ROI types; AtlasSegLib.roinames is plain Python, importable before any install.
+# names) and RTSTRUCT tumor ROI types; AtlasSegLib.roinames and .errors are plain Python, importable before any
+# install.
+from AtlasSegLib.errors import AtlasSegError, InputError  # noqa: E402
 from AtlasSegLib.roinames import NAME_SCHEME_LABELS, TUMOR_ROI_TYPE_LABELS  # noqa: E402
 
 EXPORT_ROI_NAMES = NAME_SCHEME_LABELS + (("file", "Mapping file (JSON/CSV)…"),)
@@ -286,8 +291,7 @@ class _OverwriteSnapshot:
 def readRunBackend(outputDir) -> str:
     """What ran the network (report.json ``model.backend``/``precision``, with the reason when the engine fell
     back to torch), e.g. "openvino bf16"; "" when the report does not say."""
-    from AtlasSegLib.errors import AtlasSegError
-    from AtlasSegLib.run import Run  # the run folder's one reader
+    from AtlasSegLib.run import Run  # here: needs jsonschema (installed on first run)
 
     try:
         model = Run(outputDir, check=False).read_report().get("model") or {}
@@ -304,8 +308,7 @@ def readRunBackend(outputDir) -> str:
 
 def readRunWarnings(outputDir) -> tuple:
     """The engine's warnings of a run (``report.json`` ``"warnings"``), shown in the panel after the run."""
-    from AtlasSegLib.errors import AtlasSegError
-    from AtlasSegLib.run import Run  # the run folder's one reader
+    from AtlasSegLib.run import Run  # here: needs jsonschema (installed on first run)
 
     try:
         warnings = Run(outputDir, check=False).read_report().get("warnings") or []
@@ -446,8 +449,6 @@ def describeVolume(volumeNode) -> str:
 
 def modelDetailsHtml(model: ModelInfo) -> str:
     """The model details box: description, structures, license, citation, weights."""
-    from html import escape
-
     organs = ", ".join(escape(n) for n in model.organs) or "none"
     tumors = ", ".join(escape(n) for n in model.tumors) or "none"
     link = f' — <a href="{escape(model.homepage)}">{escape(model.homepage)}</a>' if model.homepage else ""
@@ -464,7 +465,7 @@ def readOutputCard(outputDir) -> dict:
     Raises:
         ValueError: the file is missing, unreadable or has no class table.
     """
-    from AtlasSegLib.errors import InputError
+    # here: AtlasSegLib.run needs jsonschema, installed by the module on first run (this file loads at start)
     from AtlasSegLib.run import Run
 
     run = Run(outputDir, check=False)  # the run folder's owner reads card.json
@@ -480,6 +481,7 @@ def readOutputCard(outputDir) -> dict:
         raise ValueError(f"{path} has no class table ('classes')")
     needed = ("name", "kind", "color", "category", "type", "label")
     if not all(all(key in c for key in needed) for c in classes):
+        # here: AtlasSegLib.card needs jsonschema, installed by the module on first run (this file loads at start)
         from AtlasSegLib.card import complete_class
 
         card["classes"] = [{"label": index + 1, **complete_class(c)} for index, c in enumerate(classes)]
@@ -527,13 +529,11 @@ class DeviceProbe:
     has ended, else None. When torch is not installed (its metadata says so) no process is started."""
 
     def __init__(self, python: Optional[str] = None, timeoutSeconds: float = 300):
-        from importlib.metadata import PackageNotFoundError, version
-
         self._process = None
         self.info: Optional[DeviceInfo] = None
         try:
-            version("torch")
-        except PackageNotFoundError:
+            importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
             self.info = DeviceInfo(error="PyTorch is not installed")
             return
         self._process = ProcessOutput([python or pythonExecutable(), "-c", PROBE_SCRIPT],
@@ -681,8 +681,8 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
     # ---------------------------------------------------------------------------------------- registry
     def models(self) -> list:
         """Every built-in model, as ``ModelInfo``, sorted by title. A card that fails to load is left out (logged)."""
+        # here: AtlasSegLib.card needs jsonschema, installed by the module on first run (this file loads at start)
         from AtlasSegLib import card as cards
-        from AtlasSegLib.errors import AtlasSegError
 
         found = []
         for modelId in cards.builtin_card_ids():
@@ -693,10 +693,9 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         return sorted(found, key=lambda m: m.title)
 
     def modelInfo(self, modelId: str) -> ModelInfo:
+        # here: AtlasSegLib.card and .download need jsonschema, installed by the module on first run
         from AtlasSegLib import card as cards
         from AtlasSegLib import download
-
-        from AtlasSegLib.errors import AtlasSegError
 
         card = cards.builtin_card(modelId)
         try:
@@ -709,6 +708,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
 
     def downloadModel(self, modelId: str, progress=None, cancelled=None) -> Path:
         """Download a model's weights into the cache (verified); ``progress(fraction, message)``."""
+        # here: AtlasSegLib.download imports card (jsonschema, installed on first run)
         from AtlasSegLib import download
 
         def bytesProgress(done, total):
@@ -739,16 +739,14 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         Raises:
             InputError: the file was refused; the message is the engine's own (what was wrong, what to do).
         """
-        from AtlasSegLib.errors import InputError
-        from AtlasSegModule.AtlasSegDependencies import DependencyError, runCommand
-
         pythonPath = [str(LIBRARY_PARENT_DIR), os.environ.get("PYTHONPATH", "")]
         lines = []
         try:
-            runCommand([pythonExecutable(), "-m", "AtlasSegLib", "models", "import", modelId, str(path)],
-                       pump=pump, onLine=lines.append, what="Importing the weights file",
-                       env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)}, cwd=str(LIBRARY_PARENT_DIR))
-        except DependencyError as exc:
+            deps.runCommand([pythonExecutable(), "-m", "AtlasSegLib", "models", "import", modelId, str(path)],
+                            pump=pump, onLine=lines.append, what="Importing the weights file",
+                            env={"PYTHONPATH": os.pathsep.join(p for p in pythonPath if p)},
+                            cwd=str(LIBRARY_PARENT_DIR))
+        except deps.DependencyError as exc:
             said = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
             raise InputError(said[-1] if said else str(exc)) from None
         # 'models import' prints the installed file's path on stdout; stderr lines (warnings) interleave with it.
@@ -758,6 +756,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         return installed[-1]
 
     def cacheFolder(self) -> Path:
+        # here: AtlasSegLib.download imports card (jsonschema, installed on first run)
         from AtlasSegLib import download
 
         return Path(download.cache_dir())
@@ -842,6 +841,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
         The default seed is the one ``atlasseg demo`` uses, outside the demo model's training phantoms.
         ``tumorControls`` (``tumor_count``, ``tumor_diameter_mm``, ``tumor_contrast_hu``) go to ``make_phantom``.
         """
+        # here: phantom needs scipy, installed by the module on first run
         from AtlasSegLib.phantom import make_phantom
 
         return self.addPhantomVolume(make_phantom(seed=seed, tumors=True, **tumorControls), name)
@@ -988,8 +988,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
             ``(layers, voxels)``: layers as ``[(uint8 KJI label array, [(structure, label value)])]`` and the
             voxel count of every structure. Empty structures get no segment unless named in ``keepEmpty``.
         """
-        from AtlasSegLib.errors import AtlasSegError
-        from AtlasSegLib.run import Run  # the run folder's one reader
+        from AtlasSegLib.run import Run  # here: needs jsonschema (installed on first run)
 
         reported = {}
         run = Run(outputDir, check=False)
@@ -1082,7 +1081,7 @@ class AtlasSegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _readProbabilities(outputDir: Path, geometry: bridge.VolumeGeometry, names: set) -> dict:
         """tumor name -> (uint8 KJI array, box geometry, metadata) for every probability map of ``names``."""
-        from AtlasSegLib.errors import InputError
+        # here: AtlasSegLib.run needs jsonschema, installed by the module on first run (this file loads at start)
         from AtlasSegLib.run import Run
 
         found = {}

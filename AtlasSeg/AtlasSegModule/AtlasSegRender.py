@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import vtk
+from vtk.util import numpy_support
 
 import slicer
 
@@ -28,6 +29,7 @@ if __name__ == "__main__":  # run as a script: make the AtlasSegModule package (
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from AtlasSegModule import AtlasSegBridge as bridge  # noqa: E402
+from AtlasSegLib.errors import AtlasSegError, InputError  # noqa: E402  (importable once AtlasSegModule is)
 
 PICTURE = Path("pictures") / "3d.png"
 DEFAULT_SIZE = (560, 640)  # width, height: an abdomen seen from the front is taller than wide
@@ -85,7 +87,6 @@ def loadOutputFolder(scene, outputDir):
     """A segmentation node in ``scene`` with one segment per non-empty mask of the output folder (card colours,
     organs first). Returns ``(segmentationNode, [(name, kind)])``."""
     outputDir = Path(outputDir)
-    from AtlasSegLib.errors import InputError
     from AtlasSegLib.run import Run  # the run folder's one reader
 
     # The structures of report.json (name, kind, colour, file): present in engine runs and in folders written
@@ -168,8 +169,6 @@ def _grab(window) -> np.ndarray:
     grabber.Update()
     image = grabber.GetOutput()
     width, height, _ = image.GetDimensions()
-    from vtk.util import numpy_support
-
     pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(height, width, -1)
     return np.ascontiguousarray(pixels[::-1, :, :3])
 
@@ -186,6 +185,7 @@ def _cropToContent(rgb: np.ndarray, margin: int = 36) -> np.ndarray:
 
 def _annotate(rgb: np.ndarray):
     """A title band and R/L letters: seen from the front, the patient's right is on the image's left."""
+    # here: pillow is installed by the module on first run; drawing the view needs only Slicer
     from PIL import Image, ImageDraw, ImageFont
 
     body = Image.fromarray(rgb, "RGB")
@@ -245,12 +245,12 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, nargs=2, default=DEFAULT_SIZE, metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--no-report", action="store_true", help="only draw the picture")
     args = parser.parse_args(argv)
-    from AtlasSegLib.errors import AtlasSegError
 
     try:
         path = renderOutputFolder(args.outdir, size=tuple(args.size))
         print(path)
         if not args.no_report:
+            # here: the report (scipy, pillow) only when it is rebuilt, not with --no-report
             from AtlasSegLib.report import build_report
 
             print(build_report(args.outdir).html_path)

@@ -26,6 +26,7 @@ except ImportError:  # Slicer < 5.4 has no translation support
 def _reportLib():
     """``AtlasSegLib.report``, imported on first use: it needs packages the module installs on first run (pillow,
     cc3d, …), and the panel must appear before they are there."""
+    # here: see the docstring (packages installed on first run)
     from AtlasSegLib import report
 
     return report
@@ -111,6 +112,7 @@ class ReportPanel:
                 self.folderLabel.text = _("Drawing the 3D view…")
                 slicer.app.processEvents()
                 try:
+                    # here: the offscreen renderer loads only when the 3D view is drawn
                     from AtlasSegModule import AtlasSegRender
 
                     AtlasSegRender.renderOutputFolder(folder)
@@ -142,6 +144,7 @@ class ReportPanel:
                                                      _("New or empty folder for the report"), start)
         if not folder:
             return
+        # here: AtlasSegExport needs packages the module installs on first run (highdicom, …)
         from AtlasSegModule import AtlasSegExport
 
         with slicer.util.tryWithErrorDisplay(_("The report could not be made."), waitCursor=True):

@@ -396,6 +396,7 @@ class SensitivityController:
                and not str(d.get("origin") or "").startswith("added")]
         if not own:
             return parts
+        # here: addlesion (scipy, fill_voids) loads on the first resize or add, not with the review
         from AtlasSegLib.addlesion import resize_lesion
 
         labels = labelling.labels.copy()
@@ -653,6 +654,7 @@ class ReviewSession:
         their one-voxel rim (so it never merges into a neighbour's id) nor another segment's voxels, and no other
         voxel changes. One undo step, decision included: the lesion is recorded with its ``threshold`` (status kept
         unless it was decided otherwise), which ``exportReview`` writes to review.json."""
+        # here: addlesion (scipy, fill_voids) loads on the first resize or add, not with the review
         from AtlasSegLib.addlesion import ORIGIN_IMAGE, resize_lesion
         from AtlasSegLib.errors import InputError
 

@@ -24,12 +24,14 @@ REVIEWER_SETTING = "AtlasSeg/Reviewer"  # the Reviewer field, remembered across 
 def _reviewLogic():
     """``AtlasSegReview``, imported on first use: it needs packages the module installs on first run (cc3d, …),
     and the panel must appear before they are there."""
+    # here: see the docstring (packages installed on first run)
     from AtlasSegModule import AtlasSegReview
 
     return AtlasSegReview
 
 
 def _removeLogic():
+    # here, as AtlasSegReview above: it needs packages the module installs on first run
     from AtlasSegModule import RemoveFalsePositiveLogic
 
     return RemoveFalsePositiveLogic

@@ -307,7 +307,7 @@ def killProcessTree(pid: int) -> None:
 
 def _descendants(pid: int) -> list:
     try:
-        import psutil
+        import psutil  # here: optional (installed by the module on first run)
     except ImportError:
         return []
     try:

@@ -27,10 +27,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import SimpleITK as sitk
+import vtk
 
 import slicer
 
 from AtlasSegModule import AtlasSegBridge as bridge
+from AtlasSegLib.errors import InputError
 
 TRUTH_NAME_SUFFIX = "Teaching truth"
 TRUTH_ROLE = "AtlasSegTeachingTruth"  # CT volume -> its "Teaching truth" segmentation
@@ -71,8 +74,6 @@ def pointToKji(volumeNode, pointRas) -> tuple:
     point = np.asarray(pointRas, float)
     transformNode = volumeNode.GetParentTransformNode()
     if transformNode is not None:  # the volume sits under a transform: go to its own coordinates first
-        import vtk
-
         fromWorld = vtk.vtkGeneralTransform()
         transformNode.GetTransformFromWorld(fromWorld)
         point = np.asarray(fromWorld.TransformPoint(*point), float)
@@ -213,6 +214,7 @@ class TeachingLogic:
 
         Raises ``ValueError`` for a point outside the volume and ``AtlasSegLib.errors.InputError`` for what the
         synthesizer refuses (a point outside the organ, a size out of range), with the message to show."""
+        # here: synthesize needs scipy, installed by the module on first run; this file loads at Slicer's start
         from AtlasSegLib.synthesize import insert_tumors
 
         if volumeNode is None or volumeNode.GetImageData() is None:
@@ -235,8 +237,6 @@ class TeachingLogic:
             organName = organNameOf(segment.GetName() if segment is not None else organSegmentId)
         local = tuple(c - s.start for c, s in zip(centre, crop))
         if organ is not None and not organ[local]:
-            from AtlasSegLib.errors import InputError
-
             # Said here: in the box the synthesizer gets, an organ the point misses may be absent altogether.
             raise InputError(f"the point is outside the {organName} segment: click inside the organ, or choose "
                              "no organ")
@@ -307,6 +307,8 @@ class TeachingLogic:
         """The demo phantom with the teaching controls (``None``: as the plain *Load demo phantom*), its truth
         for ``structures`` (default: all) in the volume's "Teaching truth", hidden. ``logic`` is the module's
         ``AtlasSegLogic`` (it adds the CT). Returns ``(volumeNode, truthNode, phantom)``."""
+        # here: phantom needs scipy, installed by the module on first run (this file loads at Slicer's start);
+        # AtlasSegLogic only as the default logic
         from AtlasSegLib.phantom import check_structures, make_phantom
 
         from AtlasSegModule.AtlasSegLogic import AtlasSegLogic
@@ -322,7 +324,6 @@ class TeachingLogic:
             label = phantom.labels.get(name)
             if label is None:
                 continue
-            import SimpleITK as sitk
 
             mask = sitk.GetArrayViewFromImage(label)
             if mask.any():
@@ -334,7 +335,7 @@ class TeachingLogic:
 def _cardColors() -> dict:
     """Structure name -> RGB 0-255 of the demo model's card (the colours the model's result gets)."""
     try:
-        from AtlasSegLib.card import builtin_card
+        from AtlasSegLib.card import builtin_card  # here: card needs jsonschema (installed on first run)
 
         return {c.name: tuple(c.color) for c in builtin_card("atlasseg-demo").classes if getattr(c, "color", None)}
     except Exception:  # noqa: BLE001 - colours are cosmetic; the truth loads without them

@@ -297,6 +297,7 @@ class RemoveFalsePositiveLogic:
         highest threshold that holds the point, else a region of similar attenuation bounded by the organ. A
         point inside an existing component of the tumor selects it (nothing changes). One undo step, taken just
         before the paste; the new voxels take only empty voxels of the layer (never another segment's)."""
+        # here: AtlasSegReview imports this module at its top (a circle); addlesion (scipy) on the first add
         from AtlasSegLib.addlesion import add_lesion
         from AtlasSegModule import AtlasSegReview
 
@@ -363,6 +364,7 @@ def _probabilityMap(segmentationNode, tumor: str):
     """The tumor's ``ProbabilityMap`` (probability volume + gate from the organ segments), built once and reused
     while neither the probability volume nor a gate organ's layer changes: building it reads and dilates the whole
     box (most of an add click's time on a 512×512×300 CT)."""
+    # here: AtlasSegReview imports this module at its top: at the top here it would be a circle
     from AtlasSegModule import AtlasSegReview
 
     probability = AtlasSegReview.probabilityVolume(segmentationNode, tumor)

@@ -21,6 +21,7 @@ def registerEffects() -> bool:
     """Register the "Remove false positive" effect with Slicer's Segment Editor (once). Returns whether it is
     registered; logs why not (e.g. outside the Slicer application)."""
     try:
+        # here: these exist only inside Slicer's application; outside it the effect is not registered
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
         import slicer
     except ImportError as exc:

@@ -61,6 +61,7 @@ def loadTerminology(logic=None) -> bool:
     """Load the AtlasSeg context into Slicer's Terminologies logic (``logic``: default the module's), once per
     session. Returns whether it is loaded; False outside the Slicer application (no Terminologies module)."""
     if logic is None:
+        # here: this module is Qt- and Slicer-free for build() and its test; slicer only for the default logic
         import slicer
 
         module = getattr(slicer.modules, "terminologies", None)
@@ -74,6 +75,7 @@ def loadTerminology(logic=None) -> bool:
 
 
 def isLoaded(logic) -> bool:
+    # here: as slicer above: vtk only with a Terminologies logic
     import vtk
 
     names = vtk.vtkStringArray()

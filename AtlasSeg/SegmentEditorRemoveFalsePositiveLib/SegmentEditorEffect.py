@@ -22,6 +22,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 def _logic():
     """The effect's logic module, imported on first use: it needs AtlasSeg's Python packages (cc3d, …), which
     may not be installed yet when Slicer starts and registers the effect."""
+    # here: see the docstring (packages installed on first run)
     from AtlasSegModule import RemoveFalsePositiveLogic
 
     return RemoveFalsePositiveLogic
@@ -62,6 +63,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
 
     def clone(self):
+        # here, as in AtlasSegModule.effects: it exists only inside Slicer's application
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)

@@ -11,12 +11,14 @@ import os
 import signal
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .. import __version__
 from ..errors import AtlasSegError, Cancelled, InputError, Terminated
-from ..preflight import parse_pairs  # cheap: no numpy/SimpleITK/torch at load time
+# preflight is cheap (no numpy/SimpleITK/torch at load time): the checks run before anything heavy is imported
+from ..preflight import check_batch, check_output_places, check_segment, parse_pairs
 from ..progress import clear_interrupt, note_interrupt
 
 log = logging.getLogger("atlasseg")
@@ -74,6 +76,7 @@ class _ProgressSink:
             print(json.dumps({"event": "progress", "stage": stage, "fraction": round(fraction, 4), "message": message}),
                   flush=True)
         if self.want_bar and self.bar is None:
+            # tqdm here: loaded only when a bar is drawn (a terminal), not at every command's start
             from tqdm import tqdm
 
             self.bar = tqdm(total=100, file=sys.stderr, unit="%", bar_format="{desc:<28}{percentage:3.0f}%|{bar}| {elapsed}")
@@ -274,19 +277,14 @@ def _add_summarize_parser(sub) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="atlasseg", description="AbdomenAtlas CT segmentation (SuPreM, DiffTumor, "
-                                "your own models): organs and tumors on the input grid.",
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--version", action="version", version=f"atlasseg {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def _add_progress_options(sp) -> None:
+    """--quiet and --progress-json, for the commands that report progress."""
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--progress-json", action="store_true",
+                    help="write progress as JSON lines on stdout (for GUIs, e.g. the Slicer module)")
 
-    def common(sp):
-        sp.add_argument("--quiet", action="store_true", help="no progress bar")
-        sp.add_argument("--progress-json", action="store_true",
-                        help="write progress as JSON lines on stdout (for GUIs, e.g. the Slicer module)")
 
+def _add_segment_parser(sub) -> None:
     s = sub.add_parser("segment", help="segment a CT (file or DICOM folder)", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("input", help="CT file (.nii/.nii.gz/.nrrd/.mha) or DICOM folder")
@@ -312,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "small-component removal)")
     s.add_argument("--force", action="store_true", help="run even if the values do not look like CT")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    common(s)
+    _add_progress_options(s)
 
+
+def _add_batch_parser(sub) -> None:
     b = sub.add_parser("batch", help="segment every case of a dataset folder (model loaded once)",
                        description="Cases: AbdomenAtlas-style <root>/<case>/ct.nii.gz, CT files directly in the "
                        "folder (.nii.gz, .nrrd, .mha), or one DICOM series per subfolder. Each case goes to "
@@ -346,8 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs each Ray worker reserves (e.g. 1, or 0.5 to share one); default 0")
     b.add_argument("--cpus-per-worker", type=int, metavar="C",
                    help="CPU cores each Ray worker reserves and uses (default: the cores shared out among workers)")
-    common(b)
+    _add_progress_options(b)
 
+
+def _add_demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="make a synthetic phantom, segment it with the demo model, print Dice")
     d.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
     d.add_argument("--seed", type=int, default=2024, help="phantom seed")
@@ -361,12 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated structures to segment and show, e.g. liver,liver_tumor (default: all)")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    common(d)
+    _add_progress_options(d)
 
+
+def _add_threshold_parser(sub) -> None:
     t = sub.add_parser("threshold", help="change tumor thresholds of a finished run (no re-run)")
     t.add_argument("outdir")
     t.add_argument("--set", action="append", required=True, metavar="NAME=P", help="e.g. liver_tumor=0.3")
 
+
+def _add_report_parser(sub) -> None:
     # Defined here, not in report.py: importing the report's picture code would slow every command's start.
     r = sub.add_parser("report", help="write report.html, report.csv, report.json and pictures/ for a run",
                        description="Write a one-page report of a finished run into its folder: report.html "
@@ -383,8 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write pictures for slides into pictures/lecture/: 1920 px wide (tumor slices 1080 px), "
                    "text 2.5x larger, each structure named on the image")
 
-    _add_review_parser(sub)
 
+def _add_models_parser(sub) -> None:
     mo = sub.add_parser("models", help="list, download, import model weights")
     msub = mo.add_subparsers(dest="models_command", metavar="ACTION")
     msub.add_parser("list", help="built-in models and whether their weights are cached")
@@ -398,11 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("model_id")
     msub.add_parser("path", help="print the cache folder")
 
-    _add_synthesize_parser(sub)
-    _add_summarize_parser(sub)
-    _add_evaluate_parser(sub)
-    _add_export_parser(sub)
-    _add_estimate_parser(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``atlasseg`` parser: one ``_add_<command>_parser`` per command, in the order --help lists them.
+    Building it imports no numpy/SimpleITK/torch (each command's module is imported when it runs)."""
+    p = argparse.ArgumentParser(prog="atlasseg", description="AbdomenAtlas CT segmentation (SuPreM, DiffTumor, "
+                                "your own models): organs and tumors on the input grid.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"atlasseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_segment_parser, _add_batch_parser, _add_demo_parser, _add_threshold_parser, _add_report_parser,
+                _add_review_parser, _add_models_parser, _add_synthesize_parser, _add_summarize_parser,
+                _add_evaluate_parser, _add_export_parser, _add_estimate_parser):
+        add(sub)
     _verbose_everywhere(sub)
     return p
 
@@ -428,6 +443,7 @@ def default_model() -> str:
     """The model ``segment``/``batch`` use without --model: the first of DEFAULT_MODELS whose weights are cached.
 
     Raises InputError (exit 2) naming how to get one when none is."""
+    # here: download imports card (jsonschema); the parser and the other commands start without it
     from .. import download
 
     for model_id in DEFAULT_MODELS:
@@ -443,6 +459,7 @@ def default_model() -> str:
 
 
 def _resolve_model(args):
+    # here: card imports jsonschema, only needed once a model is chosen
     from ..card import builtin_card, load_card
 
     if args.model_card:
@@ -458,7 +475,7 @@ def _resolve_model(args):
     weights = args.weights
     if weights is None and not card.weights.get("file") and card.architecture["type"] != "torchscript":
         try:
-            from ..download import cached_path
+            from ..download import cached_path  # here: as the card above (jsonschema)
         except ImportError:  # the download module is optional for offline use of shipped models
             cached_path = None
         path = cached_path(card) if cached_path else None
@@ -470,6 +487,7 @@ def _resolve_model(args):
 
 
 def _options(args):
+    # here: pipeline imports torch; only after the options and input are checked
     from ..pipeline import SegmentOptions
 
     return SegmentOptions(
@@ -482,10 +500,9 @@ def _options(args):
 
 
 def cmd_segment(args, sink) -> int:
-    from ..preflight import check_segment
-
     card, weights = _resolve_model(args)
     check_segment(args, card)  # options and input before torch and the model load: a refusal comes at once
+    # here, after the checks: torch and the model load only for a run that will happen
     from ..pipeline import segment
 
     opts = _options(args)
@@ -532,12 +549,11 @@ def _print_summary(report: dict, seconds: float, outdir) -> None:
 def cmd_batch(args, sink) -> int:
     if args.workers < 1:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
-    from ..preflight import check_batch
-
     card, weights = _resolve_model(args)
     check_batch(args, card)  # before Ray, torch and the first case
     not_cases = []
     if args.workers > 1 or args.ray_address:
+        # here: only a Ray batch needs the cluster module
         from ..cluster import DatasetBar, import_ray, run_batch_ray
 
         import_ray(args.ray_address)  # exit 2 with the install hint before any work when Ray is missing
@@ -551,6 +567,7 @@ def cmd_batch(args, sink) -> int:
         finally:
             bar.close()
     else:
+        # here: batch imports torch; only after the checks
         from ..batch import run_batch
 
         _print_batch_engine(args, not_cases)
@@ -588,6 +605,7 @@ def cmd_batch(args, sink) -> int:
 def _print_batch_engine(args, not_cases: list) -> None:
     """The first line of a batch (stderr): how many cases and where they run. Fills ``not_cases`` with the files
     of the dataset folder that are no case (listed at the end)."""
+    # here: batch imports torch; called after the checks
     from ..batch import find_cases
 
     n = len(find_cases(args.input, not_cases))
@@ -604,6 +622,7 @@ def _print_batch_engine(args, not_cases: list) -> None:
 
 
 def cmd_demo(args, sink) -> int:
+    # here: phantom (numpy, SimpleITK, scipy) only for the demo
     from ..phantom import check_structures, check_tumor_options
 
     # Checked before the demo's model code (torch) is imported: a mistyped option is refused at once.
@@ -614,11 +633,13 @@ def cmd_demo(args, sink) -> int:
     if args.no_tumors and (args.tumor_count, diameter, args.tumor_contrast) != (None, None, None):
         raise InputError("tumor controls (count, diameter, contrast) were given together with --no-tumors: "
                          "leave out one or the other")
+    # here, after the checks: demo imports torch
     from ..demo import run_demo
 
     result = run_demo(args.output, seed=args.seed, tumors=not args.no_tumors, device=args.device,
                       overwrite=args.overwrite, progress=sink, tumor_count=args.tumor_count,
                       tumor_diameter_mm=diameter, tumor_contrast_hu=args.tumor_contrast, structures=structures)
+    # here: the report's picture code (scipy, PIL) only for the demo's page
     from ..report import build_report
 
     # The demo shows the whole product: the tumor candidates, their sizes in cm and the pictures, in one page.
@@ -655,6 +676,7 @@ def _parse_range_mm(text, option: str):
 
 
 def cmd_threshold(args) -> int:
+    # here: runedit (numpy, SimpleITK) only for this command
     from ..runedit import below_threshold_warnings, rethreshold
 
     values = parse_pairs(args.set, "--set")
@@ -669,6 +691,7 @@ def cmd_threshold(args) -> int:
 
 
 def cmd_models(args) -> int:
+    # here: download imports card (jsonschema); the parser and the other commands start without it
     from .. import download
 
     action = args.models_command or "list"
@@ -685,6 +708,7 @@ def cmd_models(args) -> int:
     elif action == "fetch":
         bar = None
         if not args.quiet and sys.stderr.isatty():
+            # tqdm here: loaded only when a bar is drawn (a terminal), not at every command's start
             from tqdm import tqdm
 
             bar = tqdm(unit="B", unit_scale=True, file=sys.stderr)
@@ -719,6 +743,7 @@ def _route_library_warnings(verbose: bool) -> None:
     the log, shown with -v, instead of raw onto stderr between the command's own lines."""
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # here: io imports SimpleITK and numpy, which 'models' never needs
     from ..io import route_itk_messages_to_logging
 
     route_itk_messages_to_logging()  # ITK's text at INFO (shown with -v), its errors at WARNING
@@ -742,8 +767,6 @@ def _on_sigint(signum, frame):
 def install_signal_handlers():
     """SIGTERM and SIGINT handlers for a CLI run (main thread only); returns a function that restores the
     previous ones."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     clear_interrupt()
@@ -823,8 +846,6 @@ def _run(args) -> int:
     try:
         if args.command != "models":
             _route_library_warnings(getattr(args, "verbose", False))
-            from ..preflight import check_output_places
-
             check_output_places(args)  # an unwritable output place is refused before any work
         if args.command == "segment":
             return cmd_segment(args, sink)
@@ -837,7 +858,8 @@ def _run(args) -> int:
         if args.command == "models":
             return cmd_models(args)
         if args.command == "review":
-            from ..runedit import cmd_review
+            # here: each command's module loads numpy/SimpleITK: only when it runs
+            from .review import cmd_review
 
             return cmd_review(args)
         if args.command == "report":
@@ -845,7 +867,8 @@ def _run(args) -> int:
 
             return cmd_report(args, sink)
         if args.command == "evaluate":
-            from ..evaluate import cmd_evaluate
+            # here: each command's module loads numpy/SimpleITK: only when it runs
+            from .evaluate import cmd_evaluate
 
             return cmd_evaluate(args)
         if args.command == "export":
@@ -853,11 +876,13 @@ def _run(args) -> int:
 
             return cmd_export(args)
         if args.command == "summarize":
-            from ..summarize import cmd_summarize
+            # here: each command's module loads numpy/SimpleITK: only when it runs
+            from .summarize import cmd_summarize
 
             return cmd_summarize(args, sink)
         if args.command == "synthesize":
-            from ..synthesize import cmd_synthesize
+            # here: each command's module loads numpy/SimpleITK: only when it runs
+            from .synthesize import cmd_synthesize
 
             return cmd_synthesize(args)
         if args.command == "estimate":
