@@ -23,7 +23,7 @@ KNOWN_CYCLES = {
 # reorganised (export and report into packages, one bounding-box helper for _packed_box/_box_slices).
 KNOWN_PRIVATE_IMPORTS = {
     ("export", "io._default_mode"), ("export", "io._dicom_series"), ("export", "outputs._packed_box"),
-    ("export", "outputs._paint_order"), ("report", "overview._font"), ("runedit", "outputs._box_slices"),
+    ("export", "outputs._paint_order"), ("runedit", "outputs._box_slices"),
 }
 
 

@@ -863,6 +863,7 @@ def _run(args) -> int:
 
             return cmd_review(args)
         if args.command == "report":
+            # here: the report's picture code (matplotlib, PIL) loads only when a report is made
             from .report import cmd_report
 
             return cmd_report(args, sink)
