@@ -30,7 +30,7 @@ import jsonschema
 
 from .card import card_from_dict
 from .errors import InputError
-from .io import atomic_write_text
+from .io import atomic_write_image, atomic_write_text
 from .lesions import IdMap
 from .reviewstate import ReviewState
 
@@ -190,6 +190,12 @@ class Run:
     def write_card_json(self, card: dict) -> None:
         """card.json (the model card the run used, as plain JSON), written whole or not at all."""
         atomic_write_text(json.dumps(card, indent=1), self.card_path)
+
+    def write_mask(self, name: str, image) -> Path:
+        """Replace ``segmentations/<name>.nii.gz`` (a SimpleITK 0/1 image on the input grid) whole or not at all."""
+        path = self.mask_path(name)
+        atomic_write_image(image, path)
+        return path
 
     def read_probability_meta(self, name: str) -> dict:
         return self._read_json(self.probability_meta_path(name), f"probability map description of {name}")
