@@ -40,6 +40,7 @@ from scipy.spatial import ConvexHull, QhullError
 from .errors import InputError
 from .geometry import LPS_TO_RAS, Grid
 from .io import atomic_write_bytes, atomic_write_text
+from .masks import bounding_slices, dice
 from .outputs import SEG_DIR, load_run
 from .postprocess import ranked_components
 from .review import ProbabilityMap, operating_points
@@ -461,15 +462,13 @@ def surface_metrics(pred: np.ndarray, truth: np.ndarray, spacing_kji) -> dict:
     the same numbers without importing torch and MONAI (~10 s) into a command that needs no network.
     Distances are None when either mask is empty."""
     pred, truth = pred != 0, truth != 0
-    np_, nt = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
-    inter = int(np.count_nonzero(pred & truth))
-    out = {"dice": round(1.0 if np_ + nt == 0 else 2.0 * inter / (np_ + nt), 4), "assd_mm": None, "hd95_mm": None}
-    if not np_ or not nt:
+    out = {"dice": round(dice(pred, truth), 4), "assd_mm": None, "hd95_mm": None}
+    if not pred.any() or not truth.any():
         return out
+    # here: only the organ metrics need ndimage (tumor detection and the FROC do not)
     from scipy import ndimage
 
-    union = pred | truth
-    box = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(union))
+    box = bounding_slices(pred | truth)
     # One voxel of background around the box: a mask touching the box's (or the image's) side has its surface
     # there, as the erosion sees outside as background.
     a, b = np.pad(pred[box], 1), np.pad(truth[box], 1)

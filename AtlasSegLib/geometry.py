@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import itertools
+import math
 
 import numpy as np
 import SimpleITK as sitk
@@ -106,8 +107,6 @@ def _fmt(values) -> str:
 def _fmt_differing(a, b, tolerance: float, axes: str) -> str:
     """The components of ``a`` and ``b`` that differ by more than ``tolerance``, with as many decimals as it takes
     to see the difference: "z -804.5 vs -804.52 (differs by 0.02)" rather than "(…, -804.5) vs (…, -804.5)"."""
-    import math
-
     parts = []
     for axis, x, y in zip(axes, a, b):
         delta = abs(float(x) - float(y))

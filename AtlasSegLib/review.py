@@ -26,9 +26,10 @@ import SimpleITK as sitk
 from .errors import InputError
 from .geometry import Grid
 from .lesions import IdMap
+from .masks import bounding_slices, box_offset
 from .postprocess import (Component, Labelling, dilated_gate, labelled_components, min_voxels_of, ranked_components,
                           tumor_labels)
-from .reviewstate import (KEPT, KEPT_BELOW, ORIGIN_MODEL, REMOVED, REVIEW_FILE, REVIEW_VERSION, ROW_STATUSES,
+from .reviewstate import (KEPT, KEPT_BELOW, ORIGIN_MODEL, REMOVED, REVIEW_FILE, REVIEW_VERSION, ROW_STATUSES,  # noqa: F401
                           STATUSES, TO_REVIEW, ReviewState, added_ids, origin_of, seed_kji, status_text)
 from .run import Run, RunFolder
 
@@ -214,12 +215,10 @@ def _inside(mask: np.ndarray, label) -> np.ndarray:
 
 def _commit(mask: np.ndarray, change: np.ndarray, offset, description: str, *, removed=()) -> Optional[Edit]:
     """Zero the voxels of boolean ``change`` (a sub-array of ``mask`` at ``offset``) and record the edit."""
-    if not change.any():
+    local = bounding_slices(change)
+    if local is None:
         return None
-    nz = np.nonzero(change)
-    lo = [int(a.min()) for a in nz]
-    hi = [int(a.max()) + 1 for a in nz]
-    local = _slices(lo, hi)
+    lo, hi = box_offset(local), [b.stop for b in local]
     region = _slices(np.add(offset, lo), np.add(offset, hi))
     before = mask[region].copy()
     mask[region][change[local]] = 0
@@ -248,9 +247,9 @@ def component_at(mask: np.ndarray, kji, *, label=None) -> Optional[tuple]:
         window = _inside(mask[_slices(lo, hi)], label)
         labels = cc3d.connected_components(window, connectivity=26)
         comp = labels == labels[tuple(np.asarray(kji) - lo)]
-        nz = np.nonzero(comp)
-        clo = np.array([a.min() for a in nz])
-        chi = np.array([a.max() + 1 for a in nz])
+        cbox = bounding_slices(comp)  # never None: the component holds the clicked voxel
+        clo = np.array(box_offset(cbox))
+        chi = np.array([b.stop for b in cbox])
         # The component can only continue outside the window where it touches a window face that is not
         # the volume's own face.
         touches = ((clo == 0) & (lo > 0)) | ((chi == hi - lo) & (hi < shape))
