@@ -351,7 +351,19 @@ def _bbox(centre, radii, grow_mm=0.0):
 
 def _paint_anatomy(c: _Canvas, rng, hu: dict) -> None:
     """Paint the patient from the skin inwards; later structures override earlier ones, and labelled organs
-    first paint a thin fat capsule so neighbours stay apart as in a real scan."""
+    first paint a thin fat capsule so neighbours stay apart as in a real scan.
+
+    The rng is drawn in one fixed order (wall, upper abdomen, the other organs, spine): a seed always gives the
+    same patient."""
+    cavity, spine_y = _paint_wall_and_muscles(c, rng, hu)
+    _paint_upper_abdomen(c, rng, hu, cavity, spine_y)
+    _paint_organs(c, rng, hu, cavity, spine_y)
+    _paint_spine(c, rng, hu, spine_y)
+
+
+def _paint_wall_and_muscles(c: _Canvas, rng, hu: dict) -> tuple:
+    """Body wall, abdominal cavity, back muscles and psoas; returns the cavity's signed distance and the spine's
+    centre line ``spine_y(z)``, which the organs are placed by."""
     full = tuple(slice(0, n) for n in c.shape)
     p, tex, bumps = c.p, c.texture, c.bumps
 
@@ -387,6 +399,12 @@ def _paint_anatomy(c: _Canvas, rng, hu: dict) -> None:
             radius = np.minimum(6 + 0.1 * below, 19)
             psoas = np.maximum(_cylinder(q, side * (24 + 0.12 * below), spine_y(q[2]) + 2, radius, radius), q[2] - 30)
             c.paint(box, psoas < 0, hu["muscle"] + 3 * tex[box])
+    return cavity, spine_y
+
+
+def _paint_upper_abdomen(c: _Canvas, rng, hu: dict, cavity, spine_y) -> None:
+    """Stomach, bowel gas, liver and inferior vena cava."""
+    tex, bumps = c.texture, c.bumps
 
     # Stomach (left upper quadrant, anterior): wall, fluid, and gas rising anteriorly (patient supine).
     centre = np.array([55, -22, 35]) + rng.normal(0, 4, 3)
@@ -434,6 +452,11 @@ def _paint_anatomy(c: _Canvas, rng, hu: dict) -> None:
     if box is not None:
         q = c.coords(box)
         c.paint(box, _cylinder(q, ivc_x, spine_y(q[2]) - 22, 13 * ivc_r, 10 * ivc_r) < 0, hu["ivc"])
+
+
+def _paint_organs(c: _Canvas, rng, hu: dict, cavity, spine_y) -> None:
+    """Pancreas, spleen, lung bases, kidneys and aorta, in that order (later ones paint over earlier ones)."""
+    tex, bumps = c.texture, c.bumps
 
     # Pancreas: a tube from the head (right, near the duodenum) across the midline in front of the aorta to
     # the tail at the splenic hilum.
@@ -498,8 +521,6 @@ def _paint_anatomy(c: _Canvas, rng, hu: dict) -> None:
         d = _cylinder(q, aorta_x + tilt * q[2], spine_y(q[2]) - 16 - radius - 4, radius, radius)
         c.paint(box, d < 3, hu["fat"])
         c.paint(box, d < 0, hu["aorta"], _ID["aorta"])
-
-    _paint_spine(c, rng, hu, spine_y)
 
 
 def _paint_spine(c: _Canvas, rng, hu: dict, spine_y) -> None:

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .geometry import Grid, oriented, reorient_array
+from .postprocess import ranked_components
 
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "plausibility.json"
 DEMO_MODEL_ID = "atlasseg-demo"
@@ -418,8 +419,6 @@ def _check_tumor(name, tumor, present_organs, organs, masks, ct_kji, r, table, f
     """Per tumor component: mean HU (fat or gas is not tumor tissue) and the share of it inside its organ.
     Returns the per-lesion checks, largest first; the run-level flags name lesions by ``ids`` (largest first;
     default 1, 2, ... by size)."""
-    from .postprocess import ranked_components
-
     box, mask = tumor
     sl = _box_slices(box)
     ct_box = ct_kji[sl] if ct_kji is not None else None  # None: the CT is not at hand, no attenuation check

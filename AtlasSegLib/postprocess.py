@@ -14,6 +14,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from .geometry import LPS_TO_RAS, Grid
+from .masks import bounding_slices
 
 
 def quantize(prob: np.ndarray) -> np.ndarray:
@@ -91,11 +92,9 @@ def dilated_gate(organs: np.ndarray, q_box: np.ndarray, spacing_kji, radius_mm: 
     if radius_mm <= 0:
         return organs.astype(np.uint8, copy=True)
     radius = ball_radius_voxels(spacing_kji, radius_mm)  # the kernel's reach: the crop must include it
-    sl = []
-    for axis in range(3):
-        hits = np.flatnonzero(nz.any(axis=tuple(a for a in range(3) if a != axis)))
-        sl.append(slice(max(int(hits[0]) - radius[axis] - 1, 0), min(int(hits[-1]) + radius[axis] + 2, nz.shape[axis])))
-    sl = tuple(sl)
+    # The probability's box grown by the kernel's reach plus one voxel on each side (per axis: radii differ).
+    sl = tuple(slice(max(b.start - r - 1, 0), min(b.stop + r + 1, n))
+               for b, r, n in zip(bounding_slices(nz), radius, nz.shape))
     gate[sl] = dilate_mm(organs[sl], spacing_kji, radius_mm)
     return gate
 

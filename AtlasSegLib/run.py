@@ -28,8 +28,11 @@ from typing import Optional
 
 import jsonschema
 
+from .card import card_from_dict
 from .errors import InputError
-from .io import atomic_write_text
+from .io import atomic_write_image, atomic_write_text
+from .lesions import IdMap
+from .reviewstate import ReviewState
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPORT_FILE, CARD_FILE, REVIEW_FILE = "report.json", "card.json", "review.json"
@@ -97,14 +100,10 @@ class Run:
         return self.folder / PROB_DIR / f"{name}.json"
 
     def id_map_path(self, name: str) -> Path:
-        from .lesions import IdMap
-
         return IdMap.path(self.folder, name)
 
     def added_path(self, name: str) -> Path:
         """``lesions/<name>.added.nii.gz``: the voxels of lesions added by a click, under their ids."""
-        from .lesions import IdMap
-
         return IdMap.added_path(self.folder, name)
 
     def ct_candidates(self, report: Optional[dict] = None) -> list:
@@ -171,14 +170,10 @@ class Run:
 
     def read_card(self):
         """card.json as a validated ``card.ModelCard``."""
-        from .card import card_from_dict
-
         return card_from_dict(self.read_card_json(), path=self.card_path)
 
     def read_review(self):
-        """review.json as a ``review.ReviewState`` (empty when there is none)."""
-        from .review import ReviewState
-
+        """review.json as a ``reviewstate.ReviewState`` (empty when there is none)."""
         if not self.review_path.is_file():
             return ReviewState()
         text = self.review_path.read_text(encoding="utf-8")
@@ -195,6 +190,12 @@ class Run:
     def write_card_json(self, card: dict) -> None:
         """card.json (the model card the run used, as plain JSON), written whole or not at all."""
         atomic_write_text(json.dumps(card, indent=1), self.card_path)
+
+    def write_mask(self, name: str, image) -> Path:
+        """Replace ``segmentations/<name>.nii.gz`` (a SimpleITK 0/1 image on the input grid) whole or not at all."""
+        path = self.mask_path(name)
+        atomic_write_image(image, path)
+        return path
 
     def read_probability_meta(self, name: str) -> dict:
         return self._read_json(self.probability_meta_path(name), f"probability map description of {name}")

@@ -7,24 +7,22 @@ Layers, lowest first: ``outputs`` (the run folder's files) <- ``review`` (candid
 """
 from __future__ import annotations
 
-import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
 
+from .addlesion import ORIGIN_IMAGE, add_lesion, parse_point, ras_to_ijk, resize_lesion, voxel_to_ijk
 from .errors import InputError
 from .geometry import Grid
-from .io import atomic_write_image
 from .lesions import IdMap, drop_ids, merge_lesion_checks
-from .outputs import SEG_DIR, _box_slices, mask_image, commit_edit, load_run, update_entry
+from .outputs import mask_image, commit_edit, load_run, update_entry
 from .plausibility import recheck_tumor
 from .postprocess import ranked_components
-from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, added_ids, adopt_decisions, candidates_of,
-                     counter_text, id_map, keep_largest, organ_text, origin_of, remove_at, remove_below_probability,
-                     remove_smaller_than, review_rows, seed_kji, status_text)
+from .review import (KEPT, REMOVED, ProbabilityMap, ReviewState, added_ids, adopt_decisions, candidates_of, id_map,
+                     keep_largest, origin_of, remove_at, remove_below_probability, remove_smaller_than, seed_kji)
 from .run import Run
 
 
@@ -143,8 +141,8 @@ def rethreshold(outdir, thresholds: dict) -> dict:
         ids = idmap.ids_in_rank_order(lab, update=True)
         idmap.write(run.id_map_path(name), pmap.box_grid)
         full = np.zeros(tuple(grid.size[::-1]), np.uint8)
-        full[_box_slices(box)] = mask
-        atomic_write_image(mask_image(full, ref), seg_path)
+        full[pmap.box_slices] = mask  # the box the map was read from (its meta's box_start/size)
+        run.write_mask(name, mask_image(full, ref))
         report["tumors"][name]["threshold"] = float(t)
         update_entry(report, name, mask, grid.sub(*box), box[0], q_box=pmap.q, ids=ids)
         meta["threshold"] = float(t)
@@ -180,18 +178,76 @@ def _kept_below(state: ReviewState, name: str, idmap: IdMap, present: set, thres
 
 
 # ---------------------------------------------------------------------------------------------- review
-def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
-             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None,
-             reviewer: Optional[str] = None) -> dict:
-    """Review a finished run from the command line: remove or keep tumor candidates (by their stable ids, as
-    ``review_rows`` lists them), remove tumor components by size or probability, or keep an organ's largest
-    components; rewrites the structure's mask, the combined labels, report.json and review.json (each
-    atomically). Kept candidates (earlier or in this call) are never removed by the size or probability rules.
+@dataclass
+class ReviewPlan:
+    """What one review call changes in a structure's box, computed before anything is written
+    (``plan_review``): the box's new mask, the decisions to record and the counts the command prints."""
+    mask: np.ndarray  # the box's new 0/1 mask (a copy: the old one is untouched)
+    decisions: list  # [(Candidate, "removed" | "kept")], in the order they are recorded
+    removed: int  # components removed (by id and by the rules)
+    kept: int  # ids kept in this call
+    spared: int  # kept candidates a rule would have removed
+    changed_voxels: int
 
-    Contradictory or impossible requests (an id both removed and kept, --keep-largest on a tumor, an unknown
-    id) are refused before anything changes. Returns ``{"removed": n, "kept": n, "changed_voxels": n,
-    "spared": n}``."""
-    # Checked before anything is read or changed: a probability of 1.5 would otherwise remove every candidate.
+    def result(self) -> dict:
+        return {"removed": self.removed, "kept": self.kept, "changed_voxels": self.changed_voxels,
+                "spared": self.spared}
+
+
+def plan_review(region: np.ndarray, lab, cands: list, ids: dict, *, start_ijk, voxel_mm3: float, q=None,
+                decided: Optional[dict] = None, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
+                remove_below_probability_p: Optional[float] = None,
+                keep_largest_n: Optional[int] = None) -> ReviewPlan:
+    """The review edits on a structure's box, in numpy alone: ``region`` its 0/1 mask (not changed), ``lab`` and
+    ``cands`` its components (``ranked_components`` / ``candidates_of``), ``ids`` ``{label: id}``, ``decided``
+    ``{id: decision}`` of earlier review calls (kept ones are out of reach of the rules), ``q`` the uint8 p×255
+    map of the box (for ``remove_below_probability_p``). Ids must name candidates (checked by the caller)."""
+    decided = decided or {}
+    by_id = {ids[c.label]: c for c in cands}
+    work = region.copy()  # every change is made here; ``region`` stays as it was
+    for i in remove_ids:
+        remove_at(work, (np.asarray(by_id[i].seed_ijk) - np.asarray(start_ijk))[::-1])
+    removed = len(remove_ids)
+    # Kept candidates (decided earlier or now) are out of reach of the rules below.
+    removed_labels = {by_id[i].label for i in remove_ids}
+    keep_labels = {by_id[i].label for i in keep_ids}
+    keep_labels |= {c.label for c in cands if c.label not in removed_labels
+                    and (decided.get(ids[c.label]) or {}).get("status") == KEPT}
+    protected = np.isin(lab.labels, sorted(keep_labels)) if keep_labels else None
+    if protected is not None:
+        work[protected] = 0
+    rules = []  # the size and probability rules, which a kept candidate is spared from
+    if remove_smaller_ml is not None:
+        rules.append(lambda m: remove_smaller_than(m, voxel_mm3, remove_smaller_ml))
+    if remove_below_probability_p is not None:
+        rules.append(lambda m: remove_below_probability(m, q, remove_below_probability_p))
+    batch = [rule(work) for rule in rules]
+    if keep_largest_n is not None:
+        batch.append(keep_largest(work, keep_largest_n))
+    decisions = [(by_id[i], REMOVED) for i in remove_ids]
+    for edit in filter(None, batch):
+        for kji in edit.removed:
+            seed_ijk = tuple(int(v) for v in np.asarray(start_ijk) + np.asarray(kji)[::-1])
+            cand = _candidate_holding(cands, lab, start_ijk, seed_ijk)
+            if cand is not None:
+                decisions.append((cand, REMOVED))
+            removed += 1
+    spared = 0
+    if protected is not None:
+        # Spared: kept candidates a rule would have removed (run the rules on them alone to know).
+        alone = np.where(protected, region, 0).astype(np.uint8)
+        for rule in rules:
+            hit = rule(alone)
+            spared += len(hit.removed) if hit else 0
+        work[protected] = region[protected]
+    decisions += [(by_id[i], KEPT) for i in keep_ids]
+    return ReviewPlan(work, decisions, removed, len(keep_ids), spared, int(np.count_nonzero(work != region)))
+
+
+def _check_review_options(remove_ids, keep_ids, remove_smaller_ml, remove_below_probability_p,
+                          keep_largest_n) -> None:
+    """The options alone, checked before anything is read or changed: a probability of 1.5 would otherwise
+    remove every candidate."""
     if remove_below_probability_p is not None and not 0.0 < remove_below_probability_p <= 1.0:
         raise InputError(f"--remove-below-probability must be a probability in (0, 1], got {remove_below_probability_p}")
     if remove_smaller_ml is not None and not remove_smaller_ml > 0.0:
@@ -202,126 +258,146 @@ def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_small
     if both:
         raise InputError(f"candidate{'s' if len(both) > 1 else ''} {', '.join(map(str, both))} cannot be both "
                          "removed and kept; give each id to --remove or to --keep")
-    outdir = Path(outdir)
+
+
+@dataclass
+class _ReviewTarget:
+    """A structure of a run folder as a review call sees it: its mask on the input grid, the box its candidates
+    live in (the probability map's, else the whole grid) and, for a tumor, its ids and earlier decisions."""
+    outdir: Path
+    structure: str
+    report: dict
+    card: object
+    run: Run
+    image: sitk.Image
+    full: np.ndarray  # the whole mask (k, j, i); ``full[box]`` is the region a plan edits
+    grid: Grid
+    state: ReviewState
+    tumor: bool
+    pm: Optional[ProbabilityMap]
+    box: tuple
+    start: tuple
+    lab: object
+    cands: list
+    idmap: Optional[IdMap]
+    ids: dict
+    decided: dict
+
+    @property
+    def box_grid(self) -> Grid:
+        return self.pm.box_grid if self.pm is not None else self.grid
+
+
+def _open_review(outdir: Path, structure: str, *, candidate_review: bool, keep_largest: bool,
+                 by_probability: bool) -> _ReviewTarget:
+    """Read the structure a review call edits; refuse a structure the requested edits do not fit."""
     report, card = load_run(outdir)
     entries = {e["name"]: e for e in report["structures"]}
     if structure not in entries:
         raise InputError(f"{structure} is not a structure of this run; structures: {', '.join(entries)}")
     tumor = structure in (report.get("tumors") or {})
-    if (remove_ids or keep_ids or remove_below_probability_p is not None) and not tumor:
+    if candidate_review and not tumor:
         raise InputError(f"candidate review works on tumor structures; {structure} is an organ "
                          "(use --keep-largest or --remove-smaller-than for organs)")
-    if keep_largest_n is not None and tumor:
+    if keep_largest and tumor:
         raise InputError(f"--keep-largest is for organs (it drops stray islands); every component of {structure} "
                          "is a lesion candidate: remove false positives with --remove ID, --remove-smaller-than ML "
                          "or --remove-below-probability P")
     run = Run(outdir)
-    seg_path = run.mask_path(structure)
-    image = sitk.ReadImage(str(seg_path))
+    image = sitk.ReadImage(str(run.mask_path(structure)))
     full = sitk.GetArrayFromImage(image).astype(np.uint8, copy=False)
     grid = Grid.of(image)
     state = run.read_review()
     pm = None
     if tumor and report["tumors"][structure].get("probability_file"):
         pm = ProbabilityMap.from_output(outdir, structure)
-        box = pm.box_slices
-        start = pm.start_ijk
-        q = pm.q
+        box, start = pm.box_slices, pm.start_ijk
         lab, cands = pm.candidates(full[box])
     else:
-        box = tuple(slice(0, n) for n in full.shape)
-        start = (0, 0, 0)
-        q = None
+        box, start = tuple(slice(0, n) for n in full.shape), (0, 0, 0)
         lab = ranked_components(full != 0)
         cands = candidates_of(lab, grid, start)
-    if remove_below_probability_p is not None and q is None:
+    if by_probability and pm is None:
         raise InputError(f"{structure} keeps no probability map: cannot remove by probability")
     idmap = id_map(run, structure, start, lab.labels.shape, state) if tumor else None
     ids = idmap.assign(lab, update=True) if tumor else {c.label: c.id for c in cands}
     if tumor:
         adopt_decisions(state, structure, idmap)
     decided = state.decided_ids(structure, idmap) if tumor else {}
-    by_id = {ids[c.label]: c for c in cands}
-    for i in (*remove_ids, *keep_ids):
-        if i not in by_id:
-            gone = decided.get(i)
+    return _ReviewTarget(outdir, structure, report, card, run, image, full, grid, state, tumor, pm, box, start, lab,
+                         cands, idmap, ids, decided)
+
+
+def _check_ids(t: _ReviewTarget, wanted) -> None:
+    """Every id given must name a candidate now; one removed earlier (or unknown) is refused with the list."""
+    present = {t.ids[c.label] for c in t.cands}
+    for i in wanted:
+        if i not in present:
+            gone = t.decided.get(i)
             why = f"candidate {i} is no longer in the mask ({gone['status']})" if gone else f"no candidate {i}"
-            raise InputError(f"{structure} has {why}; candidates now: {', '.join(map(str, sorted(by_id))) or 'none'} "
+            raise InputError(f"{t.structure} has {why}; candidates now: {', '.join(map(str, sorted(present))) or 'none'} "
                              "(list them with 'atlasseg review OUTDIR')")
-    region = full[box]  # a view: edits land in ``full``
-    work = region.copy()  # every change is made here first; ``region`` changes only once all of them worked
-    removed = 0
-    for i in remove_ids:
-        cand = by_id[i]
-        remove_at(work, (np.asarray(cand.seed_ijk) - np.asarray(start))[::-1])
-        removed += 1
-    # Kept candidates (decided earlier or now) are out of reach of the rules below.
-    keep_labels = {by_id[i].label for i in keep_ids}
-    if tumor:
-        keep_labels |= {c.label for c in cands if c.label not in {by_id[i].label for i in remove_ids}
-                        and (decided.get(ids[c.label]) or {}).get("status") == KEPT}
-    protected = np.isin(lab.labels, sorted(keep_labels)) if keep_labels else None
-    if protected is not None:
-        work[protected] = 0
-    batch = []
-    if remove_smaller_ml is not None:
-        batch.append(remove_smaller_than(work, grid.voxel_volume_mm3, remove_smaller_ml))
-    if remove_below_probability_p is not None:
-        batch.append(remove_below_probability(work, q, remove_below_probability_p))
-    if keep_largest_n is not None:
-        batch.append(keep_largest(work, keep_largest_n))
-    batch_removed = []
-    for edit in filter(None, batch):
-        for kji in edit.removed:
-            seed_ijk = tuple(int(v) for v in np.asarray(start) + np.asarray(kji)[::-1])
-            batch_removed.append(_candidate_holding(cands, lab, start, seed_ijk))
-            removed += 1
-    spared = 0
-    if protected is not None:
-        # Spared: kept candidates a rule would have removed (run the rules on them alone to know).
-        alone = np.where(protected, region, 0).astype(np.uint8)
-        for rule in ([lambda m: remove_smaller_than(m, grid.voxel_volume_mm3, remove_smaller_ml)]
-                     if remove_smaller_ml is not None else []) + \
-                    ([lambda m: remove_below_probability(m, q, remove_below_probability_p)]
-                     if remove_below_probability_p is not None else []):
-            hit = rule(alone)
-            spared += len(hit.removed) if hit else 0
-        work[protected] = region[protected]
-    changed = int(np.count_nonzero(work != region))
-    if tumor:
-        for i in remove_ids:
-            _decide(state, structure, lab, start, by_id[i], "removed", ids)
-        for cand in batch_removed:
-            if cand is not None:
-                _decide(state, structure, lab, start, cand, "removed", ids)
-        for i in keep_ids:
-            _decide(state, structure, lab, start, by_id[i], "kept", ids)
-    if changed:
-        region[...] = work
-        out = sitk.GetImageFromArray(full)
-        out.CopyInformation(image)
-        atomic_write_image(out, seg_path)
-        new_ids = idmap.ids_in_rank_order(ranked_components(region != 0), update=True) if tumor else None
-        update_entry(report, structure, region, pm.box_grid if pm is not None else grid, start, q_box=q, ids=new_ids)
-        if tumor:
-            gate = next((c.gate for c in card.classes if c.name == structure), None)
-            if pm is not None:
-                organs = pm.organs
+
+
+def _commit_review(t: _ReviewTarget, plan: ReviewPlan, reviewer: Optional[str]) -> dict:
+    """Write a planned review: the decisions into review.json, the mask (atomically, through the run folder),
+    report.json's entry and the tumor's flags, the id map, then the combined labels and pages (``finish_edit``)."""
+    structure, q = t.structure, (t.pm.q if t.pm is not None else None)
+    if t.tumor:
+        for cand, status in plan.decisions:
+            _decide(t.state, structure, t.lab, t.start, cand, status, t.ids)
+    new_ids = None
+    if plan.changed_voxels:
+        region = t.full[t.box]  # a view: the plan lands in the whole mask
+        region[...] = plan.mask
+        out = sitk.GetImageFromArray(t.full)
+        out.CopyInformation(t.image)
+        t.run.write_mask(structure, out)
+        new_ids = t.idmap.ids_in_rank_order(ranked_components(region != 0), update=True) if t.tumor else None
+        update_entry(t.report, structure, region, t.box_grid, t.start, q_box=q, ids=new_ids)
+        if t.tumor:
+            gate = next((c.gate for c in t.card.classes if c.name == structure), None)
+            if t.pm is not None:
+                organs = t.pm.organs
             else:  # no probability map: the gate organs' whole masks (box = the whole grid)
-                organs = {o: sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / SEG_DIR / f"{o}.nii.gz")))
-                          for o in gate or () if (outdir / SEG_DIR / f"{o}.nii.gz").is_file()}
-            box_ijk = (tuple(int(v) for v in start), tuple(int(v) for v in region.shape[::-1]))
-            refresh_tumor_flags(report, structure, box_ijk, region, organs, gate, _RunCT(outdir, report, grid),
-                                ids=new_ids)
-    if tumor:
-        idmap.write(run.id_map_path(structure), pm.box_grid if pm is not None else grid)
-        state.touch(reviewer)
-        mark_origins(report, structure, state, idmap)
-        run.write_review(state)  # before the report is rebuilt: it lists the statuses
-    result = {"removed": removed, "kept": len(keep_ids), "changed_voxels": changed, "spared": spared}
-    finish_edit(outdir, report, card, image, {"action": "review", "structure": structure, **result},
-                masks_changed=bool(changed))
+                organs = {o: sitk.GetArrayFromImage(sitk.ReadImage(str(t.run.mask_path(o))))
+                          for o in gate or () if t.run.mask_path(o).is_file()}
+            box_ijk = (tuple(int(v) for v in t.start), tuple(int(v) for v in region.shape[::-1]))
+            refresh_tumor_flags(t.report, structure, box_ijk, region, organs, gate,
+                                _RunCT(t.outdir, t.report, t.grid), ids=new_ids)
+    if t.tumor:
+        t.idmap.write(t.run.id_map_path(structure), t.box_grid)
+        t.state.touch(reviewer)
+        mark_origins(t.report, structure, t.state, t.idmap)
+        t.run.write_review(t.state)  # before the report is rebuilt: it lists the statuses
+    result = plan.result()
+    finish_edit(t.outdir, t.report, t.card, t.image, {"action": "review", "structure": structure, **result},
+                masks_changed=bool(plan.changed_voxels))
     return result
+
+
+def edit_run(outdir, structure: str, *, remove_ids=(), keep_ids=(), remove_smaller_ml: Optional[float] = None,
+             remove_below_probability_p: Optional[float] = None, keep_largest_n: Optional[int] = None,
+             reviewer: Optional[str] = None) -> dict:
+    """Review a finished run from the command line: remove or keep tumor candidates (by their stable ids, as
+    ``review_rows`` lists them), remove tumor components by size or probability, or keep an organ's largest
+    components; rewrites the structure's mask, the combined labels, report.json and review.json (each
+    atomically). Kept candidates (earlier or in this call) are never removed by the size or probability rules.
+
+    Contradictory or impossible requests (an id both removed and kept, --keep-largest on a tumor, an unknown
+    id) are refused before anything changes. Returns ``{"removed": n, "kept": n, "changed_voxels": n,
+    "spared": n}``. Three steps: validate (``_check_review_options``, ``_open_review``, ``_check_ids``), plan
+    (``plan_review``: numpy alone), commit (``_commit_review``)."""
+    _check_review_options(remove_ids, keep_ids, remove_smaller_ml, remove_below_probability_p, keep_largest_n)
+    t = _open_review(Path(outdir), structure,
+                     candidate_review=bool(remove_ids or keep_ids or remove_below_probability_p is not None),
+                     keep_largest=keep_largest_n is not None, by_probability=remove_below_probability_p is not None)
+    _check_ids(t, (*remove_ids, *keep_ids))
+    plan = plan_review(t.full[t.box], t.lab, t.cands, t.ids, start_ijk=t.start, voxel_mm3=t.grid.voxel_volume_mm3,
+                       q=t.pm.q if t.pm is not None else None, decided=t.decided,
+                       remove_ids=remove_ids, keep_ids=keep_ids, remove_smaller_ml=remove_smaller_ml,
+                       remove_below_probability_p=remove_below_probability_p, keep_largest_n=keep_largest_n)
+    return _commit_review(t, plan, reviewer)
 
 
 # ------------------------------------------------------------------------------- added and resized lesions
@@ -338,8 +414,6 @@ def reapply_lesion_edits(mask_box: np.ndarray, pm: ProbabilityMap, idmap: IdMap,
     added lesion a reviewer has not removed (its stored voxels), then give every other lesion with its own
     threshold (``--lesion-threshold``) that threshold again (``addlesion.resize_lesion``: it never takes another
     lesion's voxels). Returns whether the mask changed."""
-    from .addlesion import resize_lesion
-
     before = mask_box.copy()
     decided = state.decided_ids(name, idmap)
     adds = added_ids(state, name)
@@ -425,7 +499,7 @@ class _TumorEdit:
             self.state.decide(self.name, row, status, key=rid, **extra)
 
     def commit(self, history: dict, reviewer: Optional[str]) -> None:
-        atomic_write_image(mask_image(self.full, self.image), self.run.mask_path(self.name))
+        self.run.write_mask(self.name, mask_image(self.full, self.image))
         ordered = [self.ids[p[0]] for p in self.lab.parts]
         update_entry(self.report, self.name, self.region, self.pm.box_grid, self.pm.start_ijk, q_box=self.pm.q,
                      ids=ordered)
@@ -445,8 +519,6 @@ class _TumorEdit:
 def click_voxel(outdir, *, add_at: Optional[str] = None, add_at_voxel: Optional[str] = None) -> tuple:
     """The (i, j, k) voxel of ``--add-at R,A,S`` (mm, RAS as Slicer shows it) or ``--add-at-voxel I,J,K`` on the
     run's input grid (InputError outside the image)."""
-    from .addlesion import parse_point, ras_to_ijk, voxel_to_ijk
-
     run = Run(outdir)
     report = run.read_report()
     # The masks lie on the input grid voxel for voxel: any one's header is the grid (no pixels read).
@@ -466,8 +538,6 @@ def add_lesion_at(outdir, structure: str, ijk, *, reviewer: Optional[str] = None
     changes) or ``{"action": "added", "id", "origin", "threshold", "voxels", "volume_ml"}`` (the new lesion: a new
     id, status kept, its origin, in the mask, the id map, the added-lesion store, review.json and the report).
     InputError (exit 2) outside the box, without the CT, or where nothing plausible is there."""
-    from .addlesion import add_lesion
-
     edit = _TumorEdit(outdir, structure)
     pm = edit.pm
     kji = seed_kji(ijk, pm.start_ijk, pm.q.shape)
@@ -526,8 +596,6 @@ def resize_lesions(outdir, structure: str, thresholds: dict, *, reviewer: Option
     lesion alone grows or shrinks on the map, never taking another lesion's voxels or its one-voxel rim), recorded
     on its decision (``threshold``; status kept unless decided otherwise) so every later threshold change applies
     it again. Returns ``{id: {"voxels_before", "voxels", "changed_voxels"}}``."""
-    from .addlesion import ORIGIN_IMAGE, resize_lesion
-
     edit = _TumorEdit(outdir, structure)
     decided = edit.state.decided_ids(structure, edit.idmap)
     label_of = {rid: label for label, rid in edit.ids.items()}

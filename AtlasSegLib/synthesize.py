@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +29,9 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from . import __version__
 from .errors import InputError
+from .masks import bounding_slices
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +68,12 @@ class SynthesisResult:
 
 
 def size_class(diameter_mm: float) -> str:
-    """The paper's size class of a tumor of this nominal diameter: tiny, small, medium or large."""
-    uppers = recipe()["size_classes"]["diameter_mm_upper"]
-    for name in ("tiny", "small", "medium"):
-        if diameter_mm < uppers[name]:
-            return name
-    return "large"
+    """The paper's size class of a tumor of this nominal diameter: tiny, small, medium or large
+    (``evaluate.size_class``: one rule, the bounds of ``data/synthesis.json``, for inserted and evaluated tumors)."""
+    # here, not at the top: evaluate brings review, outputs and scipy.spatial, which inserting a tumor never needs
+    from .evaluate import size_class as evaluated_size_class
+
+    return evaluated_size_class(diameter_mm)
 
 
 def _range(value, what: str, unit: str) -> tuple:
@@ -86,6 +90,62 @@ def _range(value, what: str, unit: str) -> tuple:
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
         raise InputError(f"{what} range {lo:g}-{hi:g} {unit} is empty or not finite; give MIN-MAX with MIN <= MAX")
     return lo, hi
+
+
+def _check_options(ct: np.ndarray, spacing_zyx, organ_name: str, diameter_mm, contrast_hu, mass_effect_mm,
+                   capsule_hu) -> tuple:
+    """``insert_tumors``' options checked: ``(spacing, recipe, (min, max) diameter, (min, max) contrast)``."""
+    if ct.ndim != 3:
+        raise InputError(f"the CT must be a 3D array (z, y, x), got shape {ct.shape}")
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    if spacing.shape != (3,) or not np.all(spacing > 0):
+        raise InputError(f"spacing must be three positive numbers (z, y, x) in mm, got {spacing_zyx!r}")
+    if organ_name not in recipe()["organs"]:
+        raise InputError(f"organ '{organ_name}' is not supported; choose one of {', '.join(ORGANS)}")
+    params = recipe()
+    diam = _range(diameter_mm, "diameter", "mm")
+    if diam[0] <= 0:
+        raise InputError(f"diameter must be positive, got {diam[0]:g} mm")
+    if diam[0] < spacing.max():
+        raise InputError(f"a {diam[0]:g} mm tumor is smaller than this CT's {spacing.max():g} mm voxels and could "
+                         f"not be seen; ask for a diameter of at least {spacing.max():g} mm")
+    contrast = _range(contrast_hu, "contrast", "HU") or tuple(params["organs"][organ_name]["contrast_hu"])
+    if not 0 <= float(mass_effect_mm) <= 10:
+        raise InputError(f"mass effect must be 0-10 mm, got {mass_effect_mm:g}")
+    if not -200 <= float(capsule_hu) <= 200:
+        raise InputError(f"capsule must be -200..200 HU, got {capsule_hu:g}")
+    return spacing, params, diam, contrast
+
+
+def _check_places(ct: np.ndarray, organ, organ_name: str, count: int, centers_zyx) -> tuple:
+    """Where ``insert_tumors`` may put tumors, checked: ``(organ mask as bool or None, centres or None, n)``."""
+    if organ is not None:
+        organ = np.asarray(organ)
+        if organ.shape != ct.shape:
+            raise InputError(f"the {organ_name} mask has shape {organ.shape} (z, y, x) but the CT has {ct.shape}; "
+                             "give a mask made on the CT's own grid")
+        organ = organ > 0
+        if not organ.any():
+            raise InputError(f"the {organ_name} mask is empty: the organ is absent from this CT (or the mask is for "
+                             "another scan); give a mask that contains it")
+    if centers_zyx is None:
+        if organ is None:
+            raise InputError("without points (centers_zyx) an organ mask is needed to place the tumors")
+        if not 1 <= int(count) <= MAX_COUNT:
+            raise InputError(f"count must be 1-{MAX_COUNT}, got {count}")
+        centers = None
+        n = int(count)
+    else:
+        centers = [tuple(int(round(float(c))) for c in p) for p in centers_zyx]
+        for p in centers:
+            if len(p) != 3 or any(not 0 <= c < s for c, s in zip(p, ct.shape)):
+                raise InputError(f"point {p} (z, y, x) is outside the image {ct.shape}; click inside the CT")
+            if organ is not None and not organ[p]:
+                raise InputError(f"point {p} (z, y, x) is outside the {organ_name} mask; click inside the organ")
+        n = len(centers)
+        if n == 0:
+            raise InputError("centers_zyx is empty: give at least one point")
+    return organ, centers, n
 
 
 def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, organ_name: str = "liver",
@@ -117,52 +177,9 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
             the image, or an option is out of range.
     """
     ct = np.asarray(ct)
-    if ct.ndim != 3:
-        raise InputError(f"the CT must be a 3D array (z, y, x), got shape {ct.shape}")
-    spacing = np.asarray(spacing_zyx, dtype=float)
-    if spacing.shape != (3,) or not np.all(spacing > 0):
-        raise InputError(f"spacing must be three positive numbers (z, y, x) in mm, got {spacing_zyx!r}")
-    if organ_name not in recipe()["organs"]:
-        raise InputError(f"organ '{organ_name}' is not supported; choose one of {', '.join(ORGANS)}")
-    params = recipe()
-    diam = _range(diameter_mm, "diameter", "mm")
-    if diam[0] <= 0:
-        raise InputError(f"diameter must be positive, got {diam[0]:g} mm")
-    if diam[0] < spacing.max():
-        raise InputError(f"a {diam[0]:g} mm tumor is smaller than this CT's {spacing.max():g} mm voxels and could "
-                         f"not be seen; ask for a diameter of at least {spacing.max():g} mm")
-    contrast = _range(contrast_hu, "contrast", "HU") or tuple(params["organs"][organ_name]["contrast_hu"])
-    if not 0 <= float(mass_effect_mm) <= 10:
-        raise InputError(f"mass effect must be 0-10 mm, got {mass_effect_mm:g}")
-    if not -200 <= float(capsule_hu) <= 200:
-        raise InputError(f"capsule must be -200..200 HU, got {capsule_hu:g}")
-
-    if organ is not None:
-        organ = np.asarray(organ)
-        if organ.shape != ct.shape:
-            raise InputError(f"the {organ_name} mask has shape {organ.shape} (z, y, x) but the CT has {ct.shape}; "
-                             "give a mask made on the CT's own grid")
-        organ = organ > 0
-        if not organ.any():
-            raise InputError(f"the {organ_name} mask is empty: the organ is absent from this CT (or the mask is for "
-                             "another scan); give a mask that contains it")
-    if centers_zyx is None:
-        if organ is None:
-            raise InputError("without points (centers_zyx) an organ mask is needed to place the tumors")
-        if not 1 <= int(count) <= MAX_COUNT:
-            raise InputError(f"count must be 1-{MAX_COUNT}, got {count}")
-        centers = None
-        n = int(count)
-    else:
-        centers = [tuple(int(round(float(c))) for c in p) for p in centers_zyx]
-        for p in centers:
-            if len(p) != 3 or any(not 0 <= c < s for c, s in zip(p, ct.shape)):
-                raise InputError(f"point {p} (z, y, x) is outside the image {ct.shape}; click inside the CT")
-            if organ is not None and not organ[p]:
-                raise InputError(f"point {p} (z, y, x) is outside the {organ_name} mask; click inside the organ")
-        n = len(centers)
-        if n == 0:
-            raise InputError("centers_zyx is empty: give at least one point")
+    spacing, params, diam, contrast = _check_options(ct, spacing_zyx, organ_name, diameter_mm, contrast_hu,
+                                                     mass_effect_mm, capsule_hu)
+    organ, centers, n = _check_places(ct, organ, organ_name, count, centers_zyx)
 
     rng = np.random.default_rng(np.random.SeedSequence(int(seed)))
     out = ct.copy()
@@ -222,9 +239,10 @@ class _Placer:
         self.shape = ct.shape
         # Everything is computed on the organ's box (plus the tumors' reach): a full 512x512x500 CT would cost
         # gigabytes of float distance maps for a liver that fills a tenth of it.
-        idx = np.argwhere(organ)
+        box = bounding_slices(organ)  # never None: insert_tumors refuses an empty organ
         pad = np.ceil(margin_mm / spacing).astype(int)
-        lo, hi = np.maximum(idx.min(0) - pad, 0), np.minimum(idx.max(0) + 1 + pad, ct.shape)
+        lo = np.maximum(np.array([b.start for b in box]) - pad, 0)
+        hi = np.minimum(np.array([b.stop for b in box]) + pad, ct.shape)
         self.crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         self.offset = lo
         organ = organ[self.crop]
@@ -417,11 +435,10 @@ def _changed_box(before: np.ndarray, after: np.ndarray, boxes: list) -> tuple:
     lo = np.min([[b.start for b in box] for box in boxes], axis=0)
     hi = np.max([[b.stop for b in box] for box in boxes], axis=0)
     outer = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    diff = before[outer] != after[outer]
-    if not diff.any():
+    inner = bounding_slices(before[outer] != after[outer])
+    if inner is None:
         return (slice(0, 0),) * 3
-    idx = np.argwhere(diff)
-    return tuple(slice(int(a + o.start), int(b + 1 + o.start)) for a, b, o in zip(idx.min(0), idx.max(0), outer))
+    return tuple(slice(int(i.start + o.start), int(i.stop + o.start)) for i, o in zip(inner, outer))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -429,8 +446,6 @@ def _changed_box(before: np.ndarray, after: np.ndarray, boxes: list) -> tuple:
 
 def parse_range(text: str, what: str) -> tuple:
     """'20', '10-30', '-40', '-60--20', '-60,-20' or '-60..-20' -> (lo, hi)."""
-    import re
-
     number = r"\s*(-?\d+(?:\.\d*)?|-?\.\d+)\s*"
     m = re.fullmatch(number, text or "")
     if m:
@@ -449,9 +464,10 @@ def load_organ_mask(image, organ_name: str, *, organ_mask=None, run=None, labels
     """The organ's mask (z, y, x bool) on ``image``'s grid, from a mask file or an atlasseg run folder.
 
     Raises InputError when it is missing, off the CT's grid or empty."""
+    # here, not at the top: insert_tumors works on arrays (the Slicer teaching panel imports it) and needs neither
+    # SimpleITK nor geometry; only the file functions below read images
     import SimpleITK as sitk
-
-    from .geometry import Grid
+    from .geometry import Grid  # here: as SimpleITK above (geometry imports SimpleITK and nibabel)
 
     if (organ_mask is None) == (run is None):
         raise InputError("give the organ's mask with --organ-mask FILE or take it from a finished run with --run "
@@ -516,13 +532,11 @@ def synthesize_file(ct_path, outdir, *, organ_name: str = "liver", organ_mask=No
     OUTDIR/segmentations/<organ>_tumor.nii.gz (uint8 0/1, the truth) and OUTDIR/tumors.json; all or nothing.
 
     Returns the content of tumors.json."""
-    import time
-
+    # here, not at the top: the file side (SimpleITK, io, plausibility) stays out of insert_tumors' import, which
+    # the Slicer teaching panel uses on arrays
     import SimpleITK as sitk
-
-    from . import __version__
-    from .io import StagingDir, read_image
-    from .plausibility import PHANTOM_KEY, is_phantom
+    from .io import StagingDir, read_image  # here: as SimpleITK above
+    from .plausibility import PHANTOM_KEY, is_phantom  # here: as SimpleITK above
 
     if organ_name not in ORGANS:
         raise InputError(f"--organ must be one of {', '.join(ORGANS)}, got '{organ_name}'")

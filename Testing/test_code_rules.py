@@ -34,15 +34,6 @@ PENDING_PRINT = {
 PENDING_IMPORT_REASON = {
     "export",        # 20 (becomes a package)
     "outputs",       # 1
-    "runedit",       # 4 (.addlesion; edit_run is split)
-    "review",        # 4
-    "run",           # 4
-    "synthesize",    # 3
-    "phantom",       # 0
-    "postprocess",   # 0
-    "lesions",       # 0
-    "plausibility",  # 1
-    "evaluate",      # 4 (.run, scipy, matplotlib in _plot)
     "pipeline",      # 3
     "backends",      # 7
     "inference",     # 1

@@ -1,8 +1,15 @@
-"""Whole-volume conversions between MRML nodes and ``(numpy array, geometry)`` or SimpleITK images, the engine's
-input file (``writeVolumeNode``, ``.mha``) and reading its output images; ``VolumeGeometry``, the grid every other
-file of the module uses. Copies, so safe to hand anywhere: code that must not copy a whole volume works on
-numpy views of the node's own buffers instead and says so (``AtlasSegReview`` and ``RemoveFalsePositiveLogic``
-edit labelmap layers in place, ``AtlasSegTeaching`` paints into the CT's voxels).
+"""The module's one place where voxels and grids cross between MRML nodes and numpy / SimpleITK: ``VolumeGeometry``
+(a volume's grid in RAS: from a node or a SimpleITK image, to LPS, a sub-box, and its differences to another grid
+through ``AtlasSegLib.geometry.Grid``), whole-volume copies node -> KJI array -> SimpleITK image and back (new or
+replaced volume nodes), segment labelmaps from arrays (``orientedImageFromArray``) and segments read back as
+uint8 0/1 (``arrayFromSegment``), and the engine's files (``writeVolumeNode`` writes its input CT as ``.mha``,
+``readImage`` reads an image it wrote). Used by ``AtlasSeg.py``, ``AtlasSegLogic``, ``AtlasSegExport``,
+``AtlasSegRender``, ``AtlasSegTeaching`` and ``AtlasSegReview`` (the others need no grid).
+
+The voxel functions copy, so their results are safe to hand anywhere: code that must not copy a whole volume works
+on numpy views of the node's own buffers instead and says so (``AtlasSegReview`` and ``RemoveFalsePositiveLogic``
+edit labelmap layers in place, ``AtlasSegTeaching`` paints into the CT's voxels). What changes a node or an image
+says so in its name: ``updateVolumeNodeFromArray``, ``VolumeGeometry.applyToVolumeNode`` / ``applyToSitk``.
 
 Conventions (every function in this file follows them):
 
@@ -12,8 +19,8 @@ Conventions (every function in this file follows them):
   is stored in RAS; ``VolumeGeometry.toLps`` / ``VolumeGeometry.fromSitk`` convert by negating the first two
   world axes, which is exact in floating point (no matrix is inverted or decomposed).
 * **dtype.** Voxel types are preserved: an int16 CT stays int16, a float32 map stays float32. Segment
-  labelmaps are uint8 (``orientedImageFromArray`` keeps the values, so pass 0/1); a segment read back
-  (``arrayFromSegment``) is uint8 0/1.
+  labelmaps are uint8 (``orientedImageFromArray`` casts to uint8, so pass 0/1 or small labels); a segment read
+  back (``arrayFromSegment``) is uint8 0/1.
 * **Ownership.** Arrays returned here are copies owned by the caller; changing them never changes a node.
   Nodes built from arrays deep-copy the voxels, so the caller may reuse or free its array afterwards.
 

@@ -1,24 +1,29 @@
-"""Sensitivity slider, candidate review and batch clean-up of AtlasSeg tumor segments, without Qt.
+"""The review of an AtlasSeg result in the Slicer scene, without Qt (the panel is ``AtlasSegReviewPanel``): the
+tumor sensitivity sliders, the candidate table and its decisions, and the batch clean-up of tumor and organ
+segments.
 
 The clinical workflow this serves: run the tumor model over-sensitive so it misses almost nothing, then throw
 away each false positive in seconds instead of drawing each missed tumor by hand in minutes.
 
 * ``SensitivityController`` re-thresholds one tumor segment from its linked probability volume. A preview
-  rewrites only the probability map's box (the gate organ's box) of the tumor layer, in place; Apply makes the
-  change one step of the Segment Editor's undo history, Cancel puts the box back.
-* ``ReviewSession`` holds the candidate table (one row per tumor component: organ, ml, diameters, max
-  probability, review status), keep/remove/next/previous, the counter text, centring the slice views on a
-  candidate, resizing one lesion on its own probability threshold (``resizeLesion``), and the batch
-  operations. Review decisions are stored per tumor as JSON in the segment tag
-  ``AtlasSeg.Review`` (saved with the scene, and undone/redone with the masks) in the format of
-  ``AtlasSegLib.review`` (``review.json``).
-
-* ``exportReview`` writes those decisions as the run's ``review.json`` (atomically) for the report.
+  rewrites only the probability map's box (the gate organ's box) of the tumor layer, in place, keeping lesions a
+  reviewer added or resized; Apply makes the change one undo step of the history the caller gives
+  (``saveStateForUndo``: the Segment Editor's, or the panel's own), Cancel puts the box back.
+* ``ReviewSession`` holds the candidate table (one row per tumor component: lesion id from an
+  ``AtlasSegLib.lesions.IdMap`` as the CLI numbers them, organ, ml, diameters, max probability, review status),
+  keep/remove/next/previous, the clicks of the "Remove false positive" effect (``recordClick``), the counter
+  text, centring the slice views on a candidate, resizing one lesion on its own probability threshold
+  (``resizeLesion``), and the batch operations: remove tumor candidates by size or probability, keep the largest
+  components of each organ segment (``keepLargestPerOrgan``).
+* Decisions: ``loadReviewState`` / ``storeReviewState`` keep each tumor's decisions as JSON in its segment's tag
+  ``AtlasSeg.Review`` (saved with the scene, and undone/redone with the masks) and the reviewer and time as
+  attributes of the segmentation node, in the format of ``AtlasSegLib.reviewstate.ReviewState``;
+  ``exportReview`` writes them as a ``review.json`` file (atomically) for the report.
 * Layer housekeeping: a review session first crops tumor-only labelmap layers to their probability boxes
   (``compactTumorLayers``: cheaper undo steps), and a preview grows a layer to cover the box it writes into
   (``ensureLayerCovers``).
 
-The review numerics (candidates, operating points, probability maps, decisions) come from
+The review numerics (candidates, operating points, probability maps, lesion ids, decisions) come from
 ``AtlasSegLib.review`` (the CLI computes the same numbers); this file maps them onto MRML: labelmap layers are
 read and written through numpy views of the shared layer images (see ``AtlasSegModule.RemoveFalsePositiveLogic``),
 never through whole-volume copies.

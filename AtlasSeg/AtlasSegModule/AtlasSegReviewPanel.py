@@ -1,13 +1,16 @@
 """The "Sensitivity and review" section of the AtlasSeg module panel (Qt): the segmentation selector, one
 sensitivity slider per tumor (debounced preview, Apply/Cancel), the candidate table with keep/remove/next/previous
 and their keyboard shortcuts, the selected lesion's own threshold ("Resize lesion"), the batch clean-up buttons,
-Undo/Redo and "Export review". Thin: every computation and scene change is in ``AtlasSegReview`` (tested headless);
-this file builds widgets and forwards clicks, and listens to the "Remove false positive" effect's clicks to update
-the table.
+the Reviewer field (remembered in the application settings), Undo/Redo and "Export review". The review itself
+(thresholds, candidates, decisions, batch edits) is in ``AtlasSegReview`` (tested headless, imported on first
+use: it needs packages installed on first run); this file builds widgets, forwards clicks to a
+``ReviewSession``, listens to the "Remove false positive" effect's clicks to update the table, and owns the
+undo history the session's edits go into.
 
-Undo: when the Segment Editor module already shows the reviewed segmentation, edits go into its history, so the
-panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove false positive" effect share one history; otherwise
-the panel keeps its own (the Segment Editor is never repointed: that discarded the user's undo history there).
+Undo (``EditorHistory`` / ``PanelHistory``): when the Segment Editor module already shows the reviewed
+segmentation, edits go into its history, so the panel's Undo, the Segment Editor's Undo/Ctrl+Z and the "Remove
+false positive" effect share one history; otherwise the panel keeps its own ``vtkSegmentationHistory`` (the
+Segment Editor is never repointed: that discarded the user's undo history there).
 
 ``AtlasSeg.py`` makes one in ``setup()`` (``self.reviewPanel = ReviewPanel(self.layout, self)``), hands it each
 loaded result (``setSegmentationNode``) and calls ``cleanup()`` when the module closes.
