@@ -485,14 +485,19 @@ def test_the_run_folder_layer_imports_neither_review_nor_report():
     order = ["outputs", "review", "report", "runedit"]
 
     def imported(name):
+        """AtlasSegLib modules ``name`` imports (a package: any of its modules; ``from ..x`` inside it is ``x``)."""
+        package = root / name
+        files = sorted(package.rglob("*.py")) if package.is_dir() else [root / f"{name}.py"]
         found = set()
-        for node in ast.walk(ast.parse((root / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= {node.module} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("AtlasSegLib."):
-                found.add(node.module.split(".", 1)[1])
-            elif isinstance(node, ast.Import):
-                found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("AtlasSegLib.")}
+        for path in files:
+            top = 1 if path.parent == root else len(path.relative_to(root).parts)  # level of "from AtlasSegLib"
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == top:
+                    found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("AtlasSegLib."):
+                    found.add(node.module.split(".")[1])
+                elif isinstance(node, ast.Import):
+                    found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("AtlasSegLib.")}
         return found
 
     for lower, name in enumerate(order):
