@@ -48,13 +48,13 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
-from . import __version__
-from . import roinames
-from .card import complete_class
-from .errors import InputError
-from .geometry import Grid
-from .io import SliceStack, StagingDir, _default_mode, slice_stack
-from .outputs import _packed_box, _paint_order, hidden_warning, paint_labels
+from .. import __version__
+from .. import roinames
+from ..card import complete_class
+from ..errors import InputError
+from ..geometry import Grid
+from ..io import SliceStack, StagingDir, _default_mode, slice_stack
+from ..outputs import _packed_box, _paint_order, hidden_warning, paint_labels
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def load_run_folder(outdir) -> RunFolder:
     if not (outdir / "card.json").is_file() or not (outdir / "segmentations").is_dir():
         raise InputError(f"{outdir} is not an AtlasSeg output folder (card.json and segmentations/ are needed); "
                          "give the -o folder of an 'atlasseg segment' run")
-    from .run import Run
+    from ..run import Run
 
     folder = Run(outdir, check=False)  # the run folder's owner reads its files
     card = folder.read_card_json()
@@ -246,7 +246,7 @@ def read_reference_series(source, *, series_uid: Optional[str] = None) -> Refere
         files = [str(f) for f in source]
         folder = str(Path(files[0]).parent) if files else ""
     else:
-        from .io import _dicom_series
+        from ..io import _dicom_series
 
         folder = str(Path(source).parent if Path(source).is_file() else source)  # a slice file names its folder
         if not Path(folder).is_dir():
@@ -426,9 +426,9 @@ def review_provenance(outdir, report: Optional[dict] = None) -> tuple:
     touched what. Edited: a tumor with a removed candidate, an added lesion (``origin`` "added: ..."), a lesion's
     own threshold or a threshold a person set; any structure a review or threshold edit changed. Reviewer and
     time: the review state's ``reviewer`` / ``reviewed_at`` when it records them, else None."""
-    from .review import load_review
+    from ..review import load_review
 
-    from .run import Run
+    from ..run import Run
 
     outdir = Path(outdir)
     if report is None:
@@ -467,7 +467,7 @@ def provenance_for(run: RunFolder, *, approve: bool = False, reviewer: Optional[
 def added_lesions(outdir) -> tuple:
     """``((structure, lesion id, origin), ...)`` of the lesions a reviewer added (review.json decisions with an
     "added: ..." origin, not removed since), in id order per structure."""
-    from .review import load_review
+    from ..review import load_review
 
     state = load_review(outdir)
     out = []
@@ -1194,9 +1194,9 @@ def write_seg_nrrd(run: RunFolder, dest) -> dict:
 # ---------------------------------------------------------------------------------------- AbdomenAtlas
 def _run_ct(run: RunFolder, ct=None) -> sitk.Image:
     """The CT of a run: ``ct`` (a file or DICOM folder) or the run's input, checked to lie on the masks' grid."""
-    from .io import read_image
+    from ..io import read_image
 
-    from .run import Run
+    from ..run import Run
 
     source = run.report.get("input", {})
     series = None
@@ -1410,7 +1410,7 @@ def _topics(warnings: list) -> list:
 
 def unreviewed_candidates(outdir) -> dict:
     """Tumor structure -> ids of its candidates nobody has kept or removed (``atlasseg review``)."""
-    from .review import TO_REVIEW, review_rows
+    from ..review import TO_REVIEW, review_rows
 
     out = {}
     for name, rows in review_rows(outdir).items():
@@ -1445,7 +1445,7 @@ def _apply_roi_names(run: RunFolder, fmt: str, names: str, name_map, tumor_roi_t
 # ---------------------------------------------------------------------------------------------- CLI
 def cmd_export(args) -> int:
     # The run's warnings travel with its export: said first, on stderr, one line each.
-    from .run import Run
+    from ..run import Run
 
     try:
         warnings = Run(args.outdir, check=False).read_report().get("warnings") or []
