@@ -55,106 +55,24 @@ from ..errors import InputError
 from ..geometry import Grid
 from ..io import SliceStack, StagingDir, _default_mode, slice_stack
 from ..outputs import _packed_box, _paint_order, hidden_warning, paint_labels
+from .codes import (ANATOMIC_CONTEXT, PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, TERMINOLOGY_CONTEXT,
+                    entry_from_terminology, scheme_designator, slicer_terminology as _slicer_terminology,
+                    terminology_entry)
+from .contours import HOLES, fill_polygons, mask_contours
+from .runfolder import GRID_TOLERANCE_MM, RunFolder, Structure, grid_differences, load_run_folder
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("dicom-seg", "rtstruct", "seg-nrrd", "abdomenatlas")
 DEFAULT_NAMES = {"dicom-seg": "segmentation.dcm", "rtstruct": "rtstruct.dcm", "seg-nrrd": "segmentation.seg.nrrd",
                  "abdomenatlas": "abdomenatlas"}
-GRID_TOLERANCE_MM = 0.01  # NIfTI stores geometry as float32: µm-level differences to the DICOM headers are expected
-TERMINOLOGY_CONTEXT = "Segmentation category and type - AtlasSeg"  # the Slicer extension ships it (its General Anatomy list lacks 9 of these codes)
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DETACHED_STUDY_MANAGEMENT = "1.2.840.10008.3.1.2.3.1"
-# AtlasSeg's private coding scheme: codes for classes without a SNOMED CT code (bring-your-own-model classes);
-# the code value is the class name. Declared in every DICOM object that uses it.
-PRIVATE_SCHEME = "99ATLASSEG"
-PRIVATE_SCHEME_NAME = "AtlasSeg class names"
 NEEDS_REFERENCE = ("DICOM SEG/RTSTRUCT export needs the CT as a DICOM series: pass --reference-dicom DIR "
                    "(the folder holding the CT's .dcm files, on the same grid as the segmentation)")
 
 
 # ------------------------------------------------------------------------------------------- the run
-@dataclass
-class Structure:
-    """One structure of a run: the completed class entry of its card and where its mask is."""
-
-    name: str
-    label: int
-    kind: str
-    color: tuple  # RGB 0-255
-    entry: dict  # the class entry (category/type/type_modifier/region codes)
-    path: Path
-    roi_name: str = ""  # the name written into exports (``roinames``); empty: ``name``
-
-    @property
-    def is_tumor(self) -> bool:
-        return self.kind == "tumor"
-
-    @property
-    def display_name(self) -> str:
-        return self.roi_name or self.name
-
-
-@dataclass
-class RunFolder:
-    """A finished AtlasSeg output folder, as the exporters read it."""
-
-    path: Path
-    report: dict
-    card: dict
-    structures: list
-    grid: Grid
-
-    def mask(self, structure: Structure) -> np.ndarray:
-        """The structure's uint8 0/1 mask (k, j, i), checked to lie on the run's grid."""
-        image = sitk.ReadImage(str(structure.path))
-        problems = grid_differences(Grid.of(image), self.grid)
-        if problems:
-            raise InputError(f"{structure.path} is not on the grid of the other masks ({'; '.join(problems)})")
-        return (sitk.GetArrayFromImage(image) != 0).astype(np.uint8)
-
-    @property
-    def model(self) -> dict:
-        return {"id": str(self.card.get("id") or self.report.get("model", {}).get("id") or "unknown"),
-                "title": str(self.card.get("title") or self.report.get("model", {}).get("title") or ""),
-                "version": str(self.card.get("version") or self.report.get("model", {}).get("version") or "0")}
-
-
-def load_run_folder(outdir) -> RunFolder:
-    """Read ``report.json``, ``card.json`` and find the masks of an AtlasSeg output folder.
-
-    Raises InputError when the folder is not an output folder or holds no masks."""
-    outdir = Path(outdir)
-    if not (outdir / "card.json").is_file() or not (outdir / "segmentations").is_dir():
-        raise InputError(f"{outdir} is not an AtlasSeg output folder (card.json and segmentations/ are needed); "
-                         "give the -o folder of an 'atlasseg segment' run")
-    from ..run import Run
-
-    folder = Run(outdir, check=False)  # the run folder's owner reads its files
-    card = folder.read_card_json()
-    report = folder.read_report() if folder.report_path.is_file() else {}
-    files = {e["name"]: e.get("file") for e in report.get("structures", []) if isinstance(e, dict) and "name" in e}
-    structures = []
-    for index, raw in enumerate(card.get("classes") or []):
-        entry = {"label": index + 1, **complete_class(raw)}
-        path = outdir / (files.get(entry["name"]) or f"segmentations/{entry['name']}.nii.gz")
-        if path.is_file():
-            structures.append(Structure(name=entry["name"], label=int(entry["label"]), kind=entry["kind"],
-                                        color=tuple(int(v) for v in entry["color"]), entry=entry, path=path))
-    if not structures:
-        raise InputError(f"{outdir} holds no segmentation masks (segmentations/*.nii.gz named by card.json)")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(structures[0].path))
-    reader.ReadImageInformation()  # the grid only; masks are read one at a time by RunFolder.mask
-    grid = Grid(tuple(int(v) for v in reader.GetSize()), tuple(float(v) for v in reader.GetSpacing()),
-                tuple(float(v) for v in reader.GetOrigin()), tuple(float(v) for v in reader.GetDirection()))
-    return RunFolder(outdir, report, card, structures, grid)
-
-
-def grid_differences(a: Grid, b: Grid, tolerance_mm: float = GRID_TOLERANCE_MM) -> list:
-    """``Grid.differences`` with the export's tolerance (NIfTI's float32 geometry against DICOM headers)."""
-    return a.differences(b, tolerance_mm)
 
 
 def _fmt(values) -> str:
@@ -338,18 +256,6 @@ def _code(entry: Optional[dict]):
     return Code(str(entry["code"]), scheme_designator(entry.get("scheme")), str(entry.get("meaning") or entry["code"]))
 
 
-def scheme_designator(scheme) -> str:
-    """The coding scheme designator written for a class code, the same in every export: standard schemes as they
-    are; AtlasSeg's own codes (bring-your-own-model classes without a SNOMED code; older cards wrote "AtlasSeg")
-    and any other local scheme as a DICOM private scheme, whose designator starts with "99"."""
-    scheme = str(scheme or "")
-    if scheme.upper() in ("ATLASSEG", PRIVATE_SCHEME):
-        return PRIVATE_SCHEME
-    if scheme and scheme not in ("SCT", "DCM", "FMA", "UMLS", "LN") and not scheme.startswith("99"):
-        return "99" + scheme.upper()
-    return scheme
-
-
 def _coding_schemes(entries) -> "object":
     """The Coding Scheme Identification Sequence (SOP Common) declaring the private schemes ``entries`` use."""
     from pydicom.dataset import Dataset
@@ -369,28 +275,6 @@ def _coding_schemes(entries) -> "object":
             item.CodingSchemeResponsibleOrganization = "AtlasSeg"
         items.append(item)
     return Sequence(items)
-
-
-def terminology_entry(entry: dict) -> str:
-    """Slicer's ``TerminologyEntry`` string for a class entry (the format AtlasSegLogic.terminologyEntry writes)."""
-    def part(key):
-        code = entry.get(key) or {}
-        return f"{scheme_designator(code.get('scheme'))}^{code.get('code', '')}^{code.get('meaning', '')}" if code else "^^"
-
-    return "~".join([TERMINOLOGY_CONTEXT, part("category"), part("type"), part("type_modifier"), ANATOMIC_CONTEXT,
-                     part("region"), "^^"])
-
-
-def entry_from_terminology(text: str) -> dict:
-    """Class codes (category/type/type_modifier/region) from a ``TerminologyEntry`` string (inverse of above)."""
-    parts = (text or "").split("~")
-    out = {}
-    for key, index in (("category", 1), ("type", 2), ("type_modifier", 3), ("region", 5)):
-        if index < len(parts):
-            fields = parts[index].split("^")
-            if len(fields) >= 3 and fields[1]:
-                out[key] = {"scheme": fields[0], "code": fields[1], "meaning": "^".join(fields[2:])}
-    return out
 
 
 # ------------------------------------------------------------------------------------------ DICOM SEG
@@ -780,136 +664,6 @@ def _code_dict(code) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- RTSTRUCT
-HOLES = ("keyhole", "separate")
-
-
-def mask_contours(mask_2d: np.ndarray, holes: str = "separate") -> list:
-    """Closed polygons (``(n, 2)`` arrays of (i, j) pixel coordinates) around a 2D mask, traced at the half-way
-    level between in and out (marching squares, contourpy).
-
-    ``holes="separate"``: every outer boundary and every hole is its own polygon; filled together with the
-    even-odd rule at pixel centres they give back the mask (up to pixels touching only at a corner), but a reader
-    that ORs the polygons fills the holes. ``holes="keyhole"``: one polygon per outer boundary, each of its holes
-    joined to it by a zero-width cut, so every polygon encloses exactly its part of the mask: even-odd, nonzero
-    winding and OR of the polygons all give the same mask."""
-    import contourpy
-
-    rows = np.flatnonzero(mask_2d.any(axis=1))
-    cols = np.flatnonzero(mask_2d.any(axis=0))
-    if not len(rows):
-        return []
-    # Trace only the mask's bounding box (plus a margin of background so every boundary closes).
-    r0, c0 = rows[0], cols[0]
-    padded = np.pad(mask_2d[r0:rows[-1] + 1, c0:cols[-1] + 1].astype(np.float64), 1)
-    generator = contourpy.contour_generator(z=padded, fill_type=contourpy.FillType.OuterOffset)
-    polygons, offsets = generator.filled(0.5, 1.5)
-    shift = np.array([c0 - 1.0, r0 - 1.0])
-    out = []
-    for points, offset in zip(polygons, offsets):
-        rings = []  # the outer boundary first, then its holes (FillType.OuterOffset)
-        for start, stop in zip(offset[:-1], offset[1:]):
-            ring = points[start:stop - 1] + shift  # drop the repeated closing point, back to slice coordinates
-            ring = _drop_collinear(ring)
-            if len(ring) >= 3:
-                rings.append(ring)
-        if holes == "keyhole" and len(rings) > 1:
-            rings = [_bridge_holes(rings[0], rings[1:])]
-        out.extend(rings)
-    return out
-
-
-def _bridge_holes(outer: np.ndarray, holes: list) -> np.ndarray:
-    """One closed polygon from an outer ring and its holes, each hole joined by a zero-width cut (a keyhole).
-
-    The cut runs straight up (towards smaller j) from a hole's topmost crossing with a vertical line a quarter pixel
-    right of its topmost vertex, to the first boundary above: the outer ring or another hole (then the two holes
-    travel on together). Vertices lie on pixel-edge midpoints (one coordinate whole, the other half), so that line
-    meets no vertex, no vertical edge and no pixel centre; between its ends it runs inside the mask."""
-    rings = [np.asarray(outer, float)] + [np.asarray(h, float) for h in holes]
-    pending = list(range(1, len(rings)))
-    while pending:
-        r = pending.pop()
-        ring = rings[r]
-        x = float(ring[np.argmin(ring[:, 1]), 0]) + 0.25
-        start, y0 = _vertical_crossing(ring, x)
-        best = None
-        for t in [0] + pending:
-            edge, y = _vertical_crossing(rings[t], x, above=y0)
-            if edge is not None and (best is None or y > best[2]):
-                best = (t, edge, y)
-        if start is None or best is None:  # cannot happen for a hole inside its outer ring
-            raise RuntimeError(f"no boundary above a hole at x={x}")
-        t, edge, y = best
-        v, p = np.array([[x, y0]]), np.array([[x, y]])
-        loop = np.vstack([v, ring[start + 1:], ring[:start + 1], v])  # around the hole, back to where it began
-        target = rings[t]
-        rings[t] = np.vstack([target[:edge + 1], p, loop, p, target[edge + 1:]])
-        rings[r] = None
-    return rings[0]
-
-
-def _vertical_crossing(ring: np.ndarray, x: float, above: Optional[float] = None):
-    """(edge index, j) where ``ring`` crosses the vertical line ``x``: its topmost crossing, or (``above``) the
-    nearest crossing above j = ``above``; (None, None) when there is none. Edges count half-open in x, so a
-    crossing at a shared vertex counts once and vertical edges (earlier cuts) never."""
-    a, b = ring, np.roll(ring, -1, axis=0)
-    hit = np.flatnonzero((a[:, 0] <= x) != (b[:, 0] <= x))
-    if not len(hit):
-        return None, None
-    y = a[hit, 1] + (x - a[hit, 0]) / (b[hit, 0] - a[hit, 0]) * (b[hit, 1] - a[hit, 1])
-    if above is None:
-        k = int(np.argmin(y))
-    else:
-        ok = np.flatnonzero(y < above)
-        if not len(ok):
-            return None, None
-        k = int(ok[np.argmax(y[ok])])
-    return int(hit[k]), float(y[k])
-
-
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    """The ring without vertices lying on the straight line through their neighbours (exact: same polygon).
-
-    Marching squares puts a vertex on every pixel edge; straight and 45° runs need only their ends."""
-    before = ring - np.roll(ring, 1, axis=0)
-    after = np.roll(ring, -1, axis=0) - ring
-    cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    return ring[np.abs(cross) > 1e-9]
-
-
-def fill_polygons(polygons, shape) -> np.ndarray:
-    """Rasterise closed polygons ((x=i, y=j) pixel coordinates) on a (rows, columns) grid: a pixel is inside when
-    its centre is, counting all polygons together with the even-odd rule (holes and XOR of overlaps)."""
-    rows, cols = shape
-    all_rows, all_x = [], []
-    for poly in polygons:
-        poly = np.asarray(poly, float)
-        x0, y0 = poly[:, 0], poly[:, 1]
-        x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-        lo, hi = np.minimum(y0, y1), np.maximum(y0, y1)
-        first = np.ceil(lo).astype(int)  # rows r with lo <= r < hi: each crossing counted once at vertices
-        count = np.maximum(np.ceil(hi).astype(int) - first, 0)
-        if not count.any():
-            continue
-        edge = np.repeat(np.arange(len(poly)), count)
-        r = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
-        t = (r - y0[edge]) / (y1[edge] - y0[edge])
-        all_rows.append(r)
-        all_x.append(x0[edge] + t * (x1[edge] - x0[edge]))
-    out = np.zeros(shape, bool)
-    if not all_rows:
-        return out
-    r = np.concatenate(all_rows)
-    x = np.concatenate(all_x)
-    keep = (r >= 0) & (r < rows)
-    r, x = r[keep], x[keep]
-    order = np.lexsort((x, r))
-    r, x = r[order], x[order]
-    diff = np.zeros((rows, cols + 1), np.int32)
-    starts, stops = np.ceil(x[0::2]).astype(int), np.ceil(x[1::2]).astype(int)  # centres c with xa <= c < xb
-    np.add.at(diff, (r[0::2], np.clip(starts, 0, cols)), 1)
-    np.add.at(diff, (r[1::2], np.clip(stops, 0, cols)), -1)
-    return np.cumsum(diff, axis=1)[:, :cols] > 0
 
 
 def write_rtstruct(run: RunFolder, dest, ref: ReferenceSeries, *, tumor_roi_type: str = "none",
@@ -1116,19 +870,6 @@ def read_rtstruct(path, grid) -> list:
 
 
 # ------------------------------------------------------------------------------------------- .seg.nrrd
-def _slicer_terminology(entry: dict) -> dict:
-    def codes(key):
-        code = entry.get(key)
-        return [scheme_designator(code.get("scheme")), str(code.get("code", "")), str(code.get("meaning", ""))] \
-            if code else None
-
-    out = {"contextName": TERMINOLOGY_CONTEXT, "category": codes("category"), "type": codes("type"),
-           "anatomicContextName": ANATOMIC_CONTEXT}
-    if codes("type_modifier"):
-        out["typeModifier"] = codes("type_modifier")
-    if codes("region"):
-        out["anatomicRegion"] = codes("region")
-    return out
 
 
 def write_seg_nrrd(run: RunFolder, dest) -> dict:
