@@ -849,7 +849,7 @@ def _run(args) -> int:
 
             return cmd_evaluate(args)
         if args.command == "export":
-            from ..export import cmd_export
+            from .export import cmd_export
 
             return cmd_export(args)
         if args.command == "summarize":
