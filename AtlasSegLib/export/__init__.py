@@ -99,6 +99,9 @@ DEFAULT_NAMES = {"dicom-seg": "segmentation.dcm", "rtstruct": "rtstruct.dcm", "s
 
 @dataclass
 class ExportResult:
+    """What ``export`` wrote: the file or folder, how long it took, its size and the writer's notes (counts, empty
+    structures, values made valid, names, review state); ``summary()`` is the line ``atlasseg export`` prints."""
+
     format: str
     path: Path
     seconds: float

@@ -30,7 +30,7 @@ def write_dicom_seg(run: RunFolder, dest, ref: ReferenceSeries, *, compress: boo
     Explicit VR Little Endian unless ``compress`` (Deflated Explicit VR Little Endian: lossless, smaller, but
     dciodvfy and a number of PACS and planning systems cannot read it). ``provenance``: structures a person edited
     are SEMIAUTOMATIC segments, and the reviewer (if known) is the Content Creator."""
-    # here: highdicom takes ~0.25 s to import, which `import AtlasSegLib.export` (at the Slicer module's start) skips
+    # here: highdicom adds ~0.25 s to `import AtlasSegLib.export` (the Slicer module imports it); only SEG needs it
     import highdicom as hd
 
     provenance = provenance or Provenance()
@@ -142,7 +142,7 @@ def read_dicom_seg(path, ref: ReferenceSeries) -> list:
 
     Frames are placed by their plane positions (not by the source instances they name: some writers do not say
     whether spatial locations were preserved); a frame off the grid's slices is refused with its position."""
-    # here: highdicom takes ~0.25 s to import, which `import AtlasSegLib.export` (at the Slicer module's start) skips
+    # here: highdicom adds ~0.25 s to `import AtlasSegLib.export` (the Slicer module imports it); only SEG needs it
     import highdicom as hd
 
     try:
