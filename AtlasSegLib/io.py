@@ -121,7 +121,7 @@ def _format_name(path: Path) -> str:
     return path.suffix.lstrip(".") or "unknown"
 
 
-def _dicom_series(folder: Path) -> dict:
+def dicom_series(folder: Path) -> dict:
     """Series UID → (folder, files) for every DICOM series in ``folder`` and its subfolders."""
     found = {}
     dirs = [folder] + sorted(p for p in folder.rglob("*") if p.is_dir())
@@ -196,7 +196,7 @@ def itk_messages_to_log(what: str):
 
 
 def _read_dicom_folder(folder: Path, series_uid: Optional[str]):
-    series = _dicom_series(folder)
+    series = dicom_series(folder)
     if not series:
         raise InputError(f"no DICOM image series found in {folder}; point to the folder holding the CT's .dcm files")
     if series_uid:

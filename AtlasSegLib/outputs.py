@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
-import json
 import logging
 import struct
 import zlib
@@ -31,6 +30,7 @@ from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid
 from .io import SourceInfo, atomic_write_image
+from .masks import bounding_slices
 from .overview import Overview
 from .postprocess import components
 from .progress import Reporter
@@ -127,7 +127,7 @@ def _gzip_compressor():
     """A gzip stream compressor: ISA-L's deflate (``isal``, ~6× zlib level 1 on masks, smaller files than ITK's
     zlib) when installed, else zlib at level 1. Both release the GIL on large buffers."""
     try:
-        from isal import isal_zlib
+        from isal import isal_zlib  # here, in the try: the zlib fallback serves a platform without isal's wheel
 
         return isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
     except ImportError:  # pragma: no cover - isal is a dependency; this keeps a platform without its wheel working
@@ -185,7 +185,7 @@ class OutputWriter:
         self.card = card
         self.reporter = reporter or Reporter()
         self.ct = sitk.GetArrayViewFromImage(image)
-        self.combined = np.zeros(self.ct.shape, np.uint8)
+        self.combined = None  # the combined labels, painted in finish() from _drawn
         self._drawn = []  # (voxels, is_tumor, label, name, box slices, packed mask, box shape): drawn in finish()
         self.structures = []
         self.tumors = {}
@@ -261,9 +261,7 @@ class OutputWriter:
             self.flush()
         finally:
             self.close()
-        hidden = paint_labels(self.combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(shape)))
-                                               .reshape(shape).view(bool))
-                                              for _, _, label, name, sl, packed, shape in _paint_order(self._drawn)))
+        self.combined, hidden = combined_labels(self.ct.shape, self._drawn)
         warnings = list(warnings) + [hidden_warning(name) for name in hidden]
         write_mask_nifti(self.folder / "combined_labels.nii.gz", self._header or nifti_header(self.grid, self.folder),
                          self.grid.size, ((0, 0, 0), self.grid.size), self.combined)
@@ -361,31 +359,39 @@ def commit_edit(outdir: Path, report: dict, card: ModelCard, ref: sitk.Image, hi
 
 
 def _rewrite_combined(outdir: Path, card: ModelCard, ref: sitk.Image) -> None:
-    combined = np.zeros(tuple(ref.GetSize()[::-1]), np.uint8)
     masks = []
     for cls in card.classes:
         path = outdir / SEG_DIR / f"{cls.name}.nii.gz"
         if path.is_file():
             mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
-            masks.append((int(np.count_nonzero(mask)), cls.is_tumor, cls.label, cls.name, *_packed_box(mask)))
-    hidden = paint_labels(combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(shape)))
-                                      .reshape(shape).view(bool))
-                                     for _, _, label, name, sl, packed, shape in _paint_order(masks)))
+            masks.append((int(np.count_nonzero(mask)), cls.is_tumor, cls.label, cls.name, *packed_box(mask)))
+    combined, hidden = combined_labels(tuple(ref.GetSize()[::-1]), masks)
     for name in hidden:
         log.warning(hidden_warning(name))
     atomic_write_image(mask_image(combined, ref), outdir / "combined_labels.nii.gz")
 
 
-def _packed_box(mask: np.ndarray) -> tuple:
-    """(slices of the bounding box, bit-packed mask inside it, its shape): a mask kept for drawing later."""
-    if not mask.any():
+def packed_box(mask: np.ndarray) -> tuple:
+    """(slices of the bounding box, bit-packed mask inside it, its shape): a mask kept for drawing later
+    (``combined_labels``); an empty mask is an empty box."""
+    box = bounding_slices(mask)
+    if box is None:
         return (slice(0, 0),) * 3, np.zeros(0, np.uint8), (0, 0, 0)
-    sl = []
-    for axis in range(3):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        sl.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    box = mask[tuple(sl)]
-    return tuple(sl), np.packbits(box, axis=None), box.shape
+    inside = np.asarray(mask)[box] != 0
+    return box, np.packbits(inside, axis=None), inside.shape
+
+
+def combined_labels(shape: tuple, drawn) -> tuple:
+    """The combined label map (uint8 array of ``shape``, k, j, i) of packed masks: ``drawn`` holds per structure
+    ``(voxels, is_tumor, label, name, box slices, bit-packed mask, box shape)`` (``packed_box`` gives the last
+    three), painted largest first (``_paint_order``) so a small structure in or over a larger one stays visible.
+    Returns (the map, names of the non-empty structures none of whose voxels shows: ``hidden_warning``). The one
+    painter of combined_labels.nii.gz: a run's writer, an edit of a finished run and the AbdomenAtlas export."""
+    combined = np.zeros(shape, np.uint8)
+    hidden = paint_labels(combined, ((label, name, sl, np.unpackbits(packed, count=int(np.prod(box_shape)))
+                                      .reshape(box_shape).view(bool))
+                                     for _, _, label, name, sl, packed, box_shape in _paint_order(drawn)))
+    return combined, hidden
 
 
 def _paint_order(items: list) -> list:

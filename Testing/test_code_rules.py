@@ -28,12 +28,9 @@ LONG_REASON = "long because"
 # package made from the module (report.py -> report/...). Any file not named here fails. The numbers say what each
 # file had when the rule was written.
 PENDING_PRINT = {
-    "export",    # 3: cmd_export moves to cli/export.py
     "estimate",  # 5: cmd_estimate moves to cli/estimate.py
 }
 PENDING_IMPORT_REASON = {
-    "export",        # 20 (becomes a package)
-    "outputs",       # 1
     "pipeline",      # 3
     "backends",      # 7
     "inference",     # 1
@@ -44,7 +41,7 @@ PENDING_IMPORT_REASON = {
 # above each is its ``if args.command == ...``, and a comment added there would collide with their change.
 PENDING_IMPORT_REASON_LINES = {
     "cli/__init__.py": {f"from {dots}{name} import cmd_{name}" for dots in ("..", ".")
-                        for name in ("export", "estimate")},
+                        for name in ("estimate",)},
 }
 PENDING_LONG = PENDING_IMPORT_REASON  # today: build_report 311 lines, report_html 150, write_rtstruct 143,
 # edit_run 142, phantom._paint_anatomy 151, synthesize.insert_tumors 122

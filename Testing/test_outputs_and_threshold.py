@@ -227,3 +227,32 @@ def test_a_new_threshold_rechecks_the_tumor_flags_instead_of_keeping_the_runs(ru
     assert flags[-1].startswith(NOT_RECHECKED) and "moved.nii.gz" in flags[-1]
     assert flags[:-1] == [f for f in _tumor_flags_from_files(out, None)]
     assert not any("HU" in f for f in flags[:-1])
+
+
+
+def test_combined_labels_paint_small_over_large_from_packed_boxes_and_name_the_hidden():
+    # The one painter of combined_labels.nii.gz (a run's writer, edits of a finished run, the AbdomenAtlas export).
+    from AtlasSegLib.outputs import combined_labels, packed_box
+
+    shape = (4, 10, 12)
+    organ, tumor, empty = (np.zeros(shape, bool) for _ in range(3))
+    organ[1:3, 2:8, 2:10] = True  # 96 voxels
+    tumor[2, 4:6, 5:7] = True  # 4 voxels inside the organ, listed after it: drawn over it all the same
+    assert packed_box(organ)[0] == (slice(1, 3), slice(2, 8), slice(2, 10)) and packed_box(organ)[2] == (2, 6, 8)
+    assert packed_box(empty)[2] == (0, 0, 0)
+    items = [(int(np.count_nonzero(m)), is_tumor, label, name, *packed_box(m))
+             for m, is_tumor, label, name in ((tumor, True, 2, "liver_tumor"), (organ, False, 1, "liver"),
+                                              (empty, False, 3, "spleen"))]
+    combined, hidden = combined_labels(shape, items)
+    assert combined.dtype == np.uint8 and combined.shape == shape
+    assert np.array_equal(combined == 2, tumor)
+    assert np.array_equal(combined == 1, organ & ~tumor)
+    assert hidden == []  # an empty structure draws nothing and is not "hidden"
+    # A structure all of whose voxels lie under smaller ones drawn after it is named (its own file stays complete).
+    halves = [np.zeros(shape, bool) for _ in range(2)]
+    halves[0][2, 4:6, 5] = True
+    halves[1][2, 4:6, 6] = True
+    items += [(2, False, 5 + n, f"part{n}", *packed_box(h)) for n, h in enumerate(halves)]
+    combined, hidden = combined_labels(shape, items)
+    assert hidden == ["liver_tumor"]
+    assert not (combined == 2).any() and (combined == 5).sum() == 2 and (combined == 6).sum() == 2

@@ -177,7 +177,7 @@ def _add_synthesize_parser(sub) -> None:
 
 
 def _add_export_parser(sub) -> None:
-    # Here, not in export.py: building the parser must not import numpy/SimpleITK/pydicom (startup time).
+    # Here, not in the export package: building the parser must not import numpy/SimpleITK/pydicom (startup time).
     from .. import roinames  # plain Python
 
     e = sub.add_parser("export", help="export a finished run as DICOM SEG, RTSTRUCT, .seg.nrrd or AbdomenAtlas case",
@@ -873,7 +873,8 @@ def _run(args) -> int:
 
             return cmd_evaluate(args)
         if args.command == "export":
-            from ..export import cmd_export
+            # here: pydicom, contourpy and slicerio load only when something is exported
+            from .export import cmd_export
 
             return cmd_export(args)
         if args.command == "summarize":
