@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .batchrecord import SUMMARY, Manifest, case_row, read_summary, remove_stale_staging, write_summary
+from .batchrecord import (SUMMARY, Manifest, case_row, committed_since, read_summary, remove_stale_staging,
+                          write_summary)
 from .errors import AtlasSegError, Cancelled, InputError
 from .io import IMAGE_SUFFIXES, read_image
 from .networks import load_model
@@ -72,7 +73,7 @@ def run_batch(root, out_root, *, card, weights=None, options: SegmentOptions = S
         in_progress = None  # the case the stop came in, when its output was not written
         if first_unrecorded < len(cases):
             name, path = cases[first_unrecorded]
-            if _finished_since(out_root / name, started):
+            if committed_since(out_root / name, started):
                 # Stopped after the case's folder was swapped in but before its row was kept: the folder is
                 # complete (it is renamed into place whole), so the summary must say so, not "not written".
                 rows.append(case_row(name, path, out_root / name, "done", "finished as the batch was stopped"))
@@ -98,15 +99,6 @@ def run_batch(root, out_root, *, card, weights=None, options: SegmentOptions = S
     write_summary(out_root / SUMMARY, rows, earlier)
     manifest.save(force=True)
     return rows
-
-
-def _finished_since(outdir: Path, started: float) -> bool:
-    """Whether ``outdir`` holds a run folder this batch completed (its report.json written after ``started``)."""
-    report = outdir / "report.json"
-    try:
-        return report.stat().st_mtime >= started
-    except OSError:
-        return False
 
 
 def segment_case(segmenter, name, path, outdir, options, reporter) -> dict:

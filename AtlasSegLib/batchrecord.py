@@ -159,3 +159,16 @@ def write_summary(path: Path, rows: list, earlier: dict) -> None:
     writer.writeheader()
     writer.writerows(out)
     atomic_write_text(buf.getvalue(), path)
+
+
+def committed_since(outdir: Path, since: float) -> bool:
+    """Whether ``outdir`` holds a case committed after ``since`` (time.time()): its report.json is written last,
+    in the staging folder, before the one rename, so a folder with a report.json this new is whole, and not an
+    earlier run's output that --overwrite was replacing. Both batch paths ask this when a stop lands between a
+    case's commit and its summary row."""
+    from .run import Run  # here: run loads jsonschema and the card code; the batch bookkeeping stays light
+
+    try:
+        return Run(outdir, check=False).report_path.stat().st_mtime >= since - 1.0
+    except OSError:
+        return False

@@ -373,7 +373,7 @@ class _Driver:
         """Interrupted: the cases in progress are marked interrupted (their outputs were not written); their
         workers are killed by ``shutdown``. Returns how many were stopped."""
         # here: batchrecord imports SimpleITK (see the note at the top)
-        from .batchrecord import case_row
+        from .batchrecord import case_row, committed_since
 
         stopped = 0
         for w in self.pool:
@@ -381,7 +381,7 @@ class _Driver:
                 _, name, path, _ = w.task
                 row = case_row(name, path, self.out_root / name, "interrupted",
                                "stopped here; its output was not written")
-                if _committed_since(self.out_root / name, w.started_wall):
+                if committed_since(self.out_root / name, w.started_wall):
                     # Its output was committed just before the stop: the result is kept, but the row says so.
                     row.update(status="done", message="finished as the batch was stopped (see its report.json)")
                 self.rows[name] = row
@@ -468,7 +468,7 @@ class _Driver:
 
     def _worker_died(self, w, name, path, started, exc):
         # here: batchrecord imports SimpleITK (see the note at the top)
-        from .batchrecord import case_row, remove_stale_staging
+        from .batchrecord import case_row, committed_since, remove_stale_staging
 
         w.deaths += 1
         reason = f"worker {w.label} ({w.where}) died after {time.monotonic() - started:.0f} s on this case"
@@ -476,7 +476,7 @@ class _Driver:
         remove_stale_staging(self.out_root, [name])
         self.manifest.retry(name, reason)
         outdir = self.out_root / name
-        if _committed_since(outdir, w.started_wall):
+        if committed_since(outdir, w.started_wall):
             # The worker committed the case (one rename) and died before answering: the output is complete.
             row = case_row(name, path, outdir, "done", "finished (its worker died right after writing it)")
             self._finish(row, w)
@@ -561,17 +561,6 @@ class _Driver:
         self._last_state, self._last_report = state, time.monotonic()
         message = f"{done} done, {failed} failed of {n}{eta}; " + ", ".join(workers) + (f"; {note}" if note else "")
         self.progress("batch", len(finished) / n if n else 1.0, message)
-
-
-def _committed_since(outdir: Path, since: float) -> bool:
-    """Whether ``outdir`` holds a case committed after ``since`` (its report.json is written last, in the
-    staging folder, before the one rename): not an earlier run's output that --overwrite was replacing."""
-    try:
-        from .run import Run  # here: run imports numpy/SimpleITK (as batchrecord)
-
-        return Run(outdir, check=False).report_path.stat().st_mtime >= since - 1.0
-    except OSError:
-        return False
 
 
 def _init_error(exc) -> str:
