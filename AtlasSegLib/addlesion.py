@@ -121,10 +121,10 @@ class Resized:
     def bounds(self) -> Optional[tuple]:
         """The lesion's new bounding box in the frame ((k, j, i) slices; None when empty): the ``bounds`` of the
         next resize, which then never scans the whole frame."""
-        if not self.mask.any():
+        box = bounding_slices(self.mask)
+        if box is None:
             return None
-        nz = np.nonzero(self.mask)
-        return tuple(slice(o + int(a.min()), o + int(a.max()) + 1) for o, a in zip(self.offset_kji, nz))
+        return tuple(slice(o + b.start, o + b.stop) for o, b in zip(self.offset_kji, box))
 
     def apply(self, labels: np.ndarray, value: Optional[int] = None) -> None:
         """Rewrite the lesion in ``labels`` (the label array it was computed on, or a 0/1 mask of the same frame):
@@ -180,10 +180,8 @@ def _component_at(mask: np.ndarray, kji) -> np.ndarray:
 
 
 def _crop(mask: np.ndarray, offset) -> tuple:
-    nz = np.nonzero(mask)
-    lo = np.array([a.min() for a in nz])
-    hi = np.array([a.max() + 1 for a in nz])
-    return tuple(int(v) for v in np.asarray(offset) + lo), mask[_slices(lo, hi)].copy()
+    box = bounding_slices(mask)
+    return tuple(int(o) + b.start for o, b in zip(offset, box)), mask[box].copy()
 
 
 def _level(p: float) -> int:
@@ -393,10 +391,10 @@ def resize_lesion(q: np.ndarray, labels: np.ndarray, label: int, threshold: floa
         inside = labels[_slices(olo, ohi)] == label
     else:
         olo, ohi, inside = np.zeros(3, int), shape, labels == label
-    if not inside.any():
+    own_box = bounding_slices(inside)
+    if own_box is None:
         raise InputError(f"there is no lesion {label} to resize")
-    nz = np.nonzero(inside)
-    olo, ohi = olo + [a.min() for a in nz], olo + [a.max() + 1 for a in nz]
+    olo, ohi = olo + [b.start for b in own_box], olo + [b.stop for b in own_box]
     level = _level(threshold)
     margin = np.maximum((ohi - olo) // 2, 8)
     while True:
