@@ -353,6 +353,8 @@ class RemoveFalsePositiveLogic:
         ml = voxels * voxelVolumeMm3(image) / 1000.0
         seed = tuple(int(v) for v in (np.argwhere(new)[0] + np.asarray(found.offset_kji) + start)[::-1])
         how = f" at p ≥ {found.threshold:g}" if found.threshold is not None else ""
+        if found.threshold is None and found.model_voxels:
+            how = f"; the model's own region there held only {found.model_voxels:,} voxels"
         return ClickResult(f"Added a {tumor} lesion ({found.origin}{how}): {voxels:,} voxels ({ml:.2f} ml). "
                            "Undo removes it.", controller.segmentId, voxels, ml, addedOrigin=found.origin,
                            addedSeedIjk=seed, addedThreshold=found.threshold)

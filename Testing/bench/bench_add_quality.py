@@ -14,8 +14,9 @@ liver dilated 5 mm (``--gate liver``, default: the demo model's liver on a real 
 (``--gate run``). ``--ct phantom``: AtlasSeg phantoms without tumors instead of the real CT. Printed:
 one row per click (diameter, contrast asked, *local* contrast: the tumor's mean minus the median of the organ 3-12 mm
 around it, which is what a reader sees where the organ's attenuation varies; path taken, Dice of the added lesion
-against the tumor's own truth), then the median Dice, the worst Dice of tumors of 15 mm and more, and per path (model
-/ image / nothing) the count and median Dice. ``--threshold`` near 1 (e.g. 0.999 on the phantoms) leaves tumors
+against the tumor's own truth), then the median Dice, the worst Dice of tumors of 15 mm and more, and per path (model;
+image where the model gave nothing; image where the model's region held only part of the lesion, under half of the
+image path's region; nothing) the count and median Dice. ``--threshold`` near 1 (e.g. 0.999 on the phantoms) leaves tumors
 the model did see (probability above the model path's floor) unmarked: clicks that take the model path.
 ``--seed``: the first case's seed (cases are seeds ``seed`` .. ``seed + cases - 1``): another set of tumors.
 A plain baseline in the same run: a sphere of the nominal diameter at the click (what a reader who knew the size
@@ -128,6 +129,8 @@ def run_case(tmp: Path, seed: int, args) -> list:
             mask[region] = added.mask
         path = added.origin if added is not None and added.action == "added" else (
             added.action if added is not None else "outside box")
+        if path == "added: image" and added.model_voxels:
+            path = "image (model: part)"  # the model's region held under half of the visible lesion
         base = sphere(truth_all.shape, c, t["diameter_mm"], spacing)
         rows.append({"seed": seed, "id": t["id"], "d": t["diameter_mm"], "hu": t["contrast_hu"], "missed": True,
                      "local_hu": local_hu, "path": path, "dice": dice(mask, own), "sphere": dice(base, own), "ms": ms,
