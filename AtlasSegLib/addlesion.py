@@ -353,8 +353,8 @@ def _mode_hu(values: np.ndarray, centre: float) -> float:
 def _opened_region(candidate: np.ndarray, seeds: np.ndarray, spacing) -> Optional[np.ndarray]:
     """The 6-connected components of ``candidate`` that hold a seed voxel, opened by a ball of ``OPEN_FRACTION``
     of the region's inscribed radius at the seeds, erosion and dilation by Euclidean distance transforms (``edt``:
-    round in millimetres on any voxel spacing), the dilation going one voxel further (the rim the opening shaved
-    off the lesion comes back): a leak narrower than the lesion is cut at its neck."""
+    round in millimetres on any voxel spacing), the dilation going one voxel of the finest axis further (the rim
+    the opening shaved off the lesion comes back): a leak narrower than the lesion is cut at its neck."""
     hits = candidate & seeds
     if not hits.any():
         return None
@@ -371,7 +371,7 @@ def _opened_region(candidate: np.ndarray, seeds: np.ndarray, spacing) -> Optiona
     pick = core[np.unravel_index(int(np.argmax(near)), near.shape)]
     if rho > 0 and pick:
         to_core = edt.edt(core != pick, anisotropy=anisotropy, black_border=False)
-        comp[box] = part & (to_core <= rho + float(max(spacing)) + 1e-6)
+        comp[box] = part & (to_core <= rho + float(min(spacing)) + 1e-6)
     return comp
 
 
