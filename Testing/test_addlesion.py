@@ -9,6 +9,7 @@ import cc3d
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from AtlasSegLib.addlesion import (ORIGIN_IMAGE, ORIGIN_PROBABILITY, add_lesion, parse_point, ras_to_ijk,
                                    resize_lesion, voxel_to_ijk)
@@ -183,7 +184,6 @@ def test_a_resize_shrinks_a_lesion_and_back_gives_its_first_voxels():
 
 def test_a_resize_given_the_lesions_bounds_gives_the_same_mask_as_without():
     q, labels = _two_lesions()
-    from scipy import ndimage
     bounds = ndimage.find_objects(labels)[0]
     for thr in (0.05, 0.3, 0.8):
         a, b = resize_lesion(q, labels, 1, thr), resize_lesion(q, labels, 1, thr, bounds=bounds)

@@ -30,6 +30,7 @@ def _reviewLogic():
 
 
 def _removeLogic():
+    # here: as _reviewLogic, the effect's logic needs packages installed on first run (cc3d, edt, ...)
     from AtlasSegModule import RemoveFalsePositiveLogic
 
     return RemoveFalsePositiveLogic

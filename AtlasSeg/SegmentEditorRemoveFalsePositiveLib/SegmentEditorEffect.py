@@ -62,6 +62,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
 
     def clone(self):
+        # here: Slicer's C++ effect wrapper, loaded by the Segment Editor only when it clones effects
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
 
         clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
