@@ -413,9 +413,6 @@ def cachedProbabilityMap(segmentationNode, tumor: str, *, withClickGate: bool = 
     return cached[1], cached[2]
 
 
-_probabilityMap = cachedProbabilityMap  # the name this module used before
-
-
 # Called with (segmentationNode, ClickResult) after every click of the effect that changed something, so the
 # AtlasSeg review panel can record the decision (the effect itself knows nothing about the panel).
 clickObservers: list = []
