@@ -9,9 +9,11 @@ click must grow the lesion from the CT (the image path).
 """
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
+import cc3d
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -83,7 +85,6 @@ def mask(out) -> np.ndarray:
 
 def ids_mask(out, rid, capsys) -> np.ndarray:
     """The voxels of lesion ``rid`` now: the component of the mask holding its review row's seed voxel."""
-    import cc3d
 
     row = next(r for r in rows(out, capsys) if r["id"] == rid and r["present"])
     labels = cc3d.connected_components(mask(out), connectivity=26)
@@ -121,7 +122,6 @@ def test_an_add_on_a_blank_probability_map_grows_from_the_image_with_a_new_id_ke
     assert comp["origin"] == "added: image"
     # The report's table and CSV say it too (a column in the CSV, next to the status on the page).
     assert cli.main(["report", str(blank)]) == 0
-    import csv
 
     line = next(r for r in csv.DictReader((blank / "report.csv").open()) if r["component"] == str(new[0]["id"]))
     assert line["origin"] == "added: image" and line["status"] == "kept"
@@ -176,7 +176,6 @@ def test_bad_points_are_refused_with_exit_2_and_change_nothing(blank, capsys):
 
 
 def test_a_resize_changes_only_its_own_lesion_and_outlives_threshold_changes(master, run, capsys):
-    import cc3d
 
     present = [r for r in rows(run, capsys) if r["present"]]
     # The model saw a speck (0.24 ml) of the inserted tumor: that lesion, at a lower threshold of its own, grows.

@@ -45,11 +45,13 @@ import vtk
 import slicer
 
 from AtlasSegModule.RemoveFalsePositiveLogic import (
-    REPRESENTATION, Hit, RemoveFalsePositiveLogic, boundingSlices, imageKjiToWorld, layerArray, layerImage,
-    notifyLayerModified)
+    REPRESENTATION, Hit, RemoveFalsePositiveLogic, boundingSlices, cachedProbabilityMap, imageKjiToWorld, layerArray,
+    layerImage, notifyLayerModified)
 
 from AtlasSegLib import review
+from AtlasSegLib.addlesion import ORIGIN_IMAGE, resize_lesion
 from AtlasSegLib.card import DEFAULT_TUMOR_MIN_MM3
+from AtlasSegLib.errors import InputError
 from AtlasSegLib.geometry import Grid
 from AtlasSegLib.io import atomic_write_text
 from AtlasSegLib.postprocess import dilated_gate
@@ -313,7 +315,8 @@ class SensitivityController:
         self.tumor = tumor
         self.segmentId = segmentIdByName(segmentationNode, tumor)
         self.probabilityNode = probabilityVolume(segmentationNode, tumor)
-        self.map = probabilityMap or probabilityMapFor(segmentationNode, tumor, self.probabilityNode)
+        # The shared cache: the review session's controllers and the Add click use one map (its gate built once).
+        self.map = probabilityMap or cachedProbabilityMap(segmentationNode, tumor)
         self.saveStateForUndo = saveStateForUndo
         self.appliedThreshold = floatAttribute(self.probabilityNode, "AtlasSeg.Threshold", 0.5) \
             if self.probabilityNode is not None else 0.5
@@ -401,9 +404,6 @@ class SensitivityController:
                and not str(d.get("origin") or "").startswith("added")]
         if not own:
             return parts
-        # here: addlesion (scipy, fill_voids) loads on the first resize or add, not with the review
-        from AtlasSegLib.addlesion import resize_lesion
-
         labels = labelling.labels.copy()
         byValue = {value: slc for value, slc, _ in labelling.parts if value not in removed}
         resizedParts = {}
@@ -537,6 +537,8 @@ class ReviewSession:
         self.controllers = {t: SensitivityController(segmentationNode, t, saveStateForUndo=saveStateForUndo)
                             for t in reviewableTumors(segmentationNode)}
         self.remover = RemoveFalsePositiveLogic(segmentationNode, saveStateForUndo)
+        # The Add click's map and click gate now (the controllers built the maps), not on the first click.
+        self.remover.prepareAdd()
         self.state = loadReviewState(segmentationNode)
         self.reviewer: Optional[str] = None  # the review panel's Reviewer field (remembered in the settings)
         self.rows: list = []
@@ -659,10 +661,6 @@ class ReviewSession:
         their one-voxel rim (so it never merges into a neighbour's id) nor another segment's voxels, and no other
         voxel changes. One undo step, decision included: the lesion is recorded with its ``threshold`` (status kept
         unless it was decided otherwise), which ``exportReview`` writes to review.json."""
-        # here: addlesion (scipy, fill_voids) loads on the first resize or add, not with the review
-        from AtlasSegLib.addlesion import ORIGIN_IMAGE, resize_lesion
-        from AtlasSegLib.errors import InputError
-
         row = self._row(index)
         tumor = row["tumor"]
         if "label" not in row:

@@ -34,7 +34,7 @@ def _reviewLogic():
 
 
 def _removeLogic():
-    # here, as AtlasSegReview above: it needs packages the module installs on first run
+    # here: as _reviewLogic, the effect's logic needs packages installed on first run (cc3d, edt, ...)
     from AtlasSegModule import RemoveFalsePositiveLogic
 
     return RemoveFalsePositiveLogic

@@ -30,6 +30,7 @@ from vtk.util import numpy_support
 import slicer
 
 from AtlasSegLib import review  # importable: the package __init__ put it on sys.path
+from AtlasSegLib.addlesion import add_lesion
 
 REPRESENTATION = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
 
@@ -296,10 +297,11 @@ class RemoveFalsePositiveLogic:
         tumor's probability box and the CT (the segmentation's input volume) — the model's region at the
         highest threshold that holds the point, else a region of similar attenuation bounded by the organ. A
         point inside an existing component of the tumor selects it (nothing changes). One undo step, taken just
-        before the paste; the new voxels take only empty voxels of the layer (never another segment's)."""
-        # here: AtlasSegReview imports this module at its top (a circle); addlesion (scipy) on the first add
-        from AtlasSegLib.addlesion import add_lesion
-        from AtlasSegModule import AtlasSegReview
+        before the paste; the new voxels take only empty voxels of the layer (never another segment's).
+
+        The tumor's probability map and click gate come from ``cachedProbabilityMap`` (built when the review session
+        or the Add toggle started: ``prepareAdd``), so a click does not rebuild the dilated gate of the whole box."""
+        from AtlasSegModule import AtlasSegReview  # here: AtlasSegReview imports this module (circular at load)
 
         node = self.segmentationNode
         tumors = AtlasSegReview.reviewableTumors(node)
@@ -311,8 +313,8 @@ class RemoveFalsePositiveLogic:
         reference = node.GetNodeReference("AtlasSegInputVolume")
         if reference is None or reference.GetImageData() is None:
             return ClickResult("Add missed tumor: the CT this segmentation was made from is not in the scene.")
-        controller = AtlasSegReview.SensitivityController(node, tumor, probabilityMap=_probabilityMap(node, tumor))
-        pm = controller.map
+        pm, gate = cachedProbabilityMap(node, tumor, withClickGate=True)
+        controller = AtlasSegReview.SensitivityController(node, tumor, probabilityMap=pm)
         image, region = controller.box()
         label = controller.label()
         _, low = layerArray(image)
@@ -332,7 +334,6 @@ class RemoveFalsePositiveLogic:
         # A 0/1 mask is enough: add_lesion only asks whether the click is inside a component, and keeps every
         # component's rim free (no labelling of the whole box per click).
         labels = own.view(np.uint8)
-        gate = pm.click_gate()
         free = (region == 0) | own  # never another segment's voxels
         gate = free if gate is None else gate & free
         found = add_lesion(ct, pm.box_grid.spacing[::-1], pm.q, labels, tuple(int(v) for v in local), gate=gate)
@@ -343,31 +344,50 @@ class RemoveFalsePositiveLogic:
             return ClickResult(f"Add missed tumor: nothing added — {found.reason}.", controller.segmentId)
         if self.saveStateForUndo is not None:
             self.saveStateForUndo()
-        new = np.zeros(region.shape, bool)
-        found.paste(new, True)
-        new &= region == 0
-        region[new] = label
+        # Only the lesion's own box of the layer is read and written (not the whole probability box).
+        window = region[found.region]
+        new = found.mask & (window == 0)
+        window[new] = label
         notifyLayerModified(node, image)
-        voxels = int(new.sum())
+        voxels = int(np.count_nonzero(new))
         ml = voxels * voxelVolumeMm3(image) / 1000.0
-        seed = tuple(int(v) for v in (np.argwhere(new)[0] + start)[::-1])
+        seed = tuple(int(v) for v in (np.argwhere(new)[0] + np.asarray(found.offset_kji) + start)[::-1])
         how = f" at p ≥ {found.threshold:g}" if found.threshold is not None else ""
+        if found.threshold is None and found.model_voxels:
+            how = f"; the model's own region there held only {found.model_voxels:,} voxels"
         return ClickResult(f"Added a {tumor} lesion ({found.origin}{how}): {voxels:,} voxels ({ml:.2f} ml). "
                            "Undo removes it.", controller.segmentId, voxels, ml, addedOrigin=found.origin,
                            addedSeedIjk=seed, addedThreshold=found.threshold)
 
 
-_mapCache: dict = {}  # (segmentation node id, tumor) -> (stamp, ProbabilityMap): the last map built for an add
+    def prepareAdd(self, tumor: Optional[str] = None) -> bool:
+        """Build (and cache) what an add click needs of ``tumor`` (default: every tumor with a probability map):
+        its ``ProbabilityMap`` with the dilated gate and the click gate. Called when the review session starts or the
+        effect's Add toggle is switched on, so the first click costs what the later ones do. False when there is no
+        such tumor."""
+        from AtlasSegModule import AtlasSegReview  # here: AtlasSegReview imports this module (circular at load)
+
+        tumors = AtlasSegReview.reviewableTumors(self.segmentationNode)
+        for name in tumors if tumor is None else [t for t in tumors if t == tumor]:
+            cachedProbabilityMap(self.segmentationNode, name, withClickGate=True)
+        return bool(tumors)
 
 
-def _probabilityMap(segmentationNode, tumor: str):
+_mapCache: dict = {}  # (segmentation node id, tumor) -> [stamp, ProbabilityMap, click gate or None]
+
+
+def cachedProbabilityMap(segmentationNode, tumor: str, *, withClickGate: bool = False):
     """The tumor's ``ProbabilityMap`` (probability volume + gate from the organ segments), built once and reused
     while neither the probability volume nor a gate organ's layer changes: building it reads and dilates the whole
-    box (most of an add click's time on a 512×512×300 CT)."""
-    # here: AtlasSegReview imports this module at its top: at the top here it would be a circle
-    from AtlasSegModule import AtlasSegReview
+    box (a second on a 512×512×300 CT). The review session's sensitivity controllers and the add click share it.
+    Maps of one segmentation node are kept (one per tumor); another node's are dropped. ``withClickGate``: return
+    ``(map, click gate)``, the gate ``ProbabilityMap.click_gate`` (computed once per map) that an add uses."""
+    from AtlasSegModule import AtlasSegReview  # here: AtlasSegReview imports this module (circular at load)
 
     probability = AtlasSegReview.probabilityVolume(segmentationNode, tumor)
+    if probability is None or probability.GetImageData() is None:  # the caller's own error message
+        pm = AtlasSegReview.probabilityMapFor(segmentationNode, tumor, probability)
+        return (pm, pm.click_gate()) if withClickGate else pm
     segmentation = segmentationNode.GetSegmentation()
     organs = [o.strip() for o in (probability.GetAttribute("AtlasSeg.Gate") or "").split(",") if o.strip()]
     images = [layerImage(segmentation, AtlasSegReview.segmentIdByName(segmentationNode, o)) for o in organs]
@@ -381,12 +401,16 @@ def _probabilityMap(segmentationNode, tumor: str):
              tumorImage is not None, tuple(grid.GetElement(r, c) for r in range(4) for c in range(4)))
     key = (segmentationNode.GetID(), tumor)
     cached = _mapCache.get(key)
-    if cached is not None and cached[0] == stamp:
+    if cached is None or cached[0] != stamp:
+        for other in [k for k in _mapCache if k[0] != key[0]]:
+            del _mapCache[other]  # a box of a 512×512×300 CT is tens of MB: only the node under review
+        cached = _mapCache[key] = [stamp, AtlasSegReview.probabilityMapFor(segmentationNode, tumor, probability),
+                                   None]
+    if not withClickGate:
         return cached[1]
-    pm = AtlasSegReview.probabilityMapFor(segmentationNode, tumor, probability)
-    _mapCache.clear()  # one map at a time: a box of a 512×512×300 CT is tens of MB
-    _mapCache[key] = (stamp, pm)
-    return pm
+    if cached[2] is None:
+        cached[2] = cached[1].click_gate()
+    return cached[1], cached[2]
 
 
 # Called with (segmentationNode, ClickResult) after every click of the effect that changed something, so the

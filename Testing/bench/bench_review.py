@@ -24,7 +24,9 @@ Measured (median of repeats, wall time on this machine):
   * AtlasSegLib per-lesion resize (``addlesion.resize_lesion`` + apply) of the true tumor over a range of thresholds,
     against re-thresholding and labelling the whole liver box (``ProbabilityMap.labels``, what the slider does).
   * AtlasSeg Slicer add click = ``RemoveFalsePositiveLogic.addAt`` (the effect's "Add missed tumor" mode) at the
-    same centres on the scene: probability map and gate from the scene, add_lesion, SaveStateForUndo, paste.
+    same centres on the scene: probability map and gate from the scene, add_lesion, SaveStateForUndo, paste. The
+    first click of the session is reported alone, and so is ``prepareAdd`` (map + click gate, what switching the
+    Add toggle on or starting the review session does once, off the click).
   * AtlasSeg Slicer resize = ``ReviewSession.resizeLesion`` (the review panel's "Resize lesion") of the true tumor
     over a range of thresholds on the scene: resize_lesion on the box, SaveStateForUndo, the segment update, the
     decision (its threshold) and the candidate table refreshed (reported alone too).
@@ -48,14 +50,21 @@ REPO = HERE.parent
 for path in (HERE / "slicer_module", REPO / "AtlasSeg", REPO, HERE):
     sys.path.insert(0, str(path))
 
+import cc3d  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 import slicer_harness  # noqa: E402  (imports vtk, then slicer)
 import slicer  # noqa: E402
 import vtk  # noqa: E402
 
 from testdata import ct_data_dir  # noqa: E402
+from AtlasSegLib.addlesion import add_lesion, resize_lesion  # noqa: E402
+from AtlasSegLib.masks import dice  # noqa: E402
+from AtlasSegLib.postprocess import dilate_mm, tumor_mask  # noqa: E402
+from AtlasSegLib.review import ProbabilityMap  # noqa: E402
+from AtlasSegLib.synthesize import insert_tumors  # noqa: E402
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach", 7: "pancreas"}
 
@@ -76,9 +85,9 @@ def stretched(image: sitk.Image, size, spacing, interpolator, default, pixel, st
 
 def build_output(folder: Path, size, n_fps: int, rng, stretch_z: bool) -> tuple:
     """Write the engine output folder; return (bridge geometry, CT array, box start ijk, FP centres kji full)."""
+    # here: the Slicer module's files import only after main() installed the harness's module stub
     from AtlasSegModule import AtlasSegBridge as bridge
     from fake_engine import classTable, writeOutputFolder
-    from AtlasSegLib.postprocess import dilate_mm, tumor_mask
 
     source = ct_data_dir() / "totalseg_abdomen_sm"
     spacing = (0.8, 0.8, 1.5)
@@ -174,16 +183,14 @@ SLICER_RESIZE_ROW = "AtlasSeg Slicer resize one lesion (ReviewSession.resizeLesi
 
 
 SLICER_ADD_ROW = "AtlasSeg Slicer add click (RemoveFalsePositiveLogic.addAt + undo state)"
+SLICER_FIRST_ADD_ROW = "  of which the session's first add click"
+PREPARE_ROW = "  Add toggle on / review start: prepareAdd (map + click gate, once)"
 
 
 def bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add=None) -> tuple:
     """Rows for one-click add and per-lesion resize on the liver box, with their plain baselines. ``slicer_add``:
-    ``(ct_box, [full-grid kji]) -> [ms]``, the same clicks through the Slicer effect's logic on the scene."""
-    import cc3d
-
-    from AtlasSegLib.addlesion import add_lesion, resize_lesion
-    from AtlasSegLib.synthesize import insert_tumors
-
+    ``(ct_box, [full-grid kji]) -> ([ms], prepare ms)``, the same clicks through the Slicer effect's logic on the
+    scene."""
     box = pmap.box_slices
     spacing = np.asarray(pmap.box_grid.spacing[::-1])
     liver = pmap.organs["liver"].astype(bool)
@@ -210,18 +217,17 @@ def bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add=None) -> tu
         own = truth_lab == truth_lab[c]
         got = np.zeros(own.shape, bool)
         added.paste(got, True)
-        dices.append(2 * np.count_nonzero(got & own) / max(1, got.sum() + own.sum()))
+        dices.append(dice(got, own))
         if added.hu_range:
             seed = [int(v) for v in (np.asarray(c) + [s.start for s in box])[::-1]]
             base_ms.append(timed(sitk.ConnectedThreshold, whole, seedList=[seed], lower=float(added.hu_range[0]),
                                  upper=float(added.hu_range[1]))[0])
-    slicer_ms = slicer_add(ct_box, [tuple(int(a) + s.start for a, s in zip(t["center_zyx"], box))
-                                    for t in synth.tumors]) if slicer_add is not None else []
+    slicer_ms, prepare_ms = slicer_add(ct_box, [tuple(int(a) + s.start for a, s in zip(t["center_zyx"], box))
+                                                for t in synth.tumors]) if slicer_add is not None else ([], None)
     # Resize: the true tumor (largest candidate) through a range of thresholds and back.
     lesion = int(np.bincount(labels.ravel())[1:].argmax() + 1)
     work = labels.copy()
     resize_ms = []
-    from scipy import ndimage
     bounds = ndimage.find_objects(labels)[lesion - 1]  # as the review's labelling holds it (Labelling.parts)
     for thr in [0.3, 0.5, 0.2, 0.7, 0.15, 0.4, 0.6, 0.1] * max(1, args.repeats // 4):
         def resize():
@@ -235,6 +241,8 @@ def bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add=None) -> tu
     rows = {ADD_ROW: add_ms,
             "  baseline: SimpleITK ConnectedThreshold, whole volume, same interval": base_ms or [float("nan")],
             SLICER_ADD_ROW: slicer_ms or [float("nan")],
+            SLICER_FIRST_ADD_ROW: slicer_ms[:1] or [float("nan")],
+            PREPARE_ROW: [prepare_ms if prepare_ms is not None else float("nan")],
             RESIZE_ROW: resize_ms,
             "  baseline: threshold + label the whole liver box (ProbabilityMap.labels)": slider_base}
     info = (f"adds: {len(add_ms)} synthetic tumors 15-30 mm at -40 HU; paths {', '.join(sorted(set(origins)))}; "
@@ -243,7 +251,6 @@ def bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add=None) -> tu
 
 
 def ndimage_dilate(mask, iterations):
-    from scipy import ndimage
     return ndimage.binary_dilation(mask, iterations=iterations)
 
 
@@ -258,6 +265,7 @@ def main() -> int:
                              "case); keep: z keeps its physical size (liver box of a real liver's size, ~6 M voxels)")
     args = parser.parse_args()
     slicer_harness.installScriptedLoadableModuleStub()
+    # here: the Slicer module's files import only after the stub above is installed
     from AtlasSegModule import AtlasSegBridge as bridge
     from AtlasSegModule import AtlasSegLogic
     from AtlasSegModule import AtlasSegReview
@@ -276,7 +284,6 @@ def main() -> int:
         t = time.perf_counter()
         results = AtlasSegLogic.AtlasSegLogic().loadResults(Path(tmp) / "out", volume)
         print(f"loadResults {time.perf_counter() - t:.1f} s", flush=True)
-        from AtlasSegLib.review import ProbabilityMap
         pmap = ProbabilityMap.from_output(Path(tmp) / "out", "liver_tumor")
         tumor_full = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(tmp) / "out" / "segmentations" /
                                                                 "liver_tumor.nii.gz")))
@@ -339,19 +346,19 @@ def main() -> int:
     print(f"tumor layer extent after the Islands path: {extent()}", flush=True)
 
     def slicer_add(ct_box, centres):
-        """The missed tumors into the scene's CT, then one Add-mode click at each centre (the effect's path)."""
-        import slicer
-
+        """The missed tumors into the scene's CT, then the Add toggle (``prepareAdd``) and one Add-mode click at each
+        centre (the effect's path)."""
         array = slicer.util.arrayFromVolume(volume)
         array[pmap.box_slices] = ct_box
         slicer.util.arrayFromVolumeModified(volume)
+        prepare_ms = timed(plain.prepareAdd)[0]
         out = []
         for c in centres:
             ms, result = timed(plain.addAt, ras(c))
             out.append(ms)
             if not result.changed:
                 print(f"Slicer add at {c}: {result.message}", flush=True)
-        return out
+        return out, prepare_ms
 
     add_rows, add_info = bench_add_and_resize(ct, pmap, tumor_full, args, rng, slicer_add)
     rows.update(add_rows)
@@ -389,6 +396,7 @@ def main() -> int:
     print("machine: shared with 5 other sessions (2 cores); medians, not best-of")
     print(f"RESULT add_ms={statistics.median(rows[ADD_ROW]):.1f} resize_ms={statistics.median(rows[RESIZE_ROW]):.1f} "
           f"slicer_add_ms={statistics.median(rows[SLICER_ADD_ROW]):.1f} "
+          f"slicer_first_add_ms={rows[SLICER_FIRST_ADD_ROW][0]:.1f} "
           f"slicer_resize_ms={statistics.median(rows[SLICER_RESIZE_ROW]):.1f} "
           f"click_ms={statistics.median(rows['AtlasSeg click, compacted tumor layer']):.1f} "
           f"slider_ms={statistics.median(rows['AtlasSeg slider update (threshold + components + segment)']):.1f}")

@@ -14,7 +14,10 @@ through ``slicer_harness`` and ``review_scene`` (a liver tumor with a probabilit
 export sections are driven by clicking their buttons.
 
 The state shown: the liver_tumor slider at "maximum sensitivity" (0.1) applied, 3 candidates, one kept, one
-removed, the one left to review selected; the report of the reviewed segmentation made with "Report of the
+removed, one left to review; the kept one selected and resized on its own threshold ("Resize lesion" at p ≥ 0.5);
+the Reviewer field filled; below the module's sections, the options of the Segment Editor effect "Remove false positive"
+(``SegmentEditorRemoveFalsePositiveLib``'s own ``setupOptionsFrame``, which lives in the Segment Editor, not in this
+panel) with "Add missed tumor" checked; the report of the reviewed segmentation made with "Report of the
 segmentation..."; Export opened (it offers the last result). The picture is 440 px wide (as ``panel.png``) or the
 panel's minimum width if that is larger; fonts and style are the offscreen Qt defaults, not Slicer's.
 
@@ -268,6 +271,66 @@ def installQtShims():
     sys.modules["ctk"] = ctk
 
 
+# ------------------------------------------------------------------------------------ the effect's options
+class _ScriptedEffect:
+    """The part of Slicer's qSlicerSegmentEditorScriptedEffect the effect's options frame calls: options widgets go
+    into ``layout``; parameters in a dict; the parameter set node gives the real segmentation node."""
+
+    def __init__(self, layout, segmentationNode):
+        self.layout = layout
+        self.parameters = {}
+        self._parameterSet = types.SimpleNamespace(GetSegmentationNode=lambda: segmentationNode)
+
+    def addOptionsWidget(self, widget):
+        self.layout.addWidget(widget)
+
+    def setParameter(self, name, value):
+        self.parameters[name] = str(value)
+
+    def setParameterDefault(self, name, value):
+        self.parameters.setdefault(name, str(value))
+
+    def parameterDefined(self, name):
+        return name in self.parameters
+
+    def parameter(self, name):
+        return self.parameters[name]
+
+    def parameterSetNode(self):
+        return self._parameterSet
+
+
+def effectOptions(segmentationNode):
+    """The "Remove false positive" effect's options frame, built by the effect's own ``setupOptionsFrame`` (Slicer's
+    ``SegmentEditorEffects`` base class replaced by a plain one: it exists only inside the application)."""
+    import importlib.util
+
+    base = types.ModuleType("SegmentEditorEffects")
+
+    class AbstractScriptedSegmentEditorEffect:
+        def __init__(self, scriptedEffect):
+            self.scriptedEffect = scriptedEffect
+
+    base.AbstractScriptedSegmentEditorEffect = AbstractScriptedSegmentEditorEffect
+    sys.modules.setdefault("SegmentEditorEffects", base)
+    path = MODULE_DIR / "SegmentEditorRemoveFalsePositiveLib" / "SegmentEditorEffect.py"
+    spec = importlib.util.spec_from_file_location("SegmentEditorRemoveFalsePositiveLib", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    box = QtWidgets.QGroupBox("Segment Editor › Remove false positive (effect options)")
+    boxLayout = QtWidgets.QVBoxLayout(box)
+    scripted = _ScriptedEffect(boxLayout, segmentationNode)
+    scripted.name = ""
+    effect = module.SegmentEditorEffect.__new__(module.SegmentEditorEffect)
+    effect.scriptedEffect = scripted
+    effect.setMRMLDefaults()
+    effect.setupOptionsFrame()
+    effect.addCheckBox.checked = True  # the toggle's own handler runs: parameter set, map and gate prepared
+    if scripted.parameter(module.ADD_MODE) != "1":
+        raise SystemExit("the Add missed tumor toggle did not set the effect's parameter")
+    return box
+
+
 # ------------------------------------------------------------------------------------ slicer GUI parts
 class _SegmentEditorWidget:
     """The part of qMRMLSegmentEditorWidget the review panel calls, on a real vtkSlicerSegmentEditorLogic."""
@@ -347,6 +410,8 @@ def main(argv) -> int:
     moduleWidget.reviewPanel = review = ReviewPanel(layout, moduleWidget)
     moduleWidget.reportPanel = report = ReportPanel(layout, moduleWidget)
     moduleWidget.exportPanel = export = ExportPanel(layout, moduleWidget)
+    options = effectOptions(scene.segmentationNode)
+    layout.addWidget(options)
     layout.addStretch(1)
     container.resize(PANEL_WIDTH, 100)
     container.show()
@@ -370,6 +435,11 @@ def main(argv) -> int:
     counter = review.counterLabel.text
     if counter != "3 candidates, 1 removed, 1 kept, 1 to review":
         raise SystemExit(f"unexpected review state: {counter!r}")
+    # Resize: the kept lesion alone at its own threshold (it shrinks; the others do not change).
+    review.table.selectRow([r.get("status") for r in review.session.rows].index("kept"))
+    review.lesionThresholdSpin.value = 0.5
+    review.resizeButton.click()
+    wait(50)
 
     # Report: "Report of the segmentation..." into a new folder (the dialog answers it).
     _Dialogs.existingDirectory = str(work / "Review CT report")
@@ -385,7 +455,7 @@ def main(argv) -> int:
     container.resize(PANEL_WIDTH, container.sizeHint().height())
     container.show()
     wait(50)
-    bottom = export.collapsibleButton.geometry.bottom() + 8  # PythonQt spelling (shim)
+    bottom = options.geometry().bottom() + 8  # the effect's options box, below the module's sections
     # The sections built in code only (the .ui part above them is Resources/Screenshots/panel.png).
     top = max(0, review.section.geometry.top() - 8)
     output.parent.mkdir(parents=True, exist_ok=True)

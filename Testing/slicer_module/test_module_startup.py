@@ -9,7 +9,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 # What AtlasSeg/Resources/requirements.txt installs (Slicer ships numpy, SimpleITK, requests, vtk).
-NOT_YET_INSTALLED = ("cc3d", "scipy", "PIL", "monai", "torch", "highdicom", "pydicom", "contourpy", "slicerio",
+NOT_YET_INSTALLED = ("cc3d", "edt", "scipy", "PIL", "monai", "torch", "highdicom", "pydicom", "contourpy", "slicerio",
                      "nrrd", "nibabel", "jsonschema", "tqdm", "psutil")
 
 SCRIPT = f"""

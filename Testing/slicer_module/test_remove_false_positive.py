@@ -325,3 +325,41 @@ def test_an_added_tumor_stays_when_the_sensitivity_slider_moves(scene):
         assert np.array_equal(now & lesion, lesion), threshold
     session.applyThreshold("liver_tumor")
     assert any(r["id"] == addedId and r["present"] for r in session.rows)
+
+
+def test_the_review_session_prepares_the_add_so_the_first_click_builds_no_probability_map(scene, monkeypatch):
+    # The first add of a session used to rebuild the tumor's map and its dilated gate on the click (a second on a
+    # 512×512×300 CT): the session builds it once, the controllers and the add share it.
+    from AtlasSegModule import AtlasSegReview
+    from AtlasSegModule.AtlasSegReview import ReviewSession
+
+    scene, editor = scene
+    truth = _insertMissedTumor(scene)
+    ReviewSession(scene.segmentationNode, saveStateForUndo=editor.SaveStateForUndo)
+    builds = []
+    original = AtlasSegReview.probabilityMapFor
+    monkeypatch.setattr(AtlasSegReview, "probabilityMapFor", lambda *a, **k: builds.append(a) or original(*a, **k))
+    result = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo).addAt(
+        scene.rasOfKji(MISSED_KJI))
+    assert result.changed and result.addedOrigin == "added: image", result.message
+    assert builds == []
+    added = segmentArray(scene, "liver_tumor").astype(bool) & truth.astype(bool)
+    assert added.any()
+
+
+def test_the_add_toggle_prepares_the_map_and_a_changed_probability_volume_is_rebuilt(scene, monkeypatch):
+    from AtlasSegModule import AtlasSegReview
+
+    scene, editor = scene
+    logic = RemoveFalsePositiveLogic(scene.segmentationNode, editor.SaveStateForUndo)
+    assert logic.prepareAdd()
+    builds = []
+    original = AtlasSegReview.probabilityMapFor
+    monkeypatch.setattr(AtlasSegReview, "probabilityMapFor", lambda *a, **k: builds.append(a) or original(*a, **k))
+    logic.prepareAdd()
+    assert builds == []  # cached: nothing changed
+    probability = AtlasSegReview.probabilityVolume(scene.segmentationNode, "liver_tumor")
+    slicer.util.arrayFromVolume(probability)[:] = 0
+    slicer.util.arrayFromVolumeModified(probability)
+    logic.prepareAdd()
+    assert len(builds) == 1  # the volume changed: the map is built again, not served stale

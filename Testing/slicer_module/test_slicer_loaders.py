@@ -31,7 +31,7 @@ MODULE_DIR = REPO / "AtlasSeg"
 # numpy, SimpleITK, requests, vtk, and also scipy 1.13.1, pillow 10.3.0, pydicom 2.4.4 (SuperBuild/
 # External_python-scipy.cmake:40, External_python-dicom-requirements.cmake:44,61 @v5.8.1), and imports numpy and
 # scipy at startup (Base/Python/slicer/__init__.py:213-215): those are not blocked.
-NOT_YET_INSTALLED = ("cc3d", "fill_voids", "isal", "fastremap", "monai", "torch", "highdicom", "contourpy",
+NOT_YET_INSTALLED = ("cc3d", "edt", "fill_voids", "isal", "fastremap", "monai", "torch", "highdicom", "contourpy",
                      "slicerio", "nrrd", "nibabel", "jsonschema", "tqdm", "psutil")
 
 PRELUDE = """
