@@ -35,7 +35,6 @@ PENDING_IMPORT_REASON = {
     "backends",      # 7
     "inference",     # 1
     "estimate",      # 3
-    "addlesion",     # 0
 }
 # The dispatch lines of the commands other engineers move this round, in the old and the new spelling: the line
 # above each is its ``if args.command == ...``, and a comment added there would collide with their change.
