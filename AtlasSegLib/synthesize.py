@@ -8,9 +8,12 @@ The paper's description, implemented here from scratch (no code of theirs is use
    displacement field), then blurred: the blurred shape is the blending weight, which gives the soft edge.
 3. *Texture*: Gaussian noise on a coarse grid, scaled up to the CT's grid by cubic interpolation (grains of a few
    mm) and smoothed by a Gaussian filter.
-4. *Blending*: inside the weight, the CT's low-frequency content is replaced by the tumor's mean HU (the organ's
-   own mean HU plus the requested contrast) plus the texture; the scanner's own fine noise is kept, so the tumor
-   has the grain of its surroundings.
+4. *Blending*: inside the weight, the CT's low-frequency content is replaced by the tumor's mean HU plus the
+   texture; the scanner's own fine noise is kept, so the tumor has the grain of its surroundings. The mean is the
+   requested contrast relative to the surrounding organ tissue: the median HU of the organ's voxels in a shell
+   around the tumor (vessels left out, measured on the CT before any tumor went in), because a tumor's
+   conspicuity is relative to the parenchyma around it and an organ's attenuation varies (a real liver is 31-37
+   HU in places and 47 HU on average); the organ's mean only where that shell holds too few organ voxels.
 
 Every number (size classes, margins, grain, default contrast per organ) is in ``data/synthesis.json`` with its
 source. Arrays are numpy (z, y, x) as SimpleITK's ``GetArrayFromImage`` gives them; spacing is (z, y, x) in mm.
@@ -54,8 +57,10 @@ class SynthesisResult:
         ct: Same shape and dtype as the input array (z, y, x), tumors inserted.
         mask: bool (z, y, x): the tumors (the truth).
         tumors: One dict per tumor: ``id``, ``center_zyx`` (voxel), ``diameter_mm`` (nominal), ``contrast_hu``
-            (tumor mean minus reference mean, as asked or drawn), ``size_class``, ``volume_ml`` (of its truth
-            voxels), and ``reference_hu`` (the organ's or local tissue's mean), ``mean_hu`` (measured inside its
+            (tumor mean minus reference HU, as asked or drawn), ``size_class``, ``volume_ml`` (of its truth
+            voxels), and ``reference_hu`` (what the contrast is relative to: the median of the surrounding organ
+            tissue, the organ's mean where too little of it surrounds the tumor, or without an organ mask the
+            local soft tissue's mean), ``mean_hu`` (measured inside its
             truth after insertion), ``equivalent_diameter_mm`` (of a sphere of its volume), ``axes_mm`` (the
             ellipsoid's three diameters before the elastic deformation).
         changed: Tuple of slices: the box that holds every changed voxel (empty slices when nothing changed).
@@ -160,8 +165,10 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
         organ_name: liver, pancreas or kidney: chooses the default contrast range.
         count: number of tumors placed at random inside the organ (ignored with ``centers_zyx``).
         diameter_mm: nominal diameter, one number or a (min, max) range drawn uniformly per tumor.
-        contrast_hu: tumor mean minus the organ's mean HU (negative: hypo-attenuating), one number or a range;
-            None: the organ's default range from ``data/synthesis.json``.
+        contrast_hu: tumor mean minus the HU of the surrounding organ tissue (negative: hypo-attenuating): the
+            median of the organ's voxels within ``reference.shell_mm`` of the tumor's truth, vessels left out, on
+            the CT before insertion (the organ's mean when fewer than ``reference.min_voxels`` of them; see
+            ``data/synthesis.json``); one number or a range; None: the organ's default range.
         centers_zyx: one tumor at each of these voxels (e.g. a clicked point). ``organ`` may then be None:
             the contrast is relative to the local soft tissue's mean HU.
         seed: the same seed (and inputs) gives the same CT; another seed gives other tumors.
@@ -203,7 +210,10 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
         if centers is None:
             placer.occupy(box, weight >= 0.5)
         weight[weight < 0.01] = 0.0  # the blur's far tail would change voxels by a fraction of an HU
-        reference = placer.organ_mean if placer is not None else _local_mean(ct[box], weight)
+        inside = weight >= 0.5
+        if not inside.any():  # a tumor smaller than a voxel's reach: its centre voxel still marks it
+            inside[tuple(int(c - b.start) for c, b in zip(centre, box))] = True
+        reference = placer.reference(box, inside, k) if placer is not None else _local_mean(ct[box], weight)
         texture = _texture(rng, weight.shape, spacing, params)
         if capsule_hu:
             # A thin rim centred on the truth's edge (weight 0.5), about a voxel wide either side of it.
@@ -212,9 +222,6 @@ def insert_tumors(ct: np.ndarray, organ: Optional[np.ndarray], spacing_zyx, *, o
             allowed = placer.near_weight(box) if placer is not None else np.ones(weight.shape, np.float32)
             _push(out, box, centre, d / 2.0, mass_effect_mm, spacing, allowed)
         _blend(out, box, weight, reference + c_hu, texture, spacing)
-        inside = weight >= 0.5
-        if not inside.any():  # a tumor smaller than a voxel's reach: its centre voxel still marks it
-            inside[tuple(int(c - b.start) for c, b in zip(centre, box))] = True
         truth[box] |= inside
         boxes.append(box)
         insides.append(inside)
@@ -248,6 +255,8 @@ class _Placer:
         organ = organ[self.crop]
         ct = ct[self.crop]
         self.organ = organ
+        self.ct = ct  # the CT before any tumor: the reference tissue around a tumor never holds another one
+        self.ref_params = params["reference"]
         self.depth = ndimage.distance_transform_edt(organ, sampling=spacing)  # mm to the organ's edge
         interior = ndimage.binary_erosion(organ) if organ.sum() > 50 else organ
         values = ct[interior if interior.any() else organ].astype(np.float64)
@@ -271,6 +280,36 @@ class _Placer:
             dst = tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, box))
             out[dst] = self.near[self.local(inner)]
         return out
+
+    def reference(self, box, inside: np.ndarray, k: int) -> float:
+        """The HU a tumor's contrast is relative to: the median of the organ's voxels within ``shell_mm`` outside
+        its truth (``inside``, on the image box ``box``), vessels left out, on the CT before insertion; the organ's
+        mean where that shell holds fewer than ``min_voxels`` organ voxels."""
+        shell_mm = float(self.ref_params["shell_mm"])
+        pad = np.ceil(shell_mm / self.spacing).astype(int) + 1
+        # The tumor's box grown by the shell, as a box of the crop (the organ lies wholly inside the crop).
+        lo = [max(b.start - o - p, 0) for b, o, p in zip(box, self.offset, pad)]
+        hi = [min(b.stop - o + p, s) for b, o, p, s in zip(box, self.offset, pad, self.organ.shape)]
+        if any(h <= a for a, h in zip(lo, hi)):
+            return self.organ_mean
+        ext = tuple(slice(a, h) for a, h in zip(lo, hi))
+        tumor = np.zeros(tuple(h - a for a, h in zip(lo, hi)), dtype=bool)
+        src, dst = [], []
+        for b, o, a, h in zip(box, self.offset, lo, hi):
+            s0, s1 = max(b.start - o, a), min(b.stop - o, h)
+            if s1 <= s0:
+                return self.organ_mean
+            src.append(slice(s0 - (b.start - o), s1 - (b.start - o)))
+            dst.append(slice(s0 - a, s1 - a))
+        tumor[tuple(dst)] = inside[tuple(src)]
+        distance = ndimage.distance_transform_edt(~tumor, sampling=self.spacing)
+        shell = (distance > 0) & (distance <= shell_mm) & self.organ[ext] & ~self.vessels[ext]
+        values = self.ct[ext][shell]
+        if values.size < int(self.ref_params["min_voxels"]):
+            log.info("tumor %d: only %d organ voxels within %g mm around it; its contrast is relative to the organ's "
+                     "mean (%.1f HU)", k + 1, values.size, shell_mm, self.organ_mean)
+            return self.organ_mean
+        return float(np.median(values))
 
     def occupy(self, box, inside) -> None:
         gap = self.loc["gap_between_tumors_mm"]

@@ -68,17 +68,51 @@ def test_size_classes_follow_the_papers_radii():
         "tiny", "tiny", "small", "small", "medium", "medium", "large", "large"]
 
 
+def _shell(mask, organ, spacing, inner_mm, outer_mm):
+    """The organ's voxels between inner_mm and outer_mm outside a tumor's truth."""
+    distance = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    return organ & (distance > inner_mm) & (distance <= outer_mm)
+
+
 @pytest.mark.parametrize("asked", [-50.0, 40.0])
-def test_mean_hu_inside_the_tumor_differs_from_the_organ_mean_by_the_asked_contrast(real, asked):
+def test_mean_hu_inside_the_tumor_differs_from_the_surrounding_liver_by_the_asked_contrast(real, asked):
     liver = real["labels"] == LIVER
     r = insert_tumors(real["ct"], liver, real["spacing"], count=2, diameter_mm=(24, 30), contrast_hu=asked, seed=2)
-    organ_mean = real["ct"][ndimage.binary_erosion(liver)].mean()
-    measured = r.ct[r.mask].astype(float).mean() - organ_mean
-    # The soft edge dilutes the contrast at the truth's rim; the core carries it fully.
-    assert measured == pytest.approx(asked, rel=0.2)
+    labels, n = ndimage.label(r.mask)
+    assert n == 2
+    for t in r.tumors:
+        own = labels == labels[tuple(t["center_zyx"])]
+        # The reference is the liver around the tumor (before insertion), not the whole liver's mean.
+        around = real["ct"][_shell(own, liver, real["spacing"], 0.0, 12.0)]
+        assert t["reference_hu"] == pytest.approx(float(np.median(around)), abs=3)
+        # The soft edge dilutes the contrast at the truth's rim; the core carries it fully.
+        measured = r.ct[own].astype(float).mean() - t["reference_hu"]
+        assert measured == pytest.approx(asked, rel=0.2)
+        core = ndimage.binary_erosion(own)
+        assert r.ct[core].astype(float).mean() - t["reference_hu"] == pytest.approx(asked, rel=0.12)
+        assert t["contrast_hu"] == asked
+
+
+@pytest.mark.parametrize("half", ["darker", "brighter"])
+def test_the_asked_contrast_holds_against_the_organ_tissue_around_the_tumor(half):
+    # An organ whose two halves differ by 20 HU (40 and 60 HU, 10 HU of noise): against the whole organ's mean
+    # (50 HU) a -30 HU tumor would be only -20 HU below the darker half around it, or -40 below the brighter one.
+    spacing = (2.0, 2.0, 2.0)
+    rng = np.random.default_rng(0)
+    ct = rng.normal(-100.0, 10.0, (40, 60, 120))
+    organ = np.zeros(ct.shape, dtype=bool)
+    organ[4:-4, 4:-4, 4:-4] = True
+    ct[organ] = rng.normal(0.0, 10.0, int(organ.sum()))
+    ct[:, :, :60][organ[:, :, :60]] += 40.0
+    ct[:, :, 60:][organ[:, :, 60:]] += 60.0
+    ct = np.rint(ct).astype(np.int16)
+    centre = (20, 30, 30 if half == "darker" else 90)  # 60 mm from the halves' border: its 12 mm shell is all one half
+    r = insert_tumors(ct, organ, spacing, centers_zyx=[centre], diameter_mm=20, contrast_hu=-30, seed=3)
     core = ndimage.binary_erosion(r.mask)
-    assert r.ct[core].astype(float).mean() - organ_mean == pytest.approx(asked, rel=0.12)
-    assert all(t["contrast_hu"] == asked for t in r.tumors)
+    # Measured on the output: the tumor's core against the organ 3-12 mm around it (past the soft edge).
+    around = r.ct[_shell(r.mask, organ, spacing, 3.0, 12.0)]
+    assert r.ct[core].mean() - np.median(around) == pytest.approx(-30, abs=4)
+    assert r.tumors[0]["reference_hu"] == pytest.approx(40.0 if half == "darker" else 60.0, abs=2)
 
 
 def test_default_contrast_is_hypo_attenuating_within_the_organs_range(real):
