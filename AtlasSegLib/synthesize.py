@@ -302,6 +302,8 @@ class _Placer:
             src.append(slice(s0 - (b.start - o), s1 - (b.start - o)))
             dst.append(slice(s0 - a, s1 - a))
         tumor[tuple(dst)] = inside[tuple(src)]
+        if not tumor.any():  # a clicked tumor wholly beyond the organ's crop: no organ tissue around it either
+            return self.organ_mean
         distance = ndimage.distance_transform_edt(~tumor, sampling=self.spacing)
         shell = (distance > 0) & (distance <= shell_mm) & self.organ[ext] & ~self.vessels[ext]
         values = self.ct[ext][shell]

@@ -93,11 +93,8 @@ def test_mean_hu_inside_the_tumor_differs_from_the_surrounding_liver_by_the_aske
         assert t["contrast_hu"] == asked
 
 
-@pytest.mark.parametrize("half", ["darker", "brighter"])
-def test_the_asked_contrast_holds_against_the_organ_tissue_around_the_tumor(half):
-    # An organ whose two halves differ by 20 HU (40 and 60 HU, 10 HU of noise): against the whole organ's mean
-    # (50 HU) a -30 HU tumor would be only -20 HU below the darker half around it, or -40 below the brighter one.
-    spacing = (2.0, 2.0, 2.0)
+def _two_halves_organ():
+    """An organ whose two halves (along x) are 40 and 60 HU, with 10 HU of noise, in -100 HU surroundings."""
     rng = np.random.default_rng(0)
     ct = rng.normal(-100.0, 10.0, (40, 60, 120))
     organ = np.zeros(ct.shape, dtype=bool)
@@ -105,7 +102,15 @@ def test_the_asked_contrast_holds_against_the_organ_tissue_around_the_tumor(half
     ct[organ] = rng.normal(0.0, 10.0, int(organ.sum()))
     ct[:, :, :60][organ[:, :, :60]] += 40.0
     ct[:, :, 60:][organ[:, :, 60:]] += 60.0
-    ct = np.rint(ct).astype(np.int16)
+    return np.rint(ct).astype(np.int16), organ
+
+
+@pytest.mark.parametrize("half", ["darker", "brighter"])
+def test_the_asked_contrast_holds_against_the_organ_tissue_around_the_tumor(half):
+    # Against the whole organ's mean (50 HU) a -30 HU tumor would be only -20 HU below the darker half around it,
+    # or -40 below the brighter one.
+    spacing = (2.0, 2.0, 2.0)
+    ct, organ = _two_halves_organ()
     centre = (20, 30, 30 if half == "darker" else 90)  # 60 mm from the halves' border: its 12 mm shell is all one half
     r = insert_tumors(ct, organ, spacing, centers_zyx=[centre], diameter_mm=20, contrast_hu=-30, seed=3)
     core = ndimage.binary_erosion(r.mask)
@@ -113,6 +118,13 @@ def test_the_asked_contrast_holds_against_the_organ_tissue_around_the_tumor(half
     around = r.ct[_shell(r.mask, organ, spacing, 3.0, 12.0)]
     assert r.ct[core].mean() - np.median(around) == pytest.approx(-30, abs=4)
     assert r.tumors[0]["reference_hu"] == pytest.approx(40.0 if half == "darker" else 60.0, abs=2)
+
+
+def test_too_few_organ_voxels_around_the_tumor_fall_back_to_the_organs_mean(monkeypatch):
+    ct, organ = _two_halves_organ()
+    monkeypatch.setitem(recipe()["reference"], "min_voxels", organ.size + 1)  # no shell can hold that many
+    r = insert_tumors(ct, organ, (2.0, 2.0, 2.0), centers_zyx=[(20, 30, 30)], diameter_mm=20, contrast_hu=-30, seed=3)
+    assert r.tumors[0]["reference_hu"] == pytest.approx(ct[ndimage.binary_erosion(organ)].mean(), abs=0.06)
 
 
 def test_default_contrast_is_hypo_attenuating_within_the_organs_range(real):
