@@ -48,12 +48,14 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import version as metadata_version
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .download import cache_dir
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ _TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def openvino_version() -> Optional[str]:
     """The installed OpenVINO's version, or None when it cannot be imported."""
     try:
-        import openvino as ov
+        import openvino as ov  # here: loading OpenVINO's runtime takes ~1 s; torch-only runs never pay for it
     except Exception:  # noqa: BLE001 - a broken install (missing shared library) is as good as none
         return None
     return ov.__version__
@@ -102,9 +104,7 @@ def openvino_version() -> Optional[str]:
 def nncf_version() -> Optional[str]:
     """The installed NNCF's version (INT8 quantization), or None. Imported only when asked (it is slow)."""
     try:
-        from importlib.metadata import version
-
-        return version("nncf")
+        return metadata_version("nncf")
     except Exception:  # noqa: BLE001
         return None
 
@@ -112,7 +112,7 @@ def nncf_version() -> Optional[str]:
 def cpu_capabilities() -> tuple:
     """OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (e.g. ('FP32', 'BF16', 'INT8')); () without OpenVINO."""
     try:
-        import openvino as ov
+        import openvino as ov  # here: as in openvino_version, only runs that may use OpenVINO load it
 
         return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001
@@ -217,7 +217,7 @@ class OpenVINORunner(Runner):
     backend = "openvino"
 
     def __init__(self, xml: Path, precision: str, *, note=None):
-        import openvino as ov
+        import openvino as ov  # here: an optional dependency, loaded only when an OpenVINO runner is made
 
         self.precision = precision
         self.note = note
@@ -264,8 +264,6 @@ def weights_key(net: torch.nn.Module, roi) -> str:
 
 
 def ov_cache_dir() -> Path:
-    from .download import cache_dir
-
     return cache_dir() / "openvino"
 
 
@@ -280,7 +278,7 @@ def _check_input(roi, seed: int = 1234) -> torch.Tensor:
 
 def _convert(net: torch.nn.Module, roi, folder: Path) -> dict:
     """Convert ``net`` into ``folder``/model.xml (fp32 weights) and check it against torch; returns the check."""
-    import openvino as ov
+    import openvino as ov  # here: an optional dependency, loaded only when a conversion runs
 
     x = _check_input(roi)
     t0 = time.perf_counter()
@@ -431,8 +429,9 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
             return final / "model.xml", info
     except (OSError, ValueError):
         pass
+    # here: NNCF takes seconds to import and only a first quantization needs it (optional dependency)
     import nncf
-    import openvino as ov
+    import openvino as ov  # (the same: optional)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".int8-{final.name}-", dir=ov_cache_dir()))
     try:

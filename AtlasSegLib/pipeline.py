@@ -21,17 +21,20 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
+from . import backends
 from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid, covering_box, oriented, resample, respaced
-from .backends import choose, make_runner
+from .backends import choose, make_runner, nncf_version, openvino_version
 from .inference import count_windows, foreground_windows, infer, pick_device
 from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
 from .plausibility import body_profile, check_coverage, check_model_fit, check_structures
 from .lesions import merge_lesion_checks
+from .masks import bounding_slices
 from .postprocess import (dilated_gate, largest_component, largest_per_side, quantize, tumor_mask)
 from .progress import Reporter
 from .windowtimes import record_window_time
@@ -130,8 +133,6 @@ def body_box_2d(fg_ji: np.ndarray, spacing_ji) -> Optional[tuple]:
     """Box ((j0, j1), (i0, i1)) of the body in a 2-D foreground projection (any slice above the HU window's lower
     end): opened by a disc of ``BODY_OPEN_MM`` (the table and gantry shells are thinner) and components under
     ``BODY_MIN_CM2`` dropped; None when nothing is left (then the plain foreground box is used)."""
-    from scipy import ndimage
-
     r = [max(1, int(round(BODY_OPEN_MM / s))) for s in spacing_ji]
     jj, ii = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1]
     disc = (jj / r[0]) ** 2 + (ii / r[1]) ** 2 <= 1.0
@@ -141,13 +142,10 @@ def body_box_2d(fg_ji: np.ndarray, spacing_ji) -> Optional[tuple]:
         return None
     sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing_ji)) / 100.0
     keep = np.isin(labels, np.nonzero(sizes >= BODY_MIN_CM2)[0] + 1)
-    if not keep.any():
+    box = bounding_slices(keep)
+    if box is None:
         return None
-    box = []
-    for axis in range(2):
-        nz = np.nonzero(keep.any(axis=1 - axis))[0]
-        box.append((max(0, int(nz[0]) - r[axis]), min(fg_ji.shape[axis], int(nz[-1]) + 1 + r[axis])))
-    return tuple(box)
+    return tuple((max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, r, fg_ji.shape))
 
 
 def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False, body_crop: bool = False) -> Prepared:
@@ -173,11 +171,7 @@ def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False, body_crop
         fg = arr > 0
         if not fg.any():
             raise InputError(f"no voxel is above {lo} HU: the image holds no body to segment")
-        box = []
-        for axis in range(3):
-            other = tuple(x for x in range(3) if x != axis)
-            nz = np.nonzero(fg.any(axis=other))[0]
-            box.append((int(nz[0]), int(nz[-1]) + 1))
+        box = [(s.start, s.stop) for s in bounding_slices(fg)]
         if body_crop:
             body = body_box_2d(fg.any(axis=0), (grid.spacing[1], grid.spacing[0]))
             if body is not None:  # within the plain box (the opening's margin may reach past it)
@@ -296,8 +290,6 @@ class Segmenter:
         """The backend for this run (backends.make_runner). INT8 is quantized on this CT's foreground windows
         when no quantization is cached, and checked on others; an INT8 a preset only prefers is skipped, as
         ``--backend auto`` skips a first conversion, for runs under ``AUTO_MIN_WINDOWS`` windows."""
-        from . import backends
-
         inf = self.inference
         roi, overlap = inf["roi_size"], float(inf["overlap"])
         windows = count_windows(prep.array.shape, roi, overlap)
@@ -341,11 +333,8 @@ class Segmenter:
                      ", ".join(c.name for c in card.classes))
             self._windows["roi_box_ijk"] = None
             return None
-        lo, hi = [], []
-        for axis in range(3):
-            idx = np.nonzero(found.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-            lo.append(int(idx[0]))
-            hi.append(int(idx[-1]) + 1)
+        found_box = bounding_slices(found)
+        lo, hi = [s.start for s in found_box], [s.stop for s in found_box]
         margin = int(np.ceil(CASCADE_MARGIN_MM / min(prep.grid.spacing)))
         cover = covering_box(prep.grid, coarse.grid, lo, hi, margin=margin)
         if cover is None:
@@ -435,15 +424,10 @@ class Segmenter:
         ``largest``: keep only the 26-connected component with the most input-grid voxels, chosen on the model
         grid when the resampling allows it (``largest_on_model_grid``; ``largest_done`` says so), else left to
         the caller on the input grid."""
-        nz = array_ijk if nonzero is None else nonzero
-        if not nz.any():
+        nz_box = bounding_slices(array_ijk if nonzero is None else nonzero)
+        if nz_box is None:
             return None, None, False
-        lo, hi = [], []
-        for axis in range(3):
-            other = tuple(x for x in range(3) if x != axis)
-            idx = np.nonzero(nz.any(axis=other))[0]
-            lo.append(int(idx[0]))
-            hi.append(int(idx[-1]) + 1)
+        lo, hi = [s.start for s in nz_box], [s.stop for s in nz_box]
         box = covering_box(target, grid, lo, hi)
         if box is None:
             return None, None, False
@@ -627,8 +611,6 @@ def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
 
 
 def _int8_available(backend: str, device: torch.device) -> bool:
-    from .backends import nncf_version, openvino_version
-
     return (device.type == "cpu" and backend != "torch" and openvino_version() is not None
             and nncf_version() is not None)
 

@@ -861,7 +861,7 @@ def _run(args) -> int:
 
             return cmd_synthesize(args)
         if args.command == "estimate":
-            from ..estimate import cmd_estimate
+            from .estimate import cmd_estimate
 
             return cmd_estimate(args)
     except BrokenPipeError:
