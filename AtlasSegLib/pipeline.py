@@ -50,7 +50,7 @@ class SegmentOptions:
     fast: bool = False
     backend: str = "auto"  # auto | torch | openvino (see backends.py)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8
-    quality: Optional[str] = None  # None (the card's settings) | reference | balanced | fast: see QUALITIES
+    quality: Optional[str] = None  # None (the card's settings) | auto | reference | balanced | fast: see QUALITIES
     roi_cascade: bool = True  # with ``structures``: a coarse pass finds their box, the full model runs only there
     structures: Optional[tuple] = None
     postprocess: bool = True
@@ -77,6 +77,12 @@ QUALITIES = {
     "fast": "the card's fast spacing (SuPreM 3 mm), overlap 0.5, INT8 on the CPU where it passes its check",
 }
 """``--quality`` presets. ``precision`` other than auto, and ``backend``, still apply on top of them."""
+AUTO_QUALITY = "auto"
+"""``quality="auto"`` (the CLI's default): ``CPU_QUALITY`` on a CPU, the card's settings on a GPU
+(``default_quality``)."""
+CPU_QUALITY = "balanced"
+"""The preset ``auto`` picks on a CPU without a GPU (README "Which preset on a CPU": a fifth of the reference
+windows, each checked INT8 or bf16, masks ≥ 0.98 Dice of reference's with the trained demo model)."""
 PRESET_OVERLAP = 0.5
 """Overlap of ``balanced`` and ``fast`` (at most the card's): at 0.75 every voxel is covered by up to 64 windows
 of 96³; at 0.5 by up to 8, with MONAI's gaussian blending the centres weigh most either way."""
@@ -91,6 +97,15 @@ class Preset:
     fast: bool
     overlap: float
     precision: str
+
+
+def default_quality(quality: Optional[str], device: torch.device, *, fast: bool = False) -> Optional[str]:
+    """What ``quality`` means on ``device``: ``"auto"`` is ``CPU_QUALITY`` on the CPU and the card's settings
+    (None) on a GPU, where the published settings take minutes; with ``fast`` (``--fast``) ``auto`` keeps the
+    card's fast spacing and overlap as before. Any other value is returned as it is."""
+    if quality != AUTO_QUALITY:
+        return quality
+    return None if fast or device.type != "cpu" else CPU_QUALITY
 
 
 def resolve_quality(quality: Optional[str], card: ModelCard, *, fast: bool = False, precision: str = "auto") -> Preset:
@@ -206,7 +221,8 @@ class Segmenter:
         if options.structures:
             self.card = _with_gates(self.card, options.structures)
         self.device = pick_device(options.device)
-        self.preset = resolve_quality(options.quality, self.card, fast=options.fast, precision=options.precision)
+        self.quality = default_quality(options.quality, self.device, fast=options.fast)
+        self.preset = resolve_quality(self.quality, self.card, fast=options.fast, precision=options.precision)
         self.inference = dict(self.card.inference, overlap=self.preset.overlap)
         precision = self.preset.precision
         if precision == "int8" and options.precision == "auto" and not _int8_available(options.backend, self.device):
@@ -349,7 +365,7 @@ class Segmenter:
         return {
             "windows": dict(getattr(self, "_windows", {})),
             "device": self.device.type, "backend": self.runner.backend, "precision": self.runner.precision,
-            "quality": o.quality, "fast": self.preset.fast, "postprocess": o.postprocess,
+            "quality": self.quality, "quality_asked": o.quality, "fast": self.preset.fast, "postprocess": o.postprocess,
             "structures": list(o.structures) if o.structures else None,
             "model_grid": prep.model_grid.as_dict(), "crop_start_ijk": list(prep.crop_start),
             "crop_size_ijk": list(prep.grid.size),

@@ -63,7 +63,10 @@ QUALITY_TOOLTIP = (
     "a fifth of the windows, the choice on a CPU without a GPU.\n"
     "Fast: 3 mm, overlap 0.5, INT8 where it agrees: minutes on a CPU, less detail on small structures and tumors.\n"
     "The estimate beside each is for this CT on this computer (windows; time once this computer has run the model).")
-DEFAULT_QUALITY = "balanced"  # the README's "Which preset on a CPU"; on a GPU its INT8 becomes fp16
+# The engine's default on a CPU (AtlasSegLib.pipeline.CPU_QUALITY, what the CLI's --quality auto picks there; the
+# README's "Which preset on a CPU" argues it from measured agreement and time). The panel always passes the combo's
+# value; on a GPU Balanced's INT8 becomes fp16.
+DEFAULT_QUALITY = "balanced"
 # GPUs with less memory than this run out of memory at full resolution (the users' 8 GB cards, minus overhead).
 SMALL_GPU_GIB = 7.0
 
