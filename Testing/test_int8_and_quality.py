@@ -136,6 +136,29 @@ def test_quality_presets_resolve_to_the_published_and_reduced_settings():
     assert count_windows(shape, roi, bal.overlap) / count_windows(shape, roi, ref.overlap) <= 0.3
 
 
+def test_auto_quality_is_balanced_on_a_cpu_and_the_cards_settings_on_a_gpu_or_with_fast():
+    from AtlasSegLib.pipeline import CPU_QUALITY, default_quality
+
+    assert CPU_QUALITY == "balanced"  # the README's "Which preset on a CPU" argues this choice
+    assert default_quality("auto", torch.device("cpu")) == "balanced"
+    assert default_quality("auto", torch.device("cuda")) is None  # the published settings: minutes on a GPU
+    assert default_quality("auto", torch.device("cpu"), fast=True) is None  # --fast keeps its meaning
+    for explicit in (None, "reference", "balanced", "fast"):
+        assert default_quality(explicit, torch.device("cpu")) == explicit
+
+
+def test_the_cli_runs_balanced_on_a_cpu_when_no_quality_is_given(demo_model, small_ct, tmp_path, capsys):
+    from AtlasSegLib.cli import main
+
+    out = tmp_path / "out"
+    code = main(["segment", str(small_ct), "-o", str(out), "--model", "atlasseg-demo", "--device", "cpu",
+                 "--backend", "torch"])
+    assert code == 0, capsys.readouterr().err
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["quality"] == "balanced" and settings["quality_asked"] == "auto"
+    assert settings["inference"]["overlap"] == 0.5
+
+
 def test_int8_needs_openvino_on_the_cpu():
     with pytest.raises(InputError, match="int8 runs with OpenVINO"):
         backends.choose("torch", "int8", torch.device("cpu"))
