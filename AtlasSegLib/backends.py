@@ -39,7 +39,9 @@ Otherwise fp32 OpenVINO runs and the reason is recorded (report.json ``model.bac
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -439,7 +441,8 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
         t0 = time.perf_counter()
         data = [np.ascontiguousarray(w, dtype=np.float32) for w in calibration]
         try:
-            model = nncf.quantize(ov.Core().read_model(str(xml32)), nncf.Dataset(data), subset_size=len(data))
+            with _quiet_nncf():
+                model = nncf.quantize(ov.Core().read_model(str(xml32)), nncf.Dataset(data), subset_size=len(data))
             ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001 - any quantization failure means: fp32 runs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -458,6 +461,25 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final / "model.xml", info
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """Keep NNCF off stdout, which carries the CLI's data (tables, --json, --progress-json lines): its logger
+    prints INFO lines to stdout and its progress bars (rich) write there too. Its messages go to AtlasSeg's log
+    instead (the ``-v`` log; warnings still reach stderr), the progress bars nowhere."""
+    nncf_log = logging.getLogger("nncf")
+    handlers, propagate = list(nncf_log.handlers), nncf_log.propagate
+    for h in handlers:
+        nncf_log.removeHandler(h)
+    nncf_log.propagate = True
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_log.propagate = propagate
+        for h in handlers:
+            nncf_log.addHandler(h)
 
 
 def thresholded(logits: np.ndarray, activation: str, threshold: float) -> np.ndarray:

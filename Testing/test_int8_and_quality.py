@@ -159,6 +159,22 @@ def test_the_cli_runs_balanced_on_a_cpu_when_no_quality_is_given(demo_model, sma
     assert settings["inference"]["overlap"] == 0.5
 
 
+def test_a_first_quantization_writes_nothing_to_stdout(demo_model, phantom, tmp_path, monkeypatch, capfd):
+    # stdout carries the CLI's data (--json, --progress-json lines); NNCF logs INFO lines and draws progress
+    # bars there unless kept off it.
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "cache"))  # a fresh cache: the quantization really runs
+    from AtlasSegLib.pipeline import prepare
+
+    card = builtin_card("atlasseg-demo")
+    roi = card.inference["roi_size"]
+    cal, _ = foreground_windows(prepare(phantom.image, card).array, roi, card.inference["overlap"], 2)
+    capfd.readouterr()
+    xml, info = backends.quantized(demo_model.net, roi, cal)
+    out = capfd.readouterr().out
+    assert xml is not None and "calibration_windows" in info
+    assert out == ""
+
+
 def test_int8_needs_openvino_on_the_cpu():
     with pytest.raises(InputError, match="int8 runs with OpenVINO"):
         backends.choose("torch", "int8", torch.device("cpu"))
