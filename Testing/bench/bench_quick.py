@@ -60,6 +60,8 @@ from AtlasSegLib.inference import _padding_before, count_windows, cover_crop, fo
 from AtlasSegLib.io import SourceInfo, read_image  # noqa: E402
 from AtlasSegLib.networks import LoadedModel, construct, load_model  # noqa: E402
 from AtlasSegLib.pipeline import SegmentOptions, Segmenter, prepare, resolve_quality  # noqa: E402
+from AtlasSegLib.phantom import make_full_length_phantom, make_phantom  # noqa: E402
+from AtlasSegLib.progress import Reporter  # noqa: E402
 from AtlasSegLib.geometry import resample  # noqa: E402
 from testdata import ct_data_dir  # noqa: E402
 
@@ -291,8 +293,6 @@ def label_runs(work: Path, t_torch: float, t_int8: float, t_ov32: float) -> tupl
     # and on the full-length phantom (the measurement).
     fractions = {"stretched real CT": subset_fraction(ct, labels, card, dummy)}
     t = time.perf_counter()
-    from AtlasSegLib.phantom import make_full_length_phantom
-
     ph = make_full_length_phantom(2024)
     lab = np.zeros(sitk.GetArrayViewFromImage(ph.image).shape, np.uint8)
     ids = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "pancreas": 7, "aorta": 52, "vertebrae": 27}
@@ -325,8 +325,6 @@ def subset_fraction(ct, labels, card, dummy) -> float:
 
 
 def backends_reporter():
-    from AtlasSegLib.progress import Reporter
-
     return Reporter()
 
 
@@ -350,8 +348,6 @@ def main() -> int:
     t_ref, t_int8, t_ov32, info = network_times(args.repeats)
 
     demo = load_model(builtin_card("atlasseg-demo"))
-    from AtlasSegLib.phantom import make_phantom
-
     phantom = make_phantom(2024, tumors=True)
     p_ref, p_new, dices, _ = run_pair(demo, phantom.image, SourceInfo("phantom(seed=2024)", "phantom"), work,
                                       "phantom", 2)
