@@ -133,8 +133,8 @@ class RunOptions:
     """What to run. Exactly one of ``modelId`` / ``modelCardPath`` names the model.
 
     ``structures`` empty means every structure of the model. ``quality`` is the engine's ``--quality`` ("" = the
-    card's settings, as ``fast``/``precision`` say); ``fast`` goes with "" or "fast" only (the engine refuses
-    ``--fast`` with reference/balanced).
+    engine's default, ``auto``: Balanced on a CPU, the card's settings on a GPU or with ``fast``); ``fast`` goes
+    with "" or "fast" only (the engine refuses ``--fast`` with reference/balanced).
     """
 
     modelId: str = DEMO_MODEL_ID
