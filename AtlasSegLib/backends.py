@@ -39,7 +39,9 @@ Otherwise fp32 OpenVINO runs and the reason is recorded (report.json ``model.bac
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -48,12 +50,14 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import version as metadata_version
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from .download import cache_dir
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -93,7 +97,7 @@ _TORCH_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def openvino_version() -> Optional[str]:
     """The installed OpenVINO's version, or None when it cannot be imported."""
     try:
-        import openvino as ov
+        import openvino as ov  # here: loading OpenVINO's runtime takes ~1 s; torch-only runs never pay for it
     except Exception:  # noqa: BLE001 - a broken install (missing shared library) is as good as none
         return None
     return ov.__version__
@@ -102,9 +106,7 @@ def openvino_version() -> Optional[str]:
 def nncf_version() -> Optional[str]:
     """The installed NNCF's version (INT8 quantization), or None. Imported only when asked (it is slow)."""
     try:
-        from importlib.metadata import version
-
-        return version("nncf")
+        return metadata_version("nncf")
     except Exception:  # noqa: BLE001
         return None
 
@@ -112,7 +114,7 @@ def nncf_version() -> Optional[str]:
 def cpu_capabilities() -> tuple:
     """OpenVINO's CPU ``OPTIMIZATION_CAPABILITIES`` (e.g. ('FP32', 'BF16', 'INT8')); () without OpenVINO."""
     try:
-        import openvino as ov
+        import openvino as ov  # here: as in openvino_version, only runs that may use OpenVINO load it
 
         return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001
@@ -217,7 +219,7 @@ class OpenVINORunner(Runner):
     backend = "openvino"
 
     def __init__(self, xml: Path, precision: str, *, note=None):
-        import openvino as ov
+        import openvino as ov  # here: an optional dependency, loaded only when an OpenVINO runner is made
 
         self.precision = precision
         self.note = note
@@ -264,8 +266,6 @@ def weights_key(net: torch.nn.Module, roi) -> str:
 
 
 def ov_cache_dir() -> Path:
-    from .download import cache_dir
-
     return cache_dir() / "openvino"
 
 
@@ -280,7 +280,7 @@ def _check_input(roi, seed: int = 1234) -> torch.Tensor:
 
 def _convert(net: torch.nn.Module, roi, folder: Path) -> dict:
     """Convert ``net`` into ``folder``/model.xml (fp32 weights) and check it against torch; returns the check."""
-    import openvino as ov
+    import openvino as ov  # here: an optional dependency, loaded only when a conversion runs
 
     x = _check_input(roi)
     t0 = time.perf_counter()
@@ -431,8 +431,9 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
             return final / "model.xml", info
     except (OSError, ValueError):
         pass
+    # here: NNCF takes seconds to import and only a first quantization needs it (optional dependency)
     import nncf
-    import openvino as ov
+    import openvino as ov  # (the same: optional)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".int8-{final.name}-", dir=ov_cache_dir()))
     try:
@@ -440,7 +441,8 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
         t0 = time.perf_counter()
         data = [np.ascontiguousarray(w, dtype=np.float32) for w in calibration]
         try:
-            model = nncf.quantize(ov.Core().read_model(str(xml32)), nncf.Dataset(data), subset_size=len(data))
+            with _quiet_nncf():
+                model = nncf.quantize(ov.Core().read_model(str(xml32)), nncf.Dataset(data), subset_size=len(data))
             ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001 - any quantization failure means: fp32 runs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -459,6 +461,25 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final / "model.xml", info
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """Keep NNCF off stdout, which carries the CLI's data (tables, --json, --progress-json lines): its logger
+    prints INFO lines to stdout and its progress bars (rich) write there too. Its messages go to AtlasSeg's log
+    instead (the ``-v`` log; warnings still reach stderr), the progress bars nowhere."""
+    nncf_log = logging.getLogger("nncf")
+    handlers, propagate = list(nncf_log.handlers), nncf_log.propagate
+    for h in handlers:
+        nncf_log.removeHandler(h)
+    nncf_log.propagate = True
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_log.propagate = propagate
+        for h in handlers:
+            nncf_log.addHandler(h)
 
 
 def thresholded(logits: np.ndarray, activation: str, threshold: float) -> np.ndarray:

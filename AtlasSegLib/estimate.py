@@ -12,9 +12,6 @@ resampling a 512×512×300 CT to the model grid takes seconds: call it in a work
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Optional
 
 import SimpleITK as sitk
@@ -33,6 +30,8 @@ def estimate(image: sitk.Image, card: ModelCard, *, device: str = "cpu", qualiti
     """quality -> {"windows", "window_s", "network_s", "total_s", "timing"} for this CT. ``timing`` is
     "measured" (this machine ran this model so before), "assumed" (INT8 from fp32 × ``INT8_ASSUMED_SPEEDUP``)
     or None (not yet timed here: only the window count is known; the seconds are None)."""
+    # here, not at the top: these import torch, and the Slicer module imports this module's describe() on its
+    # GUI thread (only estimate() itself, run in a worker process, needs them)
     from .backends import AUTO_MIN_WINDOWS, cpu_capabilities, nncf_version, openvino_version
     from .inference import count_windows
     from .pipeline import QUALITIES, prepare, resolve_quality
@@ -102,38 +101,3 @@ def describe(entry: dict) -> str:
     if entry.get("timing") == "assumed":
         text += " (INT8 assumed)"
     return text
-
-
-def cmd_estimate(args) -> int:
-    """``atlasseg estimate CT --model ID``: per preset the windows and the estimated seconds (``--json``: one
-    object). Options and input are checked (exit 2) before torch is imported."""
-    import sys
-
-    from .card import builtin_card, load_card
-    from .preflight import check_estimate
-
-    card = load_card(args.model_card) if args.model_card else builtin_card(args.model)
-    check_estimate(args, card)
-    from .inference import pick_device
-    from .io import read_image
-
-    device = pick_device(args.device).type
-    image, _ = read_image(args.input, series_uid=args.series)
-    result = estimate(image, card, device=device)
-    if args.json:
-        print(json.dumps({"input": str(Path(args.input).resolve()), "model": card.id, "device": device, "cpus": os.cpu_count(), "presets": result}))
-        return 0
-    print(f"{card.title} on {args.input} ({device}, {os.cpu_count()} cpus)")
-    print(f"{'quality':<11}{'windows':>8}  {'estimated':<31}what runs")
-    for quality, entry in result.items():
-        runs = f"{entry['backend']} {entry['precision']}"
-        if entry["timing"] == "assumed":
-            runs += f" (INT8 assumed {INT8_ASSUMED_SPEEDUP}x faster than fp32)"
-        elif entry["timing"] == "measured":
-            runs += f", {entry['window_s']} s per window measured here"
-        print(f"{quality:<11}{entry['windows']:>8}  {duration_text(entry['total_s']):<31}{runs}")
-    skipped = [q for q in ("reference", "balanced", "fast") if q not in result]
-    if skipped:
-        print(f"atlasseg: warning: {card.id} has no fast spacing: no estimate for {', '.join(skipped)}",
-              file=sys.stderr)
-    return 0

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
+from .backends import Runner, TorchRunner
 from .errors import InputError
 from .progress import Reporter
 
@@ -150,8 +151,6 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
     full run's up to edge voxels (the caller's box has a margin around the structures). (Running every window that overlaps the box gives identical logits but, with 96³ windows at half
     overlap, almost every window of an abdomen: measured 1.05 × a full run for liver + liver_tumor.)
     ``stats`` (a dict) receives ``windows`` (of the full run), ``windows_run`` and ``crop_ijk``."""
-    from .backends import Runner, TorchRunner
-
     if not isinstance(runner, Runner):
         runner = TorchRunner(runner, device)
     roi = tuple(inference["roi_size"])

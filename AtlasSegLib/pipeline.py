@@ -21,17 +21,20 @@ import numpy as np
 import psutil
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
+from . import backends
 from .card import ModelCard
 from .errors import InputError
 from .geometry import Grid, covering_box, oriented, resample, respaced
-from .backends import choose, make_runner
+from .backends import choose, make_runner, nncf_version, openvino_version
 from .inference import count_windows, foreground_windows, infer, pick_device
 from .io import SourceInfo, StagingDir, check_ct_values, read_image
 from .networks import LoadedModel, load_model
 from .outputs import OutputWriter
 from .plausibility import body_profile, check_coverage, check_model_fit, check_structures
 from .lesions import merge_lesion_checks
+from .masks import bounding_slices
 from .postprocess import (dilated_gate, largest_component, largest_per_side, quantize, tumor_mask)
 from .progress import Reporter
 from .windowtimes import record_window_time
@@ -47,7 +50,7 @@ class SegmentOptions:
     fast: bool = False
     backend: str = "auto"  # auto | torch | openvino (see backends.py)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8
-    quality: Optional[str] = None  # None (the card's settings) | reference | balanced | fast: see QUALITIES
+    quality: Optional[str] = None  # None (the card's settings) | auto | reference | balanced | fast: see QUALITIES
     roi_cascade: bool = True  # with ``structures``: a coarse pass finds their box, the full model runs only there
     structures: Optional[tuple] = None
     postprocess: bool = True
@@ -74,6 +77,12 @@ QUALITIES = {
     "fast": "the card's fast spacing (SuPreM 3 mm), overlap 0.5, INT8 on the CPU where it passes its check",
 }
 """``--quality`` presets. ``precision`` other than auto, and ``backend``, still apply on top of them."""
+AUTO_QUALITY = "auto"
+"""``quality="auto"`` (the CLI's default): ``CPU_QUALITY`` on a CPU, the card's settings on a GPU
+(``default_quality``)."""
+CPU_QUALITY = "balanced"
+"""The preset ``auto`` picks on a CPU without a GPU (README "Which preset on a CPU": a fifth of the reference
+windows, each checked INT8 or bf16, masks ≥ 0.98 Dice of reference's with the trained demo model)."""
 PRESET_OVERLAP = 0.5
 """Overlap of ``balanced`` and ``fast`` (at most the card's): at 0.75 every voxel is covered by up to 64 windows
 of 96³; at 0.5 by up to 8, with MONAI's gaussian blending the centres weigh most either way."""
@@ -88,6 +97,15 @@ class Preset:
     fast: bool
     overlap: float
     precision: str
+
+
+def default_quality(quality: Optional[str], device: torch.device, *, fast: bool = False) -> Optional[str]:
+    """What ``quality`` means on ``device``: ``"auto"`` is ``CPU_QUALITY`` on the CPU and the card's settings
+    (None) on a GPU, where the published settings take minutes; with ``fast`` (``--fast``) ``auto`` keeps the
+    card's fast spacing and overlap as before. Any other value is returned as it is."""
+    if quality != AUTO_QUALITY:
+        return quality
+    return None if fast or device.type != "cpu" else CPU_QUALITY
 
 
 def resolve_quality(quality: Optional[str], card: ModelCard, *, fast: bool = False, precision: str = "auto") -> Preset:
@@ -130,8 +148,6 @@ def body_box_2d(fg_ji: np.ndarray, spacing_ji) -> Optional[tuple]:
     """Box ((j0, j1), (i0, i1)) of the body in a 2-D foreground projection (any slice above the HU window's lower
     end): opened by a disc of ``BODY_OPEN_MM`` (the table and gantry shells are thinner) and components under
     ``BODY_MIN_CM2`` dropped; None when nothing is left (then the plain foreground box is used)."""
-    from scipy import ndimage
-
     r = [max(1, int(round(BODY_OPEN_MM / s))) for s in spacing_ji]
     jj, ii = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1]
     disc = (jj / r[0]) ** 2 + (ii / r[1]) ** 2 <= 1.0
@@ -141,13 +157,10 @@ def body_box_2d(fg_ji: np.ndarray, spacing_ji) -> Optional[tuple]:
         return None
     sizes = np.bincount(labels.ravel())[1:] * float(np.prod(spacing_ji)) / 100.0
     keep = np.isin(labels, np.nonzero(sizes >= BODY_MIN_CM2)[0] + 1)
-    if not keep.any():
+    box = bounding_slices(keep)
+    if box is None:
         return None
-    box = []
-    for axis in range(2):
-        nz = np.nonzero(keep.any(axis=1 - axis))[0]
-        box.append((max(0, int(nz[0]) - r[axis]), min(fg_ji.shape[axis], int(nz[-1]) + 1 + r[axis])))
-    return tuple(box)
+    return tuple((max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, r, fg_ji.shape))
 
 
 def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False, body_crop: bool = False) -> Prepared:
@@ -173,11 +186,7 @@ def prepare(image: sitk.Image, card: ModelCard, *, fast: bool = False, body_crop
         fg = arr > 0
         if not fg.any():
             raise InputError(f"no voxel is above {lo} HU: the image holds no body to segment")
-        box = []
-        for axis in range(3):
-            other = tuple(x for x in range(3) if x != axis)
-            nz = np.nonzero(fg.any(axis=other))[0]
-            box.append((int(nz[0]), int(nz[-1]) + 1))
+        box = [(s.start, s.stop) for s in bounding_slices(fg)]
         if body_crop:
             body = body_box_2d(fg.any(axis=0), (grid.spacing[1], grid.spacing[0]))
             if body is not None:  # within the plain box (the opening's margin may reach past it)
@@ -212,7 +221,8 @@ class Segmenter:
         if options.structures:
             self.card = _with_gates(self.card, options.structures)
         self.device = pick_device(options.device)
-        self.preset = resolve_quality(options.quality, self.card, fast=options.fast, precision=options.precision)
+        self.quality = default_quality(options.quality, self.device, fast=options.fast)
+        self.preset = resolve_quality(self.quality, self.card, fast=options.fast, precision=options.precision)
         self.inference = dict(self.card.inference, overlap=self.preset.overlap)
         precision = self.preset.precision
         if precision == "int8" and options.precision == "auto" and not _int8_available(options.backend, self.device):
@@ -296,8 +306,6 @@ class Segmenter:
         """The backend for this run (backends.make_runner). INT8 is quantized on this CT's foreground windows
         when no quantization is cached, and checked on others; an INT8 a preset only prefers is skipped, as
         ``--backend auto`` skips a first conversion, for runs under ``AUTO_MIN_WINDOWS`` windows."""
-        from . import backends
-
         inf = self.inference
         roi, overlap = inf["roi_size"], float(inf["overlap"])
         windows = count_windows(prep.array.shape, roi, overlap)
@@ -341,11 +349,8 @@ class Segmenter:
                      ", ".join(c.name for c in card.classes))
             self._windows["roi_box_ijk"] = None
             return None
-        lo, hi = [], []
-        for axis in range(3):
-            idx = np.nonzero(found.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-            lo.append(int(idx[0]))
-            hi.append(int(idx[-1]) + 1)
+        found_box = bounding_slices(found)
+        lo, hi = [s.start for s in found_box], [s.stop for s in found_box]
         margin = int(np.ceil(CASCADE_MARGIN_MM / min(prep.grid.spacing)))
         cover = covering_box(prep.grid, coarse.grid, lo, hi, margin=margin)
         if cover is None:
@@ -360,7 +365,7 @@ class Segmenter:
         return {
             "windows": dict(getattr(self, "_windows", {})),
             "device": self.device.type, "backend": self.runner.backend, "precision": self.runner.precision,
-            "quality": o.quality, "fast": self.preset.fast, "postprocess": o.postprocess,
+            "quality": self.quality, "quality_asked": o.quality, "fast": self.preset.fast, "postprocess": o.postprocess,
             "structures": list(o.structures) if o.structures else None,
             "model_grid": prep.model_grid.as_dict(), "crop_start_ijk": list(prep.crop_start),
             "crop_size_ijk": list(prep.grid.size),
@@ -435,15 +440,10 @@ class Segmenter:
         ``largest``: keep only the 26-connected component with the most input-grid voxels, chosen on the model
         grid when the resampling allows it (``largest_on_model_grid``; ``largest_done`` says so), else left to
         the caller on the input grid."""
-        nz = array_ijk if nonzero is None else nonzero
-        if not nz.any():
+        nz_box = bounding_slices(array_ijk if nonzero is None else nonzero)
+        if nz_box is None:
             return None, None, False
-        lo, hi = [], []
-        for axis in range(3):
-            other = tuple(x for x in range(3) if x != axis)
-            idx = np.nonzero(nz.any(axis=other))[0]
-            lo.append(int(idx[0]))
-            hi.append(int(idx[-1]) + 1)
+        lo, hi = [s.start for s in nz_box], [s.stop for s in nz_box]
         box = covering_box(target, grid, lo, hi)
         if box is None:
             return None, None, False
@@ -627,8 +627,6 @@ def _gate_box(names, organ_boxes: dict, target: Grid, dilation_mm: float):
 
 
 def _int8_available(backend: str, device: torch.device) -> bool:
-    from .backends import nncf_version, openvino_version
-
     return (device.type == "cpu" and backend != "torch" and openvino_version() is not None
             and nncf_version() is not None)
 

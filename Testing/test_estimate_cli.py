@@ -3,6 +3,7 @@ panel shows before Apply comes from this command (run in the engine's Python), s
 ``estimate.estimate`` says, on real CTs, and refuse bad input before torch is imported."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -10,9 +11,13 @@ import sys
 
 import pytest
 
+from AtlasSegLib.backends import AUTO_MIN_WINDOWS
+from AtlasSegLib.card import builtin_card
+from AtlasSegLib.estimate import describe, duration_text, estimate
+from AtlasSegLib.io import read_image
+from AtlasSegLib.windowtimes import record_window_time
 from testdata import REPO
 from test_preflight import run_cli
-
 
 def _estimate_cli(*args, home):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ATLASSEG_HOME": str(home)}
@@ -22,10 +27,6 @@ def _estimate_cli(*args, home):
 
 @pytest.mark.parametrize("which", ["nifti_3mm", "dicom_512_wide_fov"])
 def test_cli_estimate_on_a_real_ct_says_what_estimate_says(which, ctdata, tmp_path, monkeypatch):
-    from AtlasSegLib.card import builtin_card
-    from AtlasSegLib.estimate import estimate
-    from AtlasSegLib.io import read_image
-
     ct = (ctdata / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz" if which == "nifti_3mm"
           else ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom")
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path))
@@ -49,9 +50,6 @@ def test_cli_estimate_on_a_real_ct_says_what_estimate_says(which, ctdata, tmp_pa
 
 
 def test_once_this_machine_has_timed_the_model_the_cli_gives_seconds(small_ct, tmp_path, monkeypatch):
-    from AtlasSegLib.estimate import duration_text
-    from AtlasSegLib.windowtimes import record_window_time
-
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path))
     # As a finished run records it (Segmenter.run): 20 windows of OpenVINO fp32 in 60 s here.
     record_window_time("suprem-segresnet", "openvino", "fp32", 60.0, 20)
@@ -69,8 +67,6 @@ def test_once_this_machine_has_timed_the_model_the_cli_gives_seconds(small_ct, t
 
 
 def test_duration_text_rounds_like_an_estimate():
-    from AtlasSegLib.estimate import describe, duration_text
-
     assert duration_text(None) == "not timed yet on this machine"
     assert duration_text(3) == "~10 s" and duration_text(44) == "~40 s"
     assert duration_text(251) == "~4 min" and duration_text(89 * 60) == "~89 min"
@@ -87,8 +83,6 @@ def test_duration_text_rounds_like_an_estimate():
 ])
 def test_estimate_refuses_bad_input_with_exit_2_before_torch(args, words, small_ct, tmp_path):
     truncated = tmp_path / "cut.nii"
-    import gzip
-
     truncated.write_bytes(gzip.decompress(small_ct.read_bytes())[:50_000])
     args = [a.format(missing=tmp_path / "none.nii.gz", ct=small_ct, truncated=truncated) for a in args]
     code, stderr, heavy = run_cli(tmp_path, "estimate", *args)
@@ -100,11 +94,6 @@ def test_a_small_runs_preset_is_estimated_with_what_it_runs_not_with_an_int8_it_
                                                                                       monkeypatch):
     """Runs under backends.AUTO_MIN_WINDOWS windows skip a preset's first quantization and run what auto runs
     (pipeline.Segmenter._make_runner): after such a run the estimate must use its time, not stay 'not timed'."""
-    from AtlasSegLib.backends import AUTO_MIN_WINDOWS
-    from AtlasSegLib.card import builtin_card
-    from AtlasSegLib.estimate import estimate
-    from AtlasSegLib.windowtimes import record_window_time
-    from AtlasSegLib.io import read_image
 
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path))
     image = read_image(str(small_ct))[0]

@@ -20,15 +20,19 @@ import SimpleITK as sitk
 import torch
 
 from AtlasSegLib import backends
-from AtlasSegLib.card import builtin_card
+from AtlasSegLib.card import builtin_card, card_from_dict
+from AtlasSegLib.cli import main
 from AtlasSegLib.errors import InputError
+from AtlasSegLib.inference import CONTEXT, GPU_MAX_BATCH, count_windows, cover_crop, gpu_window_batch, window_starts
 from AtlasSegLib.io import SourceInfo, read_image
 from AtlasSegLib.networks import load_model
 from AtlasSegLib.pipeline import SegmentOptions, Segmenter
+from AtlasSegLib.phantom import make_phantom
+from test_suprem_networks import load_released_layout, parity_error, shared_dir
+from testdata import test_cache_dir
+
 
 def test_gpu_window_batch_fills_free_memory_after_the_blending_buffers():
-    from AtlasSegLib.inference import GPU_MAX_BATCH, gpu_window_batch
-
     gib = 2**30
     # An 80 GB GPU with 70 GiB free, 2 GiB per window, 10 GiB of buffers: (0.8 × 70 - 10) // 2 = 23 -> the cap.
     assert gpu_window_batch(70 * gib, 2 * gib, buffer_bytes=10 * gib) == GPU_MAX_BATCH
@@ -88,8 +92,6 @@ def demo_model():
 
 @pytest.fixture(scope="module")
 def phantom():
-    from AtlasSegLib.phantom import make_phantom
-
     return make_phantom(7, tumors=True)
 
 
@@ -233,9 +235,6 @@ def test_suprem_parity_window_logits_with_openvino(arch, parity_checkpoints, mon
     (recorded in check.json) passed, and still compare its logits with the published ones. The conversion's key
     (backends.weights_key) holds the weights, OpenVINO, torch and ``backends.CONVERSION_FORMAT``, so a change of
     any reconverts."""
-    from test_suprem_networks import load_released_layout, parity_error, shared_dir
-    from testdata import test_cache_dir
-
     keep = test_cache_dir() / "openvino-parity"
     monkeypatch.setattr(backends, "ov_cache_dir", lambda: keep / "openvino")
     path = parity_checkpoints[arch]
@@ -257,8 +256,6 @@ def test_structure_subset_cascade_runs_fewer_windows_and_gives_the_full_runs_mas
     """--structures spleen: a coarse pass (5 mm) finds the spleen's box, the full model runs only the fewest
     windows of the full run's placement that cover it (plus a margin); the spleen mask agrees with the full run's
     (Dice ≥ 0.99: the blend near the crop's faces lacks the windows outside it)."""
-    from AtlasSegLib.card import card_from_dict
-
     raw = json.loads(json.dumps(demo_model.card.raw))
     raw["preprocessing"]["fast_spacing_mm"] = [5.0, 5.0, 5.0]
     raw["inference"]["roi_size"] = [48, 48, 48]  # more, smaller windows than the card's 80³: a box can skip some
@@ -283,8 +280,6 @@ def test_structure_subset_cascade_runs_fewer_windows_and_gives_the_full_runs_mas
 def test_cover_crop_places_a_subset_of_the_full_runs_windows_covering_the_box():
     """MONAI's placement over the crop is exactly the full run's windows inside it, and they cover the box grown
     by the context on every side (clipped to the image)."""
-    from AtlasSegLib.inference import CONTEXT, count_windows, cover_crop, window_starts
-
     shape, roi, overlap = (269, 257, 60), (96, 96, 96), 0.75
     for box in ([(87, 240), (63, 238), (0, 60)], [(0, 5), (250, 257), (10, 20)], [(120, 121), (100, 160), (0, 1)]):
         crop = cover_crop(shape, roi, overlap, box)
@@ -300,8 +295,6 @@ def test_cover_crop_places_a_subset_of_the_full_runs_windows_covering_the_box():
 
 
 def test_cli_backend_and_precision_reach_report_json(small_ct, tmp_path, capsys):
-    from AtlasSegLib.cli import main
-
     code = main(["segment", str(small_ct), "-o", str(tmp_path / "t"), "--model", "atlasseg-demo", "--device", "cpu",
                  "--backend", "torch", "--precision", "fp32", "--quiet"])
     assert code == 0
@@ -331,8 +324,6 @@ def test_auto_converts_only_for_runs_large_enough_to_repay_it(tmp_path, monkeypa
 
 
 def test_cli_refuses_a_precision_the_cpu_lacks(small_ct, tmp_path, capsys):
-    from AtlasSegLib.cli import main
-
     lacking = [p for p in ("bf16", "fp16") if p.upper() not in backends.cpu_capabilities()]
     if not lacking:
         pytest.skip("this CPU supports both bf16 and fp16 in OpenVINO: nothing to refuse")

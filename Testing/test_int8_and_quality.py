@@ -8,18 +8,24 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
 pytest.importorskip("nncf", reason="NNCF is not installed (pip install nncf)")
 
+import nncf  # noqa: E402
+
 from AtlasSegLib import backends  # noqa: E402
 from AtlasSegLib.card import builtin_card  # noqa: E402
+from AtlasSegLib.cli import main  # noqa: E402
 from AtlasSegLib.errors import InputError  # noqa: E402
+from AtlasSegLib.estimate import estimate  # noqa: E402
 from AtlasSegLib.inference import count_windows, foreground_windows  # noqa: E402
-from AtlasSegLib.io import SourceInfo  # noqa: E402
+from AtlasSegLib.io import SourceInfo, read_image  # noqa: E402
 from AtlasSegLib.networks import load_model  # noqa: E402
-from AtlasSegLib.pipeline import SegmentOptions, Segmenter, resolve_quality  # noqa: E402
-
+from AtlasSegLib.phantom import FULL_LENGTH_SIZE, make_full_length_phantom, make_phantom  # noqa: E402
+from AtlasSegLib.pipeline import (CPU_QUALITY, SegmentOptions, Segmenter, default_quality, prepare,  # noqa: E402
+                                  resolve_quality)
 
 @pytest.fixture(scope="module")
 def demo_model():
@@ -28,8 +34,6 @@ def demo_model():
 
 @pytest.fixture(scope="module")
 def phantom():
-    from AtlasSegLib.phantom import make_phantom
-
     return make_phantom(7, tumors=True)
 
 
@@ -55,7 +59,6 @@ def test_int8_runs_when_it_agrees_with_fp32_on_the_ct_and_is_quantized_once(demo
     entry = next((tmp_path / "home" / "openvino").glob("int8-*"))
     stamp = (entry / "model.xml").stat().st_mtime_ns
     # A second run (a new Segmenter, as a new process would make) reuses the quantization: NNCF is not called.
-    import nncf
 
     monkeypatch.setattr(nncf, "quantize", lambda *a, **k: pytest.fail("quantized again"))
     again = _int8_run(demo_model, phantom, tmp_path / "b")
@@ -88,7 +91,6 @@ def test_int8_check_fails_for_a_badly_calibrated_model(demo_model, phantom, tmp_
     """Calibrated on air only (every activation range collapsed), the INT8 model disagrees with fp32 on anatomy:
     the default bound catches it."""
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
-    from AtlasSegLib.pipeline import prepare
 
     card = demo_model.card
     roi = card.inference["roi_size"]
@@ -105,8 +107,6 @@ def test_int8_check_fails_for_a_badly_calibrated_model(demo_model, phantom, tmp_
 
 
 def test_foreground_windows_sample_tissue_and_keep_check_and_calibration_apart(phantom):
-    from AtlasSegLib.pipeline import prepare
-
     card = builtin_card("atlasseg-demo")
     roi = card.inference["roi_size"]
     prep = prepare(phantom.image, card)
@@ -136,6 +136,40 @@ def test_quality_presets_resolve_to_the_published_and_reduced_settings():
     assert count_windows(shape, roi, bal.overlap) / count_windows(shape, roi, ref.overlap) <= 0.3
 
 
+def test_auto_quality_is_balanced_on_a_cpu_and_the_cards_settings_on_a_gpu_or_with_fast():
+    assert CPU_QUALITY == "balanced"  # the README's "Which preset on a CPU" argues this choice
+    assert default_quality("auto", torch.device("cpu")) == "balanced"
+    assert default_quality("auto", torch.device("cuda")) is None  # the published settings: minutes on a GPU
+    assert default_quality("auto", torch.device("cpu"), fast=True) is None  # --fast keeps its meaning
+    for explicit in (None, "reference", "balanced", "fast"):
+        assert default_quality(explicit, torch.device("cpu")) == explicit
+
+
+def test_the_cli_runs_balanced_on_a_cpu_when_no_quality_is_given(demo_model, small_ct, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["segment", str(small_ct), "-o", str(out), "--model", "atlasseg-demo", "--device", "cpu",
+                 "--backend", "torch"])
+    assert code == 0, capsys.readouterr().err
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["quality"] == "balanced" and settings["quality_asked"] == "auto"
+    assert settings["inference"]["overlap"] == 0.5
+
+
+def test_a_first_quantization_writes_nothing_to_stdout(demo_model, phantom, tmp_path, monkeypatch, capfd):
+    # stdout carries the CLI's data (--json, --progress-json lines); NNCF logs INFO lines and draws progress
+    # bars there unless kept off it.
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "cache"))  # a fresh cache: the quantization really runs
+
+    card = builtin_card("atlasseg-demo")
+    roi = card.inference["roi_size"]
+    cal, _ = foreground_windows(prepare(phantom.image, card).array, roi, card.inference["overlap"], 2)
+    capfd.readouterr()
+    xml, info = backends.quantized(demo_model.net, roi, cal)
+    out = capfd.readouterr().out
+    assert xml is not None and "calibration_windows" in info
+    assert out == ""
+
+
 def test_int8_needs_openvino_on_the_cpu():
     with pytest.raises(InputError, match="int8 runs with OpenVINO"):
         backends.choose("torch", "int8", torch.device("cpu"))
@@ -145,8 +179,6 @@ def test_int8_needs_openvino_on_the_cpu():
 
 
 def test_quality_preset_settings_land_in_report_json(demo_model, small_ct, tmp_path, capsys):
-    from AtlasSegLib.cli import main
-
     out = tmp_path / "out"
     code = main(["segment", str(small_ct), "-o", str(out), "--model", "atlasseg-demo", "--quality", "reference",
                  "--device", "cpu", "--backend", "torch"])
@@ -157,8 +189,6 @@ def test_quality_preset_settings_land_in_report_json(demo_model, small_ct, tmp_p
 
 
 def test_full_length_phantom_has_the_liver_on_about_a_third_of_its_slices():
-    from AtlasSegLib.phantom import FULL_LENGTH_SIZE, make_full_length_phantom
-
     # The slices (and so the liver's extent along the body) are the full-size phantom's; in-plane coarser here.
     ph = make_full_length_phantom(2024, size=(128, 128, FULL_LENGTH_SIZE[2]), spacing_mm=(3.2, 3.2, 1.5))
     assert ph.image.GetSize() == (128, 128, 300)
@@ -177,10 +207,7 @@ def test_full_length_phantom_has_the_liver_on_about_a_third_of_its_slices():
 def test_body_crop_cuts_the_table_on_a_wide_field_of_view_ct(ctdata):
     """The 500 mm field of view DICOM (table shells behind the patient, arms beside): the body crop drops the
     table's rows but keeps every voxel of the trunk and arms (tissue components of ≥ 4 cm² in the projection)."""
-    from scipy import ndimage
 
-    from AtlasSegLib.io import read_image
-    from AtlasSegLib.pipeline import prepare
 
     image, _ = read_image(str(ctdata / "totalseg_dicom_upper_abdomen" / "example_ct_dicom"))
     card = builtin_card("suprem-segresnet")
@@ -201,9 +228,6 @@ def test_body_crop_cuts_the_table_on_a_wide_field_of_view_ct(ctdata):
 
 def test_estimate_counts_each_presets_windows_and_times_them_after_a_run(demo_model, small_ct, tmp_path,
                                                                          monkeypatch):
-    from AtlasSegLib.estimate import estimate
-    from AtlasSegLib.io import read_image
-
     monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
     image, source = read_image(str(small_ct))
     card = builtin_card("suprem-segresnet")

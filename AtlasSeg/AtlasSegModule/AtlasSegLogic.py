@@ -66,7 +66,10 @@ QUALITY_TOOLTIP = (
     "a fifth of the windows, the choice on a CPU without a GPU.\n"
     "Fast: 3 mm, overlap 0.5, INT8 where it agrees: minutes on a CPU, less detail on small structures and tumors.\n"
     "The estimate beside each is for this CT on this computer (windows; time once this computer has run the model).")
-DEFAULT_QUALITY = "balanced"  # the README's "Which preset on a CPU"; on a GPU its INT8 becomes fp16
+# The engine's default on a CPU (AtlasSegLib.pipeline.CPU_QUALITY, what the CLI's --quality auto picks there; the
+# README's "Which preset on a CPU" argues it from measured agreement and time). The panel always passes the combo's
+# value; on a GPU Balanced's INT8 becomes fp16.
+DEFAULT_QUALITY = "balanced"
 # GPUs with less memory than this run out of memory at full resolution (the users' 8 GB cards, minus overhead).
 SMALL_GPU_GIB = 7.0
 
@@ -135,8 +138,8 @@ class RunOptions:
     """What to run. Exactly one of ``modelId`` / ``modelCardPath`` names the model.
 
     ``structures`` empty means every structure of the model. ``quality`` is the engine's ``--quality`` ("" = the
-    card's settings, as ``fast``/``precision`` say); ``fast`` goes with "" or "fast" only (the engine refuses
-    ``--fast`` with reference/balanced).
+    engine's default, ``auto``: Balanced on a CPU, the card's settings on a GPU or with ``fast``); ``fast`` goes
+    with "" or "fast" only (the engine refuses ``--fast`` with reference/balanced).
     """
 
     modelId: str = DEMO_MODEL_ID

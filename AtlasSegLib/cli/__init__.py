@@ -99,7 +99,7 @@ class _ProgressSink:
 QUALITY_HELP = ("reference = the published settings (full resolution, overlap 0.75, fp32); balanced = full "
                 "resolution, overlap 0.5, INT8 on the CPU where it passes its check on this CT (about 5x fewer "
                 "windows than reference); fast = coarse spacing (3 mm), overlap 0.5, INT8 where it passes. "
-                "Default: the model card's settings as the other options say")
+                "Default auto = balanced on a CPU, the model card's settings on a GPU (and with --fast)")
 
 
 def _add_review_parser(sub) -> None:
@@ -302,7 +302,7 @@ def _add_segment_parser(sub) -> None:
                    help="auto = bf16 on CPUs with BF16 support (OpenVINO), fp16 autocast on a GPU, else fp32; "
                    "int8 = NNCF-quantized OpenVINO, checked against fp32 on this CT (fp32 runs if it disagrees)")
     s.add_argument("--fast", action="store_true", help="coarser model spacing where the card allows (CPU friendly)")
-    s.add_argument("--quality", choices=["reference", "balanced", "fast"],
+    s.add_argument("--quality", default="auto", choices=["auto", "reference", "balanced", "fast"],
                    help=QUALITY_HELP)
     s.add_argument("--series", help="DICOM series UID when the folder holds several")
     s.add_argument("--threshold", action="append", metavar="NAME=P", help="tumor threshold, e.g. liver_tumor=0.3")
@@ -332,7 +332,7 @@ def _add_batch_parser(sub) -> None:
     b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"],
                    help="auto = bf16 on CPUs with BF16 support (OpenVINO), fp16 autocast on a GPU, else fp32")
     b.add_argument("--fast", action="store_true")
-    b.add_argument("--quality", choices=["reference", "balanced", "fast"], help=QUALITY_HELP)
+    b.add_argument("--quality", default="auto", choices=["auto", "reference", "balanced", "fast"], help=QUALITY_HELP)
     b.add_argument("--threshold", action="append", metavar="NAME=P")
     b.add_argument("--overwrite", action="store_true", help="re-run cases whose output exists (default: skip them)")
     b.add_argument("--workers", type=int, default=1, metavar="N",
@@ -888,7 +888,7 @@ def _run(args) -> int:
 
             return cmd_synthesize(args)
         if args.command == "estimate":
-            from ..estimate import cmd_estimate
+            from .estimate import cmd_estimate
 
             return cmd_estimate(args)
     except BrokenPipeError:

@@ -32,6 +32,8 @@ Weights are seeded random (speed and memory do not depend on their values). Not 
 from __future__ import annotations
 
 import argparse
+import platform
+import resource
 import json
 import os
 import statistics
@@ -60,6 +62,7 @@ PRESETS = ("reference", "balanced", "fast")
 
 def _build(model_id: str, variant: str, seed: int = 0):
     """The network of ``model_id`` with seeded random weights; ``variant='plain'``: backbone + Conv3d head."""
+    # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
     from AtlasSegLib.card import builtin_card
     from AtlasSegLib.networks import construct
 
@@ -99,8 +102,6 @@ def _timed(fn, repeats: int) -> list:
 def child_window(args) -> dict:
     """One model variant: parameters, warm-up + ``repeats`` timed 96³ forwards, peak RSS; for universal
     models also both heads alone on one cached backbone output (interleaved)."""
-    import resource
-
     torch.set_num_threads(args.threads)
     net = _build(args.child, args.variant)
     params = sum(p.numel() for p in net.parameters())
@@ -109,6 +110,7 @@ def child_window(args) -> dict:
     result = {"params": params, "backend": "torch", "precision": "fp32"}
     run = net
     if args.backend == "int8":  # converted and quantized once on real anatomy (timed)
+        # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
         from AtlasSegLib import backends
 
         cal, chk = _real_ct_windows(args.child)
@@ -117,6 +119,7 @@ def child_window(args) -> dict:
                                    calibration_source="real CT", check={"windows": chk, "bound": 0.0})
         result.update(backend="openvino", precision=run.precision, convert_s=time.perf_counter() - t)
     elif args.backend != "torch":  # converted once (timed: a first conversion is part of a first run's cost)
+        # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
         from AtlasSegLib import backends
 
         t = time.perf_counter()
@@ -152,6 +155,7 @@ def child_window(args) -> dict:
 
 def _real_ct_windows(model_id: str) -> tuple:
     """INT8 calibration and check windows: the real CT's foreground windows as ``model_id``'s pipeline sees it."""
+    # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
     from AtlasSegLib import backends
     from AtlasSegLib.card import builtin_card
     from AtlasSegLib.inference import foreground_windows
@@ -167,9 +171,8 @@ def _real_ct_windows(model_id: str) -> tuple:
 
 def child_pipeline(args) -> dict:
     """The whole pipeline on ``args.input`` for one model (the code path of ``atlasseg segment``)."""
-    import resource
-
     torch.set_num_threads(args.threads)
+    # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
     from AtlasSegLib.card import builtin_card
     from AtlasSegLib.io import read_image
     from AtlasSegLib.networks import load_model
@@ -265,6 +268,7 @@ def window_tables(models, threads: int, repeats: int, backends=("torch",), plain
 
 
 def pipeline_tables(windows: dict, models, threads: int, modes, backends=("torch",)) -> None:
+    # here: the parent needs these only for the pipeline tables, after the measured children have run
     from monai.networks.nets import SegResNet
 
     from AtlasSegLib.card import builtin_card
@@ -370,8 +374,6 @@ def main() -> None:
         result = child_pipeline(args) if args.pipeline_run else child_window(args)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    import platform
-
     print(f"atlasseg bench_models: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible; "
           f"load average before start {os.getloadavg()[0]:.1f} (other jobs on the machine make timings noisy)",
           flush=True)

@@ -12,6 +12,7 @@ Not a test: nothing is asserted; the numbers go into the closing notes.
 from __future__ import annotations
 
 import argparse
+import resource
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 
 def make_input(src: Path, size, spacing, out: Path) -> None:
+    # here: only making the input needs SimpleITK; the parent that starts the measured children stays light
     import SimpleITK as sitk
 
     img = sitk.ReadImage(str(src))
@@ -43,8 +45,7 @@ def make_input(src: Path, size, spacing, out: Path) -> None:
 
 def child(args) -> None:
     """Runs one pipeline in this process and prints its JSON result."""
-    import resource
-
+    # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -58,6 +59,7 @@ def child(args) -> None:
     result = {"load_model": load_s}
     if args.child == "atlasseg":
 
+        # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
         from AtlasSegLib.io import read_image
         from AtlasSegLib.pipeline import SegmentOptions, Segmenter
 
@@ -69,6 +71,7 @@ def child(args) -> None:
         result.update(report["timings_s"])
         result["total"] = result["read"] + report["timings_s"]["total"]
     else:
+        # here: the heavy modules load in the child process that is measured (time, peak RSS), not in the parent
         from reference_pipeline import reference_masks
 
         t = time.perf_counter()
@@ -109,6 +112,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
+    # here: as in make_input, the parent loads torch only to build the shared test network
     import torch
     from monai.networks.nets import SegResNet
 

@@ -18,7 +18,8 @@ Same process, same inputs, runs interleaved, best of N. Ends with exactly one li
 - min_dice: lowest per-structure Dice of the final masks, INT8 (forced, the check's bound set to 0) vs OpenVINO
   fp32, trained demo model on the phantom and on the real CT (``totalseg_abdomen_sm``), over structures
   non-empty in either run. Logged with it: whether INT8 passed its self-check on each (a failed check means the
-  pipeline runs fp32 there, so a user never gets those INT8 masks).
+  pipeline runs fp32 there, so a user never gets those INT8 masks), and for scale how far fp32 itself moves when
+  the real CT is 1 HU brighter.
 - nonnet_pct: non-network share of a ``--fast`` run with compact masks, on a 512×512×300 real CT (the small
   TotalSegmentator CT stretched to 0.8×0.8×1.5 mm). The masks come from a label "network" whose logits are the
   CT's reference labels (41 TotalSegmentator structures + an empty liver_tumor gated to the liver), so
@@ -59,6 +60,8 @@ from AtlasSegLib.inference import _padding_before, count_windows, cover_crop, fo
 from AtlasSegLib.io import SourceInfo, read_image  # noqa: E402
 from AtlasSegLib.networks import LoadedModel, construct, load_model  # noqa: E402
 from AtlasSegLib.pipeline import SegmentOptions, Segmenter, prepare, resolve_quality  # noqa: E402
+from AtlasSegLib.phantom import make_full_length_phantom, make_phantom  # noqa: E402
+from AtlasSegLib.progress import Reporter  # noqa: E402
 from AtlasSegLib.geometry import resample  # noqa: E402
 from testdata import ct_data_dir  # noqa: E402
 
@@ -160,6 +163,23 @@ def run_pair(model, image, source, work: Path, tag: str, repeats: int) -> tuple:
         f"({'INT8' if passed else 'fp32'} would run); final masks INT8 vs fp32: lowest Dice "
         f"{min(dices.values()):.4f} over {len(dices)} structures {dices}")
     return min(times["torch"]), min(times["int8"]), dices, passed
+
+
+def stability(model, image, source, work: Path) -> None:
+    """For scale (logged): how far fp32 itself moves on the real CT when every voxel is 1 HU brighter, as final
+    masks against the fp32 run of ``run_pair`` (the demo model, trained on phantoms, is unsure on real anatomy:
+    many voxels sit near its threshold, so any perturbation, INT8's included, flips some)."""
+    shifted = sitk.Cast(image, sitk.sitkFloat32) + 1.0
+    shifted.CopyInformation(image)
+    Segmenter(model, SegmentOptions(device="cpu", backend="openvino", precision="fp32", overview=False)).run(
+        shifted, source, work / "realct-plus1hu")
+    d = {}
+    for f in (work / "realct-fp32-0" / "segmentations").glob("*.nii.gz"):
+        a = sitk.GetArrayFromImage(sitk.ReadImage(str(f)))
+        b = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "realct-plus1hu" / "segmentations" / f.name)))
+        if a.any() or b.any():
+            d[f.name[:-7]] = round(dice(a, b), 4)
+    log(f"for scale: fp32 on the real CT + 1 HU vs fp32, final masks: lowest Dice {min(d.values()):.4f} {d}")
 
 
 # --------------------------------------------------------------------------------------- label "network"
@@ -273,8 +293,6 @@ def label_runs(work: Path, t_torch: float, t_int8: float, t_ov32: float) -> tupl
     # and on the full-length phantom (the measurement).
     fractions = {"stretched real CT": subset_fraction(ct, labels, card, dummy)}
     t = time.perf_counter()
-    from AtlasSegLib.phantom import make_full_length_phantom
-
     ph = make_full_length_phantom(2024)
     lab = np.zeros(sitk.GetArrayViewFromImage(ph.image).shape, np.uint8)
     ids = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": 5, "pancreas": 7, "aorta": 52, "vertebrae": 27}
@@ -307,8 +325,6 @@ def subset_fraction(ct, labels, card, dummy) -> float:
 
 
 def backends_reporter():
-    from AtlasSegLib.progress import Reporter
-
     return Reporter()
 
 
@@ -332,8 +348,6 @@ def main() -> int:
     t_ref, t_int8, t_ov32, info = network_times(args.repeats)
 
     demo = load_model(builtin_card("atlasseg-demo"))
-    from AtlasSegLib.phantom import make_phantom
-
     phantom = make_phantom(2024, tumors=True)
     p_ref, p_new, dices, _ = run_pair(demo, phantom.image, SourceInfo("phantom(seed=2024)", "phantom"), work,
                                       "phantom", 2)
@@ -341,6 +355,7 @@ def main() -> int:
     image, source = read_image(str(ct_data_dir() / "totalseg_abdomen_sm" / "example_ct_sm.nii.gz"))
     _, _, dices_ct, _ = run_pair(demo, image, source, work, "realct", 1)
     min_dice = min(list(dices.values()) + list(dices_ct.values()))
+    stability(demo, image, source, work)
 
     nonnet_pct, pipeline_speedup, frac, ratio = label_runs(work, t_ref, t_int8, t_ov32)
     log(f"conditions: same process, interleaved, best of N; INT8 {info['backend']} {info['precision']}; "
