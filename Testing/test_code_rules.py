@@ -23,36 +23,8 @@ SLICER = ROOT / "AtlasSeg"
 MAX_LINES = 120
 LONG_REASON = "long because"
 
-# PENDING: files other engineers restructure in this round (issue 23). Each fixes the rule in their own files, and
-# the lead empties these sets when merging. Keys are paths below AtlasSegLib/; a name without ".py" also covers a
-# package made from the module (report.py -> report/...). Any file not named here fails. The numbers say what each
-# file had when the rule was written.
-PENDING_PRINT = {
-    "estimate",  # 5: cmd_estimate moves to cli/estimate.py
-}
-PENDING_IMPORT_REASON = {
-    "pipeline",      # 3
-    "backends",      # 7
-    "inference",     # 1
-    "estimate",      # 3
-}
-# The dispatch lines of the commands other engineers move this round, in the old and the new spelling: the line
-# above each is its ``if args.command == ...``, and a comment added there would collide with their change.
-PENDING_IMPORT_REASON_LINES = {
-    "cli/__init__.py": {f"from {dots}{name} import cmd_{name}" for dots in ("..", ".")
-                        for name in ("estimate",)},
-}
-PENDING_LONG = PENDING_IMPORT_REASON  # today: build_report 311 lines, report_html 150, write_rtstruct 143,
-# edit_run 142, phantom._paint_anatomy 151, synthesize.insert_tumors 122
-
-
 def _files(root: Path) -> list:
     return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
-
-
-def _pending(path: Path, root: Path, pending: set) -> bool:
-    rel = path.relative_to(root)
-    return rel.as_posix() in pending or rel.parts[0].removesuffix(".py") in pending
 
 
 def _comment_lines(source: str) -> set:
@@ -128,11 +100,11 @@ def long_functions(source: str, max_lines: int = MAX_LINES) -> list:
     return out
 
 
-def _violations(root: Path, check, pending: set, skip=lambda rel: False) -> dict:
+def _violations(root: Path, check, skip=lambda rel: False) -> dict:
     out = {}
     for path in _files(root):
         rel = path.relative_to(root)
-        if skip(rel) or _pending(path, root, pending):
+        if skip(rel):
             continue
         found = check(path.read_text(encoding="utf-8"))
         if found:
@@ -142,31 +114,20 @@ def _violations(root: Path, check, pending: set, skip=lambda rel: False) -> dict
 
 # ------------------------------------------------------------------------------------------------ the rules
 def test_library_modules_never_print_only_the_cli_layer_does():
-    bad = _violations(LIB, prints, PENDING_PRINT, skip=lambda rel: rel.parts[0] == "cli")
+    bad = _violations(LIB, prints, skip=lambda rel: rel.parts[0] == "cli")
     assert not bad, (f"print() outside AtlasSegLib/cli/ (file: lines): {bad}; return the data and let the command "
                      "in AtlasSegLib/cli/ print it (warnings for the user: logging)")
 
 
-def _unexplained_lib_imports() -> dict:
-    found = _violations(LIB, unexplained_imports, PENDING_IMPORT_REASON)
-    for rel, exempt in PENDING_IMPORT_REASON_LINES.items():
-        lines = (LIB / rel).read_text(encoding="utf-8").splitlines()
-        left = [(n, m) for n, m in found.get(rel, ()) if lines[n - 1].strip() not in exempt]
-        found.pop(rel, None)
-        if left:
-            found[rel] = left
-    return found
-
-
 def test_every_function_level_import_says_why_in_a_comment():
-    bad = {f"AtlasSegLib/{k}": v for k, v in _unexplained_lib_imports().items()}
-    bad.update({f"AtlasSeg/{k}": v for k, v in _violations(SLICER, unexplained_imports, set()).items()})
+    bad = {f"AtlasSegLib/{k}": v for k, v in _violations(LIB, unexplained_imports).items()}
+    bad.update({f"AtlasSeg/{k}": v for k, v in _violations(SLICER, unexplained_imports).items()})
     assert not bad, (f"function-level imports without a reason (file: [(line, module)]): {bad}; move each to the top "
                      "of its module, or say why it waits (a comment on its line or the line before)")
 
 
 def test_no_library_function_over_120_lines_without_a_reason():
-    bad = _violations(LIB, long_functions, PENDING_LONG)
+    bad = _violations(LIB, long_functions)
     assert not bad, (f"AtlasSegLib functions over {MAX_LINES} lines (file: [(function, lines)]): {bad}; split them "
                      f"into steps, or say in the docstring why not ('{LONG_REASON} ...')")
 
@@ -224,10 +185,3 @@ def test_long_function_checker_needs_the_reason_in_the_docstring():
     assert long_functions(plain) == [("plain", 131)]
     assert long_functions(reasoned) == []
     assert long_functions(short) == []
-
-
-def test_pending_names_cover_a_module_and_the_package_made_from_it_only():
-    assert _pending(LIB / "report.py", LIB, {"report"})
-    assert _pending(LIB / "report" / "measure.py", LIB, {"report"})
-    assert not _pending(LIB / "reporting.py", LIB, {"report"})
-    assert not _pending(LIB / "batch.py", LIB, {"report"})

@@ -888,6 +888,7 @@ def _run(args) -> int:
 
             return cmd_synthesize(args)
         if args.command == "estimate":
+            # here: the estimate reads the CT's header with SimpleITK, only when asked
             from .estimate import cmd_estimate
 
             return cmd_estimate(args)
