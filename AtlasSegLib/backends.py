@@ -40,12 +40,14 @@ Otherwise fp32 OpenVINO runs and the reason is recorded (report.json ``model.bac
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -116,7 +118,8 @@ def cpu_capabilities() -> tuple:
     try:
         import openvino as ov  # here: as in openvino_version, only runs that may use OpenVINO load it
 
-        return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        with keep_signal_stack():  # OpenVINO's CPU plugin swaps the thread's signal stack (keep_signal_stack)
+            return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001
         return ()
 
@@ -241,7 +244,8 @@ class OpenVINORunner(Runner):
             shape[0] = batch
             model.reshape({0: [batch] + [int(str(s)) for s in shape[1:]]})
             config = {"INFERENCE_PRECISION_HINT": _OV_HINT[self.precision], "PERFORMANCE_HINT": "LATENCY"}
-            self._compiled[batch] = self._core.compile_model(model, "CPU", config)
+            with keep_signal_stack():  # see keep_signal_stack: compile_model swaps the thread's signal stack
+                self._compiled[batch] = self._core.compile_model(model, "CPU", config)
         return self._compiled[batch]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +294,8 @@ def _convert(net: torch.nn.Module, roi, folder: Path) -> dict:
         model = ov.convert_model(net, example_input=x, input=[ov.PartialShape([-1, 1] + [int(r) for r in roi])])
     ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
     t_convert = time.perf_counter() - t0
-    compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    with keep_signal_stack():  # see keep_signal_stack: compile_model swaps the thread's signal stack
+        compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got = np.asarray(compiled(x.numpy())[0], dtype=np.float32)
     with torch.inference_mode():
         ref = net(x).float().numpy()
@@ -441,7 +446,7 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
         t0 = time.perf_counter()
         data = [np.ascontiguousarray(w, dtype=np.float32) for w in calibration]
         try:
-            with _quiet_nncf():
+            with _quiet_nncf(), keep_signal_stack():
                 model = nncf.quantize(ov.Core().read_model(str(xml32)), nncf.Dataset(data), subset_size=len(data))
             ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001 - any quantization failure means: fp32 runs
@@ -461,6 +466,40 @@ def quantized(net: torch.nn.Module, roi, calibration, *, source: str = "") -> tu
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final / "model.xml", info
+
+
+class _SignalStack(ctypes.Structure):  # POSIX stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack():
+    """Put back the calling thread's alternate signal stack after a block that may replace it.
+
+    OpenVINO's CPU plugin (``compile_model``, ``get_property``, and so NNCF's quantization) installs an alternate
+    signal stack (sigaltstack) of its own on the calling thread and frees that memory later, without putting
+    Python's back; Python's handlers run on that stack, so the next Ctrl-C or SIGTERM after a compiled model was
+    dropped (an INT8 check that fell back, a finished batch case) crashed the process with a segmentation fault
+    instead of cancelling the run and cleaning up (found by the test suite: a SIGINT after an in-process batch).
+    No-op where sigaltstack is unavailable."""
+    libc = None
+    if sys.platform != "win32":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            saved = _SignalStack()
+            if libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+                libc = None
+        except (OSError, AttributeError):
+            libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            now = _SignalStack()
+            libc.sigaltstack(None, ctypes.byref(now))
+            if (now.ss_sp, now.ss_size, now.ss_flags) != (saved.ss_sp, saved.ss_size, saved.ss_flags):
+                log.debug("restoring the alternate signal stack a library replaced")
+                libc.sigaltstack(ctypes.byref(saved), None)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ Only the precisions this CPU supports are run (OpenVINO's OPTIMIZATION_CAPABILIT
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,56 @@ def test_a_stale_failed_check_is_converted_again(tmp_path, monkeypatch):
     (entry / "check.json").write_text(json.dumps({"ok": False, "rtol": 1e-9, "reason": "old"}))
     xml, check = backends.converted(net, (16, 16, 16))
     assert check["ok"] and xml == entry / "model.xml" and xml.is_file()
+
+
+CTRL_C_AFTER_A_COMPILE = """
+import ctypes, faulthandler, gc, signal, sys, torch
+from AtlasSegLib import backends
+
+faulthandler.enable()  # as pytest, python -X faulthandler and PYTHONFAULTHANDLER do: it owns an alternate stack
+
+class StackT(ctypes.Structure):  # POSIX stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+def signal_stack():
+    s = StackT()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(s))
+    return (s.ss_sp, s.ss_size, s.ss_flags)
+
+before = signal_stack()
+backends.cpu_capabilities()
+# Two models alive at once and dropped in the order they were made (an INT8 check beside its fp32 reference,
+# a batch's cases): each OpenVINO core puts back, when it goes, the stack it found, which may be the other's.
+first = backends.make_runner(torch.nn.Conv3d(1, 2, 3, padding=1).eval(), (16, 16, 16), torch.device("cpu"),
+                             "openvino", "fp32")
+first(torch.zeros(1, 1, 16, 16, 16))
+second = backends.make_runner(torch.nn.Conv3d(1, 3, 3, padding=1).eval(), (16, 16, 16), torch.device("cpu"),
+                              "openvino", "fp32")
+second(torch.zeros(1, 1, 16, 16, 16))
+del first
+gc.collect()
+del second
+gc.collect()
+print("signal stack kept" if signal_stack() == before else "signal stack replaced")
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted cleanly")
+"""
+
+
+def test_ctrl_c_after_an_openvino_model_was_compiled_and_dropped_is_a_keyboardinterrupt_not_a_crash(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack when it compiles a model (or answers a
+    property) and frees that memory later; Python's signal handlers run on that stack, so a Ctrl-C after the model
+    was dropped segfaulted (exit -11, seen after an in-process batch under pytest) instead of cancelling and
+    cleaning up. Seen where the thread had a stack of its own (faulthandler's, enabled by pytest, -X faulthandler
+    or PYTHONFAULTHANDLER): it must be back after every OpenVINO call. In a process of its own: a crash would take pytest
+    down."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent), ATLASSEG_HOME=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_A_COMPILE], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "signal stack kept" in r.stdout and "interrupted cleanly" in r.stdout, r.stdout
