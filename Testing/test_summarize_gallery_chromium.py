@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -72,11 +73,19 @@ def test_reviewer_marks_cases_downloads_marks_and_atlasseg_reads_them(results, t
         browser.click("#download")
         done = browser.wait_download()
         assert done["state"] == "completed", done
-        # Reopened, the page shows the marks kept in the browser.
-        browser.open(page)
-        marks = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('section.case'))"
-                           ".map(c => [c.dataset.case, c.dataset.mark]))")
-        assert marks == {"BDMAP_00000004": "accept", "BDMAP_00000005": "revise", "BDMAP_00000006": ""}
+        # Reopened, the page shows the marks kept in the browser. Chromium hands a page's localStorage writes to
+        # its browser process asynchronously, so a document opened at once in a new renderer may not see them
+        # yet (CI, under load, saw the marks missing): reopen until they show, for at most 10 s.
+        want = {"BDMAP_00000004": "accept", "BDMAP_00000005": "revise", "BDMAP_00000006": ""}
+        deadline = time.monotonic() + 10.0
+        while True:
+            browser.open(page)
+            marks = browser.js("Object.fromEntries(Array.from(document.querySelectorAll('section.case'))"
+                               ".map(c => [c.dataset.case, c.dataset.mark]))")
+            if marks == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert marks == want
         assert browser.js("document.querySelector('#case-BDMAP_00000005 .note').value") == \
             "coverage: check the field of view"
         # Clicking a pressed button again clears the mark.
