@@ -9,7 +9,6 @@ De-identification tools remove exactly these (PS3.15 Annex E: birth date, sex, a
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np

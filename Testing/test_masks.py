@@ -1,6 +1,5 @@
 """The shared small mask rules (AtlasSegLib/masks.py) and the one atomic-write rule (io.atomic_path)."""
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

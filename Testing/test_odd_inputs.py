@@ -7,9 +7,7 @@ import shutil
 
 import numpy as np
 import pydicom
-import pytest
 
-from AtlasSegLib.cli import main
 from testdata import make_run
 
 

@@ -166,7 +166,7 @@ def test_largest_component_chosen_on_the_model_grid_is_the_largest_on_the_input_
     import cc3d
 
     from AtlasSegLib.geometry import Grid, oriented, respaced
-    from AtlasSegLib.pipeline import Segmenter, axis_maps, largest_on_model_grid, nearest_onto
+    from AtlasSegLib.pipeline import Segmenter
 
     rng = np.random.default_rng(5)
     declined = chosen = 0

@@ -16,7 +16,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from PIL import Image
 
 from AtlasSegLib.cli import main
 from AtlasSegLib.geometry import Grid, oriented, reorient_array

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import SimpleITK as sitk
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from AtlasSegModule import LIBRARY_PARENT_DIR, MODULE_DIR  # noqa: F401  (importing the package puts AtlasSegLib on sys.path)
+from AtlasSegModule import LIBRARY_PARENT_DIR  # importing the package puts AtlasSegLib on sys.path
 from AtlasSegModule import AtlasSegBridge as bridge
 from AtlasSegModule import AtlasSegDependencies as deps
 from AtlasSegModule.AtlasSegRunner import (EngineRunner, ProcessOutput, RunState, downloadCommand,

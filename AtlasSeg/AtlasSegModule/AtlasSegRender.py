@@ -12,7 +12,6 @@ The surfaces are built in a private MRML scene, so inside Slicer the user's scen
 Organs are drawn half transparent so tumors inside them stay visible.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -5,6 +5,7 @@ Exit codes: see "exit codes" in EXAMPLES (also in ``atlasseg --help`` and the RE
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -839,6 +840,24 @@ def main(argv=None) -> int:
         restore()
 
 
+# command -> (module relative to this package, or None for one defined here; function; takes the progress sink).
+# The commands in their own modules are imported when they run: each keeps its heavy imports out of the CLI's start.
+COMMANDS = {
+    "segment": (None, "cmd_segment", True),
+    "demo": (None, "cmd_demo", True),
+    "batch": (None, "cmd_batch", True),
+    "threshold": (None, "cmd_threshold", False),
+    "models": (None, "cmd_models", False),
+    "review": (".review", "cmd_review", False),
+    "report": (".report", "cmd_report", True),
+    "evaluate": (".evaluate", "cmd_evaluate", False),
+    "export": (".export", "cmd_export", False),
+    "summarize": (".summarize", "cmd_summarize", True),
+    "synthesize": (".synthesize", "cmd_synthesize", False),
+    "estimate": (".estimate", "cmd_estimate", False),
+}
+
+
 def _run(args) -> int:
     progress_json = getattr(args, "progress_json", False)
     quiet = getattr(args, "quiet", False)
@@ -847,51 +866,11 @@ def _run(args) -> int:
         if args.command != "models":
             _route_library_warnings(getattr(args, "verbose", False))
             check_output_places(args)  # an unwritable output place is refused before any work
-        if args.command == "segment":
-            return cmd_segment(args, sink)
-        if args.command == "demo":
-            return cmd_demo(args, sink)
-        if args.command == "batch":
-            return cmd_batch(args, sink)
-        if args.command == "threshold":
-            return cmd_threshold(args)
-        if args.command == "models":
-            return cmd_models(args)
-        if args.command == "review":
-            # here: each command's module loads numpy/SimpleITK: only when it runs
-            from .review import cmd_review
-
-            return cmd_review(args)
-        if args.command == "report":
-            # here: the report's picture code (matplotlib, PIL) loads only when a report is made
-            from .report import cmd_report
-
-            return cmd_report(args, sink)
-        if args.command == "evaluate":
-            # here: each command's module loads numpy/SimpleITK: only when it runs
-            from .evaluate import cmd_evaluate
-
-            return cmd_evaluate(args)
-        if args.command == "export":
-            # here: pydicom, contourpy and slicerio load only when something is exported
-            from .export import cmd_export
-
-            return cmd_export(args)
-        if args.command == "summarize":
-            # here: each command's module loads numpy/SimpleITK: only when it runs
-            from .summarize import cmd_summarize
-
-            return cmd_summarize(args, sink)
-        if args.command == "synthesize":
-            # here: each command's module loads numpy/SimpleITK: only when it runs
-            from .synthesize import cmd_synthesize
-
-            return cmd_synthesize(args)
-        if args.command == "estimate":
-            # here: the estimate reads the CT's header with SimpleITK, only when asked
-            from .estimate import cmd_estimate
-
-            return cmd_estimate(args)
+        module, name, takes_sink = COMMANDS[args.command]
+        # here: a command's own module (numpy, SimpleITK, matplotlib, pydicom...) loads only when it runs
+        where = importlib.import_module(module, __package__) if module else sys.modules[__name__]
+        command = getattr(where, name)  # looked up at call time, so a test's monkeypatch of it takes effect
+        return command(args, sink) if takes_sink else command(args)
     except BrokenPipeError:
         raise
     except AtlasSegError as exc:

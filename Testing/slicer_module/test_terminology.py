@@ -8,7 +8,7 @@ segments name. What only the app shows: the terminology selector listing them (t
 import json
 
 import pytest
-import vtk
+import vtk  # noqa: F401  (vtk before slicer, as in conftest.py)
 
 import slicer
 
