@@ -11,6 +11,7 @@ one structure at a time is held (uint8), plus the uint8 combined label map.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,14 +408,14 @@ class Segmenter:
             reporter.update("postprocess", n / len(classes), cls.name)
             if softmax:
                 prob = probs[cls.channel].numpy()
-            else:
+            elif cls.is_tumor:  # an organ needs only its mask (sigmoid_mask), a tumor its probabilities
                 prob = torch.sigmoid(logits[cls.channel]).numpy()
             if not cls.is_tumor:
                 if softmax:
                     channels = [cls.channel] + [t.channel for t in card.classes if t.is_tumor and t.gate and cls.name in t.gate]
                     mask_model = np.isin(argmax, channels).astype(np.uint8)
                 else:
-                    mask_model = (prob >= inf["threshold"]).view(np.uint8)  # 0/1, no copy
+                    mask_model = sigmoid_mask(logits[cls.channel], float(inf["threshold"]))
                 largest = bool(self.options.postprocess and post["largest_component"] and cls.largest_component)
                 box, mask, done = self._to_input_grid(mask_model, prep.grid, target,
                                                       largest=largest and not cls.paired)
@@ -490,6 +491,26 @@ class Segmenter:
         writer.add_tumor(cls, box, mask, q_box, threshold=threshold, gate=gate_info, min_mm3=min_mm3,
                          dilation_mm=post["tumor_gate_dilation_mm"] if gate_info else None)
         return (box, mask) if mask.any() else None
+
+
+def sigmoid_mask(logit: torch.Tensor, threshold: float) -> np.ndarray:
+    """``(torch.sigmoid(logit).numpy() >= threshold)`` as uint8 0/1, the same array, mostly without the sigmoid.
+
+    A float32 sigmoid is within a few units in the last place of the true one (torch's vectorised and scalar
+    kernels alike), so wherever the logit lies more than ``band`` (2**-18 / (t (1 - t)), ~500 times that error
+    at the threshold's slope, plus the threshold's own float32 rounding) from the threshold's logit, the
+    comparison's outcome is that of the logit with the threshold's logit. Only when some voxel lies inside that
+    band (a network output within ~1e-5 of the boundary) is the sigmoid computed, everywhere, as before. Saves
+    one exp per voxel and structure (7 ms per structure on a 3 mm grid of a 512x512x300 CT)."""
+    t = float(threshold)
+    if logit.dtype == torch.float32 and 0.01 <= t <= 0.99:
+        centre = math.log(t / (1.0 - t))
+        t32 = float(np.float32(t))
+        band = 2.0 ** -18 / (t * (1.0 - t)) + abs(math.log(t32 / (1.0 - t32)) - centre)
+        above = logit >= centre + band
+        if not bool(((logit > centre - band) & ~above).any()):
+            return above.numpy().view(np.uint8)
+    return (torch.sigmoid(logit).numpy() >= threshold).view(np.uint8)
 
 
 def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid, *, maps=None) -> np.ndarray:
