@@ -507,9 +507,10 @@ def sigmoid_mask(logit: torch.Tensor, threshold: float) -> np.ndarray:
         centre = math.log(t / (1.0 - t))
         t32 = float(np.float32(t))
         band = 2.0 ** -18 / (t * (1.0 - t)) + abs(math.log(t32 / (1.0 - t32)) - centre)
-        above = logit >= centre + band
-        if not bool(((logit > centre - band) & ~above).any()):
-            return above.numpy().view(np.uint8)
+        x = logit.numpy()  # NumPy, one thread: torch's parallel comparisons wait on busy cores (the writers')
+        above = x >= centre + band
+        if not np.any((x > centre - band) & ~above):
+            return above.view(np.uint8)
     return (torch.sigmoid(logit).numpy() >= threshold).view(np.uint8)
 
 
