@@ -9,6 +9,7 @@ shallow parts of a structure (a tumor's rim, a vessel seen edge-on) stay visible
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,10 +51,19 @@ def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=8)
+def _las(grid: Grid) -> tuple:
+    """(``orientation_transform``, ``oriented``) of ``grid`` to LAS, once per grid: a run's 42 structures asked
+    for them three times each (nibabel's io_orientation, an SVD, every time)."""
+    ornt = orientation_transform(grid, "LAS")
+    ornt.flags.writeable = False
+    return ornt, oriented(grid, "LAS")
+
+
 def project_box(mask_box_kji: np.ndarray, start_ijk, grid: Grid) -> np.ndarray:
     """``project`` of a mask that is zero outside a box: ``mask_box_kji`` is the box's content and ``start_ijk``
     its first voxel on ``grid``. Reads the box only (a full-grid pass per structure was the slow part)."""
-    ornt = orientation_transform(grid, "LAS")
+    ornt = _las(grid)[0]
     ap = next(a for a in range(3) if int(ornt[a, 0]) == 1)  # the index axis that becomes anterior-posterior
     rest = [a for a in range(3) if a != ap]
     m = np.asarray(mask_box_kji)
@@ -75,7 +85,7 @@ def project_box(mask_box_kji: np.ndarray, start_ijk, grid: Grid) -> np.ndarray:
 
 def _to_display(proj_ik: np.ndarray, grid: Grid, *, resample=Image.BILINEAR) -> Image.Image:
     """(i, k) projection → PIL image with 1 mm pixels, head up, patient's right on the left."""
-    g = oriented(grid, "LAS")
+    g = _las(grid)[1]
     img = np.flipud(proj_ik.T)  # rows: superior first
     width = max(1, int(round(g.size[0] * g.spacing[0])))
     height = max(1, int(round(g.size[2] * g.spacing[2])))
