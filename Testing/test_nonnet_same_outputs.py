@@ -130,3 +130,19 @@ def test_head_cues_with_the_callers_centroid_are_the_same():
         fi, fj = np.nonzero(filled)
         assert _head_cues(values, filled, 2.0, 2.0, cov, centroid=(fi.mean(), fj.mean())) == \
             _head_cues(values, filled, 2.0, 2.0, cov)
+
+
+def test_nonzero_box_is_bounding_slices():
+    """pipeline.nonzero_box (two passes) gives masks.bounding_slices' box for sparse, dense, one-voxel, empty,
+    bool and uint8 masks, and for non-contiguous views (where it is bounding_slices itself)."""
+    from AtlasSegLib.masks import bounding_slices
+    from AtlasSegLib.pipeline import nonzero_box
+
+    rng = np.random.default_rng(6)
+    for trial in range(60):
+        shape = tuple(int(v) for v in rng.integers(1, 30, 3))
+        mask = rng.random(shape) < [0.0, 0.001, 0.05, 0.9][trial % 4]
+        if trial % 5 == 0:
+            mask = mask.astype(np.uint8)
+        for m in (mask, mask[:, ::-1], np.asfortranarray(mask)):
+            assert nonzero_box(m) == bounding_slices(m), trial
