@@ -146,3 +146,28 @@ def test_nonzero_box_is_bounding_slices():
             mask = mask.astype(np.uint8)
         for m in (mask, mask[:, ::-1], np.asfortranarray(mask)):
             assert nonzero_box(m) == bounding_slices(m), trial
+
+
+def test_windowed_ct_projection_in_memory_order_is_the_las_view_sum():
+    """overview.project with a window (an integer CT summed in its memory order, then only the 2-D result
+    flipped/transposed to LAS) equals the clipped sum along anterior-posterior of the LAS view, normalised the same,
+    for flipped/permuted directions (anterior-posterior along any index axis) and 8/16-bit CTs."""
+    from AtlasSegLib.geometry import reorient_array
+
+    rng = np.random.default_rng(7)
+    lo, hi = -150.0, 250.0
+    for case in range(36):
+        perm, signs = rng.permutation(3), rng.choice([-1, 1], 3)
+        direction = np.zeros((3, 3))
+        direction[np.arange(3), perm] = signs
+        size = tuple(int(v) for v in rng.integers(1, 40, 3))
+        grid = Grid(size, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(direction.reshape(-1).tolist()))
+        dtype = (np.int16, np.uint16, np.int8)[case % 3]
+        info = np.iinfo(dtype)
+        ct = rng.integers(max(info.min, -1024), min(info.max, 3000), size[::-1]).astype(dtype)
+        las = reorient_array(ct, grid, "LAS")
+        expected = np.clip(las.astype(np.int64), lo, hi).sum(axis=1).astype(np.float32)
+        expected -= las.shape[1] * lo
+        expected /= hi - lo
+        got = project(ct, grid, window=(lo, hi))
+        assert got.dtype == np.float32 and np.array_equal(got, expected), case
