@@ -273,12 +273,24 @@ class OutputWriter:
         self.reporter.update("write", 0.3, "combined labels")
         try:
             self.flush()
+            self.combined, hidden = combined_labels(self.ct.shape, self._drawn)
+            warnings = list(warnings) + [hidden_warning(name) for name in hidden]
+            # Compressed by a writer thread while the report and the picture are made (the compressor releases
+            # the GIL); waited for below, before the folder is handed back.
+            self._submit(write_mask_nifti, self.folder / "combined_labels.nii.gz",
+                         self._header or nifti_header(self.grid, self.folder), self.grid.size,
+                         ((0, 0, 0), self.grid.size), self.combined)
+            report = self._write_report(settings, timings, warnings, model_info)
+            if self.overview is not None:
+                self.reporter.update("write", 0.7, "overview picture")
+                self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
+            self.flush()
         finally:
             self.close()
-        self.combined, hidden = combined_labels(self.ct.shape, self._drawn)
-        warnings = list(warnings) + [hidden_warning(name) for name in hidden]
-        write_mask_nifti(self.folder / "combined_labels.nii.gz", self._header or nifti_header(self.grid, self.folder),
-                         self.grid.size, ((0, 0, 0), self.grid.size), self.combined)
+        return report
+
+    def _write_report(self, settings: dict, timings: dict, warnings: list, model_info) -> dict:
+        """card.json and report.json (``finish``)."""
         Run(self.folder, check=False).write_card_json(self.card.to_json())
         report = {
             "atlasseg_version": __version__,
@@ -300,9 +312,6 @@ class OutputWriter:
             report.setdefault("warnings", []).append(text)
 
         Run(self.folder, check=False).write_report(report)
-        if self.overview is not None:
-            self.reporter.update("write", 0.7, "overview picture")
-            self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
         return report
 
 
