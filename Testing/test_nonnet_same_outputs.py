@@ -171,3 +171,27 @@ def test_windowed_ct_projection_in_memory_order_is_the_las_view_sum():
         expected /= hi - lo
         got = project(ct, grid, window=(lo, hi))
         assert got.dtype == np.float32 and np.array_equal(got, expected), case
+
+
+def test_hole_filling_of_a_box_view_is_scipys():
+    """body_profile fills the largest cross-section's holes on a view of its box (fill_voids takes another, faster
+    route for a non-contiguous array): the result is SciPy's binary_fill_holes of that box, on random bodies
+    with lungs, gas and holes touching the box's edge."""
+    import fill_voids
+    from scipy import ndimage
+
+    from AtlasSegLib.masks import bounding_slices
+
+    rng = np.random.default_rng(8)
+    yy, xx = np.mgrid[:120, :140]
+    for _ in range(40):
+        body = ((yy - 60) / rng.uniform(20, 58)) ** 2 + ((xx - 70) / rng.uniform(20, 68)) ** 2 <= 1
+        for _ in range(int(rng.integers(0, 8))):
+            cy, cx, r = rng.integers(0, 120), rng.integers(0, 140), rng.integers(2, 15)
+            body &= (yy - cy) ** 2 + (xx - cx) ** 2 > r * r
+        body &= rng.random(body.shape) > 0.02
+        if not body.any():
+            continue
+        box = bounding_slices(body)
+        got = fill_voids.fill(body[box], in_place=False)
+        assert np.array_equal(got, ndimage.binary_fill_holes(body[box]))
