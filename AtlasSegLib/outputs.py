@@ -47,13 +47,25 @@ def _box_slices(box):
     return (slice(s[2], s[2] + z[2]), slice(s[1], s[1] + z[1]), slice(s[0], s[0] + z[0]))
 
 
-def _structure_entry(cls, mask, grid: Grid, ct_kji, box) -> dict:
-    """report.json's entry of a structure from its mask on ``box`` (k, j, i), never the whole input grid."""
-    inside = np.asarray(mask) > 0 if box is not None else None
-    voxels = int(np.count_nonzero(inside)) if box is not None else 0
+def _structure_entry(cls, mask, grid: Grid, ct_kji, box, *, inside=None, voxels=None) -> dict:
+    """report.json's entry of a structure from its mask on ``box`` (k, j, i), never the whole input grid.
+    ``inside`` (``mask > 0``) and ``voxels`` (its count), when the caller has them, save those passes."""
+    if box is None:
+        inside, voxels = None, 0
+    elif inside is None:
+        inside = np.asarray(mask) > 0
+    if voxels is None:
+        voxels = int(np.count_nonzero(inside))
     mean_hu = None
     if voxels:
-        mean_hu = round(float(ct_kji[_box_slices(box)][inside].mean()), 1)
+        # The exact integer sum over the count: numpy's mean of integers sums them in float64, exactly (every
+        # partial sum is an integer far below 2**53), and divides once, so this is the same number without
+        # converting the gathered values to float64.
+        values = ct_kji[_box_slices(box)][inside]
+        if np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2:  # partial sums < 2**53
+            mean_hu = round(int(values.sum(dtype=np.int64)) / voxels, 1)
+        else:
+            mean_hu = round(float(values.mean()), 1)
     return {"name": cls.name, "label": cls.label, "kind": cls.kind, "color": list(cls.color), "voxels": voxels,
             "volume_ml": round(voxels * grid.voxel_volume_mm3 / 1000.0, 4), "mean_hu": mean_hu,
             "file": f"{SEG_DIR}/{cls.name}.nii.gz"}
@@ -225,14 +237,16 @@ class OutputWriter:
         if self._header is None:
             self._header = nifti_header(self.grid, self.folder)
         self._submit(self._write_mask, self.folder / SEG_DIR / f"{cls.name}.nii.gz", box, mask)
+        inside = voxels = None
         if box is not None:
             sl = _box_slices(box)
-            inside = np.asarray(mask) > 0
-            self._drawn.append((int(np.count_nonzero(inside)), cls.is_tumor, cls.label, cls.name, sl,
-                                np.packbits(inside, axis=None), inside.shape))
+            inside = np.asarray(mask) > 0  # once: the count, the packed mask and the mean HU all need it
+            voxels = int(np.count_nonzero(inside))
+            self._drawn.append((voxels, cls.is_tumor, cls.label, cls.name, sl, np.packbits(inside, axis=None),
+                                inside.shape))
             if self.overview is not None:
                 self.overview.add(cls.name, cls.color, mask, box[0])
-        entry = _structure_entry(cls, mask, self.grid, self.ct, box)
+        entry = _structure_entry(cls, mask, self.grid, self.ct, box, inside=inside, voxels=voxels)
         self.structures.append(entry)
         return entry
 
@@ -259,12 +273,24 @@ class OutputWriter:
         self.reporter.update("write", 0.3, "combined labels")
         try:
             self.flush()
+            self.combined, hidden = combined_labels(self.ct.shape, self._drawn)
+            warnings = list(warnings) + [hidden_warning(name) for name in hidden]
+            # Compressed by a writer thread while the report and the picture are made (the compressor releases
+            # the GIL); waited for below, before the folder is handed back.
+            self._submit(write_mask_nifti, self.folder / "combined_labels.nii.gz",
+                         self._header or nifti_header(self.grid, self.folder), self.grid.size,
+                         ((0, 0, 0), self.grid.size), self.combined)
+            report = self._write_report(settings, timings, warnings, model_info)
+            if self.overview is not None:
+                self.reporter.update("write", 0.7, "overview picture")
+                self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
+            self.flush()
         finally:
             self.close()
-        self.combined, hidden = combined_labels(self.ct.shape, self._drawn)
-        warnings = list(warnings) + [hidden_warning(name) for name in hidden]
-        write_mask_nifti(self.folder / "combined_labels.nii.gz", self._header or nifti_header(self.grid, self.folder),
-                         self.grid.size, ((0, 0, 0), self.grid.size), self.combined)
+        return report
+
+    def _write_report(self, settings: dict, timings: dict, warnings: list, model_info) -> dict:
+        """card.json and report.json (``finish``)."""
         Run(self.folder, check=False).write_card_json(self.card.to_json())
         report = {
             "atlasseg_version": __version__,
@@ -286,9 +312,6 @@ class OutputWriter:
             report.setdefault("warnings", []).append(text)
 
         Run(self.folder, check=False).write_report(report)
-        if self.overview is not None:
-            self.reporter.update("write", 0.7, "overview picture")
-            self.overview.render(f"{self.card.title}").save(self.folder / "overview.png")
         return report
 
 
@@ -406,7 +429,7 @@ def paint_labels(combined: np.ndarray, masks) -> list:
     drawn = []
     for label, name, sl, mask in masks:
         if 0 < label < 256 and mask.any():
-            combined[sl][mask] = label
+            np.copyto(combined[sl], label, where=mask)  # in place on the box's view; no index array as mask[...]= makes
             drawn.append((label, name, sl))
     # A label can only remain inside the boxes it was drawn in: look there, not over the whole grid (np.unique
     # of a 512×512×300 map took 0.6 s).

@@ -9,6 +9,7 @@ shallow parts of a structure (a tumor's rim, a vessel seen edge-on) stay visible
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +38,11 @@ def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
     # on 500 MB volumes; 2× faster than a float copy per AP row).
     exact = (np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize <= 2 and float(lo).is_integer()
              and float(hi).is_integer() and np.iinfo(arr.dtype).min <= lo and hi <= np.iinfo(arr.dtype).max)
+    if exact:  # the same integer sums, in the array's memory order (6x faster than through the LAS view)
+        out = _clipped_sums(np.asarray(array_kji), grid, arr.dtype.type(lo), arr.dtype.type(hi))
+        out -= arr.shape[1] * lo
+        out /= hi - lo
+        return out
     for k in range(0, arr.shape[2], 16):
         slab = arr[:, :, k:k + 16]
         if exact:
@@ -50,13 +56,56 @@ def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
     return out
 
 
+def _clipped_sums(array_kji: np.ndarray, grid: Grid, lo, hi) -> np.ndarray:
+    """``project``'s sums of the values clipped to [lo, hi] (integers, summed exactly in int32) along
+    anterior-posterior, as (i, k) float32 in LAS: clipped into one reused buffer 16 planes of the outermost
+    other axis at a time and summed in memory order, then only the small 2-D result is flipped/transposed (the
+    LAS view's flipped, transposed strides made the same sums 6x slower)."""
+    ornt = _las(grid)[0]
+    ap = next(a for a in range(3) if int(ornt[a, 0]) == 1)  # the index axis that becomes anterior-posterior
+    rest = [a for a in range(3) if a != ap]
+    ap_kji = 2 - ap
+    step_axis = 0 if ap_kji != 0 else 1  # chunks along the outermost axis that is not summed
+    sums = np.empty([n for d, n in enumerate(array_kji.shape) if d != ap_kji], np.int32)
+    buf = None
+    for c in range(0, array_kji.shape[step_axis], 16):
+        part = array_kji[(slice(None),) * step_axis + (slice(c, c + 16),)]
+        if buf is None or buf.shape != part.shape:
+            buf = np.empty(part.shape, array_kji.dtype)
+        np.clip(part, lo, hi, out=buf)
+        at = step_axis - (ap_kji < step_axis)  # that axis's place among the summed array's two
+        sums[(slice(None),) * at + (slice(c, c + 16),)] = buf.sum(axis=ap_kji, dtype=np.int32)
+    out = sums.T.astype(np.float32)  # index axes (rest[0], rest[1]), ascending
+    for n, a in enumerate(rest):
+        if ornt[a, 1] < 0:
+            out = np.flip(out, n)
+    out = out.T if int(ornt[rest[0], 0]) > int(ornt[rest[1], 0]) else out
+    return np.ascontiguousarray(out)
+
+
+@lru_cache(maxsize=8)
+def _las(grid: Grid) -> tuple:
+    """(``orientation_transform``, ``oriented``) of ``grid`` to LAS, once per grid: a run's 42 structures asked
+    for them three times each (nibabel's io_orientation, an SVD, every time)."""
+    ornt = orientation_transform(grid, "LAS")
+    ornt.flags.writeable = False
+    return ornt, oriented(grid, "LAS")
+
+
 def project_box(mask_box_kji: np.ndarray, start_ijk, grid: Grid) -> np.ndarray:
     """``project`` of a mask that is zero outside a box: ``mask_box_kji`` is the box's content and ``start_ijk``
     its first voxel on ``grid``. Reads the box only (a full-grid pass per structure was the slow part)."""
-    ornt = orientation_transform(grid, "LAS")
+    ornt = _las(grid)[0]
     ap = next(a for a in range(3) if int(ornt[a, 0]) == 1)  # the index axis that becomes anterior-posterior
     rest = [a for a in range(3) if a != ap]
-    part = mask_box_kji.transpose(2, 1, 0).sum(axis=ap, dtype=np.float32)
+    m = np.asarray(mask_box_kji)
+    # Summed in integers, then converted: the same float32 values (every sum is an integer below 2**24, exact in
+    # both) at half the cost of summing in float32; uint16 where no column can exceed 65535.
+    top = 1 if m.dtype == bool else (255 if m.dtype == np.uint8 else None)
+    if top is not None and m.shape[2 - ap] * top <= 65535:
+        part = m.transpose(2, 1, 0).sum(axis=ap, dtype=np.uint16).astype(np.float32)
+    else:
+        part = m.transpose(2, 1, 0).sum(axis=ap, dtype=np.float32)
     out = np.zeros((grid.size[rest[0]], grid.size[rest[1]]), np.float32)
     s0, s1 = int(start_ijk[rest[0]]), int(start_ijk[rest[1]])
     out[s0:s0 + part.shape[0], s1:s1 + part.shape[1]] = part
@@ -68,7 +117,7 @@ def project_box(mask_box_kji: np.ndarray, start_ijk, grid: Grid) -> np.ndarray:
 
 def _to_display(proj_ik: np.ndarray, grid: Grid, *, resample=Image.BILINEAR) -> Image.Image:
     """(i, k) projection → PIL image with 1 mm pixels, head up, patient's right on the left."""
-    g = oriented(grid, "LAS")
+    g = _las(grid)[1]
     img = np.flipud(proj_ik.T)  # rows: superior first
     width = max(1, int(round(g.size[0] * g.spacing[0])))
     height = max(1, int(round(g.size[2] * g.spacing[2])))

@@ -11,6 +11,7 @@ one structure at a time is held (uint8), plus the uint8 combined label map.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -407,14 +408,14 @@ class Segmenter:
             reporter.update("postprocess", n / len(classes), cls.name)
             if softmax:
                 prob = probs[cls.channel].numpy()
-            else:
+            elif cls.is_tumor:  # an organ needs only its mask (sigmoid_mask), a tumor its probabilities
                 prob = torch.sigmoid(logits[cls.channel]).numpy()
             if not cls.is_tumor:
                 if softmax:
                     channels = [cls.channel] + [t.channel for t in card.classes if t.is_tumor and t.gate and cls.name in t.gate]
                     mask_model = np.isin(argmax, channels).astype(np.uint8)
                 else:
-                    mask_model = (prob >= inf["threshold"]).astype(np.uint8)
+                    mask_model = sigmoid_mask(logits[cls.channel], float(inf["threshold"]))
                 largest = bool(self.options.postprocess and post["largest_component"] and cls.largest_component)
                 box, mask, done = self._to_input_grid(mask_model, prep.grid, target,
                                                       largest=largest and not cls.paired)
@@ -440,7 +441,7 @@ class Segmenter:
         ``largest``: keep only the 26-connected component with the most input-grid voxels, chosen on the model
         grid when the resampling allows it (``largest_on_model_grid``; ``largest_done`` says so), else left to
         the caller on the input grid."""
-        nz_box = bounding_slices(array_ijk if nonzero is None else nonzero)
+        nz_box = nonzero_box(array_ijk if nonzero is None else nonzero)
         if nz_box is None:
             return None, None, False
         lo, hi = [s.start for s in nz_box], [s.stop for s in nz_box]
@@ -492,6 +493,44 @@ class Segmenter:
         return (box, mask) if mask.any() else None
 
 
+def nonzero_box(mask: np.ndarray) -> Optional[tuple]:
+    """``masks.bounding_slices(mask)`` of a 3-D array in two passes instead of three: the first axis's range
+    from its contiguous rows, the other two from the plane of that range only (a structure on the whole model
+    grid, once per structure)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 3 or not mask.flags.c_contiguous:
+        return bounding_slices(mask)
+    rows = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if rows.size == 0:
+        return None
+    a, b = int(rows[0]), int(rows[-1]) + 1
+    plane = mask[a:b].any(axis=0)
+    js, ks = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return slice(a, b), slice(int(js[0]), int(js[-1]) + 1), slice(int(ks[0]), int(ks[-1]) + 1)
+
+
+def sigmoid_mask(logit: torch.Tensor, threshold: float) -> np.ndarray:
+    """``(torch.sigmoid(logit).numpy() >= threshold)`` as uint8 0/1, the same array, mostly without the sigmoid.
+
+    A float32 sigmoid is within a few units in the last place of the true one (torch's vectorised and scalar
+    kernels alike), so wherever the logit lies more than ``band`` (2**-18 / (t (1 - t)), ~500 times that error
+    at the threshold's slope, plus the threshold's own float32 rounding) from the threshold's logit, the
+    comparison's outcome is that of the logit with the threshold's logit. Only when some voxel lies inside that
+    band (a network output within ~1e-5 of the boundary) is the sigmoid computed, everywhere, as before. Saves
+    one exp per voxel and structure (7 ms per structure on a 3 mm grid of a 512x512x300 CT)."""
+    t = float(threshold)
+    if logit.dtype == torch.float32 and 0.01 <= t <= 0.99:
+        centre = math.log(t / (1.0 - t))
+        t32 = float(np.float32(t))
+        band = 2.0 ** -18 / (t * (1.0 - t)) + abs(math.log(t32 / (1.0 - t32)) - centre)
+        x = logit.numpy()  # NumPy, one thread: torch's parallel comparisons wait on busy cores (the writers')
+        above = x >= centre + band
+        # No voxel in the band: as many above its lower edge as above its upper edge (two counts, no mask of it).
+        if np.count_nonzero(x > centre - band) == np.count_nonzero(above):
+            return above.view(np.uint8)
+    return (torch.sigmoid(logit).numpy() >= threshold).view(np.uint8)
+
+
 def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid, *, maps=None) -> np.ndarray:
     """Nearest-neighbour resampling of ``array_ijk`` (on ``grid``) onto ``target``, as (k, j, i): ITK's result.
 
@@ -509,7 +548,15 @@ def nearest_onto(array_ijk: np.ndarray, grid: Grid, target: Grid, *, maps=None) 
         src = grid.image_from_ijk(array_ijk)
         return sitk.GetArrayFromImage(resample(src, target, interpolator=sitk.sitkNearestNeighbor))
     axes, index = maps
-    src = array_ijk.transpose(axes)
+    # Only the source voxels some target voxel picks are read: cropped to their range first (a structure's box
+    # is a small part of the model grid, and the first gather below copies one byte at a time).
+    crop = [slice(0, 0)] * 3
+    for r, idx in zip(axes, index):
+        inside = idx[idx >= 0]
+        if inside.size:
+            crop[r] = slice(int(inside.min()), int(inside.max()) + 1)
+    index = [np.where(idx >= 0, idx - crop[r].start, -1) for r, idx in zip(axes, index)]
+    src = np.ascontiguousarray(array_ijk[tuple(crop)].transpose(axes))
     outside = [idx < 0 for idx in index]
     if any(o.any() for o in outside):  # a zero plane after each axis stands for "outside the source"
         src = np.pad(src, [(0, 1 if o.any() else 0) for o in outside])
@@ -606,6 +653,10 @@ def _itk_axis_index(grid: Grid, target: Grid, r: int, t: int) -> np.ndarray:
     f.SetDefaultPixelValue(-1)
     f.SetOutputPixelType(sitk.sitkInt32)
     f.SetNumberOfThreads(1)
+    # One work unit: ITK runs the probe in the calling thread. With the default it hands the work to its thread
+    # pool and waits, which cost 3-7 ms per structure while the mask writers keep both cores busy (the probe
+    # itself takes under 1 ms); the scanline is not split either way.
+    f.SetNumberOfWorkUnits(1)
     return sitk.GetArrayFromImage(f.Execute(probe)).reshape(-1).astype(np.int64)
 
 

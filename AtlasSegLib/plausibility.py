@@ -30,6 +30,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .geometry import Grid, oriented, reorient_array
+from .masks import bounding_slices
 from .postprocess import ranked_components
 
 TABLE_PATH = Path(__file__).resolve().parent / "data" / "plausibility.json"
@@ -155,7 +156,8 @@ def body_profile(image: sitk.Image, *, pixel_mm: float = 2.0, max_slices: int = 
     fat, ring = np.full(n, np.nan), np.full(n, np.nan)
     min_part_px = 40.0 * 100.0 / (px * py)
     for t, k in enumerate(ks):
-        body = np.asarray(arr[::step_i, ::step_j, k]) > cov["body_hu"]
+        values = np.asarray(arr[::step_i, ::step_j, k])  # read once: the body and, on trunk slices, the head cues
+        body = values > cov["body_hu"]
         # An opening drops the thin table top and blankets, and parts cross-sections touching by a pixel.
         body = open_cross(body)
         labels, count = ndimage.label(body)
@@ -164,16 +166,18 @@ def body_profile(image: sitk.Image, *, pixel_mm: float = 2.0, max_slices: int = 
         sizes = np.bincount(labels.ravel())[1:]
         parts[t] = int(np.count_nonzero(sizes >= min_part_px))
         biggest = int(np.argmax(sizes)) + 1
-        box = ndimage.find_objects(labels, max_label=biggest)[biggest - 1]
-        filled = fill_voids.fill(labels[box] == biggest, in_place=True)  # = binary_fill_holes, 8× faster
+        own = labels == biggest
+        box = bounding_slices(own)  # = find_objects' box of that label, from its mask (4x faster)
+        filled = fill_voids.fill(own[box], in_place=False)  # = binary_fill_holes, 8× faster (on a view: 4× more)
         area[t] = filled.sum() * px * py / 100.0
         width[t] = (box[0].stop - box[0].start) * px
         edge[t] = (box[0].start == 0 or box[1].start == 0 or box[0].stop == body.shape[0]
                    or box[1].stop == body.shape[1])
-        ci = (box[0].start + float(np.nonzero(filled)[0].mean())) * step_i  # area centroid: arms weigh little
+        fi, fj = np.nonzero(filled)  # once: the centre here and the head cues' centre
+        ci = (box[0].start + float(fi.mean())) * step_i  # area centroid: arms weigh little
         centre[t] = float(lps.index_to_physical([ci, 0.0, float(k)])[0])
         if width[t] >= cov["trunk_min_width_mm"] and area[t] >= cov["trunk_min_area_cm2"]:
-            fat[t], ring[t] = _head_cues(np.asarray(arr[::step_i, ::step_j, k])[box], filled, px, py, cov)
+            fat[t], ring[t] = _head_cues(values[box], filled, px, py, cov, centroid=(fi.mean(), fj.mean()))
     return BodyProfile(slices=int(arr.shape[2]), extent_mm=float(arr.shape[2] * sz), slice_spacing_mm=float(sz),
                        fov_mm=(float(arr.shape[0] * sx), float(arr.shape[1] * sy)), width_mm=width, area_cm2=area,
                        touches_fov=edge, parts=parts, centre_x_mm=centre, step_mm=float(sz * step_k),
@@ -183,7 +187,7 @@ def body_profile(image: sitk.Image, *, pixel_mm: float = 2.0, max_slices: int = 
 RING_SECTORS = 36  # 10° directions around a cross-section's centre
 
 
-def _head_cues(values: np.ndarray, filled: np.ndarray, px: float, py: float, cov: dict) -> tuple:
+def _head_cues(values: np.ndarray, filled: np.ndarray, px: float, py: float, cov: dict, *, centroid=None) -> tuple:
     """(fat fraction, bone ring) of one cross-section: ``values`` the slice's HU in the body's box, ``filled`` the
     body there (holes filled). Bone ring: the share of RING_SECTORS directions from the centre with bone
     (> ``head_bone_hu``) within ``head_rim_mm`` of the body's outline."""
@@ -194,10 +198,11 @@ def _head_cues(values: np.ndarray, filled: np.ndarray, px: float, py: float, cov
     bi, bj = np.nonzero((depth > 0) & (depth <= cov["head_rim_mm"]) & (values > cov["head_bone_hu"]))
     if not bi.size:
         return fat, 0.0
-    ci, cj = (v.mean() for v in np.nonzero(filled))
+    ci, cj = centroid if centroid is not None else (v.mean() for v in np.nonzero(filled))
     angle = np.arctan2((bj - cj) * py, (bi - ci) * px)
-    sectors = np.unique(((angle + np.pi) / (2 * np.pi) * RING_SECTORS).astype(int) % RING_SECTORS)
-    return fat, sectors.size / RING_SECTORS
+    hit = np.bincount(((angle + np.pi) / (2 * np.pi) * RING_SECTORS).astype(int) % RING_SECTORS,
+                      minlength=RING_SECTORS)
+    return fat, int(np.count_nonzero(hit)) / RING_SECTORS
 
 
 def check_coverage(image_or_profile) -> list:
