@@ -630,9 +630,8 @@ def _itk_axis_index(grid: Grid, target: Grid, r: int, t: int) -> np.ndarray:
     ``t`` one voxel thick across the others. On axis-aligned grids an index along one axis does not depend on
     the others (the direction matrices' zeros are exact), so this is the full resampler's choice, halfway ties
     included; one thread, so the scanline is split as in a whole-box run (tested against ITK on random grids)."""
-    m = np.linalg.inv(grid.matrix)
-    a = m @ target.matrix
-    b = m @ (np.asarray(target.origin) - np.asarray(grid.origin))
+    # Target voxel 0 in grid index space; the probe only needs where it starts on the other axes.
+    b = np.linalg.inv(grid.matrix) @ (np.asarray(target.origin) - np.asarray(grid.origin))
     src_start, src_size = [0, 0, 0], [2, 2, 2]
     src_size[r] = grid.size[r]
     for q in range(3):
