@@ -1,5 +1,4 @@
-"""Sliding-window inference: MONAI's window placement, padding and gaussian weights, blended in one pass per
-window; with progress, cancel and a CUDA → CPU fallback."""
+"""Sliding-window inference with MONAI, with progress, cancel and a CUDA → CPU fallback."""
 from __future__ import annotations
 
 import logging
@@ -7,8 +6,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from .backends import Runner, TorchRunner
@@ -138,75 +135,13 @@ def _padding_before(shape, roi) -> tuple:
     return tuple(max(r - n, 0) // 2 for n, r in zip(shape, roi))
 
 
-def scan_interval(shape, roi, overlap: float) -> tuple:
-    """MONAI's step between window starts per axis (its ``_get_scan_interval``): int(r × (1 - overlap)), at least
-    1, and a whole window on an axis exactly one window long."""
-    return tuple(int(r) if r == n else max(int(r * (1 - overlap)), 1) for n, r in zip(shape, roi))
-
-
-BLEND_MODES = ("gaussian", "constant")
-"""The blend modes :func:`sliding_window` weighs itself (MONAI's ``compute_importance_map``); any other goes to
-MONAI's ``sliding_window_inference``, which knows its own modes (or says which it has)."""
-
-BLEND_ROUNDING = 2.0 ** -23
-"""Most the fused blend moves a logit from MONAI's, per window covering the voxel, as a fraction of the largest
-|logit| (see :func:`sliding_window`): (n + 1) × 2 × 2^-24, the two roundings of recursive summation."""
-
-
-def sliding_window(x: torch.Tensor, roi, batch: int, predictor, *, overlap: float, mode: str,
-                   sw_device: torch.device, device: torch.device) -> torch.Tensor:
-    """MONAI's ``sliding_window_inference(x, roi, batch, predictor, overlap, mode, sw_device=sw_device,
-    device=device, with_coord=True)`` for one image ``x`` (1, 1, *spatial), with a cheaper blend.
-
-    The same windows in the same order (``dense_patch_slices`` at MONAI's ``scan_interval``), the same zero padding
-    of axes shorter than the window (``_padding_before``), the same weights (``compute_importance_map``, sigma 1/8
-    of the window), the same ``predictor(windows, coords)`` calls (``coords``: per window [slice(0, 1),
-    slice(None), *its slices], as MONAI passes them), the same count map and final division. MONAI blends a
-    window in two passes over its (C, *roi) logits (``p *= w``, then ``out[region] += p``: two memory-bound passes,
-    42 × 96³ floats each for SuPreM); here one fused multiply-add (``addcmul_``) per window, which leaves the
-    predictor's tensor alone. On a CPU with FMA it rounds once where MONAI rounds twice, so a logit may differ
-    from MONAI's by up to (n + 1) × ``BLEND_ROUNDING`` × max |logit| with n windows over the voxel (measured on the
-    real CT with the demo model: about 1e-7 of the largest logit; every mask and every stored probability level
-    identical, Testing/test_blend.py). The output buffer is on ``device`` (the host when a GPU run's would not
-    fit); windows run on ``sw_device``."""
-    spatial = tuple(x.shape[2:])
-    before = _padding_before(spatial, roi)
-    if any(r > n for n, r in zip(spatial, roi)):
-        pad = []  # F.pad lists the last axis first, (before, after) each
-        for b, n, r in reversed(list(zip(before, spatial, roi))):
-            pad += [b, max(r - n, 0) - b]
-        x = F.pad(x, pad, mode="constant", value=0.0)
-    size = tuple(x.shape[2:])
-    slices = dense_patch_slices(size, roi, scan_interval(size, roi, overlap))
-    weight = compute_importance_map(tuple(roi), mode=mode, sigma_scale=0.125, device=sw_device,
-                                    dtype=x.dtype).to(device)
-    count = torch.zeros((1, 1) + size, dtype=x.dtype, device=device)
-    for s in slices:
-        count[(0, 0) + s] += weight
-    out = None
-    for first in range(0, len(slices), batch):
-        coords = [[slice(0, 1), slice(None)] + list(s) for s in slices[first:first + batch]]
-        if len(coords) > 1:
-            windows = torch.cat([x[tuple(c)] for c in coords]).to(sw_device)
-        else:
-            windows = x[tuple(coords[0])].to(sw_device)
-        logits = predictor(windows, coords).to(device)
-        if out is None:
-            out = torch.zeros((1, logits.shape[1]) + size, dtype=x.dtype, device=device)
-        for c, p in zip(coords, logits):
-            out[(0, slice(None)) + tuple(c[2:])].addcmul_(p, weight)
-        del logits, windows  # this window batch's logits go before the next one's are made
-    out /= count
-    return out[(slice(None), slice(None)) + tuple(slice(b, b + n) for b, n in zip(before, spatial))]
-
-
 def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.device,
           reporter: Reporter, box=None, stats: dict = None) -> torch.Tensor:
     """Run the network over ``array_ijk`` (I, J, K float32) and return logits (C, I, J, K) float32 on CPU.
 
     ``runner`` is a :class:`~AtlasSegLib.backends.Runner` (torch or OpenVINO, see backends.py) or a plain torch
-    module (run by torch in fp32). :func:`sliding_window` (MONAI's placement, padding and weights, one blending
-    pass per window) is the same for every backend; the runner is only the predictor called per window batch.
+    module (run by torch in fp32). MONAI's sliding window places, pads and blends the windows the same way for
+    every backend; the runner is only the predictor called per window batch.
 
     ``box`` ((i0, i1), (j0, j1), (k0, k1)) in ``array_ijk`` indices: only the fewest windows of the full run's
     placement that cover the box are run (``cover_crop``): MONAI's sliding window runs on the crop they span,
@@ -255,12 +190,9 @@ def infer(runner, array_ijk: np.ndarray, inference: dict, *, device: torch.devic
             log.info("GPU: %.1f GiB free, %.2f GiB per window: %d windows per batch", free / 2**30,
                      window / 2**30, batch)
         with torch.inference_mode():
-            if inference["mode"] in BLEND_MODES:
-                y = sliding_window(x, roi, batch, predictor, overlap=overlap, mode=inference["mode"], sw_device=dev,
-                                   device=out_dev)
-            else:  # a blend this module does not weigh itself: MONAI's own (it knows its modes, or says which)
-                y = sliding_window_inference(x, roi, batch, predictor, overlap=overlap, mode=inference["mode"],
-                                             sw_device=dev, device=out_dev, with_coord=True)
+            y = sliding_window_inference(
+                x, roi, batch, predictor, overlap=overlap, mode=inference["mode"], sw_device=dev,
+                device=out_dev, with_coord=True)
         if stats is not None:
             stats.update(windows=total, windows_run=done[0], sw_batch_size=batch)
             if crop is not None:
