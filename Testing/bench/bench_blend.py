@@ -3,10 +3,13 @@
 count map and division, but one fused multiply-add per window (``out[region].addcmul_(p, w)``) instead of MONAI's
 two passes (``p *= w``, then ``out[region] += p``). Same process, runs interleaved, best of N (median too).
 
-Verdict when it was written (2 shared cores, AVX-512, 2026-12): not worth switching. The fused add is not
-bit-exact on this CPU (addcmul uses FMA: one rounding where MONAI has two; max |Δ logit| ≈ 1.7e-7 of the largest),
-and it saves 17-24 % of the blend in isolation and nothing measurable inside a real run (``--pipeline``): both
-passes are bound by memory bandwidth on the (C, *roi) window region, which the fused add still reads and writes.
+Verdict when it was written (2 cores shared with five other sessions, AVX-512, 2026-12): not switched. The
+fused add is not bit-exact on this CPU (addcmul uses FMA: one rounding where MONAI has two; max |Δ logit| ≈ 1.7e-7
+of the largest; on the real CT and a tumor phantom with the demo model every mask and stored probability level was
+still MONAI's, ``--masks``), and it saved less than the quarter of the blend asked for: 42 channels 21-24 % (best of
+5, 2 threads; 17 % in CPU time on 1 thread), 8 channels 1-18 %, and in bench_quick's --fast run (``--pipeline``)
+2 % in two runs, 25 % in a third. Both passes are bound by memory bandwidth on the (C, *roi) window region, which
+the fused add still reads and writes; it only drops MONAI's in-place ``p *= w`` pass over the window's logits.
 
 Cases (grids through ``pipeline.prepare`` on the 512×512×300 CT: the small TotalSegmentator CT stretched to
 0.8×0.8×1.5 mm, as ``bench_quick.label_runs``):
