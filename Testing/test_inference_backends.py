@@ -224,6 +224,24 @@ def test_openvino_runner_matches_torch_on_a_batch_of_two_windows(tmp_path, monke
         assert float((got - ref[: len(batch)]).abs().max()) <= 1e-4
 
 
+def test_openvino_outputs_are_the_callers_and_survive_the_next_window(tmp_path, monkeypatch):
+    # The runner hands OpenVINO's own output copy to MONAI without copying it again; MONAI scales it in place
+    # and the INT8 check keeps several windows' outputs: each must be a writable array no later call reuses.
+    monkeypatch.setenv("ATLASSEG_HOME", str(tmp_path / "home"))
+    torch.manual_seed(1)
+    net = _Tiny().eval()
+    runner = backends.make_runner(net, (16, 16, 16), torch.device("cpu"), "openvino", "fp32")
+    x1, x2 = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    first = runner(x1)
+    kept = first.clone()
+    second = runner(x2)
+    assert first.dtype == torch.float32 and first.numpy().flags.writeable
+    assert torch.equal(first, kept), "the next window overwrote the previous window's output"
+    assert not np.shares_memory(first.numpy(), second.numpy())
+    first *= 2.0  # in place, as MONAI's blending does: must not touch what OpenVINO returns next
+    assert torch.equal(runner(x2), second)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["unet", "swinunetr"])
 def test_suprem_parity_window_logits_with_openvino(arch, parity_checkpoints, monkeypatch):
