@@ -23,7 +23,8 @@ Same process, same inputs, runs interleaved, best of N. Ends with exactly one li
 - nonnet_pct: non-network share of a ``--fast`` run with compact masks, on a 512×512×300 real CT (the small
   TotalSegmentator CT stretched to 0.8×0.8×1.5 mm). The masks come from a label "network" whose logits are the
   CT's reference labels (41 TotalSegmentator structures + an empty liver_tumor gated to the liver), so
-  post-processing sees realistic masks; its non-network time is the run's total minus the label lookups. The
+  post-processing sees realistic masks; its non-network time is the run's total minus the label lookups (best of
+  2 runs). The
   network time is that run's window count × the chosen backend's SegResNet window time measured above.
   nonnet_pct = non-network / (non-network + network) × 100.
 - subset_window_fraction: ``--structures liver,liver_tumor`` on the full-length phantom
@@ -262,13 +263,17 @@ def label_runs(work: Path, t_torch: float, t_int8: float, t_ov32: float) -> tupl
     t = time.perf_counter()
     oracle = LabelNetwork(ct, labels, card, fast_grids=(True,))
     log(f"label lookup tables: {time.perf_counter() - t:.1f} s (not part of the run)")
-    seg = Segmenter(dummy, SegmentOptions(device="cpu", backend="torch", fast=True, overview=True))
-    seg.runner = oracle
-    t = time.perf_counter()
-    report = seg.run(ct, source, work / "labels-fast")
-    total = time.perf_counter() - t
+    nonnets = []
+    for r in range(2):  # best of 2, as the window times are best of N
+        oracle.seconds = 0.0
+        seg = Segmenter(dummy, SegmentOptions(device="cpu", backend="torch", fast=True, overview=True))
+        seg.runner = oracle
+        t = time.perf_counter()
+        report = seg.run(ct, source, work / f"labels-fast-{r}")
+        nonnets.append(time.perf_counter() - t - oracle.seconds)
     windows = report["settings"]["windows"]["windows"]
-    nonnet = total - oracle.seconds
+    nonnet = min(nonnets)
+    log(f"--fast label runs, non-network: {', '.join(f'{v:.2f} s' for v in nonnets)} (best taken)")
     check = backends.INT8_CHECK_WINDOWS * (t_ov32 + t_int8)
     network = windows * t_int8 + check
     pct = 100.0 * nonnet / (nonnet + network)
