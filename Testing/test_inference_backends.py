@@ -370,6 +370,8 @@ import ctypes, faulthandler, gc, signal, sys, torch
 from AtlasSegLib import backends
 
 faulthandler.enable()  # as pytest, python -X faulthandler and PYTHONFAULTHANDLER do: it owns an alternate stack
+# Python's own Ctrl-C handler, also where this test run inherited SIGINT ignored (started in a script's background).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 class StackT(ctypes.Structure):  # POSIX stack_t
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
