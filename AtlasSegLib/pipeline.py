@@ -441,7 +441,7 @@ class Segmenter:
         ``largest``: keep only the 26-connected component with the most input-grid voxels, chosen on the model
         grid when the resampling allows it (``largest_on_model_grid``; ``largest_done`` says so), else left to
         the caller on the input grid."""
-        nz_box = nonzero_box(array_ijk if nonzero is None else nonzero)
+        nz_box = bounding_slices(array_ijk if nonzero is None else nonzero)
         if nz_box is None:
             return None, None, False
         lo, hi = [s.start for s in nz_box], [s.stop for s in nz_box]
@@ -491,22 +491,6 @@ class Segmenter:
         writer.add_tumor(cls, box, mask, q_box, threshold=threshold, gate=gate_info, min_mm3=min_mm3,
                          dilation_mm=post["tumor_gate_dilation_mm"] if gate_info else None)
         return (box, mask) if mask.any() else None
-
-
-def nonzero_box(mask: np.ndarray) -> Optional[tuple]:
-    """``masks.bounding_slices(mask)`` of a 3-D array in two passes instead of three: the first axis's range
-    from its contiguous rows, the other two from the plane of that range only (a structure on the whole model
-    grid, once per structure)."""
-    mask = np.asarray(mask)
-    if mask.ndim != 3 or not mask.flags.c_contiguous:
-        return bounding_slices(mask)
-    rows = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-    if rows.size == 0:
-        return None
-    a, b = int(rows[0]), int(rows[-1]) + 1
-    plane = mask[a:b].any(axis=0)
-    js, ks = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
-    return slice(a, b), slice(int(js[0]), int(js[-1]) + 1), slice(int(ks[0]), int(ks[-1]) + 1)
 
 
 def sigmoid_mask(logit: torch.Tensor, threshold: float) -> np.ndarray:

@@ -132,20 +132,31 @@ def test_head_cues_with_the_callers_centroid_are_the_same():
             _head_cues(values, filled, 2.0, 2.0, cov)
 
 
-def test_nonzero_box_is_bounding_slices():
-    """pipeline.nonzero_box (two passes) gives masks.bounding_slices' box for sparse, dense, one-voxel, empty,
-    bool and uint8 masks, and for non-contiguous views (where it is bounding_slices itself)."""
+def test_bounding_slices_two_passes_give_the_per_axis_projection_box():
+    """masks.bounding_slices (the first axis from its rows, the others from that slab's plane) gives the box of
+    plain per-axis projections for sparse, dense, one-voxel, empty, bool and uint8 masks, for non-contiguous
+    views, 1-D and 4-D arrays, with and without a margin."""
     from AtlasSegLib.masks import bounding_slices
-    from AtlasSegLib.pipeline import nonzero_box
+
+    def per_axis(m, margin):
+        box = []
+        for axis in range(m.ndim):
+            idx = np.flatnonzero(m.any(axis=tuple(a for a in range(m.ndim) if a != axis)))
+            if idx.size == 0:
+                return None
+            box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, m.shape[axis])))
+        return tuple(box)
 
     rng = np.random.default_rng(6)
     for trial in range(60):
-        shape = tuple(int(v) for v in rng.integers(1, 30, 3))
+        ndim = (3, 3, 1, 4)[trial % 4] if trial >= 40 else 3
+        shape = tuple(int(v) for v in rng.integers(1, 30 if ndim < 4 else 8, ndim))
         mask = rng.random(shape) < [0.0, 0.001, 0.05, 0.9][trial % 4]
         if trial % 5 == 0:
             mask = mask.astype(np.uint8)
-        for m in (mask, mask[:, ::-1], np.asfortranarray(mask)):
-            assert nonzero_box(m) == bounding_slices(m), trial
+        for m in (mask, mask[..., ::-1], np.asfortranarray(mask)):
+            for margin in (0, 2):
+                assert bounding_slices(m, margin) == per_axis(m, margin), trial
 
 
 def test_windowed_ct_projection_in_memory_order_is_the_las_view_sum():
