@@ -26,14 +26,18 @@ def _liver_label(ctdata) -> int:
     return next(int(i) for i, v in present[key].items() if v["name"] == "liver")
 
 
+def _real_ct_and_liver(ctdata):
+    """The real 3 mm CT (k, j, i), its reference liver mask and its (k, j, i) spacing."""
+    src = ctdata / "totalseg_abdomen_sm"
+    image = sitk.ReadImage(str(src / "example_ct_sm.nii.gz"))
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "example_seg.nii.gz"))) == _liver_label(ctdata)
+    return sitk.GetArrayFromImage(image), liver, np.asarray(image.GetSpacing()[::-1])
+
+
 @pytest.fixture(scope="module")
 def real_tumor(ctdata):
     """The real 3 mm CT with one 25 mm, -50 HU synthetic tumor in its liver; the liver dilated 5 mm as the gate."""
-    src = ctdata / "totalseg_abdomen_sm"
-    image = sitk.ReadImage(str(src / "example_ct_sm.nii.gz"))
-    ct = sitk.GetArrayFromImage(image)
-    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "example_seg.nii.gz"))) == _liver_label(ctdata)
-    spacing = np.asarray(image.GetSpacing()[::-1])
+    ct, liver, spacing = _real_ct_and_liver(ctdata)
     r = insert_tumors(ct, liver, spacing, count=1, diameter_mm=25, contrast_hu=-50, seed=3)
     centre = tuple(r.tumors[0]["center_zyx"])
     return {"ct": r.ct, "truth": r.mask, "centre": centre, "spacing": spacing,
@@ -252,11 +256,7 @@ def test_a_low_contrast_tumor_at_the_livers_edge_does_not_leak_along_the_dilated
     # The quality bench's worst click before the image path took the organ's mode and opened its region: tumor 1 of
     # seed 1 (25 mm, asked -22 HU, only ~7 HU below the liver around it) leaked along the 5 mm rim of the gate, where
     # the liver's partial-volume edge has the tumor's attenuation (Dice 0.38).
-    src = ctdata / "totalseg_abdomen_sm"
-    image = sitk.ReadImage(str(src / "example_ct_sm.nii.gz"))
-    ct = sitk.GetArrayFromImage(image)
-    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(src / "example_seg.nii.gz"))) == _liver_label(ctdata)
-    spacing = np.asarray(image.GetSpacing()[::-1])
+    ct, liver, spacing = _real_ct_and_liver(ctdata)
     r = insert_tumors(ct, liver, spacing, count=4, diameter_mm=(10, 40), contrast_hu=(-60, -20), seed=1)
     t = r.tumors[0]
     assert round(t["diameter_mm"]) == 25 and round(t["contrast_hu"]) == -22  # the bench's case
