@@ -77,15 +77,9 @@ def fine_tune(net, card: dict, real: list, phantoms: list, steps: int):
         pool = real if rng.random() < 0.6 else phantoms
         x, y = training.random_crop(rng, *pool[rng.integers(len(pool))], roi)
         x = x * rng.uniform(0.95, 1.05) + rng.uniform(-0.02, 0.02) + rng.normal(0, 0.01, x.shape)
-        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None]
-        yt = torch.from_numpy(np.ascontiguousarray(y)).float()[None]
-        logits = net(xt)
-        loss = dice_loss(logits, yt) + bce(logits, yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = training.train_step(net, opt, x, y, dice_loss, bce)
         if (step + 1) % 50 == 0:
-            print(f"step {step + 1} loss {loss.item():.3f} {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+            print(f"step {step + 1} loss {loss:.3f} {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return net.eval()
 
 

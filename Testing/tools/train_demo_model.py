@@ -141,6 +141,18 @@ def random_crop(rng, x: np.ndarray, y: np.ndarray, roi):
     return x[box], y[(slice(None),) + box]
 
 
+def train_step(net: torch.nn.Module, opt, x: np.ndarray, y: np.ndarray, dice, bce) -> float:
+    """One optimiser step on window ``x`` (I, J, K) with targets ``y`` (C, I, J, K), Dice + BCE; returns the loss."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None]
+    yt = torch.from_numpy(np.ascontiguousarray(y)).float()[None]
+    logits = net(xt)
+    loss = dice(logits, yt) + bce(logits, yt)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def train(card: dict, cases: list, steps: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -159,15 +171,9 @@ def train(card: dict, cases: list, steps: int, seed: int) -> torch.nn.Module:
         x, y = random_crop(rng, *cases[rng.integers(len(cases))], roi)
         # Mild contrast/brightness jitter (other scanners, other contrast timing) on top of the phantoms' own.
         x = x * rng.uniform(0.95, 1.05) + rng.uniform(-0.02, 0.02)
-        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None]
-        yt = torch.from_numpy(np.ascontiguousarray(y)).float()[None]
-        logits = net(xt)
-        loss = dice(logits, yt) + bce(logits, yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = train_step(net, opt, x, y, dice, bce)
         sched.step()
-        running = 0.95 * running + 0.05 * loss.item() if step else loss.item()
+        running = 0.95 * running + 0.05 * loss if step else loss
         if (step + 1) % 25 == 0:
             print(f"step {step + 1:5d}/{steps}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
                   f"{time.perf_counter() - t0:6.0f} s", flush=True)
