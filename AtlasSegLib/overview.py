@@ -31,25 +31,18 @@ def project(array_kji: np.ndarray, grid: Grid, *, window=None) -> np.ndarray:
     arr = reorient_array(array_kji, grid, "LAS")
     if window is None:
         return arr.sum(axis=1, dtype=np.float32)
-    out = np.zeros((arr.shape[0], arr.shape[2]), np.float32)
     lo, hi = window
     # Sum of the clipped values, normalised once: sum((v - lo) / (hi - lo)) = (sum(v) - n lo) / (hi - lo).
-    # An integer CT is clipped in its own type and summed exactly in int32, 16 slices at a time (a small copy
-    # on 500 MB volumes; 2× faster than a float copy per AP row).
+    # An integer CT is clipped in its own type and summed exactly in int32 in the array's memory order
+    # (_clipped_sums: 6x faster than through the LAS view); anything else in float32, 16 slices at a time.
     exact = (np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize <= 2 and float(lo).is_integer()
              and float(hi).is_integer() and np.iinfo(arr.dtype).min <= lo and hi <= np.iinfo(arr.dtype).max)
-    if exact:  # the same integer sums, in the array's memory order (6x faster than through the LAS view)
+    if exact:
         out = _clipped_sums(np.asarray(array_kji), grid, arr.dtype.type(lo), arr.dtype.type(hi))
-        out -= arr.shape[1] * lo
-        out /= hi - lo
-        return out
-    for k in range(0, arr.shape[2], 16):
-        slab = arr[:, :, k:k + 16]
-        if exact:
-            slab = np.maximum(slab, arr.dtype.type(lo))
-            np.minimum(slab, arr.dtype.type(hi), out=slab)
-            out[:, k:k + 16] = slab.sum(axis=1, dtype=np.int32)
-        else:
+    else:
+        out = np.zeros((arr.shape[0], arr.shape[2]), np.float32)
+        for k in range(0, arr.shape[2], 16):
+            slab = arr[:, :, k:k + 16]
             out[:, k:k + 16] = np.clip(slab.astype(np.float32), lo, hi).sum(axis=1, dtype=np.float32)
     out -= arr.shape[1] * lo
     out /= hi - lo
