@@ -11,8 +11,9 @@ case)``); the CI time rule below catches what that hides.
   a SegResNet in SuPreM's layout (``small_segresnet``), a batch (``run_batch``), the pipeline (``Segmenter``,
   ``segment``, ``load_model``) unless it is given the tiny predictor (``bone_model``), or the Slicer module's engine
   (``requires_engine``).
-- ``subprocess``: starts a process (``subprocess.*``, ``os.system``, a pty): the atlasseg CLI or ``python -c``
-  pay an interpreter and torch import each (2-5 s on two cores), an outside tool its own start.
+- ``subprocess``: starts a process (``subprocess.*``, ``os.system``, a pty, or a library callable that always
+  does, ``PROCESS_CALLABLES``): the atlasseg CLI or ``python -c`` pay an interpreter and torch import each (2-5 s
+  on two cores), an outside tool its own start.
 - ``external``: needs a program outside Python's environment: dciodvfy, plastimatch, Chromium, dcmqi, Ray.
 - ``slow``: long for a reason no reference shows (large arrays, many iterations): marked by hand in the test
   file, with a comment saying why.
@@ -70,6 +71,10 @@ EXTERNAL_MODULES = {"ray"}
 EXTERNAL_CALLABLES = {"AtlasSegLib.cluster.import_ray"}
 # CLI arguments that start or join Ray: atlasseg batch --workers N / --ray-address.
 EXTERNAL_ARGUMENTS = {"--workers", "--ray-address"}
+# Library callables that always start a process of their own (the Slicer module's runner launches it, so the
+# test's code shows no subprocess call): the dependency check imports the whole closure in a fresh interpreter.
+PROCESS_CALLABLES = {"AtlasSegModule.AtlasSegDependencies.smokeTest",
+                     "AtlasSegModule.AtlasSegDependencies.installRequirements"}
 SPAWNING = {
     "subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"},
     "os": {"system", "popen", "spawnv", "spawnvp", "spawnl", "spawnlp", "execv", "execvp", "forkpty"},
@@ -203,7 +208,7 @@ class _Reader:
                     self._add("tiny", qual)
                 if qual in EXTERNAL_CALLABLES:
                     self._add("external", qual)
-                if obj is subprocess.run or obj is subprocess.Popen:  # from subprocess import run
+                if obj is subprocess.run or obj is subprocess.Popen or qual in PROCESS_CALLABLES:
                     self._add("subprocess", qual)
             # Functions and classes of the test folder are read in turn; a module is not (only the names used
             # from it: ``review_scene.makeReviewScene`` resolves to the function).

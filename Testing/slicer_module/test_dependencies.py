@@ -159,8 +159,8 @@ def test_a_failing_install_step_raises_with_its_last_lines_and_the_gui_is_pumped
     assert len(pumped) >= 5  # every 30 ms: the modal dialog repaints while the step runs
 
 
-# slow: smokeTest imports every package of the closure (torch, MONAI, SciPy, SimpleITK, edt, ...) in a fresh
-# interpreter, 5-7 s on two cores; its process is started by the module's own runner, which tiers.py cannot see.
+# slow as well as subprocess (tiers.PROCESS_CALLABLES): smokeTest imports every package of the closure (torch,
+# MONAI, SciPy, SimpleITK, edt, ...) in a fresh interpreter, 5-7 s on two cores.
 @pytest.mark.slow
 def test_the_whole_dependency_closure_imports_in_the_engines_python():
     assert deps.smokeTest() == {}
